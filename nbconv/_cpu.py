@@ -1,0 +1,270 @@
+"""CPU backend: channels-last 2-D convolutions on NumPy arrays (1-D callers pass H = 1).
+
+Every function here receives validated arrays and a 2-D :class:`ConvParams`; x is (N, H, W, C_in),
+w is (KH, KW, C_in // groups, C_out), results are new C-contiguous arrays unless `out` is given.
+
+How the three gradients are computed (y = conv(x, w), xp = x padded, gy = dL/dy)::
+
+    y[n, o, co]   = sum_{k, ci} xp[n, o*s + k*d, g*Cg + ci] * w[k, ci, co]      (per spatial dim)
+    gw[k, ci, co] = sum_{n, o} xp[n, o*s + k*d, g*Cg + ci] * gy[n, o, co]      correlation of x with
+                                                                              gy (stride -> dilation)
+    gb[co]        = sum_{n, o} gy[n, o, co]
+    gxp[n, i, ci] = sum_{(o, k): o*s + k*d = i} gy[n, o, co] * w[k, ci, co]     full correlation of gy
+                                                                              with the flipped kernel
+
+gxp is computed without inserting stride zeros into gy: split i = q + s*j by its phase q (0 <= q < s).
+A tap k contributes to phase q iff (q - k*d) % s == 0, and then through o = j + (q - k*d) // s, so each
+phase is a stride-1 correlation of (zero-padded) gy with its own subset of taps, and every multiply
+does useful work. gx is gxp with the padding folded back (cropped for "zeros"; for the other modes
+the padded positions' gradients are added to the input positions they copied). The transposed
+convolution is exactly gxp, cropped by its padding.
+
+All three products run through one register-tiled inner product (`_micro.micro_tile`) that reads
+its scalar operand through a table of offsets, so the reduction index (taps x channels) is flat and
+no im2col matrix is ever formed.
+"""
+import numpy as np
+from numba import prange
+
+from ._jit import call, kernel
+from ._micro import B, P, micro_tile
+
+_WEIGHT_GRAD_SLOTS = 8   # fixed partial-sum slots: the weight gradient is identical for any thread count
+_WEIGHT_GRAD_CHUNK = 256  # output pixels per chunk of the weight gradient (keeps its operands in L1/L2)
+
+
+@kernel(parallel=True)
+def _gather_conv(src, offsets, wpk, bias, dst, a_h, a_w, q_h, q_w, d_h, d_w, jh_count, jw_count):
+    """dst[n, q_h + jh*d_h, q_w + jw*d_w, g*Cgd + co] = bias[g*Cgd + co] + sum_r
+    src.flat[base(n, jh*a_h, jw*a_w) + g*Cgs + offsets[r]] * wpk[g, co // B, r, co % B]
+    for jh < jh_count, jw < jw_count; src, wpk, dst C-contiguous; bias empty or (C_dst,);
+    every offset stays inside src."""
+    n_img, h_src, w_src, c_src = src.shape
+    groups, n_blocks = wpk.shape[0], wpk.shape[1]
+    cg_src = c_src // groups
+    cg_dst = dst.shape[3] // groups
+    flat = src.reshape(-1)
+    n_tiles = (jw_count + P - 1) // P
+    has_bias = bias.shape[0] > 0
+    for item in prange(n_img * jh_count * n_tiles):
+        row = item // n_tiles
+        jw0 = (item - row * n_tiles) * P
+        n = row // jh_count
+        jh = row - n * jh_count
+        tile = np.empty((P, B), dtype=dst.dtype)
+        row_base = (n * h_src + jh * a_h) * w_src
+        last = jw_count - 1
+        b0 = np.uint64((row_base + min(jw0, last) * a_w) * c_src)
+        b1 = np.uint64((row_base + min(jw0 + 1, last) * a_w) * c_src)
+        b2 = np.uint64((row_base + min(jw0 + 2, last) * a_w) * c_src)
+        b3 = np.uint64((row_base + min(jw0 + 3, last) * a_w) * c_src)
+        b4 = np.uint64((row_base + min(jw0 + 4, last) * a_w) * c_src)
+        b5 = np.uint64((row_base + min(jw0 + 5, last) * a_w) * c_src)
+        for g in range(groups):
+            gof = np.uint64(g * cg_src)
+            for nb in range(n_blocks):
+                micro_tile(flat, b0 + gof, b1 + gof, b2 + gof, b3 + gof, b4 + gof, b5 + gof,
+                           offsets, wpk[g, nb], tile)
+                co0 = g * cg_dst + nb * B
+                n_valid = min(B, cg_dst - nb * B)
+                for p in range(min(P, jw_count - jw0)):
+                    out_row = dst[n, q_h + jh * d_h, q_w + (jw0 + p) * d_w]
+                    for b in range(n_valid):
+                        value = tile[p, b]
+                        if has_bias:
+                            value += bias[co0 + b]
+                        out_row[co0 + b] = value
+
+
+@kernel(parallel=True)
+def _weight_grad(flat, rows, pix, gpk, partial, cg_src, chunk):
+    """partial[t, g, nb, r, b] = sum over pixels s of chunks t, t+T, ... (chunk pixels each) of
+    flat[rows[min(r, R-1)] + g*cg_src + pix[s]] * gpk[g, nb, s, b]; partial zeroed, rows padded to P."""
+    n_slots, groups, n_blocks = partial.shape[0], partial.shape[1], partial.shape[2]
+    n_rows = rows.shape[0]
+    n_pix = pix.shape[0]
+    n_chunks = (n_pix + chunk - 1) // chunk
+    last = n_rows - 1
+    for t in prange(n_slots):
+        tile = np.empty((P, B), dtype=partial.dtype)
+        for ck in range(t, n_chunks, n_slots):
+            s0 = ck * chunk
+            s1 = min(s0 + chunk, n_pix)
+            pix_chunk = pix[s0:s1]
+            for g in range(groups):
+                gof = np.uint64(g * cg_src)
+                for nb in range(n_blocks):
+                    acc = partial[t, g, nb]
+                    gy_chunk = gpk[g, nb, s0:s1]
+                    for r0 in range(0, n_rows, P):
+                        micro_tile(flat, rows[min(r0, last)] + gof, rows[min(r0 + 1, last)] + gof,
+                                   rows[min(r0 + 2, last)] + gof, rows[min(r0 + 3, last)] + gof,
+                                   rows[min(r0 + 4, last)] + gof, rows[min(r0 + 5, last)] + gof,
+                                   pix_chunk, gy_chunk, tile)
+                        for p in range(P):
+                            acc_row = acc[r0 + p]
+                            for b in range(B):
+                                acc_row[b] += tile[p, b]
+
+
+def _pack(mat):
+    """(G, R, Cg) -> (G, ceil(Cg / B), R, B), zero-filled past Cg: B-wide column blocks, rows contiguous."""
+    groups, n_rows, cg = mat.shape
+    n_blocks = -(-cg // B)
+    buf = np.zeros((groups, n_rows, n_blocks * B), dtype=mat.dtype)
+    buf[:, :, :cg] = mat
+    return np.ascontiguousarray(buf.reshape(groups, n_rows, n_blocks, B).transpose(0, 2, 1, 3))
+
+
+def _pad(x, pads, mode):
+    """x padded per `pads` ((top, bottom), (left, right)) in `mode`, as a new C-contiguous array
+    (x itself when it is already C-contiguous, writeable and unpadded)."""
+    (top, bottom), (left, right) = pads
+    if top == bottom == left == right == 0:
+        return x if x.flags.c_contiguous and x.flags.writeable else np.array(x, order="C")
+    if mode == "zeros":
+        n, h, w, c = x.shape
+        xp = np.zeros((n, h + top + bottom, w + left + right, c), dtype=x.dtype)
+        xp[:, top:top + h, left:left + w] = x
+        return xp
+    np_mode = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[mode]
+    return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), mode=np_mode)
+
+
+def _source_index(i, before, n, mode):
+    """Index of the input element that padded position i copies (PyTorch's padding modes)."""
+    t = i - before
+    if mode == "reflect":
+        return -t if t < 0 else 2 * (n - 1) - t
+    if mode == "replicate":
+        return min(max(t, 0), n - 1)
+    return t % n
+
+
+def _fold(gxp, shape, pads, mode):
+    """Gradient w.r.t. the unpadded input from the gradient w.r.t. the padded one (new array)."""
+    g = gxp
+    for axis, (before, after) in ((1, pads[0]), (2, pads[1])):
+        n = shape[axis]
+        inner = np.take(g, np.arange(before, before + n), axis=axis)
+        if mode != "zeros":
+            for i in list(range(before)) + list(range(before + n, before + n + after)):
+                src = _source_index(i, before, n, mode)
+                index = [slice(None)] * 4
+                index[axis] = src
+                inner[tuple(index)] += np.take(g, i, axis=axis)
+        g = inner
+    return np.ascontiguousarray(g)
+
+
+def empty(shape, dtype):
+    """A new result array."""
+    return np.empty(shape, dtype=dtype)
+
+
+def _bias_arg(bias, dtype):
+    return np.empty(0, dtype=dtype) if bias is None else np.ascontiguousarray(bias)
+
+
+def forward(x, w, bias, params, out):
+    """out = conv(x, w) + bias."""
+    kh, kw, cg_in, c_out = w.shape
+    xp = _pad(x, params.pads, params.mode)
+    n, hp, wp, c_in = xp.shape
+    groups = params.groups
+    (sh, sw), (dh, dw) = params.stride, params.dilation
+    offsets = ((np.arange(kh)[:, None, None] * (dh * wp) + np.arange(kw)[None, :, None] * dw) * c_in
+               + np.arange(cg_in)[None, None, :]).astype(np.uint64).ravel()
+    wmat = w.reshape(kh * kw * cg_in, groups, c_out // groups).transpose(1, 0, 2)
+    _, oh, ow, _ = out.shape
+    if out.size:
+        call(_gather_conv, xp, offsets, _pack(wmat), _bias_arg(bias, x.dtype), out,
+             sh, sw, 0, 0, 1, 1, oh, ow)
+    return out
+
+
+def _padded_input_grad(gy, w, hp, wp, stride, dilation, groups):
+    """Gradient w.r.t. a padded input of spatial size (hp, wp) (sub-pixel phases, no stride zeros)."""
+    n, oh, ow, c_out = gy.shape
+    kh, kw, cg_in, _ = w.shape
+    cg_out = c_out // groups
+    (sh, sw), (dh, dw) = stride, dilation
+    lo_h, lo_w = dh * (kh - 1) // sh, dw * (kw - 1) // sw
+    len_h = lo_h + max(-(-hp // sh), oh)
+    len_w = lo_w + max(-(-wp // sw), ow)
+    gyp = np.zeros((n, len_h, len_w, c_out), dtype=gy.dtype)
+    gyp[:, lo_h:lo_h + oh, lo_w:lo_w + ow] = gy
+    w5 = w.reshape(kh, kw, cg_in, groups, cg_out)
+    phases = [(qh, qw) for qh in range(min(sh, hp)) for qw in range(min(sw, wp))]
+    taps = {}
+    for q, k_count, s, d in ((0, kh, sh, dh), (1, kw, sw, dw)):
+        for phase in range(s):
+            taps[q, phase] = [(k, (phase - k * d) // s) for k in range(k_count) if (phase - k * d) % s == 0]
+    empty = any(not taps[0, qh] or not taps[1, qw] for qh, qw in phases)
+    gxp = (np.zeros if empty else np.empty)((n, hp, wp, cg_in * groups), dtype=gy.dtype)
+    no_bias = np.empty(0, dtype=gy.dtype)
+    for qh, qw in phases:
+        taps_h, taps_w = taps[0, qh], taps[1, qw]
+        if not taps_h or not taps_w or n == 0:
+            continue
+        eh = np.array([e + lo_h for _, e in taps_h])
+        ew = np.array([e + lo_w for _, e in taps_w])
+        offsets = ((eh[:, None, None] * len_w + ew[None, :, None]) * c_out
+                   + np.arange(cg_out)[None, None, :]).astype(np.uint64).ravel()
+        wsel = w5[[k for k, _ in taps_h]][:, [k for k, _ in taps_w]]  # (th, tw, cg_in, G, cg_out)
+        wmat = wsel.transpose(3, 0, 1, 4, 2).reshape(groups, -1, cg_in)
+        jh, jw = -(-(hp - qh) // sh), -(-(wp - qw) // sw)
+        call(_gather_conv, gyp, offsets, _pack(wmat), no_bias, gxp, 1, 1, qh, qw, sh, sw, jh, jw)
+    return gxp
+
+
+def grad_input(gy, w, x_shape, params):
+    """dL/dx of y = conv(x, w) given gy = dL/dy."""
+    (top, bottom), (left, right) = params.pads
+    hp, wp = x_shape[1] + top + bottom, x_shape[2] + left + right
+    gxp = _padded_input_grad(gy, w, hp, wp, params.stride, params.dilation, params.groups)
+    return _fold(gxp, x_shape, params.pads, params.mode)
+
+
+def grad_weight(gy, x, w_shape, params):
+    """dL/dw of y = conv(x, w) given gy = dL/dy (fixed-order reduction: bitwise reproducible)."""
+    kh, kw, cg_in, c_out = w_shape
+    groups = params.groups
+    cg_out = c_out // groups
+    n, oh, ow, _ = gy.shape
+    if gy.size == 0:
+        return np.zeros(w_shape, dtype=gy.dtype)
+    xp = _pad(x, params.pads, params.mode)
+    _, hp, wp, c_in = xp.shape
+    (sh, sw), (dh, dw) = params.stride, params.dilation
+    rows = ((np.arange(kh)[:, None, None] * (dh * wp) + np.arange(kw)[None, :, None] * dw) * c_in
+            + np.arange(cg_in)[None, None, :]).astype(np.uint64).ravel()
+    pix = (((np.arange(n)[:, None, None] * hp + np.arange(oh)[None, :, None] * sh) * wp
+            + np.arange(ow)[None, None, :] * sw) * c_in).astype(np.uint64).ravel()
+    gpk = _pack(gy.reshape(-1, groups, cg_out).transpose(1, 0, 2))
+    n_rows = rows.shape[0]
+    n_slots = min(_WEIGHT_GRAD_SLOTS, -(-pix.shape[0] // _WEIGHT_GRAD_CHUNK))
+    partial = np.zeros((n_slots, groups, gpk.shape[1], -(-n_rows // P) * P, B), dtype=gy.dtype)
+    call(_weight_grad, xp.reshape(-1), rows, pix, gpk, partial, cg_in, _WEIGHT_GRAD_CHUNK)
+    total = partial.sum(axis=0)[:, :, :n_rows]                 # (G, NB, R, B)
+    total = total.transpose(0, 2, 1, 3).reshape(groups, n_rows, -1)[:, :, :cg_out]
+    return np.ascontiguousarray(total.transpose(1, 0, 2)).reshape(w_shape)
+
+
+def grad_bias(gy):
+    """dL/dbias: gy summed over every axis but the last (accumulated in float64)."""
+    c_out = gy.shape[-1]
+    return gy.reshape(-1, c_out).sum(axis=0, dtype=np.float64).astype(gy.dtype)
+
+
+def transpose(x, w, bias, params, output_padding, out):
+    """out = conv_transpose(x, w) + bias: the input gradient of a convolution whose output is x."""
+    (top, bottom), (left, right) = params.pads
+    _, oh, ow, _ = out.shape
+    full_h, full_w = oh + top + bottom, ow + left + right
+    gxp = _padded_input_grad(x, w, full_h, full_w, params.stride, params.dilation,
+                             params.groups)
+    np.copyto(out, gxp[:, top:top + oh, left:left + ow])
+    if bias is not None:
+        out += bias
+    return out
