@@ -26,6 +26,7 @@ no im2col matrix is ever formed.
 import numpy as np
 from numba import prange
 
+from . import _depthwise
 from ._jit import call, kernel
 from ._micro import B, P, micro_tile
 
@@ -107,6 +108,36 @@ def _weight_grad(flat, rows, pix, gpk, partial, cg_src, chunk):
                                 acc_row[b] += tile[p, b]
 
 
+@kernel(parallel=True)
+def _column_sums(mat, partial):
+    """partial[t, c] = sum of mat[r, c] over the rows r of block t (of partial.shape[0] equal blocks);
+    mat C-contiguous, partial float64."""
+    n_slots = partial.shape[0]
+    n_rows = mat.shape[0]
+    for t in prange(n_slots):
+        acc = partial[t]
+        for r in range(t * n_rows // n_slots, (t + 1) * n_rows // n_slots):
+            row = mat[r]
+            for c in range(row.shape[0]):
+                acc[c] += row[c]
+
+
+def _c(a):
+    """`a` as a C-contiguous writeable array (a copy only when needed): one kernel type per dtype."""
+    return a if a.flags.c_contiguous and a.flags.writeable else np.array(a, order="C")
+
+
+def _is_depthwise(w_shape, groups):
+    return groups > 1 and w_shape[2] == 1
+
+
+def _depthwise_source(x, params):
+    """(src, off_h, off_w): zero padding is applied by the kernels' border checks, other modes by a copy."""
+    if params.mode == "zeros":
+        return _c(x), params.pads[0][0], params.pads[1][0]
+    return _pad(x, params.pads, params.mode), 0, 0
+
+
 def _pack(mat):
     """(G, R, Cg) -> (G, ceil(Cg / B), R, B), zero-filled past Cg: B-wide column blocks, rows contiguous."""
     groups, n_rows, cg = mat.shape
@@ -121,7 +152,7 @@ def _pad(x, pads, mode):
     (x itself when it is already C-contiguous, writeable and unpadded)."""
     (top, bottom), (left, right) = pads
     if top == bottom == left == right == 0:
-        return x if x.flags.c_contiguous and x.flags.writeable else np.array(x, order="C")
+        return _c(x)
     if mode == "zeros":
         n, h, w, c = x.shape
         xp = np.zeros((n, h + top + bottom, w + left + right, c), dtype=x.dtype)
@@ -169,10 +200,14 @@ def _bias_arg(bias, dtype):
 def forward(x, w, bias, params, out):
     """out = conv(x, w) + bias."""
     kh, kw, cg_in, c_out = w.shape
+    (sh, sw), (dh, dw) = params.stride, params.dilation
+    if _is_depthwise(w.shape, params.groups):
+        src, off_h, off_w = _depthwise_source(x, params)
+        call(_depthwise.forward, src, _c(w[:, :, 0]), _bias_arg(bias, x.dtype), out, off_h, off_w, sh, sw, dh, dw)
+        return out
     xp = _pad(x, params.pads, params.mode)
     n, hp, wp, c_in = xp.shape
     groups = params.groups
-    (sh, sw), (dh, dw) = params.stride, params.dilation
     offsets = ((np.arange(kh)[:, None, None] * (dh * wp) + np.arange(kw)[None, :, None] * dw) * c_in
                + np.arange(cg_in)[None, None, :]).astype(np.uint64).ravel()
     wmat = w.reshape(kh * kw * cg_in, groups, c_out // groups).transpose(1, 0, 2)
@@ -189,6 +224,10 @@ def _padded_input_grad(gy, w, hp, wp, stride, dilation, groups):
     kh, kw, cg_in, _ = w.shape
     cg_out = c_out // groups
     (sh, sw), (dh, dw) = stride, dilation
+    if _is_depthwise(w.shape, groups):
+        gxp = np.empty((n, hp, wp, groups), dtype=gy.dtype)
+        call(_depthwise.grad_input, _c(gy), _c(w[:, :, 0]), gxp, 0, 0, sh, sw, dh, dw)
+        return gxp
     lo_h, lo_w = dh * (kh - 1) // sh, dw * (kw - 1) // sw
     len_h = lo_h + max(-(-hp // sh), oh)
     len_w = lo_w + max(-(-wp // sw), ow)
@@ -221,6 +260,10 @@ def _padded_input_grad(gy, w, hp, wp, stride, dilation, groups):
 def grad_input(gy, w, x_shape, params):
     """dL/dx of y = conv(x, w) given gy = dL/dy."""
     (top, bottom), (left, right) = params.pads
+    if _is_depthwise(w.shape, params.groups) and params.mode == "zeros":
+        gx = np.empty(x_shape, dtype=gy.dtype)
+        call(_depthwise.grad_input, _c(gy), _c(w[:, :, 0]), gx, top, left, *params.stride, *params.dilation)
+        return gx
     hp, wp = x_shape[1] + top + bottom, x_shape[2] + left + right
     gxp = _padded_input_grad(gy, w, hp, wp, params.stride, params.dilation, params.groups)
     return _fold(gxp, x_shape, params.pads, params.mode)
@@ -234,6 +277,11 @@ def grad_weight(gy, x, w_shape, params):
     n, oh, ow, _ = gy.shape
     if gy.size == 0:
         return np.zeros(w_shape, dtype=gy.dtype)
+    if _is_depthwise(w_shape, groups):
+        src, off_h, off_w = _depthwise_source(x, params)
+        partial = np.zeros((_depthwise.SLOTS, kh, kw, c_out), dtype=gy.dtype)
+        call(_depthwise.grad_weight, src, _c(gy), partial, off_h, off_w, *params.stride, *params.dilation)
+        return partial.sum(axis=0).reshape(w_shape)
     xp = _pad(x, params.pads, params.mode)
     _, hp, wp, c_in = xp.shape
     (sh, sw), (dh, dw) = params.stride, params.dilation
@@ -252,9 +300,11 @@ def grad_weight(gy, x, w_shape, params):
 
 
 def grad_bias(gy):
-    """dL/dbias: gy summed over every axis but the last (accumulated in float64)."""
+    """dL/dbias: gy summed over every axis but the last (accumulated in float64, fixed order)."""
     c_out = gy.shape[-1]
-    return gy.reshape(-1, c_out).sum(axis=0, dtype=np.float64).astype(gy.dtype)
+    partial = np.zeros((_depthwise.SLOTS, c_out))
+    call(_column_sums, _c(gy).reshape(-1, c_out), partial)
+    return partial.sum(axis=0).astype(gy.dtype)
 
 
 def transpose(x, w, bias, params, output_padding, out):

@@ -1,0 +1,122 @@
+"""Depthwise kernels (C_in // groups == 1, any channel multiplier m = C_out // C_in) on channels-last rows.
+
+One output row per parallel iteration, the channel axis as the vector axis, border checks instead of
+a padded copy for zero padding. Every kernel writes only what its iteration owns, in a fixed order,
+so results are bitwise reproducible for any thread count.
+"""
+import numpy as np
+from numba import prange
+
+from ._jit import kernel
+
+SLOTS = 8  # fixed partial-sum slots for reductions over rows: results do not depend on thread count
+
+
+@kernel()
+def _valid_range(count, start, step, size):
+    """[lo, hi) of the indices i < count with 0 <= i * step + start < size (step >= 1)."""
+    lo = max(0, -(start // step))
+    hi = min(count, (size - 1 - start) // step + 1)
+    return lo, max(lo, hi)
+
+
+@kernel()
+def _madd_row(acc, a, b, m):
+    """acc[c] += a[c // m] * b[c] for c < len(acc)."""
+    if m == 1:
+        for c in range(acc.shape[0]):
+            acc[c] += a[c] * b[c]
+    else:
+        for ci in range(a.shape[0]):
+            av = a[ci]
+            for j in range(m):
+                acc[ci * m + j] += av * b[ci * m + j]
+
+
+@kernel(parallel=True)
+def forward(src, w, bias, dst, off_h, off_w, sh, sw, dh, dw):
+    """dst[n, oh, ow, c] = bias[c] + sum_{kh, kw} src[n, oh*sh + kh*dh - off_h, ow*sw + kw*dw - off_w, c // m]
+    * w[kh, kw, c], zero outside src; m = C_dst // C_src; all C-contiguous; bias empty or (C_dst,)."""
+    n_img, h_src, w_src, c_src = src.shape
+    out_h, out_w, c_dst = dst.shape[1], dst.shape[2], dst.shape[3]
+    k_h, k_w = w.shape[0], w.shape[1]
+    m = c_dst // c_src
+    for row in prange(n_img * out_h):
+        n = row // out_h
+        oh = row - n * out_h
+        out_row = dst[n, oh]
+        if bias.shape[0] > 0:
+            for ow in range(out_w):
+                out_row[ow] = bias
+        else:
+            out_row[:] = 0
+        for kh in range(k_h):
+            ih = oh * sh + kh * dh - off_h
+            if ih < 0 or ih >= h_src:
+                continue
+            for kw in range(k_w):
+                lo, hi = _valid_range(out_w, kw * dw - off_w, sw, w_src)
+                for ow in range(lo, hi):
+                    _madd_row(out_row[ow], src[n, ih, ow * sw + kw * dw - off_w], w[kh, kw], m)
+
+
+@kernel(parallel=True)
+def grad_input(gy, w, dst, off_h, off_w, sh, sw, dh, dw):
+    """dst[n, i, j, ci] = sum of gy[n, oh, ow, ci*m + t] * w[kh, kw, ci*m + t] over oh*sh + kh*dh = i + off_h,
+    ow*sw + kw*dw = j + off_w, t < m; gy, w (KH, KW, C_out), dst C-contiguous."""
+    n_img, out_h, out_w, c_out = gy.shape
+    h_dst, w_dst, c_dst = dst.shape[1], dst.shape[2], dst.shape[3]
+    k_h, k_w = w.shape[0], w.shape[1]
+    m = c_out // c_dst
+    for row in prange(n_img * h_dst):
+        n = row // h_dst
+        i = row - n * h_dst
+        dst_row = dst[n, i]
+        dst_row[:] = 0
+        for kh in range(k_h):
+            t = i + off_h - kh * dh
+            if t < 0 or t % sh:
+                continue
+            oh = t // sh
+            if oh >= out_h:
+                continue
+            for kw in range(k_w):
+                lo, hi = _valid_range(out_w, kw * dw - off_w, sw, w_dst)
+                wv = w[kh, kw]
+                for ow in range(lo, hi):
+                    acc = dst_row[ow * sw + kw * dw - off_w]
+                    g = gy[n, oh, ow]
+                    if m == 1:
+                        for c in range(c_dst):
+                            acc[c] += g[c] * wv[c]
+                    else:
+                        for ci in range(c_dst):
+                            s = acc[ci]
+                            for u in range(m):
+                                s += g[ci * m + u] * wv[ci * m + u]
+                            acc[ci] = s
+
+
+@kernel(parallel=True)
+def grad_weight(src, gy, partial, off_h, off_w, sh, sw, dh, dw):
+    """partial[t, kh, kw, c] = sum over rows (n, oh) of block t (of partial.shape[0] equal blocks) and ow of
+    src[n, oh*sh + kh*dh - off_h, ow*sw + kw*dw - off_w, c // m] * gy[n, oh, ow, c] (zero outside src);
+    partial zeroed, everything C-contiguous."""
+    n_img, h_src, w_src, c_src = src.shape
+    out_h, out_w, c_out = gy.shape[1], gy.shape[2], gy.shape[3]
+    n_slots, k_h, k_w = partial.shape[0], partial.shape[1], partial.shape[2]
+    m = c_out // c_src
+    n_rows = n_img * out_h
+    for t in prange(n_slots):
+        acc = partial[t]
+        for row in range(t * n_rows // n_slots, (t + 1) * n_rows // n_slots):
+            n = row // out_h
+            oh = row - n * out_h
+            for kh in range(k_h):
+                ih = oh * sh + kh * dh - off_h
+                if ih < 0 or ih >= h_src:
+                    continue
+                for kw in range(k_w):
+                    lo, hi = _valid_range(out_w, kw * dw - off_w, sw, w_src)
+                    for ow in range(lo, hi):
+                        _madd_row(acc[kh, kw], src[n, ih, ow * sw + kw * dw - off_w], gy[n, oh, ow], m)
