@@ -48,6 +48,13 @@ def _backend(**arrays):
     return _cpu
 
 
+def _on_backend(backend, *arrays):
+    """The arrays as the backend's array type (CUDA: numba device arrays, zero-copy; None kept)."""
+    if backend is _cpu:
+        return arrays
+    return tuple(None if a is None else backend.as_device_array(a) for a in arrays)
+
+
 def _result(out, shape, dtype, backend, inputs):
     """A new result array, or `out` after checking it can hold the result."""
     if out is None:
@@ -64,6 +71,8 @@ def _result(out, shape, dtype, backend, inputs):
         for name, a in inputs.items():
             if a is not None and np.may_share_memory(out, a):
                 raise ValueError(f"out overlaps {name}; pass a separate array")
+    else:
+        backend.check_out(out, inputs)
     return out
 
 
@@ -103,16 +112,17 @@ def _check_layouts(nd, x, w, x_name="x"):
 
 def _forward(nd, x, w, bias, stride, padding, dilation, groups, padding_mode, out):
     backend = _backend(x=x, w=w, bias=bias, out=out)
+    x, w, bias, out_array = _on_backend(backend, x, w, bias, out)
     _check_layouts(nd, x, w)
-    dtype = check_dtypes(x=x, w=w, bias=bias, out=out)
+    dtype = check_dtypes(x=x, w=w, bias=bias, out=out_array)
     params = conv_params(tuple(x.shape), tuple(w.shape), stride=stride, padding=padding, dilation=dilation,
                          groups=groups, padding_mode=padding_mode)
-    _check_bias(bias, w.shape[-1])
-    result = _result(out, conv_output_shape(tuple(x.shape), tuple(w.shape), params), dtype, backend,
+    _check_bias(bias, tuple(w.shape)[-1])
+    result = _result(out_array, conv_output_shape(tuple(x.shape), tuple(w.shape), params), dtype, backend,
                      {"x": x, "w": w, "bias": bias})
     (x2, result2), w2 = _as_2d(nd, x, result), _weight_2d(nd, w)
     backend.forward(x2, w2, bias, _params_2d(nd, params), result2)
-    return result
+    return result if out is None else out
 
 
 def _parse_needs(needs):
@@ -130,6 +140,7 @@ def _parse_needs(needs):
 
 def _backward(nd, grad_out, x, w, stride, padding, dilation, groups, padding_mode, needs):
     backend = _backend(grad_out=grad_out, x=x, w=w)
+    grad_out, x, w = _on_backend(backend, grad_out, x, w)
     needs = _parse_needs(needs)
     _check_layouts(nd, x, w)
     check_ndim(grad_out, nd + 2, "grad_out", _LAYOUTS[nd][0])
@@ -153,18 +164,19 @@ def _backward(nd, grad_out, x, w, stride, padding, dilation, groups, padding_mod
 
 def _transpose(nd, x, w, bias, stride, padding, output_padding, dilation, groups, out):
     backend = _backend(x=x, w=w, bias=bias, out=out)
+    x, w, bias, out_array = _on_backend(backend, x, w, bias, out)
     x_layout = _LAYOUTS[nd][0]
     check_ndim(x, nd + 2, "x", x_layout)
     check_ndim(w, nd + 2, "w", "(K, C_out // groups, C_in)" if nd == 1 else "(KH, KW, C_out // groups, C_in)")
-    dtype = check_dtypes(x=x, w=w, bias=bias, out=out)
+    dtype = check_dtypes(x=x, w=w, bias=bias, out=out_array)
     params, output_padding, shape = transpose_params(
         tuple(x.shape), tuple(w.shape), stride=stride, padding=padding, output_padding=output_padding,
         dilation=dilation, groups=groups)
     _check_bias(bias, shape[-1])
-    result = _result(out, shape, dtype, backend, {"x": x, "w": w, "bias": bias})
+    result = _result(out_array, shape, dtype, backend, {"x": x, "w": w, "bias": bias})
     (x2, result2), w2 = _as_2d(nd, x, result), _weight_2d(nd, w)
     backend.transpose(x2, w2, bias, _params_2d(nd, params), (0,) * (2 - nd) + output_padding, result2)
-    return result
+    return result if out is None else out
 
 
 def conv1d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
