@@ -54,6 +54,12 @@ _NUMBA_TYPES = {np.dtype(np.float32): float32, np.dtype(np.float64): float64}
 
 
 @cuda.jit(device=True)
+def _imin(a, b):
+    """The smaller of two integers (numba 0.68's CUDA target fails to compile the builtin min)."""
+    return a if a < b else b
+
+
+@cuda.jit(device=True)
 def _source(p, before, n, mode):
     """Index of the input element that padded position p copies along an axis of length n with
     `before` leading pads in `mode` (0 zeros, 1 reflect, 2 replicate, 3 circular); -1 for a zero."""
@@ -120,19 +126,19 @@ def _kernels(dtype):
             co = co0 + lane
             pix = (tile // co_tiles) * pixel_lanes + tid // lanes
             active = co < c_out and pix < n_pix
-            pix = min(pix, n_pix - 1)
+            pix = _imin(pix, n_pix - 1)
             n = pix // (oh_dim * ow_dim)
             oh = (pix // ow_dim) % oh_dim
             ow = pix % ow_dim
-            c_base = (min(co, c_out - 1) // cgo) * cgi
+            c_base = (_imin(co, c_out - 1) // cgo) * cgi
             acc = scalar(0)
             for r0 in range(0, n_rows, tile_rows):
-                rows = min(tile_rows, n_rows - r0)
+                rows = _imin(tile_rows, n_rows - r0)
                 cuda.syncthreads()
                 for e in range(tid, rows * lanes, n_threads):
                     r = r0 + e // lanes
                     k = r // cgi
-                    ws[e] = w[k // kw_dim, k % kw_dim, r % cgi, min(co0 + e % lanes, c_out - 1)]
+                    ws[e] = w[k // kw_dim, k % kw_dim, r % cgi, _imin(co0 + e % lanes, c_out - 1)]
                 cuda.syncthreads()
                 ci = r0 % cgi
                 kw = (r0 // cgi) % kw_dim
@@ -223,23 +229,23 @@ def _kernels(dtype):
             r = ((tile // co_tiles) % row_tiles) * row_lanes + tid // lanes
             chunk_id = tile // (co_tiles * row_tiles)
             active = co < c_out and r < n_rows
-            rc = min(r, n_rows - 1)
+            rc = _imin(r, n_rows - 1)
             ci = rc % cgi
             kw = (rc // cgi) % kw_dim
             kh = rc // (cgi * kw_dim)
-            c = (min(co, c_out - 1) // cgo) * cgi + ci
+            c = (_imin(co, c_out - 1) // cgo) * cgi + ci
             p_lo = chunk_id * chunk
-            p_hi = min(p_lo + chunk, n_pix)
+            p_hi = _imin(p_lo + chunk, n_pix)
             acc = scalar(0)
             for s0 in range(p_lo, p_hi, tile_pix):
-                count = min(tile_pix, p_hi - s0)
+                count = _imin(tile_pix, p_hi - s0)
                 cuda.syncthreads()
                 for e in range(tid, count * lanes, n_threads):
                     p = s0 + e // lanes
                     n = p // (oh_dim * ow_dim)
                     oh = (p // ow_dim) % oh_dim
                     ow = p % ow_dim
-                    gs[e] = gy[n, oh, ow, min(co0 + e % lanes, c_out - 1)]
+                    gs[e] = gy[n, oh, ow, _imin(co0 + e % lanes, c_out - 1)]
                     if e % lanes == 0:
                         pn[e // lanes] = n
                         ph[e // lanes] = oh * sh
@@ -262,7 +268,7 @@ def _kernels(dtype):
             co = e % c_out
             p_lo = (e // c_out) * chunk
             acc = scalar(0)
-            for p in range(p_lo, min(p_lo + chunk, n_pix)):
+            for p in range(p_lo, _imin(p_lo + chunk, n_pix)):
                 acc += gy[p // (oh_dim * ow_dim), (p // ow_dim) % oh_dim, p % ow_dim, co]
             partial[e // c_out, co] = acc
 
