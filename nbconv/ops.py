@@ -1,0 +1,706 @@
+"""Differentiable operations on arrays and Tensors.
+
+Each primitive is a forward function on arrays, ``forward(*arrays, **params) -> (result, residuals)``,
+followed by its vector-Jacobian product, ``vjp(g, residuals, needs, **params) -> one gradient (or
+None) per positional argument`` (``needs[i]`` tells whether argument i wants one), registered
+with ``defvjp`` right below it (as in HIPS autograd). Positional arguments may be arrays or
+Tensors; keyword arguments are static parameters. A call whose arguments contain no Tensor
+returns the plain result; otherwise the result is a Tensor, recorded on the tape when some
+argument requires grad. Recording a primitive that has no VJP raises NotImplementedError naming it.
+
+Layouts follow the convolutions: activations are channels-last, (N, H, W, C) for 2-D pooling and
+(..., C) for batch normalization; ``linear``'s weight is (in_features, out_features).
+"""
+import numbers
+
+import numpy as np
+
+from . import _pool
+from . import conv as _conv
+from ._shapes import check_dtypes, conv_output_shape, conv_params, spatial_tuple
+from .tape import Tensor, is_grad_enabled, record
+
+_VJPS = {}
+
+
+class Primitive:
+    """An operation on arrays that the tape differentiates with the VJP registered by defvjp."""
+
+    __slots__ = ("name", "forward")
+
+    def __init__(self, forward):
+        self.forward = forward
+        self.name = forward.__name__.lstrip("_")
+
+    def __repr__(self):
+        return f"<primitive {self.name}>"
+
+
+def defvjp(prim, vjp):
+    """Register `vjp` as the vector-Jacobian product of `prim`."""
+    _VJPS[prim] = vjp
+
+
+def apply(prim, *args, **params):
+    """prim's forward on the arrays inside `args`; recorded on the tape when a Tensor in `args` requires grad."""
+    arrays, any_tensor = [], False
+    for a in args:
+        if isinstance(a, Tensor):
+            any_tensor = True
+            arrays.append(a.data)
+        else:
+            arrays.append(a)
+    result, residuals = prim.forward(*arrays, **params)
+    if not any_tensor:
+        return result
+    needs = tuple(isinstance(a, Tensor) and a.requires_grad for a in args)
+    if not (any(needs) and is_grad_enabled()):
+        return Tensor(result)
+    vjp = _VJPS.get(prim)
+    if vjp is None:
+        raise NotImplementedError(f"primitive '{prim.name}' has no VJP registered with defvjp, so it cannot be "
+                                  "recorded on the tape (call it under no_grad() or on arrays)")
+    return record(prim.name, lambda grads: vjp(grads[0], residuals, needs, **params), args, result)
+
+
+def _unbroadcast(g, shape):
+    """Sum `g` over the axes that broadcasting added or stretched, giving an array of `shape`."""
+    if g.shape == shape:
+        return g
+    extra = g.ndim - len(shape)
+    axes = tuple(range(extra)) + tuple(extra + i for i, n in enumerate(shape) if n == 1 and g.shape[extra + i] != 1)
+    return g.sum(axis=axes, keepdims=True).reshape(shape)
+
+
+def _broadcasting(ufunc, a, b):
+    try:
+        return ufunc(a, b)
+    except ValueError:
+        raise ValueError(f"{ufunc.__name__}: operands of shapes {np.shape(a)} and {np.shape(b)} cannot be "
+                         "broadcast together") from None
+
+
+def _expand(g, shape, axis, keepdims):
+    """`g`, the gradient of a reduction over `axis`, broadcast back to the input's `shape`."""
+    if axis is not None and not keepdims:
+        g = np.expand_dims(g, axis)
+    return np.broadcast_to(g, shape)
+
+
+def _reduced_count(shape, axis):
+    if axis is None:
+        return int(np.prod(shape))
+    axes = (axis,) if isinstance(axis, numbers.Integral) else axis
+    return int(np.prod([shape[a] for a in axes]))
+
+
+# ---------------------------------------------------------------- elementwise and broadcasting
+
+@Primitive
+def _add(a, b):
+    return _broadcasting(np.add, a, b), (np.shape(a), np.shape(b))
+
+
+def _add_vjp(g, shapes, needs):
+    return tuple(_unbroadcast(g, s) if n else None for s, n in zip(shapes, needs))
+
+
+defvjp(_add, _add_vjp)
+
+
+@Primitive
+def _subtract(a, b):
+    return _broadcasting(np.subtract, a, b), (np.shape(a), np.shape(b))
+
+
+def _subtract_vjp(g, shapes, needs):
+    return (_unbroadcast(g, shapes[0]) if needs[0] else None,
+            _unbroadcast(-g, shapes[1]) if needs[1] else None)
+
+
+defvjp(_subtract, _subtract_vjp)
+
+
+@Primitive
+def _multiply(a, b):
+    return _broadcasting(np.multiply, a, b), (a, b)
+
+
+def _multiply_vjp(g, res, needs):
+    a, b = res
+    return (_unbroadcast(g * b, np.shape(a)) if needs[0] else None,
+            _unbroadcast(g * a, np.shape(b)) if needs[1] else None)
+
+
+defvjp(_multiply, _multiply_vjp)
+
+
+@Primitive
+def _divide(a, b):
+    out = _broadcasting(np.true_divide, a, b)
+    return out, (a, b, out)
+
+
+def _divide_vjp(g, res, needs):
+    a, b, out = res
+    return (_unbroadcast(g / b, np.shape(a)) if needs[0] else None,
+            _unbroadcast(-g * out / b, np.shape(b)) if needs[1] else None)
+
+
+defvjp(_divide, _divide_vjp)
+
+
+@Primitive
+def _negative(x):
+    return np.negative(x), None
+
+
+defvjp(_negative, lambda g, res, needs: (-g,))
+
+
+@Primitive
+def _power(x, *, exponent):
+    return np.power(x, exponent), x
+
+
+defvjp(_power, lambda g, x, needs, *, exponent: (g * exponent * np.power(x, exponent - 1),))
+
+
+@Primitive
+def _exp(x):
+    out = np.exp(x)
+    return out, out
+
+
+defvjp(_exp, lambda g, out, needs: (g * out,))
+
+
+@Primitive
+def _log(x):
+    return np.log(x), x
+
+
+defvjp(_log, lambda g, x, needs: (g / x,))
+
+
+@Primitive
+def _relu(x):
+    out = np.maximum(x, 0)
+    return out, out
+
+
+defvjp(_relu, lambda g, out, needs: (g * (out > 0),))
+
+
+@Primitive
+def _matmul(a, b):
+    try:
+        return np.matmul(a, b), (a, b)
+    except ValueError:
+        raise ValueError(f"matmul: shapes {np.shape(a)} and {np.shape(b)} are not aligned (the last axis of the "
+                         "first must match the second-to-last axis of the second)") from None
+
+
+def _matmul_vjp(g, res, needs):
+    a, b = res
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    g2 = np.expand_dims(g, -2) if a.ndim == 1 else g
+    g2 = np.expand_dims(g2, -1) if b.ndim == 1 else g2
+    return (_unbroadcast(g2 @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape) if needs[0] else None,
+            _unbroadcast(np.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape) if needs[1] else None)
+
+
+defvjp(_matmul, _matmul_vjp)
+
+# ---------------------------------------------------------------- reductions and shapes
+
+
+@Primitive
+def _sum(x, *, axis, keepdims):
+    return np.asarray(np.sum(x, axis=axis, keepdims=keepdims)), np.shape(x)
+
+
+defvjp(_sum, lambda g, shape, needs, *, axis, keepdims: (_expand(g, shape, axis, keepdims),))
+
+
+@Primitive
+def _mean(x, *, axis, keepdims):
+    return np.asarray(np.mean(x, axis=axis, keepdims=keepdims)), np.shape(x)
+
+
+def _mean_vjp(g, shape, needs, *, axis, keepdims):
+    return (_expand(g / _reduced_count(shape, axis), shape, axis, keepdims),)
+
+
+defvjp(_mean, _mean_vjp)
+
+
+@Primitive
+def _max(x, *, axis, keepdims):
+    top = np.max(x, axis=axis, keepdims=True)
+    out = top if keepdims else (top.reshape(()) if axis is None else np.squeeze(top, axis=axis))
+    return np.asarray(out), (x, top)
+
+
+def _max_vjp(g, res, needs, *, axis, keepdims):
+    """The gradient goes to the maxima, split evenly between ties (like torch.amax)."""
+    x, top = res
+    mask = x == top
+    share = _expand(g, x.shape, axis, keepdims) / np.sum(mask, axis=axis, keepdims=True)
+    return (np.where(mask, share, 0).astype(x.dtype, copy=False),)
+
+
+defvjp(_max, _max_vjp)
+
+
+@Primitive
+def _reshape(x, *, shape):
+    try:
+        return np.reshape(x, shape), np.shape(x)
+    except ValueError:
+        raise ValueError(f"cannot reshape an array of shape {np.shape(x)} into shape {shape}") from None
+
+
+defvjp(_reshape, lambda g, shape_in, needs, *, shape: (np.reshape(g, shape_in),))
+
+
+@Primitive
+def _transpose(x, *, axes):
+    try:
+        return np.transpose(x, axes), None
+    except (ValueError, np.exceptions.AxisError):
+        raise ValueError(f"axes {axes} are not a permutation of the axes of an array of shape {np.shape(x)}") from None
+
+
+def _transpose_vjp(g, res, needs, *, axes):
+    return (np.transpose(g) if axes is None else np.transpose(g, np.argsort(axes)),)
+
+
+defvjp(_transpose, _transpose_vjp)
+
+
+def add(a, b):
+    """a + b with broadcasting."""
+    return apply(_add, a, b)
+
+
+def subtract(a, b):
+    """a - b with broadcasting."""
+    return apply(_subtract, a, b)
+
+
+def multiply(a, b):
+    """a * b with broadcasting."""
+    return apply(_multiply, a, b)
+
+
+def divide(a, b):
+    """a / b with broadcasting."""
+    return apply(_divide, a, b)
+
+
+def negative(x):
+    """-x."""
+    return apply(_negative, x)
+
+
+def power(x, exponent):
+    """x ** exponent for a scalar exponent."""
+    if isinstance(exponent, Tensor) or not isinstance(exponent, numbers.Real):
+        raise TypeError(f"the exponent of ** must be a real scalar, got {type(exponent).__name__}")
+    return apply(_power, x, exponent=exponent)
+
+
+def exp(x):
+    """Elementwise e ** x."""
+    return apply(_exp, x)
+
+
+def log(x):
+    """Elementwise natural logarithm."""
+    return apply(_log, x)
+
+
+def relu(x):
+    """max(x, 0) elementwise (the gradient at 0 is 0)."""
+    return apply(_relu, x)
+
+
+def matmul(a, b):
+    """a @ b (NumPy's matmul rules, batched and 1-D operands included)."""
+    return apply(_matmul, a, b)
+
+
+def _axis(axis):
+    return tuple(axis) if isinstance(axis, list) else axis
+
+
+def sum(x, axis=None, keepdims=False):  # noqa: A001 (Tensor.sum)
+    """Sum over `axis` (None: all axes)."""
+    return apply(_sum, x, axis=_axis(axis), keepdims=keepdims)
+
+
+def mean(x, axis=None, keepdims=False):
+    """Mean over `axis` (None: all axes)."""
+    return apply(_mean, x, axis=_axis(axis), keepdims=keepdims)
+
+
+def max(x, axis=None, keepdims=False):  # noqa: A001 (Tensor.max)
+    """Maximum over `axis` (None: all axes); ties share the gradient evenly."""
+    return apply(_max, x, axis=_axis(axis), keepdims=keepdims)
+
+
+def reshape(x, *shape):
+    """x with a new shape (``reshape(x, 2, 3)`` or ``reshape(x, (2, 3))``; one entry may be -1)."""
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = shape[0]
+    return apply(_reshape, x, shape=tuple(shape))
+
+
+def transpose(x, *axes):
+    """x with its axes permuted (reversed when no axes are given)."""
+    if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+        axes = axes[0]
+    return apply(_transpose, x, axes=tuple(axes) if axes else None)
+
+
+# ---------------------------------------------------------------- neural-network functions
+
+@Primitive
+def _linear(x, w, bias):
+    if np.ndim(w) != 2 or np.ndim(x) < 1 or np.shape(x)[-1] != np.shape(w)[0]:
+        raise ValueError(f"linear: x has shape {np.shape(x)} and w has shape {np.shape(w)}; w must be "
+                         "(in_features, out_features) with in_features == x.shape[-1]")
+    if bias is not None and np.shape(bias) != (np.shape(w)[1],):
+        raise ValueError(f"linear: bias has shape {np.shape(bias)} but w has shape {np.shape(w)}; bias must be "
+                         f"({np.shape(w)[1]},)")
+    out = x @ w
+    if bias is not None:
+        out += bias
+    return out, (x, w)
+
+
+def _linear_vjp(g, res, needs):
+    x, w = res
+    g2 = g.reshape(-1, w.shape[1])
+    return (g @ w.T if needs[0] else None,
+            x.reshape(-1, w.shape[0]).T @ g2 if needs[1] else None,
+            g2.sum(axis=0) if needs[2] else None)
+
+
+defvjp(_linear, _linear_vjp)
+
+
+def linear(x, w, bias=None):
+    """x @ w + bias, with w (in_features, out_features) and bias (out_features,)."""
+    return apply(_linear, x, w, bias)
+
+
+@Primitive
+def _log_softmax(x, *, axis):
+    shifted = x - np.max(x, axis=axis, keepdims=True)
+    out = shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+    return out, out
+
+
+defvjp(_log_softmax, lambda g, out, needs, *, axis: (g - np.exp(out) * np.sum(g, axis=axis, keepdims=True),))
+
+
+def log_softmax(x, axis=-1):
+    """log(softmax(x)) along `axis`, computed stably."""
+    return apply(_log_softmax, x, axis=axis)
+
+
+@Primitive
+def _cross_entropy(logits, labels):
+    labels = np.asarray(labels)
+    if np.ndim(logits) != 2:
+        raise ValueError(f"cross_entropy: logits must be 2-D (N, classes), got shape {np.shape(logits)}")
+    n, classes = logits.shape
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"cross_entropy: labels must be integers of shape ({n},) for logits of shape "
+                         f"{logits.shape}, got {labels.dtype} labels of shape {labels.shape}")
+    if n == 0:
+        raise ValueError(f"cross_entropy: the batch is empty (logits of shape {logits.shape})")
+    if labels.min() < 0 or labels.max() >= classes:
+        raise ValueError(f"cross_entropy: labels must lie in [0, {classes}), got values from {labels.min()} "
+                         f"to {labels.max()}")
+    logp, _ = _log_softmax.forward(logits, axis=1)
+    rows = np.arange(n)
+    loss = np.asarray(-np.mean(logp[rows, labels]), dtype=logits.dtype)
+    return loss, (logp, labels)
+
+
+def _cross_entropy_vjp(g, res, needs):
+    logp, labels = res
+    grad = np.exp(logp)
+    grad[np.arange(len(labels)), labels] -= 1
+    return grad * (g / len(labels)), None
+
+
+defvjp(_cross_entropy, _cross_entropy_vjp)
+
+
+def cross_entropy(logits, labels):
+    """Mean over the batch of -log_softmax(logits)[n, labels[n]]; logits (N, classes), int labels (N,)."""
+    return apply(_cross_entropy, logits, labels)
+
+
+def _pool_params(x, kernel_size, stride, padding, name):
+    """Validated (kernel, stride, pads, (H_out, W_out)) of a 2-D pooling of x (N, H, W, C)."""
+    if np.ndim(x) != 4:
+        raise ValueError(f"{name}: x must be 4-D (N, H, W, C), got shape {np.shape(x)}")
+    check_dtypes(x=x)
+    kernel = spatial_tuple(kernel_size, 2, "kernel_size")
+    stride = kernel if stride is None else spatial_tuple(stride, 2, "stride")
+    pads = spatial_tuple(padding, 2, "padding", minimum=0)
+    if any(2 * p > k for p, k in zip(pads, kernel)):
+        raise ValueError(f"{name}: padding {pads} must be at most half of kernel_size {kernel}")
+    out_hw = tuple((n + 2 * p - k) // s + 1 for n, p, k, s in zip(x.shape[1:3], pads, kernel, stride))
+    if any(n + 2 * p < k for n, p, k in zip(x.shape[1:3], pads, kernel)):
+        raise ValueError(f"{name}: kernel_size {kernel} is larger than the padded input (x.shape={np.shape(x)}, "
+                         f"padding={pads})")
+    return kernel, stride, pads, out_hw
+
+
+@Primitive
+def _max_pool2d(x, *, kernel, stride, pads, out_hw):
+    out, argmax = _pool.max_pool(np.ascontiguousarray(x), kernel, stride, pads, out_hw)
+    return out, (argmax, x.shape, x.dtype)
+
+
+def _max_pool2d_vjp(g, res, needs, **params):
+    argmax, shape, dtype = res
+    return (_pool.max_pool_grad(np.ascontiguousarray(g, dtype=dtype), argmax, shape, dtype),)
+
+
+defvjp(_max_pool2d, _max_pool2d_vjp)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0):
+    """Maximum over kernel_size windows of x (N, H, W, C); stride defaults to kernel_size; padding
+    (at most half the kernel) never wins. The gradient goes to the first maximum of each window."""
+    data = x.data if isinstance(x, Tensor) else x
+    kernel, stride, pads, out_hw = _pool_params(data, kernel_size, stride, padding, "max_pool2d")
+    return apply(_max_pool2d, x, kernel=kernel, stride=stride, pads=pads, out_hw=out_hw)
+
+
+@Primitive
+def _avg_pool2d(x, *, kernel, stride, pads, out_hw):
+    return _pool.avg_pool(np.ascontiguousarray(x), kernel, stride, pads, out_hw), (x.shape, x.dtype)
+
+
+def _avg_pool2d_vjp(g, res, needs, *, kernel, stride, pads, out_hw):
+    shape, dtype = res
+    return (_pool.avg_pool_grad(np.ascontiguousarray(g, dtype=dtype), kernel, stride, pads, shape, dtype),)
+
+
+defvjp(_avg_pool2d, _avg_pool2d_vjp)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0):
+    """Mean over kernel_size windows of x (N, H, W, C); stride defaults to kernel_size; padded
+    positions count as zeros in the mean (PyTorch's default count_include_pad=True)."""
+    data = x.data if isinstance(x, Tensor) else x
+    kernel, stride, pads, out_hw = _pool_params(data, kernel_size, stride, padding, "avg_pool2d")
+    return apply(_avg_pool2d, x, kernel=kernel, stride=stride, pads=pads, out_hw=out_hw)
+
+
+def _channel_vector(v, channels, name, x_shape):
+    if v is None:
+        return None
+    v = v.data if isinstance(v, Tensor) else v
+    if np.shape(v) != (channels,):
+        raise ValueError(f"batch_norm: {name} has shape {np.shape(v)} but x has shape {x_shape}; "
+                         f"it must be ({channels},)")
+    return v
+
+
+@Primitive
+def _batch_norm(x, weight, bias, *, running_mean, running_var, training, momentum, eps):
+    channels = x.shape[-1]
+    x2 = np.ascontiguousarray(x).reshape(-1, channels)
+    rows = x2.shape[0]
+    zeros = np.zeros(channels)
+    if training:
+        total, _ = _pool.channel_sums(x2, x2, zeros, zeros)
+        mean = total / rows
+        _, squares = _pool.channel_sums(x2, x2, mean, mean)
+        var = squares / rows
+        if running_mean is not None:
+            running_mean[...] = (1 - momentum) * running_mean + momentum * mean
+        if running_var is not None:
+            running_var[...] = (1 - momentum) * running_var + momentum * var * (rows / (rows - 1))
+    else:
+        mean = np.asarray(running_mean, dtype=np.float64)
+        var = np.asarray(running_var, dtype=np.float64)
+    invstd = 1.0 / np.sqrt(var + eps)
+    w = np.ones(channels) if weight is None else np.asarray(weight, dtype=np.float64)
+    b = zeros if bias is None else np.asarray(bias, dtype=np.float64)
+    scale = w * invstd
+    y = _pool.channel_affine(x2, x2, scale, zeros, b - mean * scale).reshape(x.shape)
+    return y, (x2, mean, invstd, w)
+
+
+def _batch_norm_vjp(g, res, needs, *, training, **params):
+    x2, mean, invstd, w = res
+    rows, channels = x2.shape
+    g2 = np.ascontiguousarray(g, dtype=x2.dtype).reshape(-1, channels)
+    zeros = np.zeros(channels)
+    sum_g, sum_g_centered = _pool.channel_sums(g2, x2, zeros, mean)
+    gx = None
+    if needs[0]:
+        k = w * invstd
+        if training:
+            coef = -w * invstd ** 3 * sum_g_centered / rows
+            shift = -k * sum_g / rows - coef * mean
+        else:
+            coef, shift = zeros, zeros
+        gx = _pool.channel_affine(g2, x2, k, coef, shift).reshape(g.shape)
+    return (gx,
+            sum_g_centered * invstd if needs[1] else None,
+            sum_g if needs[2] else None)
+
+
+defvjp(_batch_norm, _batch_norm_vjp)
+
+
+def batch_norm(x, weight, bias, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
+    """Normalize x (..., C) per channel over all other axes, then scale by weight and shift by bias (C,).
+
+    training=True uses the batch statistics (biased variance) and, when running_mean/running_var are
+    given (arrays or Tensors of shape (C,)), updates them in place:
+    running = (1 - momentum) * running + momentum * batch (unbiased variance), as PyTorch does.
+    training=False normalizes with running_mean and running_var. weight or bias may be None.
+    """
+    data = x.data if isinstance(x, Tensor) else x
+    if np.ndim(data) < 2:
+        raise ValueError(f"batch_norm: x must have a batch axis and a channel axis, got shape {np.shape(data)}")
+    check_dtypes(x=data)
+    channels = data.shape[-1]
+    running_mean = _channel_vector(running_mean, channels, "running_mean", data.shape)
+    running_var = _channel_vector(running_var, channels, "running_var", data.shape)
+    _channel_vector(weight, channels, "weight", data.shape)
+    _channel_vector(bias, channels, "bias", data.shape)
+    if training and data.size // channels < 2:
+        raise ValueError(f"batch_norm: training needs more than one value per channel, got x.shape={data.shape}")
+    if not training and (running_mean is None or running_var is None):
+        raise ValueError("batch_norm: training=False needs running_mean and running_var")
+    return apply(_batch_norm, x, weight, bias, running_mean=running_mean, running_var=running_var,
+                 training=bool(training), momentum=momentum, eps=eps)
+
+
+# ---------------------------------------------------------------- convolutions
+
+_CONV = {1: (_conv.conv1d, _conv.conv1d_backward, _conv.conv_transpose1d),
+         2: (_conv.conv2d, _conv.conv2d_backward, _conv.conv_transpose2d)}
+_GRAD_NAMES = ("input", "weight", "bias")
+
+
+def _unwrap(a):
+    return a.data if isinstance(a, Tensor) else a
+
+
+@Primitive
+def _convolution(x, w, bias, *, nd, out, **params):
+    return _CONV[nd][0](x, w, bias, out=_unwrap(out), **params), (x, w)
+
+
+def _convolution_vjp(g, res, needs, *, nd, out, **params):
+    x, w = res
+    names = tuple(name for name, need in zip(_GRAD_NAMES, needs) if need)
+    return tuple(_CONV[nd][1](g, x, w, needs=names, **params))
+
+
+defvjp(_convolution, _convolution_vjp)
+
+
+@Primitive
+def _convolution_transpose(x, w, bias, *, nd, out, output_padding, **params):
+    return _CONV[nd][2](x, w, bias, out=_unwrap(out), output_padding=output_padding, **params), (x, w)
+
+
+def _convolution_transpose_vjp(g, res, needs, *, nd, out, output_padding, **params):
+    """conv_transpose(x, w) is the adjoint of conv(., w), so its input gradient is conv(g, w), and
+    <g, conv_transpose(x, w)> = <conv(g, w), x> makes its weight gradient the weight gradient of
+    conv(g, w) for the output gradient x (roles swapped). When output_padding >= stride (possible
+    with dilation), conv(g, w) has extra trailing positions that x never reached: they are cropped
+    from the input gradient and given a zero output gradient."""
+    x, w = res
+    forward, backward, _ = _CONV[nd]
+    conv_shape = conv_output_shape(tuple(g.shape), tuple(w.shape),
+                                   conv_params(tuple(g.shape), tuple(w.shape), padding_mode="zeros", **params))
+    gx = gw = gb = None
+    if needs[0]:
+        gx = forward(g, w, **params)
+        if gx.shape != x.shape:
+            gx = gx[(slice(None),) + tuple(slice(0, n) for n in x.shape[1:-1])]
+    if needs[1]:
+        if conv_shape != x.shape:
+            padded = np.zeros(conv_shape, x.dtype)
+            padded[(slice(None),) + tuple(slice(0, n) for n in x.shape[1:-1])] = x
+            x = padded
+        gw = backward(x, g, w, needs=("weight",), **params).weight
+    if needs[2]:
+        gb = g.sum(axis=tuple(range(g.ndim - 1)))
+    return gx, gw, gb
+
+
+defvjp(_convolution_transpose, _convolution_transpose_vjp)
+
+
+def _tensor_note(fn):
+    return (fn.__doc__.rstrip() + "\n\n    Accepts Tensors too: the result is then a Tensor, recorded on the tape when an "
+            f"input\n    requires grad. With arrays only, this is exactly nbconv.conv.{fn.__name__}.\n")
+
+
+def conv1d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
+    if not (isinstance(x, Tensor) or isinstance(w, Tensor) or isinstance(bias, Tensor)):
+        return _conv.conv1d(x, w, bias, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                            padding_mode=padding_mode, out=out)
+    return apply(_convolution, x, w, bias, nd=1, out=out, stride=stride, padding=padding, dilation=dilation,
+                 groups=groups, padding_mode=padding_mode)
+
+
+def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
+    if not (isinstance(x, Tensor) or isinstance(w, Tensor) or isinstance(bias, Tensor)):
+        return _conv.conv2d(x, w, bias, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                            padding_mode=padding_mode, out=out)
+    return apply(_convolution, x, w, bias, nd=2, out=out, stride=stride, padding=padding, dilation=dilation,
+                 groups=groups, padding_mode=padding_mode)
+
+
+def conv_transpose1d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, out=None):
+    if not (isinstance(x, Tensor) or isinstance(w, Tensor) or isinstance(bias, Tensor)):
+        return _conv.conv_transpose1d(x, w, bias, stride=stride, padding=padding, output_padding=output_padding,
+                                      dilation=dilation, groups=groups, out=out)
+    return apply(_convolution_transpose, x, w, bias, nd=1, out=out, output_padding=output_padding, stride=stride,
+                 padding=padding, dilation=dilation, groups=groups)
+
+
+def conv_transpose2d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, out=None):
+    if not (isinstance(x, Tensor) or isinstance(w, Tensor) or isinstance(bias, Tensor)):
+        return _conv.conv_transpose2d(x, w, bias, stride=stride, padding=padding, output_padding=output_padding,
+                                      dilation=dilation, groups=groups, out=out)
+    return apply(_convolution_transpose, x, w, bias, nd=2, out=out, output_padding=output_padding, stride=stride,
+                 padding=padding, dilation=dilation, groups=groups)
+
+
+for _fn in (conv1d, conv2d, conv_transpose1d, conv_transpose2d):
+    _fn.__doc__ = _tensor_note(getattr(_conv, _fn.__name__))
+
+# ---------------------------------------------------------------- Tensor operators and methods
+
+_METHODS = {
+    "__add__": add, "__radd__": lambda a, b: add(b, a),
+    "__sub__": subtract, "__rsub__": lambda a, b: subtract(b, a),
+    "__mul__": multiply, "__rmul__": lambda a, b: multiply(b, a),
+    "__truediv__": divide, "__rtruediv__": lambda a, b: divide(b, a),
+    "__matmul__": matmul, "__rmatmul__": lambda a, b: matmul(b, a),
+    "__neg__": negative, "__pow__": power,
+    "sum": sum, "mean": mean, "max": max, "reshape": reshape, "transpose": transpose,
+    "relu": relu, "exp": exp, "log": log,
+}
+for _name, _method in _METHODS.items():
+    setattr(Tensor, _name, _method)
