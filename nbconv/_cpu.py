@@ -53,19 +53,13 @@ def _gather_conv(src, offsets, wpk, bias, dst, a_h, a_w, q_h, q_w, d_h, d_w, jh_
         n = row // jh_count
         jh = row - n * jh_count
         tile = np.empty((P, B), dtype=dst.dtype)
+        bases = np.empty(P, dtype=np.uint64)
         row_base = (n * h_src + jh * a_h) * w_src
-        last = jw_count - 1
-        b0 = np.uint64((row_base + min(jw0, last) * a_w) * c_src)
-        b1 = np.uint64((row_base + min(jw0 + 1, last) * a_w) * c_src)
-        b2 = np.uint64((row_base + min(jw0 + 2, last) * a_w) * c_src)
-        b3 = np.uint64((row_base + min(jw0 + 3, last) * a_w) * c_src)
-        b4 = np.uint64((row_base + min(jw0 + 4, last) * a_w) * c_src)
-        b5 = np.uint64((row_base + min(jw0 + 5, last) * a_w) * c_src)
         for g in range(groups):
-            gof = np.uint64(g * cg_src)
+            for p in range(P):
+                bases[p] = np.uint64((row_base + min(jw0 + p, jw_count - 1) * a_w) * c_src + g * cg_src)
             for nb in range(n_blocks):
-                micro_tile(flat, b0 + gof, b1 + gof, b2 + gof, b3 + gof, b4 + gof, b5 + gof,
-                           offsets, wpk[g, nb], tile)
+                micro_tile(flat, bases, offsets, wpk[g, nb], tile)
                 co0 = g * cg_dst + nb * B
                 n_valid = min(B, cg_dst - nb * B)
                 for p in range(min(P, jw_count - jw0)):
@@ -88,20 +82,18 @@ def _weight_grad(flat, rows, pix, gpk, partial, cg_src, chunk):
     last = n_rows - 1
     for t in prange(n_slots):
         tile = np.empty((P, B), dtype=partial.dtype)
+        bases = np.empty(P, dtype=np.uint64)
         for ck in range(t, n_chunks, n_slots):
             s0 = ck * chunk
             s1 = min(s0 + chunk, n_pix)
             pix_chunk = pix[s0:s1]
             for g in range(groups):
-                gof = np.uint64(g * cg_src)
-                for nb in range(n_blocks):
-                    acc = partial[t, g, nb]
-                    gy_chunk = gpk[g, nb, s0:s1]
-                    for r0 in range(0, n_rows, P):
-                        micro_tile(flat, rows[min(r0, last)] + gof, rows[min(r0 + 1, last)] + gof,
-                                   rows[min(r0 + 2, last)] + gof, rows[min(r0 + 3, last)] + gof,
-                                   rows[min(r0 + 4, last)] + gof, rows[min(r0 + 5, last)] + gof,
-                                   pix_chunk, gy_chunk, tile)
+                for r0 in range(0, n_rows, P):
+                    for p in range(P):
+                        bases[p] = rows[min(r0 + p, last)] + np.uint64(g * cg_src)
+                    for nb in range(n_blocks):
+                        micro_tile(flat, bases, pix_chunk, gpk[g, nb, s0:s1], tile)
+                        acc = partial[t, g, nb]
                         for p in range(P):
                             acc_row = acc[r0 + p]
                             for b in range(B):

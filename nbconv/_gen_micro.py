@@ -6,7 +6,7 @@ Run `python -m nbconv._gen_micro` after changing P or B.
 """
 import pathlib
 
-P = 6   # scalar rows of the tile (output pixels in the forward pass)
+P = 5   # scalar rows of the tile (output pixels in the forward pass); 6 spills registers on AVX2
 B = 16  # vector lanes of the tile (output channels in the forward pass)
 
 
@@ -21,10 +21,11 @@ def generate():
         "",
         "",
         "@kernel()",
-        "def micro_tile(src, " + ", ".join(f"a{p}" for p in range(P)) + ", c, v, tile):",
-        f'    """tile[p, b] = sum_s src[a_p + c[s]] * v[s, b] for p < {P}, b < {B}; src flat, c unsigned, '
+        "def micro_tile(src, a, c, v, tile):",
+        f'    """tile[p, b] = sum_s src[a[p] + c[s]] * v[s, b] for p < {P}, b < {B}; src flat, a and c unsigned, '
         f'v (len(c), >= {B}) C-contiguous rows."""',
         "    zero = tile.dtype.type(0)",
+        "    " + "; ".join(f"a{p} = a[{p}]" for p in range(P)),
     ]
     for p in range(P):
         lines.append("    " + " = ".join(acc[p]) + " = zero")
