@@ -20,7 +20,7 @@ def _valid_range(count, start, step, size):
     return lo, max(lo, hi)
 
 
-@kernel()
+@kernel(inline="always")
 def _madd_row(acc, a, b, m):
     """acc[c] += a[c // m] * b[c] for c < len(acc)."""
     if m == 1:
@@ -54,10 +54,12 @@ def forward(src, w, bias, dst, off_h, off_w, sh, sw, dh, dw):
             ih = oh * sh + kh * dh - off_h
             if ih < 0 or ih >= h_src:
                 continue
+            src_row = src[n, ih]
             for kw in range(k_w):
                 lo, hi = _valid_range(out_w, kw * dw - off_w, sw, w_src)
+                wv = w[kh, kw]
                 for ow in range(lo, hi):
-                    _madd_row(out_row[ow], src[n, ih, ow * sw + kw * dw - off_w], w[kh, kw], m)
+                    _madd_row(out_row[ow], src_row[ow * sw + kw * dw - off_w], wv, m)
 
 
 @kernel(parallel=True)
@@ -116,7 +118,10 @@ def grad_weight(src, gy, partial, off_h, off_w, sh, sw, dh, dw):
                 ih = oh * sh + kh * dh - off_h
                 if ih < 0 or ih >= h_src:
                     continue
+                src_row = src[n, ih]
+                gy_row = gy[n, oh]
                 for kw in range(k_w):
                     lo, hi = _valid_range(out_w, kw * dw - off_w, sw, w_src)
+                    acc_tap = acc[kh, kw]
                     for ow in range(lo, hi):
-                        _madd_row(acc[kh, kw], src[n, ih, ow * sw + kw * dw - off_w], gy[n, oh, ow], m)
+                        _madd_row(acc_tap, src_row[ow * sw + kw * dw - off_w], gy_row[ow], m)

@@ -18,10 +18,10 @@ _compile_lock = threading.Lock()
 _compiled = set()
 
 
-def kernel(parallel=False):
+def kernel(parallel=False, inline="never"):
     """Decorator for nbconv's CPU kernels (nothing is compiled until the first call)."""
     return numba.njit(cache=True, parallel=parallel, fastmath=set(FASTMATH), nogil=True,
-                      error_model="numpy", boundscheck=False)
+                      error_model="numpy", boundscheck=False, inline=inline)
 
 
 def call(dispatcher, *args):
