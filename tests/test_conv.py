@@ -1,0 +1,666 @@
+"""nbconv's CPU convolutions against two oracles: the naive reference (tests/reference.py) and
+torch.nn.functional (F.pad for asymmetric padding and the non-zero padding modes).
+
+The parameter grids are pairwise coverings (every pair of values of any two factors appears in some
+case) built deterministically at collection time, plus small full products where interactions of
+three factors matter (padding kind x padding mode x dims). Shapes are tiny: the cost of this file is
+the JIT compilation of the kernels, not the arithmetic.
+"""
+import itertools
+import random
+import warnings
+
+import numpy as np
+import pytest
+
+import nbconv
+try:
+    from . import reference as R
+except ImportError:   # tests/ is not a package: pytest puts it on sys.path
+    import reference as R
+
+torch = pytest.importorskip("torch")
+F = torch.nn.functional
+
+DTYPES = (np.float32, np.float64)
+TOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
+
+
+# ---------------------------------------------------------------------------------------------------
+# pairwise coverings
+# ---------------------------------------------------------------------------------------------------
+
+def pairwise(factors, seed=0, candidates=30):
+    """A list of dicts (one value per factor) in which every pair of values of every two factors occurs.
+
+    Greedy (AETG-style): each new case starts from an uncovered pair and fills the other factors with
+    the values that cover the most uncovered pairs; deterministic for a given seed."""
+    names = list(factors)
+    rnd = random.Random(seed)
+    uncovered = {((a, i), (b, j))
+                 for ia, a in enumerate(names) for b in names[ia + 1:]
+                 for i in range(len(factors[a])) for j in range(len(factors[b]))}
+
+    def covered_by(case):
+        return {((a, case[a]), (b, case[b])) for ia, a in enumerate(names) for b in names[ia + 1:]}
+
+    cases = []
+    while uncovered:
+        seed_pair = min(uncovered)
+        best, best_gain = None, -1
+        for _ in range(candidates):
+            case = {seed_pair[0][0]: seed_pair[0][1], seed_pair[1][0]: seed_pair[1][1]}
+            rest = [n for n in names if n not in case]
+            rnd.shuffle(rest)
+            for n in rest:
+                def gain(v):
+                    trial = dict(case, **{n: v})
+                    return sum(((a, trial[a]), (b, trial[b])) in uncovered
+                               for ia, a in enumerate(names) for b in names[ia + 1:] if a in trial and b in trial)
+                values = list(range(len(factors[n])))
+                rnd.shuffle(values)
+                case[n] = max(values, key=gain)
+            g = len(covered_by(case) & uncovered)
+            if g > best_gain:
+                best, best_gain = case, g
+        uncovered -= covered_by(best)
+        cases.append(best)
+    return [{n: factors[n][case[n]] for n in names} for case in cases]
+
+
+def case_params(cases):
+    return [pytest.param(c, id="-".join(f"{k}={getattr(v, '__name__', v)}" for k, v in c.items()))
+            for c in cases]
+
+
+# ---------------------------------------------------------------------------------------------------
+# parameter kinds -> concrete arguments
+# ---------------------------------------------------------------------------------------------------
+
+X_SPATIAL = {1: (8,), 2: (7, 8)}      # reflect padding up to 3 stays below every input size
+K_SPATIAL = {1: (3,), 2: (3, 2)}
+STRIDES = {"1": {1: 1, 2: 1}, "2": {1: 2, 2: 2}, "mixed": {1: (3,), 2: (2, 1)}}
+DILATIONS = {"1": {1: 1, 2: 1}, "2": {1: 2, 2: 2}, "mixed": {1: (3,), 2: (1, 3)}}
+PADDINGS = {  # nbconv's `padding` argument per dims
+    "int0": {1: 0, 2: 0},
+    "int": {1: 1, 2: 1},
+    "per_dim": {1: (2,), 2: (1, 0)},
+    "asym": {1: ((2, 1),), 2: ((1, 2), (2, 0))},
+    "valid": {1: "valid", 2: "valid"},
+    "same": {1: "same", 2: "same"},
+}
+GROUPS = {  # (C_in, C_out, groups)
+    "g1": (3, 4, 1),
+    "g2": (4, 6, 2),
+    "depthwise": (3, 3, 3),
+    "dw_mult": (3, 6, 3),
+}
+LAYOUTS = ("C", "F", "negative", "slice", "readonly")
+
+
+def explicit_pads(padding, in_spatial, k_spatial, stride, dilation):
+    """((before, after), ...) for an nbconv `padding` argument (independently of nbconv)."""
+    nd = len(in_spatial)
+    stride, dilation = R._norm(stride, nd), R._norm(dilation, nd)
+    if padding == "valid":
+        return ((0, 0),) * nd
+    if padding == "same":
+        return R.same_pads(in_spatial, k_spatial, stride, dilation)
+    return R._norm_pads(padding, nd)
+
+
+def layout(a, kind):
+    """An array equal to `a` with the memory layout `kind` (a fresh buffer each time)."""
+    a = np.array(a)
+    if kind == "C":
+        return a
+    if kind == "F":
+        return np.asfortranarray(a)
+    if kind == "negative":                 # negative strides on every axis
+        flip = (slice(None, None, -1),) * a.ndim
+        return np.ascontiguousarray(a[flip])[flip]
+    if kind == "slice":                    # every other element of a larger buffer, offset by one
+        buf = np.zeros(tuple(2 * n + 1 for n in a.shape), dtype=a.dtype)
+        view = buf[(slice(1, None, 2),) * a.ndim]
+        view[...] = a
+        return view
+    if kind == "readonly":
+        a.setflags(write=False)
+        return a
+    raise ValueError(kind)
+
+
+def check_layout(a, kind):
+    """The layout helper did what it says (so the grid really exercises that layout)."""
+    if kind == "F" and a.ndim > 1:
+        assert a.flags.f_contiguous and not a.flags.c_contiguous
+    if kind == "negative":
+        assert all(s < 0 for s in a.strides)
+    if kind == "slice":
+        assert not a.flags.c_contiguous and not a.flags.f_contiguous
+    if kind == "readonly":
+        assert not a.flags.writeable
+
+
+def randn(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def snapshot(*arrays):
+    return [None if a is None else (a.copy(), a.strides, a.flags.writeable) for a in arrays]
+
+
+def assert_unchanged(arrays, saved):
+    for a, s in zip(arrays, saved):
+        if a is not None:
+            np.testing.assert_array_equal(a, s[0])
+            assert a.strides == s[1] and a.flags.writeable == s[2]
+
+
+def assert_close(got, expected, magnitude, dtype, what=""):
+    """|got - expected| <= tol * (magnitude + 1), magnitude being the reduction of absolute values."""
+    dtype = np.dtype(dtype)
+    assert got.dtype == dtype, (what, got.dtype, dtype)
+    assert got.shape == expected.shape, (what, got.shape, expected.shape)
+    tol = TOL[dtype]
+    err = np.abs(got.astype(np.float64) - np.asarray(expected, np.float64))
+    bound = tol * (np.asarray(magnitude, np.float64) + 1.0)
+    bad = err > bound
+    assert not bad.any(), (f"{what}: {bad.sum()} of {bad.size} elements off; worst error "
+                           f"{err.max():.3g} at {np.unravel_index(err.argmax(), err.shape)} (tol {tol})")
+
+
+# ---------------------------------------------------------------------------------------------------
+# torch oracle (NCHW / OIHW) -- everything converted from and back to nbconv's layouts here
+# ---------------------------------------------------------------------------------------------------
+
+def t_act(a, requires_grad=False):
+    return torch.tensor(np.moveaxis(np.asarray(a), -1, 1).copy(), requires_grad=requires_grad)
+
+
+def n_act(t):
+    return np.moveaxis(t.detach().numpy(), 1, -1)
+
+
+def t_weight(w, requires_grad=False):
+    """(*k, C_in // g, C_out) -> (C_out, C_in // g, *k); also (*k, C_out // g, C_in) -> (C_in, C_out // g, *k)."""
+    nd = w.ndim - 2
+    return torch.tensor(np.transpose(np.asarray(w), (nd + 1, nd) + tuple(range(nd))).copy(),
+                        requires_grad=requires_grad)
+
+
+def n_weight(t):
+    a = t.detach().numpy()
+    nd = a.ndim - 2
+    return np.transpose(a, tuple(range(2, nd + 2)) + (1, 0))
+
+
+def torch_conv(x, w, bias, *, stride, padding, dilation, groups, mode, gy=None):
+    """torch's y (and, given gy, autograd's (gx, gw, gb)) in nbconv layouts."""
+    nd = x.ndim - 2
+    conv = (F.conv1d, F.conv2d)[nd - 1]
+    stride, dilation = R._norm(stride, nd), R._norm(dilation, nd)
+    tx, tw = t_act(x, True), t_weight(w, True)
+    tb = None if bias is None else torch.tensor(np.asarray(bias), requires_grad=True)
+    pads = explicit_pads(padding, x.shape[1:-1], w.shape[:-2], stride, dilation)
+    if mode == "zeros" and padding == "same" and all(s == 1 for s in stride):
+        with warnings.catch_warnings():   # torch notes that even kernels need a padded copy
+            warnings.simplefilter("ignore", UserWarning)
+            ty = conv(tx, tw, tb, stride=stride, padding="same", dilation=dilation, groups=groups)
+    elif mode == "zeros" and all(b == a for b, a in pads):
+        ty = conv(tx, tw, tb, stride=stride, padding=tuple(b for b, _ in pads), dilation=dilation, groups=groups)
+    else:
+        flat = [p for pair in reversed(pads) for p in pair]   # F.pad: last dim first
+        txp = F.pad(tx, flat, mode="constant" if mode == "zeros" else mode)
+        ty = conv(txp, tw, tb, stride=stride, padding=0, dilation=dilation, groups=groups)
+    if gy is None:
+        return n_act(ty)
+    ty.backward(t_act(gy))
+    return (n_act(ty), n_act(tx.grad), n_weight(tw.grad), None if tb is None else tb.grad.numpy())
+
+
+def torch_conv_transpose(x, w, bias, *, stride, padding, output_padding, dilation, groups):
+    """torch's conv_transpose in nbconv layouts; asymmetric pads by cropping an unpadded result."""
+    nd = x.ndim - 2
+    convt = (F.conv_transpose1d, F.conv_transpose2d)[nd - 1]
+    pads = R._norm_pads(0 if padding == "valid" else padding, nd)
+    tb = None if bias is None else torch.tensor(np.asarray(bias))
+    if all(b == a for b, a in pads):
+        ty = convt(t_act(x), t_weight(w), tb, stride=stride, padding=tuple(b for b, _ in pads),
+                   output_padding=output_padding, groups=groups, dilation=dilation)
+        return n_act(ty)
+    ty = n_act(convt(t_act(x), t_weight(w), tb, stride=stride, padding=0, output_padding=output_padding,
+                     groups=groups, dilation=dilation))
+    crop = tuple(slice(b, n - a) for (b, a), n in zip(pads, ty.shape[1:-1]))
+    return ty[(slice(None),) + crop + (slice(None),)]
+
+
+def fn(name, nd):
+    return getattr(nbconv, f"{name}{nd}d")
+
+
+# ---------------------------------------------------------------------------------------------------
+# forward
+# ---------------------------------------------------------------------------------------------------
+
+FORWARD_CASES = pairwise({
+    "nd": (1, 2),
+    "stride": tuple(STRIDES),
+    "padding": tuple(PADDINGS),
+    "dilation": tuple(DILATIONS),
+    "groups": tuple(GROUPS),
+    "mode": R.MODES,
+    "dtype": DTYPES,
+    "bias": (True, False),
+    "layout": LAYOUTS,
+}, seed=1)
+
+
+def make_conv_case(rng, case, n=2):
+    nd, dtype = case["nd"], case["dtype"]
+    c_in, c_out, groups = GROUPS[case["groups"]]
+    x = randn(rng, (n, *X_SPATIAL[nd], c_in), dtype)
+    w = randn(rng, (*K_SPATIAL[nd], c_in // groups, c_out), dtype)
+    b = randn(rng, (c_out,), dtype) if case.get("bias", True) else None
+    kwargs = dict(stride=STRIDES[case["stride"]][nd], padding=PADDINGS[case["padding"]][nd],
+                  dilation=DILATIONS[case["dilation"]][nd], groups=groups, padding_mode=case["mode"])
+    return x, w, b, kwargs
+
+
+def reference_forward(x, w, b, kw):
+    pads = explicit_pads(kw["padding"], x.shape[1:-1], w.shape[:-2], kw["stride"], kw["dilation"])
+    args = dict(stride=kw["stride"], pads=pads, dilation=kw["dilation"], groups=kw["groups"],
+                mode=kw["padding_mode"])
+    expected = R.conv_forward(x, w, b, **args)
+    magnitude = R.conv_forward(np.abs(x), np.abs(w), None if b is None else np.abs(b), **args)
+    return expected, magnitude
+
+
+def run_forward_case(rng, case):
+    nd, dtype = case["nd"], np.dtype(case["dtype"])
+    x, w, b, kw = make_conv_case(rng, case)
+    lx, lw = layout(x, case["layout"]), layout(w, case["layout"])
+    lb = None if b is None else layout(b, case["layout"])
+    check_layout(lx, case["layout"])
+    saved = snapshot(lx, lw, lb)
+    y = fn("conv", nd)(lx, lw, lb, **kw)
+    assert_unchanged((lx, lw, lb), saved)
+    assert isinstance(y, np.ndarray) and y.flags.c_contiguous and y.flags.writeable
+    expected, magnitude = reference_forward(x, w, b, kw)
+    assert_close(y, expected, magnitude, dtype, "vs reference")
+    t = torch_conv(x, w, b, stride=kw["stride"], padding=kw["padding"], dilation=kw["dilation"],
+                   groups=kw["groups"], mode=kw["padding_mode"])
+    assert_close(y, t, magnitude, dtype, "vs torch")
+
+
+@pytest.mark.parametrize("case", case_params(FORWARD_CASES))
+def test_forward_pairwise(rng, case):
+    run_forward_case(rng, case)
+
+
+@pytest.mark.parametrize("nd", (1, 2))
+@pytest.mark.parametrize("padding", tuple(PADDINGS))
+@pytest.mark.parametrize("mode", R.MODES)
+def test_forward_padding_kind_x_mode(rng, nd, padding, mode):
+    """Every padding form with every padding mode (stride 2 so that "same" is not symmetric)."""
+    run_forward_case(rng, dict(nd=nd, stride="2", padding=padding, dilation="1", groups="g2", mode=mode,
+                               dtype=np.float64, bias=True, layout="C"))
+
+
+@pytest.mark.parametrize("nd", (1, 2))
+@pytest.mark.parametrize("stride", tuple(STRIDES))
+@pytest.mark.parametrize("dilation", tuple(DILATIONS))
+@pytest.mark.parametrize("groups", tuple(GROUPS))
+def test_forward_stride_x_dilation_x_groups(rng, nd, stride, dilation, groups):
+    run_forward_case(rng, dict(nd=nd, stride=stride, padding="asym", dilation=dilation, groups=groups,
+                               mode="zeros", dtype=np.float32, bias=False, layout="C"))
+
+
+@pytest.mark.parametrize("nd", (1, 2))
+@pytest.mark.parametrize("size", (1, 2, 3, 4, 5, 6, 7, 9))
+@pytest.mark.parametrize("stride", (1, 2, 3))
+def test_same_padding_sizes(rng, nd, size, stride):
+    """"same" gives ceil(n / stride) outputs for every input size (odd and even totals)."""
+    x = randn(rng, (1,) + (size,) * nd + (2,), np.float64)
+    w = randn(rng, (3,) * nd + (2, 3), np.float64)
+    y = fn("conv", nd)(x, w, padding="same", stride=stride)
+    assert y.shape[1:-1] == (-(-size // stride),) * nd
+    expected, magnitude = reference_forward(x, w, None, dict(padding="same", stride=stride, dilation=1,
+                                                             groups=1, padding_mode="zeros"))
+    assert_close(y, expected, magnitude, np.float64)
+    if stride == 1:   # exactly PyTorch's padding="same"
+        assert_close(y, torch_conv(x, w, None, stride=1, padding="same", dilation=1, groups=1, mode="zeros"),
+                     magnitude, np.float64)
+
+
+@pytest.mark.parametrize("mode", R.MODES)
+@pytest.mark.parametrize("groups", ("g1", "depthwise"))
+@pytest.mark.parametrize("nd", (1, 2))
+def test_fortran_order_with_padding_modes(rng, mode, groups, nd):
+    """Fortran-ordered inputs with every padding mode (np.pad keeps Fortran order), forward and backward."""
+    case = dict(nd=nd, stride="1", padding="asym", dilation="1", groups=groups, mode=mode, dtype=np.float64,
+                layout="F")
+    run_forward_case(rng, dict(case, bias=True))
+    run_backward_case(rng, case)
+
+
+EDGE_CASES = [  # (nd, x spatial, k spatial, kwargs): boundaries of the shape rules
+    (2, (3, 3), (3, 3), dict()),                                   # output 1x1
+    (2, (3, 4), (1, 1), dict(stride=2)),                           # 1x1 kernel, stride skipping rows
+    (2, (5, 5), (2, 2), dict(stride=3)),                           # stride > kernel: unread inputs
+    (2, (4, 4), (3, 3), dict(stride=5, padding=1)),                # stride > input
+    (1, (9,), (2,), dict(dilation=4, stride=3)),                   # dilation > stride
+    (2, (1, 6), (1, 3), dict(padding=((0, 0), (2, 2)), padding_mode="circular")),  # H = 1
+    (1, (3,), (3,), dict(padding=3, padding_mode="circular")),     # circular pad == input size
+    (1, (3,), (3,), dict(padding=2, padding_mode="reflect")),      # reflect pad == size - 1
+    (1, (2,), (5,), dict(padding=(4,), padding_mode="replicate")),  # replicate wider than the input
+    (2, (2, 2), (3, 3), dict(padding=((2, 0), (0, 2)), padding_mode="replicate")),
+    (2, (6, 5), (2, 3), dict(padding="same", stride=(3, 2), dilation=(2, 1), padding_mode="reflect")),
+    (1, (0,), (1,), dict(padding=1)),                              # empty input, padding makes room
+]
+
+
+@pytest.mark.parametrize("nd, xs, ks, kw", EDGE_CASES)
+@pytest.mark.parametrize("n", (2, 0))
+def test_forward_edge_shapes(rng, nd, xs, ks, kw, n):
+    x = randn(rng, (n, *xs, 2), np.float64)
+    w = randn(rng, (*ks, 2, 3), np.float64)
+    b = randn(rng, (3,), np.float64)
+    kw = dict(dict(stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"), **kw)
+    y = fn("conv", nd)(x, w, b, **kw)
+    expected, magnitude = reference_forward(x, w, b, kw)
+    assert_close(y, expected, magnitude, np.float64, "vs reference")
+    if xs[0] > 0:
+        t = torch_conv(x, w, b, stride=kw["stride"], padding=kw["padding"], dilation=kw["dilation"],
+                       groups=1, mode=kw["padding_mode"])
+        assert_close(y, t, magnitude, np.float64, "vs torch")
+
+
+@pytest.mark.parametrize("nd", (1, 2))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_forward_out(rng, nd, dtype):
+    x, w, b, kw = make_conv_case(rng, dict(nd=nd, dtype=dtype, groups="g2", stride="2", padding="asym",
+                                           dilation="1", mode="reflect"))
+    expected, magnitude = reference_forward(x, w, b, kw)
+    out = np.full(expected.shape, np.nan, dtype=dtype)
+    result = fn("conv", nd)(x, w, b, out=out, **kw)
+    assert result is out
+    assert_close(out, expected, magnitude, dtype)
+    again = fn("conv", nd)(x, w, b, **kw)
+    np.testing.assert_array_equal(again, out)   # same kernels either way
+
+
+def test_forward_bias_is_added_per_channel(rng):
+    x, w, b, kw = make_conv_case(rng, dict(nd=2, dtype=np.float64, groups="dw_mult", stride="1",
+                                           padding="int", dilation="1", mode="zeros"))
+    with_bias = nbconv.conv2d(x, w, b, **kw)
+    without = nbconv.conv2d(x, w, None, **kw)
+    np.testing.assert_allclose(with_bias - without, np.broadcast_to(b, with_bias.shape), rtol=1e-12, atol=1e-12)
+
+
+def test_forward_propagates_nan_and_inf(rng):
+    x = randn(rng, (1, 5, 5, 2), np.float64)
+    w = randn(rng, (3, 3, 2, 2), np.float64)
+    x[0, 2, 2, 0] = np.nan
+    x[0, 0, 4, 1] = np.inf
+    y = nbconv.conv2d(x, w, padding=1)
+    assert np.isnan(y[0, 1:4, 1:4]).all()
+    assert not np.isnan(y[0, 4, 0]).any() and np.isfinite(y[0, 4, 0]).all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# backward
+# ---------------------------------------------------------------------------------------------------
+
+BACKWARD_CASES = pairwise({
+    "nd": (1, 2),
+    "stride": tuple(STRIDES),
+    "padding": tuple(PADDINGS),
+    "dilation": tuple(DILATIONS),
+    "groups": tuple(GROUPS),
+    "mode": R.MODES,
+    "dtype": DTYPES,
+    "layout": LAYOUTS,
+}, seed=2)
+
+
+def reference_grads(gy, x, w, kw):
+    pads = explicit_pads(kw["padding"], x.shape[1:-1], w.shape[:-2], kw["stride"], kw["dilation"])
+    args = dict(stride=kw["stride"], pads=pads, dilation=kw["dilation"], groups=kw["groups"],
+                mode=kw["padding_mode"])
+    return R.conv_grads(gy, x, w, **args), R.conv_grads(np.abs(gy), np.abs(x), np.abs(w), **args)
+
+
+def run_backward_case(rng, case):
+    nd, dtype = case["nd"], np.dtype(case["dtype"])
+    x, w, b, kw = make_conv_case(rng, dict(case, bias=True))
+    expected_y, _ = reference_forward(x, w, b, kw)
+    gy = randn(rng, expected_y.shape, dtype)
+    lx, lw, lgy = (layout(a, case["layout"]) for a in (x, w, gy))
+    saved = snapshot(lx, lw, lgy)
+    grads = getattr(nbconv, f"conv{nd}d_backward")(lgy, lx, lw, **kw)
+    assert_unchanged((lx, lw, lgy), saved)
+    assert grads._fields == ("input", "weight", "bias")
+    (ex, ew, eb), (mx, mw, mb) = reference_grads(gy, x, w, kw)
+    assert_close(grads.input, ex, mx, dtype, "grad input vs reference")
+    assert_close(grads.weight, ew, mw, dtype, "grad weight vs reference")
+    assert_close(grads.bias, eb, mb, dtype, "grad bias vs reference")
+    _, tx, tw, tb = torch_conv(x, w, b, stride=kw["stride"], padding=kw["padding"], dilation=kw["dilation"],
+                               groups=kw["groups"], mode=kw["padding_mode"], gy=gy)
+    assert_close(grads.input, tx, mx, dtype, "grad input vs torch")
+    assert_close(grads.weight, tw, mw, dtype, "grad weight vs torch")
+    assert_close(grads.bias, tb, mb, dtype, "grad bias vs torch")
+
+
+@pytest.mark.parametrize("case", case_params(BACKWARD_CASES))
+def test_backward_pairwise(rng, case):
+    run_backward_case(rng, case)
+
+
+@pytest.mark.parametrize("nd", (1, 2))
+@pytest.mark.parametrize("padding", tuple(PADDINGS))
+@pytest.mark.parametrize("mode", R.MODES)
+def test_backward_padding_kind_x_mode(rng, nd, padding, mode):
+    """The input gradient folds padded positions back onto the inputs they copied: every form x mode."""
+    run_backward_case(rng, dict(nd=nd, stride="2", padding=padding, dilation="1", groups="g2", mode=mode,
+                                dtype=np.float64, layout="C"))
+
+
+@pytest.mark.parametrize("nd", (1, 2))
+@pytest.mark.parametrize("stride", tuple(STRIDES))
+@pytest.mark.parametrize("dilation", tuple(DILATIONS))
+@pytest.mark.parametrize("groups", tuple(GROUPS))
+def test_backward_stride_x_dilation_x_groups(rng, nd, stride, dilation, groups):
+    """Sub-pixel phases of the input gradient: every stride/dilation/groups combination."""
+    run_backward_case(rng, dict(nd=nd, stride=stride, padding="asym", dilation=dilation, groups=groups,
+                                mode="zeros", dtype=np.float32, layout="C"))
+
+
+@pytest.mark.parametrize("nd, xs, ks, kw", EDGE_CASES)
+@pytest.mark.parametrize("n", (2, 0))
+def test_backward_edge_shapes(rng, nd, xs, ks, kw, n):
+    x = randn(rng, (n, *xs, 2), np.float64)
+    w = randn(rng, (*ks, 2, 3), np.float64)
+    kw = dict(dict(stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"), **kw)
+    expected_y, _ = reference_forward(x, w, None, kw)
+    gy = randn(rng, expected_y.shape, np.float64)
+    grads = getattr(nbconv, f"conv{nd}d_backward")(gy, x, w, **kw)
+    (ex, ew, eb), (mx, mw, mb) = reference_grads(gy, x, w, kw)
+    assert_close(grads.input, ex, mx, np.float64, "grad input")
+    assert_close(grads.weight, ew, mw, np.float64, "grad weight")
+    assert_close(grads.bias, eb, mb, np.float64, "grad bias")
+
+
+NEEDS = [("input",), ("weight",), ("bias",), ("input", "bias"), ("weight", "input"), (), "weight",
+         ["bias", "weight"]]
+
+
+@pytest.mark.parametrize("needs", NEEDS, ids=repr)
+@pytest.mark.parametrize("nd", (1, 2))
+def test_backward_needs(rng, needs, nd):
+    x, w, b, kw = make_conv_case(rng, dict(nd=nd, dtype=np.float32, groups="g2", stride="2",
+                                           padding="same", dilation="1", mode="circular"))
+    expected_y, _ = reference_forward(x, w, b, kw)
+    gy = randn(rng, expected_y.shape, np.float32)
+    grads = getattr(nbconv, f"conv{nd}d_backward")(gy, x, w, needs=needs, **kw)
+    wanted = {needs} if isinstance(needs, str) else set(needs)
+    (ex, ew, eb), (mx, mw, mb) = reference_grads(gy, x, w, kw)
+    for name, e, m in (("input", ex, mx), ("weight", ew, mw), ("bias", eb, mb)):
+        got = getattr(grads, name)
+        if name in wanted:
+            assert_close(got, e, m, np.float32, name)
+        else:
+            assert got is None, name
+
+
+def test_backward_is_deterministic(rng):
+    x, w, b, kw = make_conv_case(rng, dict(nd=2, dtype=np.float32, groups="g1", stride="1",
+                                           padding="int", dilation="1", mode="zeros"), n=4)
+    gy = randn(rng, nbconv.conv2d(x, w, **kw).shape, np.float32)
+    first = nbconv.conv2d_backward(gy, x, w, **kw)
+    second = nbconv.conv2d_backward(gy, x, w, **kw)
+    for a, b_ in zip(first, second):
+        np.testing.assert_array_equal(a, b_)
+
+
+# finite differences (float64, small shapes): the gradients are those of nbconv's own forward
+
+FD_CASES = [
+    (1, dict(stride=2, padding=((2, 1),), dilation=1, groups=1, padding_mode="reflect")),
+    (1, dict(stride=1, padding="same", dilation=2, groups=2, padding_mode="circular")),
+    (2, dict(stride=1, padding=1, dilation=1, groups=1, padding_mode="zeros")),
+    (2, dict(stride=(2, 1), padding=((1, 2), (2, 0)), dilation=(1, 2), groups=2, padding_mode="reflect")),
+    (2, dict(stride=2, padding="same", dilation=1, groups=2, padding_mode="replicate")),
+    (2, dict(stride=1, padding=(2, 1), dilation=2, groups=2, padding_mode="circular")),
+]
+
+
+@pytest.mark.parametrize("nd, kw", FD_CASES)
+def test_backward_finite_differences(rng, nd, kw):
+    x = randn(rng, (2,) + (5,) * nd + (2,), np.float64)
+    w = randn(rng, (3,) * nd + (2 // kw["groups"], 4), np.float64)
+    b = randn(rng, (4,), np.float64)
+    conv = fn("conv", nd)
+    gy = randn(rng, conv(x, w, b, **kw).shape, np.float64)
+
+    def loss(x_, w_, b_):
+        return float(np.sum(conv(x_, w_, b_, **kw) * gy))
+
+    grads = getattr(nbconv, f"conv{nd}d_backward")(gy, x, w, **kw)
+    for index, got in enumerate(grads):
+        numeric = R.finite_difference(loss, [x, w, b], index)
+        np.testing.assert_allclose(got, numeric, rtol=1e-6, atol=1e-7 * (1 + np.abs(numeric).max()),
+                                   err_msg=grads._fields[index])
+
+
+# ---------------------------------------------------------------------------------------------------
+# transposed convolution
+# ---------------------------------------------------------------------------------------------------
+
+T_PADDINGS = {"int0": {1: 0, 2: 0}, "int": {1: 1, 2: 1}, "per_dim": {1: (2,), 2: (1, 0)},
+              "asym": {1: ((2, 0),), 2: ((0, 1), (2, 1))}, "valid": {1: "valid", 2: "valid"}}
+T_GROUPS = {"g1": (3, 4, 1), "g2": (4, 6, 2), "depthwise": (3, 3, 3), "dw_mult": (3, 6, 3)}  # (C_in, C_out, g)
+
+TRANSPOSE_CASES = pairwise({
+    "nd": (1, 2),
+    "stride": tuple(STRIDES),
+    "padding": tuple(T_PADDINGS),
+    "output_padding": ("zero", "max"),
+    "dilation": tuple(DILATIONS),
+    "groups": tuple(T_GROUPS),
+    "dtype": DTYPES,
+    "bias": (True, False),
+    "layout": LAYOUTS,
+}, seed=3)
+
+
+def make_transpose_case(rng, case):
+    nd, dtype = case["nd"], case["dtype"]
+    c_in, c_out, groups = T_GROUPS[case["groups"]]
+    stride = R._norm(STRIDES[case["stride"]][nd], nd)
+    dilation = R._norm(DILATIONS[case["dilation"]][nd], nd)
+    if case["output_padding"] == "max":
+        output_padding = tuple(max(s, d) - 1 for s, d in zip(stride, dilation))
+    else:
+        output_padding = 0
+    x = randn(rng, (2,) + (4, 3)[:nd] + (c_in,), dtype)
+    w = randn(rng, K_SPATIAL[nd] + (c_out // groups, c_in), dtype)
+    b = randn(rng, (c_out,), dtype) if case["bias"] else None
+    kw = dict(stride=STRIDES[case["stride"]][nd], padding=T_PADDINGS[case["padding"]][nd],
+              output_padding=output_padding, dilation=DILATIONS[case["dilation"]][nd], groups=groups)
+    return x, w, b, kw
+
+
+def reference_transpose(x, w, b, kw):
+    args = dict(kw, pads=0 if kw["padding"] == "valid" else kw["padding"])
+    del args["padding"]
+    expected = R.conv_transpose(x, w, b, **args)
+    magnitude = R.conv_transpose(np.abs(x), np.abs(w), None if b is None else np.abs(b), **args)
+    return expected, magnitude
+
+
+def run_transpose_case(rng, case):
+    nd, dtype = case["nd"], np.dtype(case["dtype"])
+    x, w, b, kw = make_transpose_case(rng, case)
+    lx, lw = layout(x, case["layout"]), layout(w, case["layout"])
+    lb = None if b is None else layout(b, case["layout"])
+    saved = snapshot(lx, lw, lb)
+    y = fn("conv_transpose", nd)(lx, lw, lb, **kw)
+    assert_unchanged((lx, lw, lb), saved)
+    assert y.flags.c_contiguous
+    expected, magnitude = reference_transpose(x, w, b, kw)
+    assert_close(y, expected, magnitude, dtype, "vs reference")
+    assert_close(y, torch_conv_transpose(x, w, b, **kw), magnitude, dtype, "vs torch")
+
+
+@pytest.mark.parametrize("case", case_params(TRANSPOSE_CASES))
+def test_transpose_pairwise(rng, case):
+    run_transpose_case(rng, case)
+
+
+@pytest.mark.parametrize("nd", (1, 2))
+@pytest.mark.parametrize("stride", tuple(STRIDES))
+@pytest.mark.parametrize("dilation", tuple(DILATIONS))
+@pytest.mark.parametrize("output_padding", ("zero", "max"))
+def test_transpose_stride_x_dilation_x_output_padding(rng, nd, stride, dilation, output_padding):
+    run_transpose_case(rng, dict(nd=nd, stride=stride, padding="asym", output_padding=output_padding,
+                                 dilation=dilation, groups="g2", dtype=np.float64, bias=True, layout="C"))
+
+
+@pytest.mark.parametrize("nd", (1, 2))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transpose_out(rng, nd, dtype):
+    x, w, b, kw = make_transpose_case(rng, dict(nd=nd, dtype=dtype, groups="g2", stride="2", padding="int",
+                                                output_padding="max", dilation="1", bias=True))
+    expected, magnitude = reference_transpose(x, w, b, kw)
+    out = np.full(expected.shape, np.nan, dtype=dtype)
+    assert fn("conv_transpose", nd)(x, w, b, out=out, **kw) is out
+    assert_close(out, expected, magnitude, dtype)
+
+
+ADJOINT_CASES = [
+    (1, (9,), (3,), dict(stride=2, padding=((1, 2),), dilation=2, groups=1)),
+    (2, (7, 8), (3, 2), dict(stride=(2, 3), padding=1, dilation=(1, 2), groups=2)),
+    (2, (6, 5), (2, 3), dict(stride=3, padding=((2, 0), (0, 1)), dilation=1, groups=4)),
+    (2, (5, 5), (3, 3), dict(stride=1, padding=0, dilation=2, groups=1)),
+]
+
+
+@pytest.mark.parametrize("nd, xs, ks, kw", ADJOINT_CASES)
+def test_transpose_is_adjoint_of_conv(rng, nd, xs, ks, kw):
+    """<conv(x, w), y> == <x, conv_transpose(y, w)> with the same weight tensor (zeros padding)."""
+    groups = kw["groups"]
+    x = randn(rng, (2, *xs, 4), np.float64)
+    w = randn(rng, (*ks, 4 // groups, 8), np.float64)
+    cx = fn("conv", nd)(x, w, **kw)
+    y = randn(rng, cx.shape, np.float64)
+    stride, dilation = R._norm(kw["stride"], nd), R._norm(kw["dilation"], nd)
+    pads = R._norm_pads(kw["padding"], nd)
+    # output_padding that makes conv_transpose return x's spatial shape (the floor's remainder)
+    op = tuple(n + b + a - d * (k - 1) - 1 - (m - 1) * s
+               for n, (b, a), k, s, d, m in zip(xs, pads, ks, stride, dilation, cx.shape[1:-1]))
+    ty = fn("conv_transpose", nd)(y, w, stride=kw["stride"], padding=kw["padding"], dilation=kw["dilation"],
+                                  groups=groups, output_padding=op)
+    assert ty.shape == x.shape
+    lhs, rhs = np.vdot(cx, y), np.vdot(x, ty)
+    assert abs(lhs - rhs) <= 1e-11 * (np.abs(cx).sum() * np.abs(y).max() + 1)
