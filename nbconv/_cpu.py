@@ -72,6 +72,37 @@ def _gather_conv(src, offsets, wpk, bias, dst, a_h, a_w, q_h, q_w, d_h, d_w, jh_
 
 
 @kernel(parallel=True)
+def _scatter_conv(gy, reduce_offsets, wpk, offsets, dst, sh, sw):
+    """dst.flat[base(n, oh*sh, ow*sw) + g*Cgd + offsets[j]] += sum_co gy[n, oh, ow, g*Cgs + co]
+    * wpk[g, j // B, co, j % B] for j < len(offsets), co < len(reduce_offsets) (= arange(Cgs));
+    dst zeroed, all C-contiguous; one image per parallel iteration (no write races)."""
+    n_img, oh_count, ow_count, c_src = gy.shape
+    h_dst, w_dst, c_dst = dst.shape[1], dst.shape[2], dst.shape[3]
+    groups, n_blocks = wpk.shape[0], wpk.shape[1]
+    cg_src = c_src // groups
+    cg_dst = c_dst // groups
+    n_cols = offsets.shape[0]
+    gy_flat = gy.reshape(-1)
+    dst_flat = dst.reshape(-1)
+    n_tiles = (ow_count + P - 1) // P
+    for n in prange(n_img):
+        tile = np.empty((P, B), dtype=dst.dtype)
+        bases = np.empty(P, dtype=np.uint64)
+        for oh in range(oh_count):
+            for ow0 in range(0, ow_count, P):
+                for g in range(groups):
+                    for p in range(P):
+                        bases[p] = np.uint64(((n * oh_count + oh) * ow_count + min(ow0 + p, ow_count - 1)) * c_src
+                                             + g * cg_src)
+                    for nb in range(n_blocks):
+                        micro_tile(gy_flat, bases, reduce_offsets, wpk[g, nb], tile)
+                        for p in range(min(P, ow_count - ow0)):
+                            base = ((n * h_dst + oh * sh) * w_dst + (ow0 + p) * sw) * c_dst + g * cg_dst
+                            for b in range(min(B, n_cols - nb * B)):
+                                dst_flat[base + offsets[nb * B + b]] += tile[p, b]
+
+
+@kernel(parallel=True)
 def _weight_grad(flat, rows, pix, gpk, partial, cg_src, chunk):
     """partial[t, g, nb, r, b] = sum over pixels s of chunks t, t+T, ... (chunk pixels each) of
     flat[rows[min(r, R-1)] + g*cg_src + pix[s]] * gpk[g, nb, s, b]; partial zeroed, rows padded to P."""
@@ -219,6 +250,15 @@ def _padded_input_grad(gy, w, hp, wp, stride, dilation, groups):
     if _is_depthwise(w.shape, groups):
         gxp = np.empty((n, hp, wp, groups), dtype=gy.dtype)
         call(_depthwise.grad_input, _c(gy), _c(w[:, :, 0]), gxp, 0, 0, sh, sw, dh, dw)
+        return gxp
+    if cg_in < B:
+        # Few input channels per group would leave most lanes of the gather tile idle: compute the
+        # columns (taps x input channels) for each output pixel and scatter-add them instead.
+        gxp = np.zeros((n, hp, wp, cg_in * groups), dtype=gy.dtype)
+        offsets = ((np.arange(kh)[:, None, None] * (dh * wp) + np.arange(kw)[None, :, None] * dw) * (cg_in * groups)
+                   + np.arange(cg_in)[None, None, :]).ravel()
+        w_cols = w.reshape(kh * kw * cg_in, groups, cg_out).transpose(1, 2, 0)
+        call(_scatter_conv, _c(gy), np.arange(cg_out, dtype=np.uint64), _pack(w_cols), offsets, gxp, sh, sw)
         return gxp
     lo_h, lo_w = dh * (kh - 1) // sh, dw * (kw - 1) // sw
     len_h = lo_h + max(-(-hp // sh), oh)
