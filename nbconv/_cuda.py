@@ -295,6 +295,13 @@ def _swap_last(w, wt):
         wt[k // kw_dim, k % kw_dim, j, i] = w[k // kw_dim, k % kw_dim, i, j]
 
 
+@cuda.jit
+def _add_flat(a, b, out):
+    """out[i] = a[i] + b[i] over 1-D arrays of one length."""
+    for i in range(cuda.grid(1), out.shape[0], cuda.gridsize(1)):
+        out[i] = a[i] + b[i]
+
+
 def _pow2(n):
     return 1 << max(0, int(n) - 1).bit_length()
 
@@ -433,3 +440,17 @@ def transpose(x, w, bias, params, output_padding, out):
     """out = conv_transpose(x, w) + bias: the input gradient of a convolution whose output is x,
     cropped by the pads (output_padding only enlarges out, whose shape conv.py has already set)."""
     return _gather(x, w, bias, out, params.stride, params.dilation, params.pads, "zeros")
+
+
+def add(a, b):
+    """a + b as a new C-contiguous device array (same shape and dtype; C-contiguous operands): how the
+    tape accumulates the gradients of a device Tensor used several times."""
+    if tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
+        raise ValueError(f"add needs equal shapes and dtypes, got {a.dtype}{tuple(a.shape)} and "
+                         f"{b.dtype}{tuple(b.shape)}")
+    if not (a.is_c_contiguous() and b.is_c_contiguous()):
+        raise ValueError("add needs C-contiguous device arrays")
+    out = cuda.device_array(tuple(a.shape), dtype=a.dtype)
+    if out.size:
+        _add_flat[_flat_launch(out.size)](a.reshape(a.size), b.reshape(b.size), out.reshape(out.size))
+    return out

@@ -212,6 +212,15 @@ def test_empty_batch():
     np.testing.assert_array_equal(host(gb), np.zeros(5))
 
 
+def test_add_for_gradient_accumulation(rng):
+    a, b = data(rng, np.float32, (3, 2, 5), (3, 2, 5))
+    np.testing.assert_array_equal(host(_cuda.add(dev(a), dev(b))), a + b)
+    with pytest.raises(ValueError, match="equal shapes"):
+        _cuda.add(dev(a), dev(b[:, :1]))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        _cuda.add(dev(a)[:, :, ::2], dev(b)[:, :, ::2])
+
+
 def test_cuda_available_is_false_under_the_simulator():
     assert nbconv.cuda_available() is (not SIMULATOR and cuda.is_available())
 
@@ -219,6 +228,54 @@ def test_cuda_available_is_false_under_the_simulator():
 def test_import_does_not_touch_cuda():
     code = "import sys, nbconv; assert not any(m.startswith('numba.cuda') for m in sys.modules), 'imported'"
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "NUMBA_ENABLE_CUDASIM": "0"})
+
+
+# Compiles every kernel to PTX with numba's real CUDA target (the simulator runs them as plain Python,
+# so code that numba cannot type for a GPU would pass it). Needs libNVVM, not a GPU.
+PTX_CHECK = """
+import types, numpy as np
+from numba import cuda, types as nt
+import numba.cuda.dispatcher as dispatcher
+from nbconv import _cuda
+try:
+    cuda.get_current_device()
+except Exception:  # no driver: device functions ask the current device only for its compute capability
+    dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(8, 0))
+i, flag = nt.int64, nt.boolean
+for dt in (nt.float32, nt.float64):
+    a = lambda nd: nt.Array(dt, nd, "A")
+    c = lambda nd: nt.Array(dt, nd, "C")
+    forward, gather, weight_partials, bias_partials, sum_rows = _cuda._kernels(np.dtype(str(dt)))
+    for kernel, sig in ((forward, (a(4), a(4), a(1), flag, c(4)) + (i,) * 8),
+                        (gather, (a(4), c(4), a(1), flag, c(4)) + (i,) * 9),
+                        (weight_partials, (a(4), a(4), c(3)) + (i,) * 11),
+                        (bias_partials, (a(4), c(2), i)), (sum_rows, (c(2), c(1))),
+                        (_cuda._swap_last, (a(4), c(4))), (_cuda._add_flat, (a(1), a(1), c(1)))):
+        ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(8, 0))
+        assert dt.name != "float32" or ".f64" not in ptx, kernel.py_func.__name__ + " computes in float64"
+"""
+
+
+def _nvvm_home():
+    """A CUDA toolkit root holding libNVVM (CUDA_HOME, or the nvidia-cuda-nvcc-cu12 wheel), or None."""
+    roots = [os.environ.get("CUDA_HOME")]
+    try:
+        import nvidia.cuda_nvcc
+        roots += list(nvidia.cuda_nvcc.__path__)
+    except ImportError:
+        pass
+    for root in filter(None, roots):
+        if os.path.exists(os.path.join(root, "nvvm", "lib64", "libnvvm.so")):
+            return root
+    return None
+
+
+def test_kernels_compile_for_a_real_gpu():
+    home = _nvvm_home()
+    if home is None:
+        pytest.skip("libNVVM not found (set CUDA_HOME or pip install nvidia-cuda-nvcc-cu12)")
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0", "CUDA_HOME": home}
+    subprocess.run([sys.executable, "-c", PTX_CHECK], check=True, env=env)
 
 
 @real_gpu
