@@ -7,6 +7,9 @@
   with it off (numba issue #8705) and reads `numba.config.SLP_VECTORIZE` whenever it optimizes a
   module, so `call` turns it on only while one of our kernels compiles, under a lock, and restores
   the user's setting afterwards.
+- Numba's `workqueue` threading layer (chosen when neither TBB nor OpenMP is available, or forced with
+  NUMBA_THREADING_LAYER) aborts the process when two threads run parallel kernels at once, so under
+  it `call` runs one kernel at a time. TBB and OpenMP run concurrent calls unguarded.
 """
 import threading
 
@@ -16,6 +19,19 @@ FASTMATH = frozenset({"contract"})
 
 _compile_lock = threading.Lock()
 _compiled = set()
+_workqueue_lock = threading.Lock()
+_layer = None  # numba's threading layer, known once a parallel kernel has run
+
+
+def _serialized():
+    """True while concurrent kernel calls could reach the workqueue layer (and before any layer is chosen)."""
+    global _layer
+    if _layer is None:
+        try:
+            _layer = numba.threading_layer()
+        except ValueError:  # no parallel kernel has run yet: the layer is not chosen
+            return True
+    return _layer == "workqueue"
 
 
 def kernel(parallel=False, inline="never"):
@@ -26,15 +42,17 @@ def kernel(parallel=False, inline="never"):
 
 def call(dispatcher, *args):
     """dispatcher(*args), compiling (or loading from cache) with SLP vectorization on the first time."""
-    key = (dispatcher, tuple(numba.typeof(a) for a in args))
-    if key in _compiled:
-        return dispatcher(*args)
-    with _compile_lock:
-        saved = numba.config.SLP_VECTORIZE
-        numba.config.SLP_VECTORIZE = 1
-        try:
-            dispatcher.compile(tuple(numba.typeof(a) for a in args))
-        finally:
-            numba.config.SLP_VECTORIZE = saved
-        _compiled.add(key)
+    signature = tuple(numba.typeof(a) for a in args)
+    if (dispatcher, signature) not in _compiled:
+        with _compile_lock:
+            saved = numba.config.SLP_VECTORIZE
+            numba.config.SLP_VECTORIZE = 1
+            try:
+                dispatcher.compile(signature)
+            finally:
+                numba.config.SLP_VECTORIZE = saved
+            _compiled.add((dispatcher, signature))
+    if _serialized():
+        with _workqueue_lock:
+            return dispatcher(*args)
     return dispatcher(*args)
