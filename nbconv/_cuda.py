@@ -336,7 +336,7 @@ def _bias_arg(bias, dtype):
 
 def as_device_array(a):
     """`a` as a numba device array: itself, or a zero-copy view of a __cuda_array_interface__ object."""
-    if cuda.devicearray.is_cuda_ndarray(a):
+    if type(a).__module__.startswith("numba.cuda"):   # numba's device arrays, real or simulated
         return a
     return cuda.as_cuda_array(a)
 
