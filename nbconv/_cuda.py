@@ -338,6 +338,9 @@ def as_device_array(a):
     """`a` as a numba device array: itself, or a zero-copy view of a __cuda_array_interface__ object."""
     if type(a).__module__.startswith("numba.cuda"):   # numba's device arrays, real or simulated
         return a
+    if not hasattr(cuda, "as_cuda_array"):
+        raise TypeError(f"{type(a).__name__} exposes __cuda_array_interface__, which Numba's CUDA simulator "
+                        "cannot read: pass numba device arrays (cuda.to_device) under the simulator")
     return cuda.as_cuda_array(a)
 
 

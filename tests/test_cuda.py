@@ -278,6 +278,15 @@ def test_kernels_compile_for_a_real_gpu():
     subprocess.run([sys.executable, "-c", PTX_CHECK], check=True, env=env)
 
 
+@pytest.mark.skipif(not SIMULATOR, reason="a real GPU reads __cuda_array_interface__ objects")
+def test_foreign_device_arrays_under_the_simulator_raise():
+    class Foreign:
+        __cuda_array_interface__ = {"shape": (1, 3, 3, 1), "typestr": "<f4", "data": (0, False), "version": 3}
+
+    with pytest.raises(TypeError, match="simulator"):
+        nbconv.conv2d(Foreign(), dev(np.ones((1, 1, 1, 1), np.float32)))
+
+
 @real_gpu
 def test_torch_cuda_tensors_zero_copy(rng):
     torch = pytest.importorskip("torch")
