@@ -205,8 +205,8 @@ def _matmul_vjp(g, res, needs):
     a, b = res
     a2 = a[None, :] if a.ndim == 1 else a
     b2 = b[:, None] if b.ndim == 1 else b
-    g2 = np.expand_dims(g, -2) if a.ndim == 1 else g
-    g2 = np.expand_dims(g2, -1) if b.ndim == 1 else g2
+    g2 = np.expand_dims(g, -1) if b.ndim == 1 else g
+    g2 = np.expand_dims(g2, -2) if a.ndim == 1 else g2
     return (_unbroadcast(g2 @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape) if needs[0] else None,
             _unbroadcast(np.swapaxes(a2, -1, -2) @ g2, b2.shape).reshape(b.shape) if needs[1] else None)
 

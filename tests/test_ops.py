@@ -1,0 +1,418 @@
+"""Differentiable operations: every op is gradient-checked in float64 with nbconv.gradcheck and its
+value and gradients are compared with PyTorch's autograd (channels-last here, NCHW there)."""
+import numba
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import nbconv
+from nbconv import Tensor, gradcheck, ops
+from nbconv import conv as conv_arrays
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These problems are tiny: one thread avoids paying a parallel launch per kernel call."""
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(threads)
+
+
+def check(fn, torch_fn, arrays, rng, rtol=1e-9, atol=1e-10):
+    """gradcheck fn on float64 `arrays`, then compare fn's value and the gradients of a random
+    projection of it with torch_fn's."""
+    arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
+    assert gradcheck(fn, arrays)
+    tensors = [Tensor(a.copy(), requires_grad=True) for a in arrays]
+    out = fn(*tensors)
+    v = rng.standard_normal(out.shape)
+    out.backward(v)
+    torch_inputs = [torch.tensor(a, requires_grad=True) for a in arrays]
+    expected = torch_fn(*torch_inputs)
+    (expected * torch.tensor(v)).sum().backward()
+    np.testing.assert_allclose(out.data, expected.detach().numpy(), rtol=rtol, atol=atol)
+    for t, te in zip(tensors, torch_inputs):
+        np.testing.assert_allclose(t.grad, te.grad.numpy(), rtol=rtol, atol=atol)
+
+
+def nchw(t):
+    """Channels-last torch tensor -> channels-first (N, H, W, C) -> (N, C, H, W); (N, L, C) -> (N, C, L)."""
+    return t.movedim(-1, 1)
+
+
+def nhwc(t):
+    return t.movedim(1, -1)
+
+
+def away_from_zero(rng, shape, margin=0.1):
+    a = rng.standard_normal(shape)
+    return np.where(np.abs(a) < margin, a + np.sign(a + 1e-12) * margin, a)
+
+
+# ------------------------------------------------------------------------------------ elementwise, broadcasting
+
+BROADCAST_SHAPES = [((2, 3), (2, 3)), ((3, 1, 4), (2, 4)), ((4,), (3, 4)), ((2, 1), (1, 5)), ((), (2, 3))]
+
+
+@pytest.mark.parametrize("shape_a, shape_b", BROADCAST_SHAPES)
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "div"])
+def test_binary_broadcasting(op, shape_a, shape_b, rng):
+    fn = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b,
+          "div": lambda a, b: a / b}[op]
+    b = away_from_zero(rng, shape_b, 0.5)
+    check(fn, fn, [rng.standard_normal(shape_a), b], rng)
+
+
+def test_scalar_operands(rng):
+    f = lambda x: (2.0 - x) * 3 + 1 / (x * x + 1) - x / 4  # noqa: E731
+    check(f, f, [rng.standard_normal((2, 3))], rng)
+
+
+@pytest.mark.parametrize("name", ["neg", "pow2", "pow_half", "pow_neg", "exp", "log", "relu"])
+def test_unary(name, rng):
+    ours, theirs, positive = {
+        "neg": (lambda x: -x, lambda x: -x, False),
+        "pow2": (lambda x: x ** 2, lambda x: x ** 2, False),
+        "pow_half": (lambda x: x ** 0.5, lambda x: x ** 0.5, True),
+        "pow_neg": (lambda x: x ** -1.5, lambda x: x ** -1.5, True),
+        "exp": (lambda x: x.exp(), torch.exp, False),
+        "log": (lambda x: x.log(), torch.log, True),
+        "relu": (lambda x: x.relu(), torch.relu, False),
+    }[name]
+    x = away_from_zero(rng, (3, 4))
+    check(ours, theirs, [np.abs(x) if positive else x], rng)
+
+
+def test_relu_function_on_arrays_and_tensors(rng):
+    x = away_from_zero(rng, (2, 3))
+    out = nbconv.relu(x)
+    assert type(out) is np.ndarray
+    np.testing.assert_array_equal(out, np.maximum(x, 0))
+    check(nbconv.relu, torch.relu, [x], rng)
+
+
+@pytest.mark.parametrize("shape_a, shape_b", [((3, 4), (4, 5)), ((4,), (4, 5)), ((3, 4), (4,)), ((4,), (4,)),
+                                              ((2, 3, 4), (4, 5)), ((2, 3, 4), (1, 4, 5)), ((3, 4), (2, 4, 5))])
+def test_matmul(shape_a, shape_b, rng):
+    check(lambda a, b: a @ b, torch.matmul, [rng.standard_normal(shape_a), rng.standard_normal(shape_b)], rng)
+
+
+def test_reflected_matmul(rng):
+    a = rng.standard_normal((2, 3))
+    x = Tensor(rng.standard_normal((3, 2)), requires_grad=True)
+    (a @ x).sum().backward()
+    np.testing.assert_allclose(x.grad, a.sum(axis=0)[:, None] * np.ones((3, 2)))
+
+
+# ------------------------------------------------------------------------------------ reductions and shapes
+
+REDUCTIONS = [(None, False), (0, False), (-1, True), ((0, 2), False), ((1, 2), True)]
+
+
+@pytest.mark.parametrize("axis, keepdims", REDUCTIONS)
+@pytest.mark.parametrize("name", ["sum", "mean", "max"])
+def test_reductions(name, axis, keepdims, rng):
+    def theirs(t):
+        dim = tuple(range(t.ndim)) if axis is None else axis
+        if name == "max":
+            return t.amax(dim=dim, keepdim=keepdims)
+        return getattr(t, name)(dim=dim, keepdim=keepdims)
+
+    check(lambda x: getattr(x, name)(axis=axis, keepdims=keepdims), theirs, [rng.standard_normal((2, 3, 4))], rng)
+
+
+def test_max_splits_the_gradient_between_ties():
+    x = Tensor(np.array([[1.0, 3.0, 3.0], [2.0, 0.0, 2.0]]), requires_grad=True)
+    x.max(axis=1).sum().backward()
+    tx = torch.tensor(x.data, requires_grad=True)
+    tx.amax(dim=1).sum().backward()
+    np.testing.assert_array_equal(x.grad, tx.grad.numpy())
+
+
+def test_reshape_and_transpose(rng):
+    x = rng.standard_normal((2, 3, 4))
+    check(lambda t: t.reshape(4, -1), lambda t: t.reshape(4, -1), [x], rng)
+    check(lambda t: t.reshape((3, 8)) * 2, lambda t: t.reshape(3, 8) * 2, [x], rng)
+    check(lambda t: t.transpose(), lambda t: t.permute(2, 1, 0), [x], rng)
+    check(lambda t: t.transpose(1, 2, 0), lambda t: t.permute(1, 2, 0), [x], rng)
+    check(lambda t: t.transpose((0, 2, 1)) @ t, lambda t: t.permute(0, 2, 1) @ t, [x], rng)
+
+
+# ------------------------------------------------------------------------------------ shape errors
+
+def test_shape_errors_quote_both_shapes():
+    a, b = Tensor(np.ones((2, 3)), requires_grad=True), Tensor(np.ones((4,)))
+    with pytest.raises(ValueError, match=r"\(2, 3\) and \(4,\)"):
+        a + b
+    with pytest.raises(ValueError, match=r"\(2, 3\) and \(4,\)"):
+        a * b
+    with pytest.raises(ValueError, match=r"\(2, 3\) and \(2, 3\)"):
+        a @ a
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(4, 5\)"):
+        nbconv.linear(a, np.ones((4, 5)))
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(4,\)"):
+        a.reshape(4)
+    with pytest.raises(ValueError, match=r"\(2, 3\)"):
+        a.transpose(0, 0)
+    with pytest.raises(ValueError, match=r"\(2,\).*\(4, 3\)"):
+        nbconv.batch_norm(np.ones((4, 3)), np.ones(2), None)
+    with pytest.raises(ValueError, match=r"\(2, 3\).*\(3,\)"):
+        nbconv.cross_entropy(a, np.zeros(3, dtype=int))
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        nbconv.cross_entropy(a, np.array([0, 3]))
+
+
+def test_primitive_without_vjp_fails_loudly_naming_itself():
+    @ops.Primitive
+    def _cube(x):
+        return x ** 3, None
+
+    np.testing.assert_array_equal(ops.apply(_cube, np.full(2, 2.0)), np.full(2, 8.0))  # arrays: no tape
+    with nbconv.no_grad():
+        assert not ops.apply(_cube, Tensor(np.ones(2), requires_grad=True)).requires_grad
+    with pytest.raises(NotImplementedError, match="'cube'"):
+        ops.apply(_cube, Tensor(np.ones(2), requires_grad=True))
+
+
+# ------------------------------------------------------------------------------------ neural-network functions
+
+@pytest.mark.parametrize("x_shape, bias", [((4, 5), True), ((2, 3, 5), True), ((4, 5), False)])
+def test_linear(x_shape, bias, rng):
+    args = [rng.standard_normal(x_shape), rng.standard_normal((5, 3))] + ([rng.standard_normal(3)] if bias else [])
+    check(lambda x, w, *b: nbconv.linear(x, w, *b), lambda x, w, *b: F.linear(x, w.T, *b), args, rng)
+
+
+@pytest.mark.parametrize("axis", [-1, 0])
+def test_log_softmax(axis, rng):
+    check(lambda x: nbconv.log_softmax(x, axis=axis), lambda x: F.log_softmax(x, dim=axis),
+          [rng.standard_normal((4, 5)) * 3], rng)
+
+
+def test_cross_entropy(rng):
+    labels = rng.integers(0, 5, 6)
+    check(lambda x: nbconv.cross_entropy(x, labels), lambda x: F.cross_entropy(x, torch.tensor(labels)),
+          [rng.standard_normal((6, 5)) * 3], rng)
+    loss = nbconv.cross_entropy(rng.standard_normal((6, 5)).astype(np.float32), Tensor(labels))
+    assert isinstance(loss, Tensor) and loss.dtype == np.float32 and loss.shape == ()
+
+
+POOLS = [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=(2, 3), stride=(1, 2)),
+         dict(kernel_size=3, stride=1, padding=(1, 0))]
+
+
+@pytest.mark.parametrize("params", POOLS)
+def test_max_pool2d(params, rng):
+    x = rng.permutation(2 * 6 * 7 * 3).reshape(2, 6, 7, 3) / 10.0  # distinct values: no ties
+    check(lambda t: nbconv.max_pool2d(t, **params),
+          lambda t: nhwc(F.max_pool2d(nchw(t), params["kernel_size"], params.get("stride"), params.get("padding", 0))),
+          [x], rng)
+
+
+@pytest.mark.parametrize("params", POOLS)
+def test_avg_pool2d(params, rng):
+    check(lambda t: nbconv.avg_pool2d(t, **params),
+          lambda t: nhwc(F.avg_pool2d(nchw(t), params["kernel_size"], params.get("stride"), params.get("padding", 0))),
+          [rng.standard_normal((2, 6, 7, 3))], rng)
+
+
+def test_pooling_argument_errors():
+    x = np.ones((1, 4, 4, 2))
+    with pytest.raises(ValueError, match="half"):
+        nbconv.max_pool2d(x, 2, padding=2)
+    with pytest.raises(ValueError, match=r"\(1, 4, 4, 2\)"):
+        nbconv.avg_pool2d(x, 5)
+    with pytest.raises(ValueError, match="4-D"):
+        nbconv.max_pool2d(np.ones((4, 4, 2)), 2)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        nbconv.max_pool2d(np.ones((1, 4, 4, 2), dtype=np.int32), 2)
+
+
+def test_pooling_on_many_threads_matches_torch(rng):
+    """Large enough to run the parallel kernels (above _pool.SERIAL_BELOW), in float32."""
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    x = rng.standard_normal((8, 32, 32, 80)).astype(np.float32)
+    for ours, theirs in [(nbconv.max_pool2d, F.max_pool2d), (nbconv.avg_pool2d, F.avg_pool2d)]:
+        t = Tensor(x, requires_grad=True)
+        out = ours(t, 3, 2, 1)
+        v = rng.standard_normal(out.shape).astype(np.float32)
+        out.backward(v)
+        tt = torch.tensor(x, requires_grad=True)
+        expected = nhwc(theirs(nchw(tt), 3, 2, 1))
+        (expected * torch.tensor(v)).sum().backward()
+        np.testing.assert_allclose(out.data, expected.detach().numpy(), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(t.grad, tt.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def torch_batch_norm(x, weight, bias, running_mean=None, running_var=None, training=True, momentum=0.1):
+    return nhwc(F.batch_norm(nchw(x), running_mean, running_var, weight, bias, training=training, momentum=momentum))
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 4, 3)])
+def test_batch_norm_training(shape, rng):
+    x = rng.standard_normal(shape) * 2 + 1
+    check(lambda t, w, b: nbconv.batch_norm(t, w, b), torch_batch_norm,
+          [x, rng.standard_normal(3), rng.standard_normal(3)], rng)
+
+
+def test_batch_norm_eval(rng):
+    mean, var = rng.standard_normal(3), rng.random(3) + 0.5
+    check(lambda t, w, b: nbconv.batch_norm(t, w, b, mean, var, training=False),
+          lambda t, w, b: torch_batch_norm(t, w, b, torch.tensor(mean), torch.tensor(var), training=False),
+          [rng.standard_normal((2, 3, 4, 3)), rng.standard_normal(3), rng.standard_normal(3)], rng)
+
+
+def test_batch_norm_updates_running_statistics_like_torch(rng):
+    x = (rng.standard_normal((5, 4, 3)) * 3 + 2).astype(np.float32)
+    mean, var = np.zeros(3, np.float32), Tensor(np.ones(3, np.float32))
+    torch_mean, torch_var = torch.zeros(3), torch.ones(3)
+    for _ in range(2):
+        y = nbconv.batch_norm(Tensor(x, requires_grad=True), None, None, mean, var, momentum=0.2)
+        expected = torch_batch_norm(torch.tensor(x), None, None, torch_mean, torch_var, momentum=0.2)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y.data, expected.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(mean, torch_mean.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(var.data, torch_var.numpy(), rtol=1e-5)
+
+
+def test_batch_norm_argument_errors():
+    with pytest.raises(ValueError, match="more than one value"):
+        nbconv.batch_norm(np.ones((1, 3)), None, None)
+    with pytest.raises(ValueError, match="running_mean and running_var"):
+        nbconv.batch_norm(np.ones((2, 3)), None, None, training=False)
+
+
+# ------------------------------------------------------------------------------------ convolutions
+
+def torch_conv(nd, x, w, b, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"):
+    """PyTorch's conv on channels-last x and spatial-first w; explicit (before, after) pads via F.pad."""
+    if isinstance(padding, tuple) and isinstance(padding[0], tuple):
+        pads = [p for pair in reversed(padding) for p in pair]
+        padding = 0
+    elif padding_mode != "zeros":
+        p = (padding,) * nd if isinstance(padding, int) else padding
+        pads = [v for q in reversed(p) for v in (q, q)]
+        padding = 0
+    else:
+        pads = None
+    xt = nchw(x)
+    if pads is not None:
+        xt = F.pad(xt, pads, mode="constant" if padding_mode == "zeros" else padding_mode)
+    wt = w.permute(nd + 1, nd, *range(nd))
+    conv = F.conv1d if nd == 1 else F.conv2d
+    return nhwc(conv(xt, wt, b, stride=stride, padding=padding, dilation=dilation, groups=groups))
+
+
+CONV2D = [
+    dict(),
+    dict(stride=2, padding=1),
+    dict(stride=(2, 1), dilation=(1, 2), padding=2),
+    dict(groups=2, padding="same"),
+    dict(groups=4, stride=2, padding=1),  # depthwise, channel multiplier 2
+    dict(padding=((1, 2), (0, 1)), dilation=2),
+    dict(padding=1, padding_mode="reflect"),
+    dict(padding=(2, 1), padding_mode="circular", stride=2),
+    dict(padding=1, padding_mode="replicate", groups=2),
+]
+
+
+@pytest.mark.parametrize("params", CONV2D, ids=str)
+def test_conv2d(params, rng):
+    groups = params.get("groups", 1)
+    args = [rng.standard_normal((2, 6, 7, 4)), rng.standard_normal((3, 3, 4 // groups, 8)), rng.standard_normal(8)]
+    torch_params = dict(params, padding=(1, 1) if params.get("padding") == "same" else params.get("padding", 0))
+    check(lambda x, w, b: nbconv.conv2d(x, w, b, **params),
+          lambda x, w, b: torch_conv(2, x, w, b, **torch_params), args, rng)
+
+
+@pytest.mark.parametrize("params", [dict(), dict(stride=2, padding=2, dilation=2, groups=2),
+                                    dict(padding=((0, 2),), padding_mode="zeros"), dict(padding=1, padding_mode="reflect")],
+                         ids=str)
+def test_conv1d(params, rng):
+    groups = params.get("groups", 1)
+    args = [rng.standard_normal((2, 9, 4)), rng.standard_normal((3, 4 // groups, 6)), rng.standard_normal(6)]
+    check(lambda x, w, b: nbconv.conv1d(x, w, b, **params),
+          lambda x, w, b: torch_conv(1, x, w, b, **params), args, rng)
+
+
+def test_conv_without_bias_and_with_constant_weight(rng):
+    x = rng.standard_normal((1, 5, 5, 2))
+    w = rng.standard_normal((3, 3, 2, 3))
+    assert gradcheck(lambda t: nbconv.conv2d(t, Tensor(w), padding=1), [x])
+    assert gradcheck(lambda k: nbconv.conv2d(Tensor(x), k, stride=2), [w])
+
+
+def torch_conv_transpose(nd, x, w, b, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
+    """PyTorch's conv_transpose on channels-last x; w (*kernel, C_out // groups, C_in) -> (C_in, C_out // groups, *kernel)."""
+    wt = w.permute(nd + 1, nd, *range(nd))
+    fn = F.conv_transpose1d if nd == 1 else F.conv_transpose2d
+    return nhwc(fn(nchw(x), wt, b, stride=stride, padding=padding, output_padding=output_padding, groups=groups,
+                   dilation=dilation))
+
+
+CONV_TRANSPOSE2D = [
+    dict(),
+    dict(stride=2, padding=1, output_padding=1),
+    dict(stride=(2, 3), padding=(0, 1), output_padding=(1, 2), groups=2),
+    dict(dilation=2, padding=1),
+    dict(dilation=3, output_padding=2, padding=1),  # output_padding >= stride: trailing rows x never reaches
+    dict(stride=2, dilation=(3, 1), output_padding=(2, 1), groups=4),
+]
+
+
+@pytest.mark.parametrize("params", CONV_TRANSPOSE2D, ids=str)
+def test_conv_transpose2d(params, rng):
+    groups = params.get("groups", 1)
+    args = [rng.standard_normal((2, 4, 3, 4)), rng.standard_normal((3, 2, 8 // groups, 4)), rng.standard_normal(8)]
+    check(lambda x, w, b: nbconv.conv_transpose2d(x, w, b, **params),
+          lambda x, w, b: torch_conv_transpose(2, x, w, b, **params), args, rng)
+
+
+@pytest.mark.parametrize("params", [dict(stride=3, padding=1, output_padding=2), dict(dilation=2, groups=2)], ids=str)
+def test_conv_transpose1d(params, rng):
+    groups = params.get("groups", 1)
+    args = [rng.standard_normal((2, 5, 4)), rng.standard_normal((3, 6 // groups, 4)), rng.standard_normal(6)]
+    check(lambda x, w, b: nbconv.conv_transpose1d(x, w, b, **params),
+          lambda x, w, b: torch_conv_transpose(1, x, w, b, **params), args, rng)
+
+
+@pytest.mark.parametrize("name, args, params", [
+    ("conv2d", ((2, 5, 5, 3), (3, 3, 3, 4), (4,)), dict(stride=2, padding=1)),
+    ("conv1d", ((2, 7, 3), (3, 3, 4), None), dict(dilation=2)),
+    ("conv_transpose2d", ((2, 3, 3, 4), (2, 2, 3, 4), (3,)), dict(stride=2)),
+    ("conv_transpose1d", ((2, 3, 4), (2, 3, 4), None), dict(stride=2, output_padding=1)),
+])
+def test_conv_wrappers_on_arrays_are_the_array_functions(name, args, params, rng):
+    arrays = [None if s is None else rng.standard_normal(s).astype(np.float32) for s in args]
+    ours = getattr(nbconv, name)(*arrays, **params)
+    assert type(ours) is np.ndarray
+    np.testing.assert_array_equal(ours, getattr(conv_arrays, name)(*arrays, **params))
+    with pytest.raises(ValueError) as ours_error:
+        getattr(nbconv, name)(arrays[0], arrays[1], arrays[2], groups=5, **params)
+    with pytest.raises(ValueError) as array_error:
+        getattr(conv_arrays, name)(arrays[0], arrays[1], arrays[2], groups=5, **params)
+    assert str(ours_error.value) == str(array_error.value)
+    with pytest.raises(TypeError):
+        getattr(nbconv, name)(arrays[0].astype(np.float64), arrays[1], arrays[2], **params)
+    out = np.empty_like(ours)
+    assert getattr(nbconv, name)(*arrays, **params, out=out) is out
+
+
+def test_conv_on_tensors_without_grad_returns_an_unrecorded_tensor(rng):
+    x = Tensor(rng.standard_normal((1, 4, 4, 2)).astype(np.float32))
+    w = rng.standard_normal((3, 3, 2, 2)).astype(np.float32)
+    y = nbconv.conv2d(x, w, padding=1)
+    assert isinstance(y, Tensor) and not y.requires_grad and y.is_leaf
+    np.testing.assert_array_equal(y.data, conv_arrays.conv2d(x.data, w, padding=1))
+
+
+def test_float32_gradients_keep_their_dtype(rng):
+    x = Tensor(rng.standard_normal((2, 6, 6, 3)).astype(np.float32), requires_grad=True)
+    w = Tensor(rng.standard_normal((3, 3, 3, 4)).astype(np.float32), requires_grad=True)
+    g = Tensor(np.ones(4, np.float32), requires_grad=True)
+    h = nbconv.max_pool2d(nbconv.batch_norm(nbconv.conv2d(x, w, padding=1), g, None).relu(), 2)
+    loss = nbconv.cross_entropy(nbconv.linear(h.reshape(2, -1), np.ones((36, 5), np.float32) / 36), np.array([1, 2]))
+    loss.backward()
+    for t in (x, w, g):
+        assert t.grad.dtype == np.float32 and t.grad.shape == t.shape
