@@ -27,12 +27,17 @@ def _is_device_array(a):
     return hasattr(a, "__cuda_array_interface__") or type(a).__module__.startswith("numba.cuda")
 
 
+_OPTIONAL = ("bias", "out")  # the only array arguments that may be None
+
+
 def _backend(**arrays):
-    """The backend module for these arrays (None entries ignored); TypeError on non-arrays or a mix."""
+    """The backend module for these arrays (None bias/out ignored); TypeError on non-arrays or a mix."""
     kinds = {}
     for name, a in arrays.items():
         if a is None:
-            continue
+            if name in _OPTIONAL:
+                continue
+            raise TypeError(f"{name} must be a NumPy array or a CUDA device array, got None")
         if isinstance(a, np.ndarray):
             kinds[name] = "host"
         elif _is_device_array(a):
