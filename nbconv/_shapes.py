@@ -13,6 +13,7 @@ import numpy as np
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _DTYPE_NAMES = "float32 or float64"
+MAX_PARAM = 2 ** 62  # stride, dilation and padding values: kernels index in 64 bits
 
 
 class ConvParams(NamedTuple):
@@ -44,6 +45,8 @@ def spatial_tuple(value, nd, name, minimum=1):
     for v in values:
         if v < minimum:
             raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        if v > MAX_PARAM:
+            raise ValueError(f"{name} must be at most 2**62 (64-bit index arithmetic), got {value!r}")
     return values
 
 
@@ -72,6 +75,8 @@ def _explicit_pads(padding, nd):
     for before, after in pads:
         if before < 0 or after < 0:
             raise ValueError(f"padding must be non-negative, got {padding!r}")
+        if before > MAX_PARAM or after > MAX_PARAM:
+            raise ValueError(f"padding must be at most 2**62 (64-bit index arithmetic), got {padding!r}")
     return pads
 
 

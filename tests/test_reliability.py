@@ -190,6 +190,18 @@ def _(c):
     return TypeError, ["stride", "1.5"]
 
 
+@bad("stride_beyond_64_bit_indexing")
+def _(c):
+    set_kw(c, stride=2 ** 63)
+    return ValueError, ["stride", "at most 2**62", str(2 ** 63)]
+
+
+@bad("padding_beyond_64_bit_indexing")
+def _(c):
+    set_kw(c, padding=((0, 2 ** 64),) * c.nd)
+    return ValueError, ["padding", "at most 2**62", str(2 ** 64)]
+
+
 @bad("dilation_zero")
 def _(c):
     set_kw(c, dilation=0)
