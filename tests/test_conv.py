@@ -664,3 +664,118 @@ def test_transpose_is_adjoint_of_conv(rng, nd, xs, ks, kw):
     assert ty.shape == x.shape
     lhs, rhs = np.vdot(cx, y), np.vdot(x, ty)
     assert abs(lhs - rhs) <= 1e-11 * (np.abs(cx).sum() * np.abs(y).max() + 1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# shapes past the kernels' blocking: > 16 output channels (several channel blocks and a partial one),
+# rows wider than the 5-pixel tile, more output pixels than the weight gradient's chunks and slots
+# ---------------------------------------------------------------------------------------------------
+
+MEDIUM_CASES = [  # (nd, x shape, w shape, kwargs)
+    (2, (2, 12, 23, 20), (3, 3, 20, 33), dict(padding=1)),
+    (2, (1, 9, 11, 6), (3, 2, 3, 34), dict(groups=2, stride=(2, 1), padding="same", padding_mode="reflect")),
+    (2, (2, 10, 13, 40), (3, 3, 1, 80), dict(groups=40, padding=((0, 2), (1, 1)), dilation=(1, 2))),
+    (2, (2, 9, 14, 17), (2, 3, 1, 17), dict(groups=17, stride=2, padding_mode="circular", padding=1)),
+    (2, (3, 30, 30, 3), (3, 3, 3, 5), dict(padding=1, padding_mode="replicate")),
+    (1, (2, 300, 5), (5, 5, 18), dict(dilation=2, stride=3, padding="same")),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("nd, xs, ws, kw", MEDIUM_CASES)
+def test_medium_shapes(rng, dtype, nd, xs, ws, kw):
+    kw = dict(dict(stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"), **kw)
+    x, w, b = randn(rng, xs, dtype), randn(rng, ws, dtype), randn(rng, ws[-1:], dtype)
+    y = fn("conv", nd)(x, w, b, **kw)
+    expected, magnitude = reference_forward(x, w, b, kw)
+    assert_close(y, expected, magnitude, dtype, "forward vs reference")
+    gy = randn(rng, y.shape, dtype)
+    ty, tx, tw, tb = torch_conv(x, w, b, stride=kw["stride"], padding=kw["padding"], dilation=kw["dilation"],
+                                groups=kw["groups"], mode=kw["padding_mode"], gy=gy)
+    assert_close(y, ty, magnitude, dtype, "forward vs torch")
+    grads = getattr(nbconv, f"conv{nd}d_backward")(gy, x, w, **kw)
+    (ex, ew, eb), (mx, mw, mb) = reference_grads(gy, x, w, kw)
+    for name, got, e, t, m in (("input", grads.input, ex, tx, mx), ("weight", grads.weight, ew, tw, mw),
+                               ("bias", grads.bias, eb, tb, mb)):
+        assert_close(got, e, m, dtype, f"grad {name} vs reference")
+        assert_close(got, t, m, dtype, f"grad {name} vs torch")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_medium_transpose(rng, dtype):
+    x = randn(rng, (2, 9, 10, 20), dtype)
+    w = randn(rng, (3, 3, 17, 20), dtype)
+    b = randn(rng, (17,), dtype)
+    kw = dict(stride=2, padding=(1, 0), output_padding=1, dilation=1, groups=1)
+    y = nbconv.conv_transpose2d(x, w, b, **kw)
+    expected, magnitude = reference_transpose(x, w, b, kw)
+    assert_close(y, expected, magnitude, dtype, "vs reference")
+    assert_close(y, torch_conv_transpose(x, w, b, **kw), magnitude, dtype, "vs torch")
+
+
+# ---------------------------------------------------------------------------------------------------
+# random configurations (hypothesis, derandomized): sizes and parameters the grids do not pick
+# ---------------------------------------------------------------------------------------------------
+
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+
+
+@st.composite
+def conv_configs(draw):
+    nd = draw(st.sampled_from((1, 2)))
+    groups = draw(st.sampled_from((1, 1, 2, 3)))
+    cg_in, cg_out = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ks = tuple(draw(st.integers(1, 4)) for _ in range(nd))
+    stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    dilation = tuple(draw(st.integers(1, 3)) for _ in range(nd))
+    mode = draw(st.sampled_from(R.MODES))
+    xs = tuple(draw(st.integers(1, 8)) for _ in range(nd))
+    if draw(st.booleans()):
+        padding = "same"
+    else:
+        padding = tuple((draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(nd))
+    pads = explicit_pads(padding, xs, ks, stride, dilation)
+    for n, (b, a), k, d in zip(xs, pads, ks, dilation):
+        hypothesis.assume(n + b + a >= d * (k - 1) + 1)
+        if mode == "reflect":
+            hypothesis.assume(max(b, a) < n)
+        if mode == "circular":
+            hypothesis.assume(max(b, a) <= n)
+    return dict(nd=nd, n=draw(st.integers(1, 2)), xs=xs, ks=ks, c_in=groups * cg_in, c_out=groups * cg_out,
+                kw=dict(stride=stride, padding=padding, dilation=dilation, groups=groups, padding_mode=mode),
+                dtype=draw(st.sampled_from(DTYPES)), seed=draw(st.integers(0, 2 ** 31)))
+
+
+@hypothesis.settings(max_examples=60, deadline=None, derandomize=True, database=None,
+                     suppress_health_check=list(hypothesis.HealthCheck))
+@hypothesis.given(conv_configs())
+def test_random_configurations(cfg):
+    rng = np.random.default_rng(cfg["seed"])
+    nd, dtype, kw = cfg["nd"], cfg["dtype"], cfg["kw"]
+    x = randn(rng, (cfg["n"], *cfg["xs"], cfg["c_in"]), dtype)
+    w = randn(rng, (*cfg["ks"], cfg["c_in"] // kw["groups"], cfg["c_out"]), dtype)
+    b = randn(rng, (cfg["c_out"],), dtype)
+    y = fn("conv", nd)(x, w, b, **kw)
+    expected, magnitude = reference_forward(x, w, b, kw)
+    assert_close(y, expected, magnitude, dtype, "forward")
+    gy = randn(rng, y.shape, dtype)
+    grads = getattr(nbconv, f"conv{nd}d_backward")(gy, x, w, **kw)
+    (ex, ew, eb), (mx, mw, mb) = reference_grads(gy, x, w, kw)
+    assert_close(grads.input, ex, mx, dtype, "grad input")
+    assert_close(grads.weight, ew, mw, dtype, "grad weight")
+    assert_close(grads.bias, eb, mb, dtype, "grad bias")
+    if kw["padding"] != "same":
+        # a transposed convolution of gy (C_out channels back to C_in) with the same geometry
+        stride, dilation = kw["stride"], kw["dilation"]
+        op = tuple(min(max(s, d) - 1, 1) for s, d in zip(stride, dilation))
+        targs = dict(stride=stride, padding=kw["padding"], output_padding=op, dilation=dilation,
+                     groups=kw["groups"])
+        sizes = [(m - 1) * s - bb - a + d * (k - 1) + o + 1 for m, (bb, a), k, s, d, o in
+                 zip(y.shape[1:-1], kw["padding"], cfg["ks"], stride, dilation, op)]
+        if min(sizes) >= 1:
+            wt = randn(rng, (*cfg["ks"], cfg["c_in"] // kw["groups"], cfg["c_out"]), dtype)
+            bt = randn(rng, (cfg["c_in"],), dtype)
+            t = fn("conv_transpose", nd)(gy, wt, bt, **targs)
+            te, tm = reference_transpose(gy, wt, bt, targs)
+            assert_close(t, te, tm, dtype, "transpose")
