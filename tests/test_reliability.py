@@ -904,3 +904,83 @@ def test_nonfinite_propagation_transpose(rng, grouping, target, value):
         expected = ref_transpose(x, w, b, **kw)[0]
         assert_same_nonfinite(y, expected, ref_transpose(_finite(x), _finite(w), _finite(b), **kw)[1], np.float64,
                               "transpose")
+
+
+# ---------------------------------------------------------------------------------------------------
+# any memory layout: the same bits as C-ordered inputs, inputs untouched
+# ---------------------------------------------------------------------------------------------------
+
+def relayout(a, kind):
+    """An array equal to `a` in memory layout `kind` (fresh memory)."""
+    if a is None:
+        return None
+    if kind == "fortran":
+        return np.asfortranarray(a)
+    if kind == "negative":               # negative strides on every axis
+        return np.array(a[(slice(None, None, -1),) * a.ndim])[(slice(None, None, -1),) * a.ndim]
+    if kind == "broadcast":              # zero stride on the first axis (read-only); `a` repeats along it
+        assert (a == a[:1]).all()
+        return np.broadcast_to(a[:1].copy(), a.shape)
+    if kind == "readonly":
+        a = a.copy()
+        a.flags.writeable = False
+        return a
+    if kind == "channel_step":           # every other element of the last axis
+        buf = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+        buf[..., ::2] = a
+        return buf[..., ::2]
+    if kind == "leading_step":           # every other element of the first axis
+        buf = np.zeros((2 * a.shape[0],) + a.shape[1:], a.dtype)
+        buf[::2] = a
+        return buf[::2]
+    if kind == "unaligned":              # C-contiguous but misaligned by one byte
+        raw = np.zeros(a.nbytes + 1, np.uint8)
+        u = np.ndarray(a.shape, a.dtype, buffer=raw, offset=1)
+        u[...] = a
+        assert not u.flags.aligned
+        return u
+    raise ValueError(kind)
+
+
+LAYOUT_KINDS = ("fortran", "negative", "broadcast", "readonly", "channel_step", "leading_step", "unaligned")
+
+
+def _layout_params():
+    # unaligned arrays compile their own kernel specializations: once (dense path) is enough for CI time
+    return [pytest.param(g, k, id=f"{g}-{k}") for g in ("grouped", "depthwise_x3") for k in LAYOUT_KINDS
+            if not (k == "unaligned" and g != "grouped")]
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+@pytest.mark.parametrize("grouping, kind", _layout_params())
+def test_any_layout_gives_the_same_bits(rng, grouping, kind, dtype):
+    c_in, c_out, groups = GROUPINGS[grouping]
+    x = randn(rng, (2, 5, 6, c_in), dtype)
+    w = randn(rng, (3, 2, c_in // groups, c_out), dtype)
+    b = randn(rng, (c_out,), dtype)
+    if kind == "broadcast":   # values that repeat along the first axis, so that it can have stride 0
+        x[1:], w[1:], b[1:] = x[0], w[0], b[0]
+    kw = dict(stride=(2, 1), padding=((1, 0), (2, 1)), groups=groups, padding_mode="circular")
+    y, grads = check_conv(rng, x, w, b, kw, dtype)            # C order, against the reference
+    gy = randn(rng, y.shape, dtype)
+    if kind == "broadcast":
+        gy[1:] = gy[0]
+    grads = nbconv.conv2d_backward(gy, x, w, **kw)
+    yt = nbconv.conv_transpose2d(y, w, b[:c_in] if c_in <= c_out else None, stride=(2, 1),
+                                 padding=((1, 0), (2, 1)), groups=groups)
+    lx, lw, lb, lgy, ly = (relayout(a, kind) for a in (x, w, b, gy, y))
+    arrays = (lx, lw, lb, lgy, ly)
+    saved = [a.copy() for a in arrays]
+    np.testing.assert_array_equal(nbconv.conv2d(lx, lw, lb, **kw), y)
+    for got, want in zip(nbconv.conv2d_backward(lgy, lx, lw, **kw), grads):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(
+        nbconv.conv_transpose2d(ly, lw, lb[:c_in] if c_in <= c_out else None, stride=(2, 1),
+                                padding=((1, 0), (2, 1)), groups=groups), yt)
+    for a, s in zip(arrays, saved):
+        np.testing.assert_array_equal(a, s)
+    # the same for the default zeros padding (the depthwise kernels read x in place then)
+    kw["padding_mode"] = "zeros"
+    np.testing.assert_array_equal(nbconv.conv2d(lx, lw, lb, **kw), nbconv.conv2d(x, w, b, **kw))
+    for got, want in zip(nbconv.conv2d_backward(lgy, lx, lw, **kw), nbconv.conv2d_backward(gy, x, w, **kw)):
+        np.testing.assert_array_equal(got, want)
