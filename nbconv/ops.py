@@ -274,7 +274,7 @@ def _transpose(x, *, axes):
 
 
 def _transpose_vjp(g, res, needs, *, axes):
-    return (np.transpose(g) if axes is None else np.transpose(g, np.argsort(axes)),)
+    return (np.transpose(g) if axes is None else np.transpose(g, np.argsort([a % g.ndim for a in axes])),)
 
 
 defvjp(_transpose, _transpose_vjp)

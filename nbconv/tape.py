@@ -330,6 +330,8 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3):
         return [o for o in out if isinstance(o, Tensor) and _is_float(o.dtype)]
 
     outs = outputs()
+    if not outs:
+        raise ValueError("gradcheck: fn returned no floating-point Tensor to check")
     rng = np.random.default_rng(0)
     projections = [rng.standard_normal(o.shape) for o in outs]
     for o, v in zip(outs, projections):

@@ -137,6 +137,7 @@ def test_reshape_and_transpose(rng):
     check(lambda t: t.reshape((3, 8)) * 2, lambda t: t.reshape(3, 8) * 2, [x], rng)
     check(lambda t: t.transpose(), lambda t: t.permute(2, 1, 0), [x], rng)
     check(lambda t: t.transpose(1, 2, 0), lambda t: t.permute(1, 2, 0), [x], rng)
+    check(lambda t: t.transpose(0, -1, 1), lambda t: t.permute(0, 2, 1), [x], rng)
     check(lambda t: t.transpose((0, 2, 1)) @ t, lambda t: t.permute(0, 2, 1) @ t, [x], rng)
 
 

@@ -326,6 +326,8 @@ def test_gradcheck_checks_only_inputs_that_require_grad(rng):
     assert gradcheck(lambda x, c: x * c, [Tensor(a, requires_grad=True), constant])
     with pytest.raises(ValueError, match="at least one"):
         gradcheck(lambda c: c * 2, [constant])
+    with pytest.raises(ValueError, match="no floating-point Tensor"):
+        gradcheck(lambda x: x.data * 2, [a])
 
 
 def test_gradcheck_works_in_float64_for_float32_inputs(rng):
