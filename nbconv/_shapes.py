@@ -106,6 +106,9 @@ def check_dtypes(**arrays):
             continue
         dt = np.dtype(a.dtype)
         if dt not in SUPPORTED_DTYPES:
+            if not dt.isnative and dt.newbyteorder("=") in SUPPORTED_DTYPES:
+                raise TypeError(f"{name} has dtype {dt} (non-native byte order); nbconv supports {_DTYPE_NAMES} "
+                                f"in native byte order: pass {name}.astype({dt.newbyteorder('=').name})")
             raise TypeError(f"{name} has dtype {dt}; nbconv supports {_DTYPE_NAMES}")
         if dtype is None:
             dtype, first = dt, name
