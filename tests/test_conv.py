@@ -68,6 +68,17 @@ def pairwise(factors, seed=0, candidates=30):
     return [{n: factors[n][case[n]] for n in names} for case in cases]
 
 
+def test_pairwise_covers_every_pair():
+    factors = {"a": (1, 2, 3), "b": "xyzw", "c": (True, False), "d": tuple(range(5)), "e": (None,)}
+    cases = pairwise(factors, seed=7)
+    for (a, va), (b, vb) in itertools.combinations(factors.items(), 2):
+        for pair in itertools.product(va, vb):
+            assert any((c[a], c[b]) == pair for c in cases), (a, b, pair)
+    assert len(cases) < 3 * 4 * 2 * 5           # far fewer than the full product
+    for grid in (FORWARD_CASES, BACKWARD_CASES, TRANSPOSE_CASES):
+        assert len({tuple(map(str, c.values())) for c in grid}) == len(grid)
+
+
 def case_params(cases):
     return [pytest.param(c, id="-".join(f"{k}={getattr(v, '__name__', v)}" for k, v in c.items()))
             for c in cases]

@@ -146,6 +146,13 @@ def test_padding_mode_too_wide(mode, padding, match):
     check_raises(ValueError, match, nbconv.conv2d_backward, ones(1, 1, 1, 2), x, w, **kwargs)
 
 
+def test_replicate_padding_of_an_empty_input():
+    check_raises(ValueError, r"replicate padding needs a non-empty input, got x.shape=\(1, 0, 1\)",
+                 nbconv.conv1d, ones(1, 0, 1), ones(1, 1, 1), padding=1, padding_mode="replicate")
+    check_raises(ValueError, r"reflect padding \(1, 1\) must be smaller than the input size 0",
+                 nbconv.conv1d, ones(1, 0, 1), ones(1, 1, 1), padding=1, padding_mode="reflect")
+
+
 def test_padding_mode_limits_are_inclusive_where_torch_allows():
     """reflect: pad <= n - 1 is fine; circular: pad <= n is fine (what PyTorch accepts)."""
     assert nbconv.conv1d(ones(1, 4, 1), ones(3, 1, 1), padding=3, padding_mode="reflect").shape == (1, 8, 1)
@@ -213,6 +220,15 @@ def test_unsupported_dtypes(dtype, which):
     arrays[which] = arrays[which].astype(dtype)
     check_raises(TypeError, rf"{which} has dtype {np.dtype(dtype)}; {SUPPORTED}", nbconv.conv2d, arrays["x"],
                  arrays["w"], arrays["bias"], groups=2)
+
+
+def test_non_native_byte_order_is_rejected():
+    swapped = X2.astype(np.dtype(F64).newbyteorder())
+    check_raises(TypeError, rf"x has dtype {re.escape(str(swapped.dtype))} \(non-native byte order\); {SUPPORTED} "
+                 r"in native byte order: pass x.astype\(float64\)", nbconv.conv2d, swapped, W2, groups=2)
+    swapped32 = W2.astype(np.dtype(np.float32).newbyteorder())
+    check_raises(TypeError, r"w has dtype >f4 \(non-native byte order\)|w has dtype <f4 \(non-native byte order\)",
+                 nbconv.conv2d, X2.astype(np.float32), swapped32, groups=2)
 
 
 @pytest.mark.parametrize("dtype", [np.int64, np.float16, np.complex128])
