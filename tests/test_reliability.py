@@ -984,3 +984,157 @@ def test_any_layout_gives_the_same_bits(rng, grouping, kind, dtype):
     np.testing.assert_array_equal(nbconv.conv2d(lx, lw, lb, **kw), nbconv.conv2d(x, w, b, **kw))
     for got, want in zip(nbconv.conv2d_backward(lgy, lx, lw, **kw), nbconv.conv2d_backward(gy, x, w, **kw)):
         np.testing.assert_array_equal(got, want)
+
+
+# ---------------------------------------------------------------------------------------------------
+# threads and determinism
+# ---------------------------------------------------------------------------------------------------
+
+def workload():
+    """name -> zero-argument call returning a tuple of arrays: forward, the three gradients and the
+    transposed convolution on dense, grouped and depthwise (with multiplier) problems, large enough
+    that every parallel loop (and every fixed reduction slot) is split across threads."""
+    rng = np.random.default_rng(11)
+    f32, f64 = np.float32, np.float64
+    x = randn(rng, (4, 24, 24, 16), f32)
+    w = randn(rng, (3, 3, 16, 24), f32)
+    b = randn(rng, (24,), f32)
+    gy = randn(rng, (4, 24, 24, 24), f32)
+    xg = randn(rng, (4, 20, 22, 12), f64)
+    wg = randn(rng, (3, 3, 4, 9), f64)             # 3 groups of 4 -> 3
+    gyg = randn(rng, (4, 10, 11, 9), f64)
+    xd = randn(rng, (4, 24, 24, 16), f32)
+    wd = randn(rng, (3, 3, 1, 32), f32)            # depthwise, multiplier 2
+    gyd = randn(rng, (4, 24, 24, 32), f32)
+    x1 = randn(rng, (8, 300, 8), f32)
+    w1 = randn(rng, (5, 8, 6), f32)
+    gy1 = randn(rng, (8, 148, 6), f32)
+    dense = dict(padding=1)
+    grouped = dict(stride=2, padding="same", groups=3, padding_mode="reflect")
+    depthwise = dict(padding=1, groups=16)
+    conv1 = dict(stride=2, dilation=2, padding=((3, 1),), padding_mode="circular")
+    return {
+        "forward": lambda: (nbconv.conv2d(x, w, b, **dense),),
+        "backward": lambda: tuple(nbconv.conv2d_backward(gy, x, w, **dense)),
+        "grouped_forward": lambda: (nbconv.conv2d(xg, wg, None, **grouped),),
+        "grouped_backward": lambda: tuple(nbconv.conv2d_backward(gyg, xg, wg, **grouped)),
+        "depthwise_forward": lambda: (nbconv.conv2d(xd, wd, None, **depthwise),),
+        "depthwise_backward": lambda: tuple(nbconv.conv2d_backward(gyd, xd, wd, **depthwise)),
+        "transpose": lambda: (nbconv.conv_transpose2d(gy, w, None, stride=2, padding=1, output_padding=1),),
+        "depthwise_transpose": lambda: (nbconv.conv_transpose2d(xd, np.ascontiguousarray(wd[:, :, :, ::2]),
+                                                                None, stride=2, groups=16),),
+        "conv1d_backward": lambda: (nbconv.conv1d(x1, w1, **conv1),) + tuple(nbconv.conv1d_backward(gy1, x1, w1, **conv1)),
+    }
+
+
+def run_workload(calls):
+    return {name: call() for name, call in calls.items()}
+
+
+def assert_bitwise(got, want, what=""):
+    assert got.keys() == want.keys()
+    for name in want:
+        assert len(got[name]) == len(want[name])
+        for i, (g, e) in enumerate(zip(got[name], want[name])):
+            assert g.dtype == e.dtype and g.shape == e.shape, (what, name, i)
+            assert np.array_equal(g, e) and g.tobytes() == e.tobytes(), f"{what}: {name}[{i}] differs"
+
+
+def hammer(calls, baseline, n_threads=8, rounds=3, timeout=300):
+    """n_threads Python threads start together and each run every call `rounds` times (each thread in
+    a different order, so that forward and backward kernels overlap); a list of problems (empty when
+    every result is bitwise equal to `baseline`)."""
+    names = list(calls)
+    problems, lock = [], threading.Lock()
+    barrier = threading.Barrier(n_threads)
+
+    def worker(k):
+        try:
+            barrier.wait()
+            for r in range(rounds):
+                for i in range(len(names)):
+                    name = names[(i + k + r) % len(names)]
+                    result = calls[name]()
+                    for j, (g, e) in enumerate(zip(result, baseline[name])):
+                        if g.tobytes() != e.tobytes():
+                            with lock:
+                                problems.append(f"thread {k} round {r}: {name}[{j}] differs")
+        except BaseException as e:   # noqa: BLE001 (reported, not swallowed)
+            with lock:
+                problems.append(f"thread {k}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(n_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    problems += [f"thread {k} still running after {timeout} s" for k, t in enumerate(threads) if t.is_alive()]
+    return problems
+
+
+def test_repeated_calls_are_bitwise_identical():
+    calls = workload()
+    first = run_workload(calls)
+    for _ in range(2):
+        assert_bitwise(run_workload(calls), first, "repeated call")
+
+
+def test_thread_count_does_not_change_bits():
+    """numba.set_num_threads(1) vs 2 (and every count up to NUMBA_NUM_THREADS when more): same bits."""
+    most = numba.config.NUMBA_NUM_THREADS
+    if most < 2:
+        pytest.skip("numba has a single thread here (NUMBA_NUM_THREADS=1)")
+    calls = workload()
+    saved = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        single = run_workload(calls)
+        for n in sorted({2, most, (most + 1) // 2} - {1}):
+            numba.set_num_threads(n)
+            assert_bitwise(run_workload(calls), single, f"{n} threads vs 1")
+    finally:
+        numba.set_num_threads(saved)
+    assert numba.get_num_threads() == saved
+
+
+def test_eight_python_threads_default_layer():
+    """8 Python threads calling forward and backward at once under the threading layer numba picked
+    here: no error, no abort, every result bitwise equal to a serial run."""
+    calls = workload()
+    baseline = run_workload(calls)
+    assert not hammer(calls, baseline)
+    assert_bitwise(run_workload(calls), baseline, "after the threads")
+
+
+_SUBPROCESS = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    import numba
+    import numpy as np
+    import test_reliability as T
+    calls = T.workload()
+    baseline = T.run_workload(calls)
+    print("LAYER", numba.threading_layer())
+    problems = T.hammer(calls, baseline)
+    print("PROBLEMS", len(problems))
+    print(*problems[:5], sep="\\n")
+    np.savez({out!r}, **{{f"{{k}}-{{i}}": a for k, v in baseline.items() for i, a in enumerate(v)}})
+""")
+
+
+def test_eight_python_threads_workqueue_layer(tmp_path):
+    """The same under NUMBA_THREADING_LAYER=workqueue, which aborts the process on concurrent use
+    unless nbconv serializes the calls; its results are also the bits of this process's layer."""
+    out = tmp_path / "results.npz"
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(tests), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", _SUBPROCESS.format(tests=tests, out=str(out))], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"exit code {proc.returncode}\n{proc.stdout}\n{proc.stderr[-3000:]}"
+    assert "LAYER workqueue" in proc.stdout, proc.stdout
+    assert "PROBLEMS 0" in proc.stdout, proc.stdout
+    baseline = run_workload(workload())
+    with np.load(out) as saved:
+        other = {k: tuple(saved[f"{k}-{i}"] for i in range(len(v))) for k, v in baseline.items()}
+    assert_bitwise(other, baseline, "workqueue layer vs this process's layer")
