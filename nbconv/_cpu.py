@@ -161,6 +161,27 @@ def _depthwise_source(x, params):
     return _pad(x, params.pads, params.mode), 0, 0
 
 
+def _depthwise_forward(src, w3, bias, dst, off_h, off_w, stride, dilation):
+    """dst = depthwise correlation of src with w3 (KH, KW, C_out) + bias, src offset by (off_h, off_w)."""
+    k_h, k_w = w3.shape[0], w3.shape[1]
+    taps = _depthwise.lanes_taps(k_h, k_w, dilation[0], dilation[1], src.shape[2], src.shape[3])
+    call(_depthwise.forward, src, w3, _depthwise.lanes_weights(w3), taps, bias, dst, off_h, off_w,
+         *stride, *dilation)
+    return dst
+
+
+def _depthwise_grad_input(gy, w, dst, off_h, off_w, stride, dilation):
+    """Depthwise input gradient into dst, whose (0, 0) is position (off_h, off_w) of the padded input.
+    At stride 1 without channel multiplier it is the forward kernel on gy with the kernel flipped."""
+    k_h, k_w = w.shape[0], w.shape[1]
+    (dh, dw) = dilation
+    if stride == (1, 1) and gy.shape[3] == dst.shape[3]:
+        return _depthwise_forward(_c(gy), _c(w[::-1, ::-1, 0]), np.empty(0, dtype=gy.dtype), dst,
+                                  dh * (k_h - 1) - off_h, dw * (k_w - 1) - off_w, stride, dilation)
+    call(_depthwise.grad_input, _c(gy), _c(w[:, :, 0]), dst, off_h, off_w, *stride, *dilation)
+    return dst
+
+
 def _pack(mat):
     """(G, R, Cg) -> (G, ceil(Cg / B), R, B), zero-filled past Cg: B-wide column blocks, rows contiguous."""
     groups, n_rows, cg = mat.shape
@@ -226,8 +247,8 @@ def forward(x, w, bias, params, out):
     (sh, sw), (dh, dw) = params.stride, params.dilation
     if _is_depthwise(w.shape, params.groups):
         src, off_h, off_w = _depthwise_source(x, params)
-        call(_depthwise.forward, src, _c(w[:, :, 0]), _bias_arg(bias, x.dtype), out, off_h, off_w, sh, sw, dh, dw)
-        return out
+        return _depthwise_forward(src, _c(w[:, :, 0]), _bias_arg(bias, x.dtype), out, off_h, off_w,
+                                  params.stride, params.dilation)
     xp = _pad(x, params.pads, params.mode)
     n, hp, wp, c_in = xp.shape
     groups = params.groups
@@ -248,9 +269,7 @@ def _padded_input_grad(gy, w, hp, wp, stride, dilation, groups):
     cg_out = c_out // groups
     (sh, sw), (dh, dw) = stride, dilation
     if _is_depthwise(w.shape, groups):
-        gxp = np.empty((n, hp, wp, groups), dtype=gy.dtype)
-        call(_depthwise.grad_input, _c(gy), _c(w[:, :, 0]), gxp, 0, 0, sh, sw, dh, dw)
-        return gxp
+        return _depthwise_grad_input(gy, w, np.empty((n, hp, wp, groups), dtype=gy.dtype), 0, 0, stride, dilation)
     if cg_in < B:
         # Few input channels per group would leave most lanes of the gather tile idle: compute the
         # columns (taps x input channels) for each output pixel and scatter-add them instead.
@@ -293,9 +312,8 @@ def grad_input(gy, w, x_shape, params):
     """dL/dx of y = conv(x, w) given gy = dL/dy."""
     (top, bottom), (left, right) = params.pads
     if _is_depthwise(w.shape, params.groups) and params.mode == "zeros":
-        gx = np.empty(x_shape, dtype=gy.dtype)
-        call(_depthwise.grad_input, _c(gy), _c(w[:, :, 0]), gx, top, left, *params.stride, *params.dilation)
-        return gx
+        return _depthwise_grad_input(gy, w, np.empty(x_shape, dtype=gy.dtype), top, left, params.stride,
+                                     params.dilation)
     hp, wp = x_shape[1] + top + bottom, x_shape[2] + left + right
     gxp = _padded_input_grad(gy, w, hp, wp, params.stride, params.dilation, params.groups)
     return _fold(gxp, x_shape, params.pads, params.mode)

@@ -8,6 +8,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel
+from ._micro import B, P, micro_lanes
 
 SLOTS = 8  # fixed partial-sum slots for reductions over rows: results do not depend on thread count
 
@@ -21,10 +22,10 @@ def _valid_range(count, start, step, size):
 
 
 @kernel(inline="always")
-def _madd_row(acc, a, b, m):
-    """acc[c] += a[c // m] * b[c] for c < len(acc)."""
+def _madd_row(acc, a, b, m, c_lo):
+    """acc[c] += a[c // m] * b[c] for c_lo <= c < len(acc) (c_lo is 0 unless m == 1)."""
     if m == 1:
-        for c in range(acc.shape[0]):
+        for c in range(c_lo, acc.shape[0]):
             acc[c] += a[c] * b[c]
     else:
         for ci in range(a.shape[0]):
@@ -34,13 +35,20 @@ def _madd_row(acc, a, b, m):
 
 
 @kernel(parallel=True)
-def forward(src, w, bias, dst, off_h, off_w, sh, sw, dh, dw):
+def forward(src, w, wpk, taps, bias, dst, off_h, off_w, sh, sw, dh, dw):
     """dst[n, oh, ow, c] = bias[c] + sum_{kh, kw} src[n, oh*sh + kh*dh - off_h, ow*sw + kw*dw - off_w, c // m]
-    * w[kh, kw, c], zero outside src; m = C_dst // C_src; all C-contiguous; bias empty or (C_dst,)."""
+    * w[kh, kw, c], zero outside src; m = C_dst // C_src; wpk = lanes_weights(w), taps = lanes_taps(...);
+    all C-contiguous; bias empty or (C_dst,)."""
     n_img, h_src, w_src, c_src = src.shape
     out_h, out_w, c_dst = dst.shape[1], dst.shape[2], dst.shape[3]
     k_h, k_w = w.shape[0], w.shape[1]
     m = c_dst // c_src
+    flat = src.reshape(-1)
+    # Interior: the columns whose every tap is inside src, and the full B-channel blocks (m == 1),
+    # run through the register tile; borders and leftover channels through the plain loops.
+    c_full = (c_dst // B) * B if m == 1 else 0
+    ow_lo = min(out_w, max(0, -((-off_w) // sw)))
+    ow_hi = max(ow_lo, min(out_w, (w_src - 1 - (k_w - 1) * dw + off_w) // sw + 1))
     for row in prange(n_img * out_h):
         n = row // out_h
         oh = row - n * out_h
@@ -50,16 +58,34 @@ def forward(src, w, bias, dst, off_h, off_w, sh, sw, dh, dw):
                 out_row[ow] = bias
         else:
             out_row[:] = 0
-        for kh in range(k_h):
-            ih = oh * sh + kh * dh - off_h
-            if ih < 0 or ih >= h_src:
-                continue
-            src_row = src[n, ih]
+        kh_lo, kh_hi = _valid_range(k_h, oh * sh - off_h, dh, h_src)
+        for kh in range(kh_lo, kh_hi):
+            src_row = src[n, oh * sh + kh * dh - off_h]
             for kw in range(k_w):
                 lo, hi = _valid_range(out_w, kw * dw - off_w, sw, w_src)
                 wv = w[kh, kw]
-                for ow in range(lo, hi):
-                    _madd_row(out_row[ow], src_row[ow * sw + kw * dw - off_w], wv, m)
+                for ow in range(lo, min(hi, ow_lo)):
+                    _madd_row(out_row[ow], src_row[ow * sw + kw * dw - off_w], wv, m, 0)
+                for ow in range(max(lo, ow_hi), hi):
+                    _madd_row(out_row[ow], src_row[ow * sw + kw * dw - off_w], wv, m, 0)
+                if c_full < c_dst:
+                    for ow in range(max(lo, ow_lo), min(hi, ow_hi)):
+                        _madd_row(out_row[ow], src_row[ow * sw + kw * dw - off_w], wv, m, c_full)
+        if c_full == 0 or ow_hi == ow_lo or kh_hi == kh_lo:
+            continue
+        tile = np.empty((P, B), dtype=dst.dtype)
+        bases = np.empty(P, dtype=np.uint64)
+        offsets = taps[kh_lo, kh_lo * k_w:kh_hi * k_w]
+        row_base = (n * h_src + oh * sh + kh_lo * dh - off_h) * w_src
+        for ow0 in range(ow_lo, ow_hi, P):
+            for cb in range(c_full // B):
+                for p in range(P):
+                    bases[p] = np.uint64((row_base + min(ow0 + p, ow_hi - 1) * sw - off_w) * c_src + cb * B)
+                micro_lanes(flat, bases, offsets, wpk[cb, kh_lo * k_w:kh_hi * k_w], tile)
+                for p in range(min(P, ow_hi - ow0)):
+                    out_pix = out_row[ow0 + p]
+                    for b in range(B):
+                        out_pix[cb * B + b] += tile[p, b]
 
 
 @kernel(parallel=True)
@@ -124,4 +150,20 @@ def grad_weight(src, gy, partial, off_h, off_w, sh, sw, dh, dw):
                     lo, hi = _valid_range(out_w, kw * dw - off_w, sw, w_src)
                     acc_tap = acc[kh, kw]
                     for ow in range(lo, hi):
-                        _madd_row(acc_tap, src_row[ow * sw + kw * dw - off_w], gy_row[ow], m)
+                        _madd_row(acc_tap, src_row[ow * sw + kw * dw - off_w], gy_row[ow], m, 0)
+
+
+def lanes_weights(w):
+    """(KH, KW, C) depthwise weights as (C // B, KH * KW, B) blocks for micro_lanes."""
+    k_h, k_w, c = w.shape
+    blocks = c // B
+    return np.ascontiguousarray(w[:, :, :blocks * B].reshape(k_h * k_w, blocks, B).transpose(1, 0, 2))
+
+
+def lanes_taps(k_h, k_w, dh, dw, w_src, c_src):
+    """taps[k0, t]: flat offset of tap t = (kh, kw) (kh >= k0) relative to tap (k0, 0), for an input
+    row width w_src and c_src channels (uint64, (KH, KH * KW))."""
+    kh = np.arange(k_h).repeat(k_w)
+    kw = np.tile(np.arange(k_w), k_h)
+    rel = np.maximum(kh[None, :] - np.arange(k_h)[:, None], 0)
+    return ((rel * dh * w_src + kw[None, :] * dw) * c_src).astype(np.uint64)
