@@ -1138,3 +1138,68 @@ def test_eight_python_threads_workqueue_layer(tmp_path):
     with np.load(out) as saved:
         other = {k: tuple(saved[f"{k}-{i}"] for i in range(len(v))) for k, v in baseline.items()}
     assert_bitwise(other, baseline, "workqueue layer vs this process's layer")
+
+
+# ---------------------------------------------------------------------------------------------------
+# 64-bit index arithmetic: an input of more than 2**31 elements (about 45 GB of memory at peak)
+# ---------------------------------------------------------------------------------------------------
+
+def _window(x, n, i, j, k):
+    """x[n, i-1 : i-1+k, j-1 : j-1+k, :] of x zero-padded by 1 (float64)."""
+    h, w = x.shape[1:3]
+    out = np.zeros((k, k, x.shape[3]))
+    i0, j0 = i - 1, j - 1
+    r0, r1, c0, c1 = max(i0, 0), min(i0 + k, h), max(j0, 0), min(j0 + k, w)
+    out[r0 - i0:r1 - i0, c0 - j0:c1 - j0] = x[n, r0:r1, c0:c1]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("groups", (1, 4), ids=("dense", "depthwise"))
+def test_more_than_2_31_elements(groups):
+    """Forward, input, weight and bias gradients on x of 2 * 16384 * 16400 * 4 > 2**31 float32 elements;
+    outputs checked where flat indices exceed 2**31 (the last rows of the second image) and elsewhere.
+    The output gradient is zero but at a few positions, so the gradients have exact small references."""
+    n, h, w_, c = 2, 16384, 16400, 4
+    assert n * h * w_ * c > 2 ** 31
+    rng = np.random.default_rng(5)
+    x = np.empty((n, h, w_, c), np.float32)
+    rng.random(out=x.reshape(-1), dtype=np.float32)
+    c_out = 2 if groups == 1 else 8
+    w = randn(rng, (3, 3, c // groups, c_out), np.float32)
+    b = randn(rng, (c_out,), np.float32)
+    wd = w.astype(np.float64)
+    dense_w = np.zeros((3, 3, c, c_out))            # the grouped weight as a dense one, for the checks
+    cgo = c_out // groups
+    for g in range(groups):
+        dense_w[:, :, g * (c // groups):(g + 1) * (c // groups), g * cgo:(g + 1) * cgo] = \
+            wd[:, :, :, g * cgo:(g + 1) * cgo]
+    y = nbconv.conv2d(x, w, b, padding=1, groups=groups)
+    assert y.shape == (n, h, w_, c_out)
+    points = [(0, 0, 0), (0, h // 2, w_ - 1), (1, h - 1, w_ - 1), (1, h - 2, 17), (1, h - 31, w_ // 2), (1, 0, 3)]
+    points += [(1, int(i), int(j)) for i, j in zip(rng.integers(h - 32, h, 8), rng.integers(0, w_, 8))]
+    for p in points:
+        expected = np.einsum("abc,abco->o", _window(x, *p, 3), dense_w) + b
+        np.testing.assert_allclose(y[p], expected, rtol=1e-4, atol=1e-4, err_msg=str(p))
+    del y
+    gy = np.zeros((n, h, w_, c_out), np.float32)
+    sparse = [(0, 0, 0), (1, h - 1, w_ - 1), (1, h - 5, 3), (1, h - 20, w_ // 3)]
+    for p in sparse:
+        gy[p] = randn(rng, (c_out,), np.float32)
+    grads = nbconv.conv2d_backward(gy, x, w, padding=1, groups=groups)
+    np.testing.assert_allclose(grads.bias, sum(gy[p].astype(np.float64) for p in sparse), rtol=1e-5, atol=1e-6)
+    dense_gw = sum(np.einsum("abc,o->abco", _window(x, *p, 3), gy[p].astype(np.float64)) for p in sparse)
+    expected_gw = np.stack([dense_gw[:, :, (o // cgo) * (c // groups):(o // cgo + 1) * (c // groups), o]
+                            for o in range(c_out)], axis=-1)
+    np.testing.assert_allclose(grads.weight, expected_gw, rtol=1e-4, atol=1e-5)
+    gx = grads.input
+    expected_gx = {}
+    for (pn, pi, pj) in sparse:
+        for kh in range(3):
+            for kw in range(3):
+                i, j = pi + kh - 1, pj + kw - 1
+                if 0 <= i < h and 0 <= j < w_:
+                    expected_gx[pn, i, j] = expected_gx.get((pn, i, j), 0) + dense_w[kh, kw] @ gy[pn, pi, pj]
+    for p, e in expected_gx.items():
+        np.testing.assert_allclose(gx[p], e, rtol=1e-4, atol=1e-5, err_msg=str(p))
+    assert np.count_nonzero(gx) == sum(np.count_nonzero(e) for e in expected_gx.values())
