@@ -329,8 +329,13 @@ def grad_weight(gy, x, w_shape, params):
         return np.zeros(w_shape, dtype=gy.dtype)
     if _is_depthwise(w_shape, groups):
         src, off_h, off_w = _depthwise_source(x, params)
+        gy = _c(gy)
+        lanes = c_out == groups and c_out % B == 0
+        gy_blocks = gy.reshape(-1, B) if lanes else np.empty((0, B), dtype=gy.dtype)
+        taps = _depthwise.lanes_taps(kh, kw, params.dilation[0], params.dilation[1], src.shape[2], src.shape[3])
         partial = np.zeros((_depthwise.SLOTS, kh, kw, c_out), dtype=gy.dtype)
-        call(_depthwise.grad_weight, src, _c(gy), partial, off_h, off_w, *params.stride, *params.dilation)
+        call(_depthwise.grad_weight, src, gy, gy_blocks, taps, partial, off_h, off_w, *params.stride,
+             *params.dilation)
         return partial.sum(axis=0).reshape(w_shape)
     xp = _pad(x, params.pads, params.mode)
     _, hp, wp, c_in = xp.shape

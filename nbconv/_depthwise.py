@@ -81,7 +81,7 @@ def forward(src, w, wpk, taps, bias, dst, off_h, off_w, sh, sw, dh, dw):
             for cb in range(c_full // B):
                 for p in range(P):
                     bases[p] = np.uint64((row_base + min(ow0 + p, ow_hi - 1) * sw - off_w) * c_src + cb * B)
-                micro_lanes(flat, bases, offsets, wpk[cb, kh_lo * k_w:kh_hi * k_w], tile)
+                micro_lanes(flat, bases, offsets, wpk[cb, kh_lo * k_w:kh_hi * k_w], 0, 1, tile)
                 for p in range(min(P, ow_hi - ow0)):
                     out_pix = out_row[ow0 + p]
                     for b in range(B):
@@ -126,31 +126,60 @@ def grad_input(gy, w, dst, off_h, off_w, sh, sw, dh, dw):
 
 
 @kernel(parallel=True)
-def grad_weight(src, gy, partial, off_h, off_w, sh, sw, dh, dw):
+def grad_weight(src, gy, gy_blocks, taps, partial, off_h, off_w, sh, sw, dh, dw):
     """partial[t, kh, kw, c] = sum over rows (n, oh) of block t (of partial.shape[0] equal blocks) and ow of
     src[n, oh*sh + kh*dh - off_h, ow*sw + kw*dw - off_w, c // m] * gy[n, oh, ow, c] (zero outside src);
+    gy_blocks = gy as rows of B channels when m == 1 and B divides C_out (else empty), taps = lanes_taps(...);
     partial zeroed, everything C-contiguous."""
     n_img, h_src, w_src, c_src = src.shape
     out_h, out_w, c_out = gy.shape[1], gy.shape[2], gy.shape[3]
     n_slots, k_h, k_w = partial.shape[0], partial.shape[1], partial.shape[2]
     m = c_out // c_src
     n_rows = n_img * out_h
+    flat = src.reshape(-1)
+    n_blocks = c_out // B if gy_blocks.shape[0] > 0 else 0
+    c_full = n_blocks * B
+    ow_lo = min(out_w, max(0, -((-off_w) // sw)))
+    ow_hi = max(ow_lo, min(out_w, (w_src - 1 - (k_w - 1) * dw + off_w) // sw + 1))
     for t in prange(n_slots):
         acc = partial[t]
+        acc_taps = acc.reshape(k_h * k_w, c_out)
+        tile = np.empty((P, B), dtype=partial.dtype)
+        bases = np.empty(P, dtype=np.uint64)
+        pix = np.empty(max(ow_hi - ow_lo, 1), dtype=np.uint64)
         for row in range(t * n_rows // n_slots, (t + 1) * n_rows // n_slots):
             n = row // out_h
             oh = row - n * out_h
-            for kh in range(k_h):
-                ih = oh * sh + kh * dh - off_h
-                if ih < 0 or ih >= h_src:
-                    continue
-                src_row = src[n, ih]
-                gy_row = gy[n, oh]
+            kh_lo, kh_hi = _valid_range(k_h, oh * sh - off_h, dh, h_src)
+            gy_row = gy[n, oh]
+            for kh in range(kh_lo, kh_hi):
+                src_row = src[n, oh * sh + kh * dh - off_h]
                 for kw in range(k_w):
                     lo, hi = _valid_range(out_w, kw * dw - off_w, sw, w_src)
                     acc_tap = acc[kh, kw]
-                    for ow in range(lo, hi):
+                    for ow in range(lo, min(hi, ow_lo)):
                         _madd_row(acc_tap, src_row[ow * sw + kw * dw - off_w], gy_row[ow], m, 0)
+                    for ow in range(max(lo, ow_hi), hi):
+                        _madd_row(acc_tap, src_row[ow * sw + kw * dw - off_w], gy_row[ow], m, 0)
+                    if c_full < c_out:
+                        for ow in range(max(lo, ow_lo), min(hi, ow_hi)):
+                            _madd_row(acc_tap, src_row[ow * sw + kw * dw - off_w], gy_row[ow], m, c_full)
+            if c_full == 0 or ow_hi == ow_lo or kh_hi == kh_lo:
+                continue
+            row_base = (n * h_src + oh * sh + kh_lo * dh - off_h) * w_src
+            for i in range(ow_hi - ow_lo):
+                pix[i] = np.uint64((row_base + (ow_lo + i) * sw - off_w) * c_src)
+            t_lo, t_hi = kh_lo * k_w, kh_hi * k_w
+            for cb in range(n_blocks):
+                for t0 in range(t_lo, t_hi, P):
+                    for p in range(P):
+                        bases[p] = taps[kh_lo, min(t0 + p, t_hi - 1)] + np.uint64(cb * B)
+                    micro_lanes(flat, bases, pix[:ow_hi - ow_lo], gy_blocks, (row * out_w + ow_lo) * n_blocks + cb,
+                                n_blocks, tile)
+                    for p in range(min(P, t_hi - t0)):
+                        acc_tap = acc_taps[t0 + p]
+                        for b in range(B):
+                            acc_tap[cb * B + b] += tile[p, b]
 
 
 def lanes_weights(w):

@@ -48,9 +48,9 @@ def generate():
         "",
         "",
         "@kernel()",
-        "def micro_lanes(src, a, c, v, tile):",
-        f'    """tile[p, b] = sum_s src[a[p] + c[s] + b] * v[s, b] for p < {P}, b < {B}; src flat, a and c unsigned, '
-        f'v (len(c), >= {B}) C-contiguous rows."""',
+        "def micro_lanes(src, a, c, v, v0, v_step, tile):",
+        f'    """tile[p, b] = sum_s src[a[p] + c[s] + b] * v[v0 + s*v_step, b] for p < {P}, b < {B}; src flat, '
+        f'a and c unsigned, v C-contiguous rows of >= {B}."""',
         "    zero = tile.dtype.type(0)",
         "    " + "; ".join(f"a{p} = a[{p}]" for p in range(P)),
         "    " + "; ".join(f"k{b} = np.uint64({b})" for b in range(B)),
@@ -60,7 +60,7 @@ def generate():
     lines += [
         "    for s in range(c.shape[0]):",
         "        cs = c[s]",
-        "        vs = v[s]",
+        "        vs = v[v0 + s * v_step]",
         "        " + "; ".join(f"w{b} = vs[{b}]" for b in range(B)),
     ]
     for p in range(P):

@@ -39,8 +39,8 @@ def micro_tile(src, a, c, v, tile):
 
 
 @kernel()
-def micro_lanes(src, a, c, v, tile):
-    """tile[p, b] = sum_s src[a[p] + c[s] + b] * v[s, b] for p < 5, b < 16; src flat, a and c unsigned, v (len(c), >= 16) C-contiguous rows."""
+def micro_lanes(src, a, c, v, v0, v_step, tile):
+    """tile[p, b] = sum_s src[a[p] + c[s] + b] * v[v0 + s*v_step, b] for p < 5, b < 16; src flat, a and c unsigned, v C-contiguous rows of >= 16."""
     zero = tile.dtype.type(0)
     a0 = a[0]; a1 = a[1]; a2 = a[2]; a3 = a[3]; a4 = a[4]
     k0 = np.uint64(0); k1 = np.uint64(1); k2 = np.uint64(2); k3 = np.uint64(3); k4 = np.uint64(4); k5 = np.uint64(5); k6 = np.uint64(6); k7 = np.uint64(7); k8 = np.uint64(8); k9 = np.uint64(9); k10 = np.uint64(10); k11 = np.uint64(11); k12 = np.uint64(12); k13 = np.uint64(13); k14 = np.uint64(14); k15 = np.uint64(15)
@@ -51,7 +51,7 @@ def micro_lanes(src, a, c, v, tile):
     a4_0 = a4_1 = a4_2 = a4_3 = a4_4 = a4_5 = a4_6 = a4_7 = a4_8 = a4_9 = a4_10 = a4_11 = a4_12 = a4_13 = a4_14 = a4_15 = zero
     for s in range(c.shape[0]):
         cs = c[s]
-        vs = v[s]
+        vs = v[v0 + s * v_step]
         w0 = vs[0]; w1 = vs[1]; w2 = vs[2]; w3 = vs[3]; w4 = vs[4]; w5 = vs[5]; w6 = vs[6]; w7 = vs[7]; w8 = vs[8]; w9 = vs[9]; w10 = vs[10]; w11 = vs[11]; w12 = vs[12]; w13 = vs[13]; w14 = vs[14]; w15 = vs[15]
         r0 = a0 + cs
         a0_0 += src[r0 + k0] * w0; a0_1 += src[r0 + k1] * w1; a0_2 += src[r0 + k2] * w2; a0_3 += src[r0 + k3] * w3; a0_4 += src[r0 + k4] * w4; a0_5 += src[r0 + k5] * w5; a0_6 += src[r0 + k6] * w6; a0_7 += src[r0 + k7] * w7; a0_8 += src[r0 + k8] * w8; a0_9 += src[r0 + k9] * w9; a0_10 += src[r0 + k10] * w10; a0_11 += src[r0 + k11] * w11; a0_12 += src[r0 + k12] * w12; a0_13 += src[r0 + k13] * w13; a0_14 += src[r0 + k14] * w14; a0_15 += src[r0 + k15] * w15
