@@ -1203,3 +1203,59 @@ def test_more_than_2_31_elements(groups):
     for p, e in expected_gx.items():
         np.testing.assert_allclose(gx[p], e, rtol=1e-4, atol=1e-5, err_msg=str(p))
     assert np.count_nonzero(gx) == sum(np.count_nonzero(e) for e in expected_gx.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("groups", (1, 2), ids=("dense", "depthwise"))
+def test_more_than_2_31_elements_strided(groups):
+    """The memory-light variant (about 9 GB): x of 32768 * 32769 * 2 > 2**31 float32 elements read in
+    place (no padding copy) with large strides, so the output is small and checked in full, forward,
+    weight and bias gradients; its last rows are read from flat indices beyond 2**31."""
+    h, w_, c = 32768, 32769, 2
+    assert h * w_ * c > 2 ** 31
+    rng = np.random.default_rng(6)
+    x = np.empty((1, h, w_, c), np.float32)
+    rng.random(out=x.reshape(-1), dtype=np.float32)
+    c_out = 4
+    w = randn(rng, (3, 3, c // groups, c_out), np.float32)
+    b = randn(rng, (c_out,), np.float32)
+    kw = dict(stride=(163, 4), dilation=2, groups=groups)
+    y = nbconv.conv2d(x, w, b, **kw)
+    oh, ow = (h - 5) // 163 + 1, (w_ - 5) // 4 + 1
+    assert y.shape == (1, oh, ow, c_out) and (oh - 1) * 163 + 4 == h - 1
+    cgi, cgo = c // groups, c_out // groups
+    patches = {(kh, kw_): x[0, 2 * kh:2 * kh + 163 * (oh - 1) + 1:163, 2 * kw_:2 * kw_ + 4 * (ow - 1) + 1:4]
+               .astype(np.float64) for kh in range(3) for kw_ in range(3)}
+    expected = np.zeros((oh, ow, c_out)) + b
+    for (kh, kw_), patch in patches.items():
+        for g in range(groups):
+            expected[..., g * cgo:(g + 1) * cgo] += patch[..., g * cgi:(g + 1) * cgi] @ w[kh, kw_, :, g * cgo:(g + 1) * cgo]
+    np.testing.assert_allclose(y[0], expected, rtol=1e-4, atol=1e-4)
+    gy = randn(rng, y.shape, np.float32)
+    grads = nbconv.conv2d_backward(gy, x, w, needs=("weight", "bias"), **kw)
+    gy64 = gy[0].astype(np.float64).reshape(-1, c_out)
+    expected_gw = np.zeros(w.shape)
+    for (kh, kw_), patch in patches.items():
+        p = patch.reshape(-1, c)
+        for g in range(groups):
+            expected_gw[kh, kw_, :, g * cgo:(g + 1) * cgo] = p[:, g * cgi:(g + 1) * cgi].T @ gy64[:, g * cgo:(g + 1) * cgo]
+    np.testing.assert_allclose(grads.weight, expected_gw, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(grads.bias, gy64.sum(axis=0), rtol=1e-4, atol=1e-3)
+    if groups == 1:
+        return   # the dense input gradient goes through a padded buffer and a fold: about 17 GB more
+    # depthwise input gradient, written in place: x is not read, so a zero-stride stand-in keeps memory low
+    del x, patches
+    gx = nbconv.conv2d_backward(gy, np.broadcast_to(np.float32(0), (1, h, w_, c)), w, needs=("input",), **kw).input
+    assert gx.shape == (1, h, w_, c)
+    rows = sorted({i * 163 + 2 * kh for i in range(oh) for kh in range(3)})
+    where = {r: k for k, r in enumerate(rows)}
+    expected_gx = np.zeros((len(rows), w_, c))
+    m = c_out // c   # depthwise: output channel o reads input channel o // m
+    for i in range(oh):
+        for kh in range(3):
+            for kw_ in range(3):
+                cols = np.arange(ow) * 4 + 2 * kw_
+                contrib = gy[0, i].astype(np.float64) * w[kh, kw_, 0]          # (ow, c_out)
+                expected_gx[where[i * 163 + 2 * kh], cols] += contrib.reshape(ow, c, m).sum(axis=-1)
+    np.testing.assert_allclose(gx[0, rows], expected_gx, rtol=1e-4, atol=1e-4)
+    assert np.count_nonzero(gx) == np.count_nonzero(expected_gx)
