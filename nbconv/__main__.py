@@ -1,6 +1,7 @@
 """Command line: `python -m nbconv {bench,demo,lenet} [options]` (see --help of each)."""
 import argparse
 import importlib
+import sys
 
 # subcommand -> (module providing add_arguments(parser) and run(args), one-line help)
 COMMANDS = {
@@ -11,14 +12,19 @@ COMMANDS = {
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m nbconv", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    modules = {}
-    for name, (module_name, help_text) in COMMANDS.items():
-        modules[name] = importlib.import_module(module_name)
-        modules[name].add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    parsers = {name: sub.add_parser(name, help=help_text, description=help_text)
+               for name, (_, help_text) in COMMANDS.items()}
+    # Only the chosen subcommand's module is imported (one may need an optional dependency).
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    module = None
+    if chosen in COMMANDS:
+        module = importlib.import_module(COMMANDS[chosen][0])
+        module.add_arguments(parsers[chosen])
     args = parser.parse_args(argv)
-    return modules[args.command].run(args)
+    return module.run(args)
 
 
 if __name__ == "__main__":

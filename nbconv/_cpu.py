@@ -166,7 +166,7 @@ def _depthwise_forward(src, w3, bias, dst, off_h, off_w, stride, dilation):
     k_h, k_w = w3.shape[0], w3.shape[1]
     taps = _depthwise.lanes_taps(k_h, k_w, dilation[0], dilation[1], src.shape[2], src.shape[3])
     call(_depthwise.forward, src, w3, _depthwise.lanes_weights(w3), taps, bias, dst, off_h, off_w,
-         *stride, *dilation)
+         *stride, *dilation, work=dst.size * k_h * k_w)
     return dst
 
 
@@ -178,7 +178,8 @@ def _depthwise_grad_input(gy, w, dst, off_h, off_w, stride, dilation):
     if stride == (1, 1) and gy.shape[3] == dst.shape[3]:
         return _depthwise_forward(_c(gy), _c(w[::-1, ::-1, 0]), np.empty(0, dtype=gy.dtype), dst,
                                   dh * (k_h - 1) - off_h, dw * (k_w - 1) - off_w, stride, dilation)
-    call(_depthwise.grad_input, _c(gy), _c(w[:, :, 0]), dst, off_h, off_w, *stride, *dilation)
+    call(_depthwise.grad_input, _c(gy), _c(w[:, :, 0]), dst, off_h, off_w, *stride, *dilation,
+         work=gy.size * k_h * k_w)
     return dst
 
 
@@ -258,7 +259,7 @@ def forward(x, w, bias, params, out):
     _, oh, ow, _ = out.shape
     if out.size:
         call(_gather_conv, xp, offsets, _pack(wmat), _bias_arg(bias, x.dtype), out,
-             sh, sw, 0, 0, 1, 1, oh, ow)
+             sh, sw, 0, 0, 1, 1, oh, ow, work=out.size * offsets.size)
     return out
 
 
@@ -277,7 +278,8 @@ def _padded_input_grad(gy, w, hp, wp, stride, dilation, groups):
         offsets = ((np.arange(kh)[:, None, None] * (dh * wp) + np.arange(kw)[None, :, None] * dw) * (cg_in * groups)
                    + np.arange(cg_in)[None, None, :]).ravel()
         w_cols = w.reshape(kh * kw * cg_in, groups, cg_out).transpose(1, 2, 0)
-        call(_scatter_conv, _c(gy), np.arange(cg_out, dtype=np.uint64), _pack(w_cols), offsets, gxp, sh, sw)
+        call(_scatter_conv, _c(gy), np.arange(cg_out, dtype=np.uint64), _pack(w_cols), offsets, gxp, sh, sw,
+             work=gy.size * offsets.size)
         return gxp
     lo_h, lo_w = dh * (kh - 1) // sh, dw * (kw - 1) // sw
     len_h = lo_h + max(-(-hp // sh), oh)
@@ -304,7 +306,8 @@ def _padded_input_grad(gy, w, hp, wp, stride, dilation, groups):
         wsel = w5[[k for k, _ in taps_h]][:, [k for k, _ in taps_w]]  # (th, tw, cg_in, G, cg_out)
         wmat = wsel.transpose(3, 0, 1, 4, 2).reshape(groups, -1, cg_in)
         jh, jw = -(-(hp - qh) // sh), -(-(wp - qw) // sw)
-        call(_gather_conv, gyp, offsets, _pack(wmat), no_bias, gxp, 1, 1, qh, qw, sh, sw, jh, jw)
+        call(_gather_conv, gyp, offsets, _pack(wmat), no_bias, gxp, 1, 1, qh, qw, sh, sw, jh, jw,
+             work=n * jh * jw * cg_in * groups * offsets.size)
     return gxp
 
 
@@ -335,7 +338,7 @@ def grad_weight(gy, x, w_shape, params):
         taps = _depthwise.lanes_taps(kh, kw, params.dilation[0], params.dilation[1], src.shape[2], src.shape[3])
         partial = np.zeros((_depthwise.SLOTS, kh, kw, c_out), dtype=gy.dtype)
         call(_depthwise.grad_weight, src, gy, gy_blocks, taps, partial, off_h, off_w, *params.stride,
-             *params.dilation)
+             *params.dilation, work=gy.size * kh * kw)
         return partial.sum(axis=0).reshape(w_shape)
     xp = _pad(x, params.pads, params.mode)
     _, hp, wp, c_in = xp.shape
@@ -348,7 +351,7 @@ def grad_weight(gy, x, w_shape, params):
     n_rows = rows.shape[0]
     n_slots = min(_WEIGHT_GRAD_SLOTS, -(-pix.shape[0] // _WEIGHT_GRAD_CHUNK))
     partial = np.zeros((n_slots, groups, gpk.shape[1], -(-n_rows // P) * P, B), dtype=gy.dtype)
-    call(_weight_grad, xp.reshape(-1), rows, pix, gpk, partial, cg_in, _WEIGHT_GRAD_CHUNK)
+    call(_weight_grad, xp.reshape(-1), rows, pix, gpk, partial, cg_in, _WEIGHT_GRAD_CHUNK, work=gy.size * n_rows)
     total = partial.sum(axis=0)[:, :, :n_rows]                 # (G, NB, R, B)
     total = total.transpose(0, 2, 1, 3).reshape(groups, n_rows, -1)[:, :, :cg_out]
     return np.ascontiguousarray(total.transpose(1, 0, 2)).reshape(w_shape)
@@ -358,7 +361,7 @@ def grad_bias(gy):
     """dL/dbias: gy summed over every axis but the last (accumulated in float64, fixed order)."""
     c_out = gy.shape[-1]
     partial = np.zeros((_depthwise.SLOTS, c_out))
-    call(_column_sums, _c(gy).reshape(-1, c_out), partial)
+    call(_column_sums, _c(gy).reshape(-1, c_out), partial, work=gy.size)
     return partial.sum(axis=0).astype(gy.dtype)
 
 

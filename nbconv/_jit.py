@@ -10,12 +10,16 @@
 - Numba's `workqueue` threading layer (chosen when neither TBB nor OpenMP is available, or forced with
   NUMBA_THREADING_LAYER) aborts the process when two threads run parallel kernels at once, so under
   it `call` runs one kernel at a time. TBB and OpenMP run concurrent calls unguarded.
+- A parallel launch costs tens of microseconds (milliseconds on an oversubscribed machine), so a
+  call whose `work` (multiply-adds or elements touched) is below SERIAL_BELOW runs on the calling
+  thread only. Every kernel's result is independent of the thread count, so this changes no bits.
 """
 import threading
 
 import numba
 
 FASTMATH = frozenset({"contract"})
+SERIAL_BELOW = 1 << 18
 
 _compile_lock = threading.Lock()
 _compiled = set()
@@ -40,8 +44,9 @@ def kernel(parallel=False, inline="never"):
                       error_model="numpy", boundscheck=False, inline=inline)
 
 
-def call(dispatcher, *args):
-    """dispatcher(*args), compiling (or loading from cache) with SLP vectorization on the first time."""
+def call(dispatcher, *args, work=None):
+    """dispatcher(*args), compiling (or loading from cache) with SLP vectorization on the first time,
+    on one thread when `work` is below SERIAL_BELOW."""
     signature = tuple(numba.typeof(a) for a in args)
     if (dispatcher, signature) not in _compiled:
         with _compile_lock:
@@ -52,7 +57,15 @@ def call(dispatcher, *args):
             finally:
                 numba.config.SLP_VECTORIZE = saved
             _compiled.add((dispatcher, signature))
-    if _serialized():
-        with _workqueue_lock:
-            return dispatcher(*args)
-    return dispatcher(*args)
+    threads = numba.get_num_threads()
+    serial = work is not None and work < SERIAL_BELOW and threads > 1
+    if serial:
+        numba.set_num_threads(1)
+    try:
+        if _serialized():
+            with _workqueue_lock:
+                return dispatcher(*args)
+        return dispatcher(*args)
+    finally:
+        if serial:
+            numba.set_num_threads(threads)

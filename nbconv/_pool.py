@@ -7,26 +7,12 @@ number of threads. These kernels do about one operation per element, so a small 
 thread: starting a parallel region costs tens of microseconds on an idle machine and can cost tens of
 milliseconds when the cores are oversubscribed.
 """
-import numba
 import numpy as np
 from numba import prange
 
 from ._jit import call, kernel
 
 SLOTS = 8  # partial-sum slots of the per-channel reductions
-SERIAL_BELOW = 1 << 17  # elements of work under which a kernel runs on the calling thread only
-
-
-def _run(dispatcher, work, *args):
-    """call(dispatcher, *args), on one thread when `work` (elements touched) is below SERIAL_BELOW."""
-    if work >= SERIAL_BELOW:
-        return call(dispatcher, *args)
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        return call(dispatcher, *args)
-    finally:
-        numba.set_num_threads(threads)
 
 
 @kernel(parallel=True)
@@ -165,7 +151,7 @@ def max_pool(x, kernel_size, stride, pads, out_hw):
     shape = (x.shape[0], *out_hw, x.shape[3])
     out = np.empty(shape, x.dtype)
     argmax = np.empty(shape, np.int64)
-    _run(_max_pool, x.size, x, *kernel_size, *stride, *pads, out, argmax)
+    call(_max_pool, x, *kernel_size, *stride, *pads, out, argmax, work=x.size)
     return out, argmax
 
 
@@ -173,28 +159,28 @@ def max_pool_grad(gy, argmax, x_shape, dtype):
     """Gradient of max_pool for the input, given C-contiguous gy and the forward's argmax."""
     n, h, w, c = x_shape
     gx = np.zeros((n, h * w, c), dtype)
-    _run(_max_pool_grad, gx.size, gy, argmax, gx)
+    call(_max_pool_grad, gy, argmax, gx, work=gx.size)
     return gx.reshape(x_shape)
 
 
 def avg_pool(x, kernel_size, stride, pads, out_hw):
     """2-D average pooling (padding counted as zeros) of C-contiguous x (N, H, W, C)."""
     out = np.empty((x.shape[0], *out_hw, x.shape[3]), x.dtype)
-    _run(_avg_pool, x.size, x, *kernel_size, *stride, *pads, out)
+    call(_avg_pool, x, *kernel_size, *stride, *pads, out, work=x.size)
     return out
 
 
 def avg_pool_grad(gy, kernel_size, stride, pads, x_shape, dtype):
     """Gradient of avg_pool for the input, given C-contiguous gy."""
     gx = np.zeros(x_shape, dtype)
-    _run(_avg_pool_grad, gx.size, gy, *kernel_size, *stride, *pads, gx)
+    call(_avg_pool_grad, gy, *kernel_size, *stride, *pads, gx, work=gx.size)
     return gx
 
 
 def channel_sums(a, b, center_a, center_b):
     """(sum_r a[r], sum_r (a[r] - center_a) * (b[r] - center_b)) per channel, in float64."""
     partial = np.empty((SLOTS, 2, a.shape[1]))
-    _run(_channel_sums, a.size, a, b, center_a, center_b, partial)
+    call(_channel_sums, a, b, center_a, center_b, partial, work=a.size)
     totals = partial.sum(axis=0)
     return totals[0], totals[1]
 
@@ -202,5 +188,5 @@ def channel_sums(a, b, center_a, center_b):
 def channel_affine(a, b, scale_a, scale_b, shift):
     """scale_a * a + scale_b * b + shift per channel, in a's dtype."""
     out = np.empty(a.shape, a.dtype)
-    _run(_channel_affine, a.size, a, b, scale_a, scale_b, shift, out)
+    call(_channel_affine, a, b, scale_a, scale_b, shift, out, work=a.size)
     return out
