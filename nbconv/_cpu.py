@@ -21,7 +21,10 @@ convolution is exactly gxp, cropped by its padding.
 
 All three products run through one register-tiled inner product (`_micro.micro_tile`) that reads
 its scalar operand through a table of offsets, so the reduction index (taps x channels) is flat and
-no im2col matrix is ever formed.
+no im2col matrix is ever formed. Two shapes take other routes: with fewer than B input channels per
+group the gather would leave most lanes idle, so the input gradient computes each output pixel's
+columns (taps x input channels) and scatter-adds them (`_scatter_conv`); depthwise convolutions (one
+input channel per group) run in `_depthwise`, where each vector lane is its own channel.
 """
 import numpy as np
 from numba import prange
