@@ -1,0 +1,374 @@
+"""The PyTorch adapter nbconv.torch: custom ops, gradients (also second order), torch.compile and
+drop-in equivalence with torch.nn's convolutions. PyTorch's own convolutions are the oracle."""
+import subprocess
+import sys
+
+import numba
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+import nbconv.torch as nt  # noqa: E402
+
+# (input shape without batch, module kwargs) for 2-D convolutions; in_channels = shape[0].
+CASES_2D = [
+    ((4, 7, 6), dict(out_channels=6, kernel_size=3)),
+    ((4, 9, 8), dict(out_channels=5, kernel_size=(3, 2), stride=(2, 1), padding=(1, 2))),
+    ((3, 7, 8), dict(out_channels=4, kernel_size=3, padding="same", dilation=2)),
+    ((3, 6, 6), dict(out_channels=4, kernel_size=2, padding="same", bias=False)),
+    ((4, 6, 7), dict(out_channels=6, kernel_size=3, padding="valid", stride=2, dilation=(1, 2), groups=2)),
+    ((4, 6, 6), dict(out_channels=8, kernel_size=3, padding=1, groups=4)),  # depthwise
+    ((3, 6, 7), dict(out_channels=4, kernel_size=3, padding=(1, 2), stride=2, padding_mode="reflect")),
+    ((3, 5, 6), dict(out_channels=4, kernel_size=(2, 3), padding="same", padding_mode="replicate")),
+    ((2, 5, 6), dict(out_channels=4, kernel_size=3, padding=(2, 1), dilation=(1, 2), padding_mode="circular")),
+]
+CASES_1D = [
+    ((3, 9), dict(out_channels=4, kernel_size=3)),
+    ((4, 11), dict(out_channels=6, kernel_size=4, stride=3, padding=2, dilation=2, groups=2)),
+    ((3, 8), dict(out_channels=2, kernel_size=3, padding="same", padding_mode="reflect", bias=False)),
+    ((2, 8), dict(out_channels=3, kernel_size=2, padding=1, stride=2, padding_mode="circular")),
+]
+# (input shape without batch, module kwargs, output_size or None) for transposed convolutions.
+CASES_T2D = [
+    ((4, 4, 5), dict(out_channels=3, kernel_size=3, stride=2, padding=1, output_padding=1), None),
+    ((4, 4, 3), dict(out_channels=6, kernel_size=(2, 3), stride=(1, 2), padding=(0, 1), groups=2), None),
+    ((2, 3, 4), dict(out_channels=3, kernel_size=2, stride=1, dilation=3, output_padding=2), None),  # op >= stride
+    ((3, 3, 3), dict(out_channels=2, kernel_size=3, stride=2, padding=1, bias=False), (6, 5)),
+]
+CASES_T1D = [
+    ((3, 5), dict(out_channels=4, kernel_size=3, stride=2, padding=1, output_padding=1, dilation=2), None),
+    ((4, 4), dict(out_channels=2, kernel_size=2, stride=3, groups=2), (12,)),
+]
+
+
+def _ids(cases):
+    return [";".join(f"{k}={v}" for k, v in c[1].items()) for c in cases]
+
+
+@pytest.fixture
+def serial_numba():
+    """Run nbconv's kernels on one thread: the tests that call them hundreds of times on tiny arrays
+    are otherwise dominated by parallel-region start-up (much worse on a loaded machine)."""
+    saved = numba.get_num_threads()
+    numba.set_num_threads(1)
+    yield
+    numba.set_num_threads(saved)
+
+
+def _pair(module_cls, nt_cls, in_channels, kwargs, dtype, seed=0):
+    """(torch.nn module, nbconv module) with identical parameters, the latter loaded from the former."""
+    torch.manual_seed(seed)
+    ref = module_cls(in_channels, dtype=dtype, **kwargs)
+    ours = nt_cls(in_channels, dtype=dtype, **kwargs)
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+def _close(a, b, dtype):
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(a, b, rtol=tol, atol=tol)
+
+
+def _compare_modules(ref, ours, x, dtype, **call):
+    """Outputs and gradients (input, weight, bias) of `ref` and `ours` on x agree."""
+    x_ref = x.detach().clone().requires_grad_()
+    x_ours = x.detach().clone().requires_grad_()
+    y_ref, y_ours = ref(x_ref, **call), ours(x_ours, **call)
+    assert y_ours.shape == y_ref.shape
+    _close(y_ours, y_ref, dtype)
+    g = torch.randn_like(y_ref)
+    y_ref.backward(g)
+    y_ours.backward(g)
+    _close(x_ours.grad, x_ref.grad, dtype)
+    for p_ref, p_ours in zip(ref.parameters(), ours.parameters()):
+        _close(p_ours.grad, p_ref.grad, dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Drop-in equivalence with torch.nn
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,kwargs", CASES_2D, ids=_ids(CASES_2D))
+def test_conv2d_matches_nn(shape, kwargs, dtype):
+    ref, ours = _pair(nn.Conv2d, nt.Conv2d, shape[0], kwargs, dtype)
+    _compare_modules(ref, ours, torch.randn(2, *shape, dtype=dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,kwargs", CASES_1D, ids=_ids(CASES_1D))
+def test_conv1d_matches_nn(shape, kwargs, dtype):
+    ref, ours = _pair(nn.Conv1d, nt.Conv1d, shape[0], kwargs, dtype)
+    _compare_modules(ref, ours, torch.randn(3, *shape, dtype=dtype), dtype)
+
+
+@pytest.mark.parametrize("shape,kwargs,output_size", CASES_T2D, ids=_ids(CASES_T2D))
+def test_conv_transpose2d_matches_nn(shape, kwargs, output_size):
+    ref, ours = _pair(nn.ConvTranspose2d, nt.ConvTranspose2d, shape[0], kwargs, torch.float64)
+    _compare_modules(ref, ours, torch.randn(2, *shape, dtype=torch.float64), torch.float64, output_size=output_size)
+
+
+@pytest.mark.parametrize("shape,kwargs,output_size", CASES_T1D, ids=_ids(CASES_T1D))
+def test_conv_transpose1d_matches_nn(shape, kwargs, output_size):
+    ref, ours = _pair(nn.ConvTranspose1d, nt.ConvTranspose1d, shape[0], kwargs, torch.float32)
+    _compare_modules(ref, ours, torch.randn(2, *shape), torch.float32, output_size=output_size)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "unbatched"])
+def test_functional_conv2d_layouts(layout):
+    torch.manual_seed(1)
+    base = torch.randn(2, 6, 9, 10)
+    x = {"contiguous": base,
+         "channels_last": base.contiguous(memory_format=torch.channels_last),
+         "sliced": base[:, ::2, 1:, ::2],
+         "unbatched": base[0]}[layout]
+    w, b = torch.randn(4, x.shape[-3], 3, 2), torch.randn(4)
+    y = nt.conv2d(x, w, b, stride=(2, 1), padding=(1, 0), dilation=(1, 2))
+    _close(y, F.conv2d(x, w, b, stride=(2, 1), padding=(1, 0), dilation=(1, 2)), torch.float32)
+
+
+def test_functional_conv1d_and_transposes():
+    torch.manual_seed(2)
+    x, w, b = torch.randn(2, 4, 10), torch.randn(6, 2, 3), torch.randn(6)
+    _close(nt.conv1d(x, w, b, stride=2, padding="valid", groups=2),
+           F.conv1d(x, w, b, stride=2, padding="valid", groups=2), torch.float32)
+    _close(nt.conv1d(x, w, None, padding="same", dilation=3, groups=2),
+           F.conv1d(x, w, None, padding="same", dilation=3, groups=2), torch.float32)
+    wt = torch.randn(4, 3, 3)
+    _close(nt.conv_transpose1d(x, wt, None, 2, 1, 1, 1, 2), F.conv_transpose1d(x, wt, None, 2, 1, 1, 1, 2),
+           torch.float32)
+    x2, wt2 = torch.randn(1, 4, 3, 5), torch.randn(4, 2, 2, 3)
+    b2 = torch.randn(4)
+    _close(nt.conv_transpose2d(x2, wt2, b2, stride=2, groups=2), F.conv_transpose2d(x2, wt2, b2, stride=2, groups=2),
+           torch.float32)
+
+
+def test_strided_same_follows_tensorflow():
+    """Strided "same" (refused by PyTorch): output ceil(n / stride), extra padding element after."""
+    x, w = torch.randn(1, 2, 7, 8, dtype=torch.float64), torch.randn(3, 2, 3, 4, dtype=torch.float64)
+    y = nt.conv2d(x, w, padding="same", stride=2)
+    assert y.shape == (1, 3, 4, 4)
+    # rows: total (4-1)*2+3-7 = 2 -> (1, 1); cols: total (4-1)*2+4-8 = 2 -> (1, 1)
+    _close(y, F.conv2d(F.pad(x, (1, 1, 1, 1)), w, stride=2), torch.float64)
+    y = nt.conv2d(x[..., :7], w, padding="same", stride=2)  # cols: total (4-1)*2+4-7 = 3 -> (1, 2)
+    _close(y, F.conv2d(F.pad(x[..., :7], (1, 2, 1, 1)), w, stride=2), torch.float64)
+
+
+def test_errors_name_the_problem():
+    x = torch.randn(1, 3, 5, 5)
+    with pytest.raises(ValueError, match="channels"):
+        nt.conv2d(x, torch.randn(2, 4, 3, 3))
+    with pytest.raises(ValueError, match="padding"):
+        nt.conv2d(x, torch.randn(2, 3, 3, 3), padding="full")
+    with pytest.raises(TypeError, match="float16"):
+        nt.conv2d(x.half(), torch.randn(2, 3, 3, 3).half())
+    with pytest.raises(ValueError, match="3-D"):
+        nt.conv1d(x, torch.randn(2, 3, 3))
+    with pytest.raises(ValueError, match="zeros"):
+        nt.ConvTranspose2d(3, 2, 3, padding_mode="reflect")(x)
+
+
+# ------------------------------------------------------------------------------------------------
+# No needless copies
+# ------------------------------------------------------------------------------------------------
+def test_channels_last_reaches_kernels_as_view(monkeypatch):
+    """A channels_last input and an OIHW weight reach nbconv as views of their memory, and the
+    result is a channels_last tensor on nbconv's own array."""
+    seen = {}
+    real = nt._CONV[2]
+
+    def spy(x, w, bias, **kwargs):
+        seen["x"], seen["w"] = x, w
+        seen["y"] = real(x, w, bias, **kwargs)
+        return seen["y"]
+
+    monkeypatch.setitem(nt._CONV, 2, spy)
+    x = torch.randn(2, 5, 6, 7).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(3, 5, 2, 2)
+    y = nt.conv2d(x, w)
+    assert seen["x"].flags.c_contiguous and seen["x"].shape == (2, 6, 7, 5)
+    assert np.shares_memory(seen["x"], x.permute(0, 2, 3, 1).numpy())
+    assert seen["w"].shape == (2, 2, 5, 3) and np.shares_memory(seen["w"], w.numpy())
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert y.data_ptr() == seen["y"].ctypes.data
+
+
+# ------------------------------------------------------------------------------------------------
+# Gradients: first and second order, float64
+# ------------------------------------------------------------------------------------------------
+def _gradchecks(module, x, **call):
+    """gradcheck and gradgradcheck (fast mode) of module(x) w.r.t. x and the module's parameters."""
+    names = [name for name, _ in module.named_parameters()]
+    params = [p.detach().clone().requires_grad_() for p in module.parameters()]
+
+    def f(x, *params):
+        return torch.func.functional_call(module, dict(zip(names, params)), (x,), call)
+
+    assert torch.autograd.gradcheck(f, (x, *params), fast_mode=True)
+    assert torch.autograd.gradgradcheck(f, (x, *params), fast_mode=True)
+
+
+@pytest.mark.parametrize("nd,shape,kwargs", [(2, *c) for c in CASES_2D] + [(1, *c) for c in CASES_1D],
+                         ids=_ids(CASES_2D) + _ids(CASES_1D))
+def test_gradcheck_and_gradgradcheck(nd, shape, kwargs):
+    torch.manual_seed(3)
+    module = (nt.Conv2d if nd == 2 else nt.Conv1d)(shape[0], dtype=torch.float64, **kwargs)
+    _gradchecks(module, torch.randn(2, *shape, dtype=torch.float64, requires_grad=True))
+
+
+@pytest.mark.parametrize("nd,shape,kwargs,output_size", [(2, *c) for c in CASES_T2D] + [(1, *c) for c in CASES_T1D],
+                         ids=_ids(CASES_T2D) + _ids(CASES_T1D))
+def test_transpose_gradcheck_and_gradgradcheck(nd, shape, kwargs, output_size):
+    torch.manual_seed(4)
+    module = (nt.ConvTranspose2d if nd == 2 else nt.ConvTranspose1d)(shape[0], dtype=torch.float64, **kwargs)
+    _gradchecks(module, torch.randn(2, *shape, dtype=torch.float64, requires_grad=True), output_size=output_size)
+
+
+def test_gradcheck_full_jacobian(serial_numba):
+    """The slow, exact mode (every Jacobian entry) on a tiny case with every parameter kind."""
+    torch.manual_seed(5)
+    x = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 1, 2, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w, b):
+        return nt._convnd(2, x, w, b, (2, 1), ((1, 0), (2, 1)), (1, 2), 2, "reflect")
+
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    assert torch.autograd.gradgradcheck(f, (x, w, b))
+
+
+# ------------------------------------------------------------------------------------------------
+# The custom ops themselves
+# ------------------------------------------------------------------------------------------------
+OPCHECK_PARAMS = [
+    ([1, 1], [0, 0, 0, 0], [1, 1], 1, "zeros"),
+    ([2, 1], [1, 0, 1, 2], [1, 2], 2, "zeros"),
+    ([2, 2], [1, 1, 0, 2], [1, 1], 1, "reflect"),
+    ([1, 2], [2, 1, 1, 1], [2, 1], 2, "circular"),
+    ([1, 1], [1, 1, 1, 1], [1, 1], 1, "replicate"),
+]
+
+
+@pytest.mark.parametrize("stride,padding,dilation,groups,mode", OPCHECK_PARAMS)
+def test_opcheck(stride, padding, dilation, groups, mode, serial_numba):
+    torch.manual_seed(6)
+    ops = torch.ops.nbconv
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 4 // groups, 3, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(ops.conv.default, (x, w, b, stride, padding, dilation, groups, mode))
+    y = ops.conv(x, w, b, stride, padding, dilation, groups, mode)
+    g = torch.randn_like(y).requires_grad_()
+    torch.library.opcheck(ops.conv_weight_grad.default, (g, x, list(w.shape), stride, padding, dilation, groups, mode))
+    output_padding = nt._forward_output_padding(x.shape[2:], w.shape[2:], stride, padding, dilation)
+    bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(ops.conv_transpose.default,
+                          (g, w, bias, stride, padding, output_padding, dilation, groups, mode))
+
+
+# ------------------------------------------------------------------------------------------------
+# torch.compile
+# ------------------------------------------------------------------------------------------------
+def _small_net(dtype=torch.float32):
+    return nn.Sequential(nt.Conv2d(3, 8, 3, padding="same", padding_mode="reflect", dtype=dtype), nn.ReLU(),
+                         nt.Conv2d(8, 4, 3, stride=2, groups=2, dtype=dtype), nn.Flatten(),
+                         nn.Linear(4 * 4 * 4, 2, dtype=dtype))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(backend):
+    torch.manual_seed(7)
+    net = _small_net()
+    x = torch.randn(2, 3, 9, 10, requires_grad=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(net, backend=backend, fullgraph=True)
+    y = compiled(x)
+    y.square().sum().backward()
+    grads = [x.grad] + [p.grad for p in net.parameters()]
+    x_eager = x.detach().clone().requires_grad_()
+    net_eager = _small_net()
+    net_eager.load_state_dict(net.state_dict())
+    y_eager = net_eager(x_eager)
+    y_eager.square().sum().backward()
+    _close(y, y_eager, torch.float32)
+    for got, want in zip(grads, [x_eager.grad] + [p.grad for p in net_eager.parameters()]):
+        _close(got, want, torch.float32)
+
+
+# ------------------------------------------------------------------------------------------------
+# Modules: parameters, initialisation, state_dict, training
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("classes,args", [
+    ((nn.Conv2d, nt.Conv2d), (6, 8, (3, 2))),
+    ((nn.Conv1d, nt.Conv1d), (4, 6, 5)),
+    ((nn.ConvTranspose2d, nt.ConvTranspose2d), (6, 4, 3)),
+    ((nn.ConvTranspose1d, nt.ConvTranspose1d), (4, 6, 2)),
+])
+def test_parameters_init_and_state_dict(classes, args):
+    ref_cls, our_cls = classes
+    torch.manual_seed(9)
+    ref = ref_cls(*args, groups=2)
+    torch.manual_seed(9)
+    ours = our_cls(*args, groups=2)
+    assert isinstance(ours, ref_cls)
+    assert [(n, p.shape) for n, p in ours.named_parameters()] == [(n, p.shape) for n, p in ref.named_parameters()]
+    for p_ours, p_ref in zip(ours.parameters(), ref.parameters()):  # same initialisation from the same seed
+        torch.testing.assert_close(p_ours, p_ref, rtol=0, atol=0)
+    other = ref_cls(*args, groups=2)
+    ours.load_state_dict(other.state_dict())          # an nn state_dict loads strictly ...
+    ref.load_state_dict(ours.state_dict())            # ... and ours loads into nn
+    for p_ours, p_ref, p_other in zip(ours.parameters(), ref.parameters(), other.parameters()):
+        torch.testing.assert_close(p_ours, p_other, rtol=0, atol=0)
+        torch.testing.assert_close(p_ref, p_other, rtol=0, atol=0)
+    no_bias = our_cls(*args, bias=False, dtype=torch.float64)
+    assert no_bias.bias is None and no_bias.weight.dtype == torch.float64
+
+
+def _lenet_like(conv_cls):
+    return nn.Sequential(conv_cls(1, 6, 3), nn.ReLU(), conv_cls(6, 8, 3, padding=1, padding_mode="replicate"),
+                         nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(8 * 5 * 5, 10))
+
+
+def test_training_matches_nn():
+    """A few SGD steps train identically with nn.Conv2d and with nbconv.torch.Conv2d."""
+    torch.manual_seed(10)
+    ref = _lenet_like(nn.Conv2d).double()
+    ours = _lenet_like(nt.Conv2d).double()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(16, 1, 12, 12, dtype=torch.float64)
+    labels = torch.randint(0, 10, (16,))
+    losses = {}
+    for name, net in (("ref", ref), ("ours", ours)):
+        opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        losses[name] = []
+        for _ in range(6):  # fit one batch: the loss must go down
+            opt.zero_grad()
+            loss = F.cross_entropy(net(x), labels)
+            loss.backward()
+            opt.step()
+            losses[name].append(loss.item())
+    assert losses["ref"][-1] < losses["ref"][0]
+    np.testing.assert_allclose(losses["ours"], losses["ref"], rtol=1e-9)
+    for (name, p_ours), p_ref in zip(ours.state_dict().items(), ref.state_dict().values()):
+        torch.testing.assert_close(p_ours, p_ref, rtol=1e-8, atol=1e-10, msg=name)
+
+
+# ------------------------------------------------------------------------------------------------
+# Import isolation and CUDA
+# ------------------------------------------------------------------------------------------------
+def test_import_nbconv_does_not_import_torch():
+    code = ("import sys, numpy as np, nbconv; nbconv.conv2d(np.ones((1, 3, 3, 1)), np.ones((2, 2, 1, 1))); "
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_matches_nn():
+    ref, ours = _pair(nn.Conv2d, nt.Conv2d, 4, dict(out_channels=6, kernel_size=3, stride=2, padding=1), torch.float32)
+    ref, ours = ref.cuda(), ours.cuda()
+    x = torch.randn(2, 4, 9, 8, device="cuda").contiguous(memory_format=torch.channels_last)
+    _compare_modules(ref, ours, x, torch.float32)
+    assert ours(x).device == x.device
