@@ -1023,7 +1023,8 @@ def workload():
         "transpose": lambda: (nbconv.conv_transpose2d(gy, w, None, stride=2, padding=1, output_padding=1),),
         "depthwise_transpose": lambda: (nbconv.conv_transpose2d(xd, np.ascontiguousarray(wd[:, :, :, ::2]),
                                                                 None, stride=2, groups=16),),
-        "conv1d_backward": lambda: (nbconv.conv1d(x1, w1, **conv1),) + tuple(nbconv.conv1d_backward(gy1, x1, w1, **conv1)),
+        "conv1d_backward": lambda: ((nbconv.conv1d(x1, w1, **conv1),)
+                                    + tuple(nbconv.conv1d_backward(gy1, x1, w1, **conv1))),
     }
 
 
@@ -1229,7 +1230,8 @@ def test_more_than_2_31_elements_strided(groups):
     expected = np.zeros((oh, ow, c_out)) + b
     for (kh, kw_), patch in patches.items():
         for g in range(groups):
-            expected[..., g * cgo:(g + 1) * cgo] += patch[..., g * cgi:(g + 1) * cgi] @ w[kh, kw_, :, g * cgo:(g + 1) * cgo]
+            out_g, in_g = slice(g * cgo, (g + 1) * cgo), slice(g * cgi, (g + 1) * cgi)
+            expected[..., out_g] += patch[..., in_g] @ w[kh, kw_, :, out_g]
     np.testing.assert_allclose(y[0], expected, rtol=1e-4, atol=1e-4)
     gy = randn(rng, y.shape, np.float32)
     grads = nbconv.conv2d_backward(gy, x, w, needs=("weight", "bias"), **kw)
@@ -1238,7 +1240,8 @@ def test_more_than_2_31_elements_strided(groups):
     for (kh, kw_), patch in patches.items():
         p = patch.reshape(-1, c)
         for g in range(groups):
-            expected_gw[kh, kw_, :, g * cgo:(g + 1) * cgo] = p[:, g * cgi:(g + 1) * cgi].T @ gy64[:, g * cgo:(g + 1) * cgo]
+            out_g, in_g = slice(g * cgo, (g + 1) * cgo), slice(g * cgi, (g + 1) * cgi)
+            expected_gw[kh, kw_, :, out_g] = p[:, in_g].T @ gy64[:, out_g]
     np.testing.assert_allclose(grads.weight, expected_gw, rtol=1e-4, atol=1e-3)
     np.testing.assert_allclose(grads.bias, gy64.sum(axis=0), rtol=1e-4, atol=1e-3)
     if groups == 1:
