@@ -10,7 +10,6 @@ from collections import namedtuple
 
 import numpy as np
 
-from . import _cpu
 from ._shapes import (ConvParams, check_dtypes, check_ndim, conv_output_shape, conv_params,
                       transpose_params)
 
@@ -47,15 +46,17 @@ def _backend(**arrays):
     if len(set(kinds.values())) > 1:
         where = ", ".join(f"{name} on {kind}" for name, kind in kinds.items())
         raise TypeError(f"arrays must all be on the host or all on a CUDA device, got {where}")
+    # Backends are imported on first use: `import nbconv` stays free of numba (and of CUDA).
     if "device" in kinds.values():
         from . import _cuda
         return _cuda
+    from . import _cpu
     return _cpu
 
 
 def _on_backend(backend, *arrays):
     """The arrays as the backend's array type (CUDA: numba device arrays, zero-copy; None kept)."""
-    if backend is _cpu:
+    if not hasattr(backend, "as_device_array"):
         return arrays
     return tuple(None if a is None else backend.as_device_array(a) for a in arrays)
 
