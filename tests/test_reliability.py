@@ -26,13 +26,17 @@ except ImportError:   # tests/ is not a package: pytest puts it on sys.path
     import reference as R
 
 SPATIAL = {1: (7,), 2: (5, 6)}
-FUNCS = {  # name -> (kind, nd, tape)
-    "conv1d": ("fwd", 1, False), "conv2d": ("fwd", 2, False),
-    "conv1d_backward": ("bwd", 1, False), "conv2d_backward": ("bwd", 2, False),
-    "conv_transpose1d": ("tr", 1, False), "conv_transpose2d": ("tr", 2, False),
-    "tape.conv1d": ("fwd", 1, True), "tape.conv2d": ("fwd", 2, True),
-    "tape.conv_transpose1d": ("tr", 1, True), "tape.conv_transpose2d": ("tr", 2, True),
+_BASE = {"conv1d": ("fwd", 1), "conv2d": ("fwd", 2), "conv1d_backward": ("bwd", 1), "conv2d_backward": ("bwd", 2),
+         "conv_transpose1d": ("tr", 1), "conv_transpose2d": ("tr", 2)}
+FUNCS = {  # name -> (kind, nd, path): arrays as given, as tape Tensors, or as CUDA device arrays
+    **{name: (kind, nd, "host") for name, (kind, nd) in _BASE.items()},
+    **{f"tape.{name}": (kind, nd, "tape") for name, (kind, nd) in _BASE.items() if kind != "bwd"},
+    **{f"cuda.{name}": (kind, nd, "cuda") for name, (kind, nd) in _BASE.items()},
 }
+# bad inputs with no device-array form: memory relations and flags of host views, dtypes numba
+# cannot put on a device (the device path's overlap and contiguity checks are in tests/test_cuda.py)
+NOT_ON_DEVICE = {"out_overlapping_x", "out_is_bias_memory", "out_strided_view", "out_read_only", "x_object",
+                 "x_float128", "x_longdouble"}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -44,7 +48,8 @@ class Call:
 
     def __init__(self, name):
         self.name = name
-        self.kind, self.nd, self.tape = FUNCS[name]
+        self.kind, self.nd, self.path = FUNCS[name]
+        self.tape = self.path == "tape"
         nd, rng = self.nd, np.random.default_rng(7)
         sp = SPATIAL[nd]
         self.arrays = dict(x=rng.standard_normal((2, *sp, 4)), bias=rng.standard_normal(6))
@@ -76,6 +81,12 @@ class Call:
                 if isinstance(v, np.ndarray):
                     arrays[k] = nbconv.Tensor(v, requires_grad=v.dtype.kind == "f")
             self.tensors = [v for v in arrays.values() if isinstance(v, nbconv.Tensor)]
+        if self.path == "cuda":
+            from numba import cuda
+            self.device_arrays = {k: cuda.to_device(v if v.flags.c_contiguous or v.flags.f_contiguous
+                                                    else np.ascontiguousarray(v))
+                                  for k, v in arrays.items() if isinstance(v, np.ndarray)}
+            arrays.update(self.device_arrays)
         fn = getattr(nbconv, base)
         if self.kind == "bwd":
             return fn(arrays["grad_out"], arrays["x"], arrays["w"], **self.kw)
@@ -526,9 +537,12 @@ def _(c):
     return ValueError, ["output_padding", ">= 0", "-1"]
 
 
-BATTERY_CASES = [pytest.param(func, mutation, id=f"{func}-{name}")
-                 for func, (kind, nd, tape) in FUNCS.items()
-                 for name, kinds, mutation in BATTERY if kind in kinds]
+CUDA = bool(numba.config.ENABLE_CUDASIM) or nbconv.cuda_available()
+no_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA GPU and the CUDA simulator is off (NUMBA_ENABLE_CUDASIM=0)")
+BATTERY_CASES = [pytest.param(func, mutation, id=f"{func}-{name}", marks=[no_cuda] if path == "cuda" else [])
+                 for func, (kind, nd, path) in FUNCS.items()
+                 for name, kinds, mutation in BATTERY
+                 if kind in kinds and not (path == "cuda" and name in NOT_ON_DEVICE)]
 
 
 def snapshot(arrays):
@@ -537,14 +551,21 @@ def snapshot(arrays):
 
 @pytest.fixture
 def no_kernels(monkeypatch):
-    """Any CPU kernel entry point reached during the test fails it: errors come before any kernel."""
+    """Any kernel entry point (CPU or CUDA backend) reached during the test fails it: errors come
+    before any kernel."""
     def refuse(*args, **kwargs):
         raise AssertionError("a kernel ran before the argument error was raised")
-    for entry in ("forward", "grad_input", "grad_weight", "grad_bias", "transpose"):
-        monkeypatch.setattr(_cpu, entry, refuse)
+    backends = [_cpu]
+    if CUDA:
+        from nbconv import _cuda
+        backends.append(_cuda)
+    for backend in backends:
+        for entry in ("forward", "grad_input", "grad_weight", "grad_bias", "transpose"):
+            monkeypatch.setattr(backend, entry, refuse)
 
 
-@pytest.mark.parametrize("func", list(FUNCS))
+@pytest.mark.parametrize("func", [pytest.param(f, marks=[no_cuda] if path == "cuda" else [])
+                                  for f, (_, _, path) in FUNCS.items()])
 def test_battery_base_call_is_valid(func):
     """The call every bad input is derived from succeeds (so each failure below is the mutation's)."""
     call = Call(func)
@@ -553,7 +574,7 @@ def test_battery_base_call_is_valid(func):
         assert [g.shape for g in result] == [call.a("x").shape, call.a("w").shape, (6,)]
     else:
         data = result.data if call.tape else result
-        assert data.shape == call.y_shape
+        assert tuple(data.shape) == call.y_shape
 
 
 @pytest.mark.parametrize("func, mutation", BATTERY_CASES)
@@ -573,6 +594,9 @@ def test_bad_input(func, mutation, no_kernels):
         assert a.strides == strides and a.flags.writeable == writeable, name
     if call.tape:
         assert all(t.grad is None for t in call.tensors)
+    if call.path == "cuda":
+        for name, d in call.device_arrays.items():
+            np.testing.assert_array_equal(d.copy_to_host(), saved[name][0], err_msg=f"device {name} was modified")
 
 
 # ---------------------------------------------------------------------------------------------------
