@@ -1286,3 +1286,46 @@ def test_more_than_2_31_elements_strided(groups):
                 expected_gx[where[i * 163 + 2 * kh], cols] += contrib.reshape(ow, c, m).sum(axis=-1)
     np.testing.assert_allclose(gx[0, rows], expected_gx, rtol=1e-4, atol=1e-4)
     assert np.count_nonzero(gx) == np.count_nonzero(expected_gx)
+
+
+def test_tape_from_eight_threads():
+    """Eight threads each record conv -> relu -> conv_transpose -> sum on the tape and backpropagate,
+    half of them with an extra forward under no_grad (thread-local: it must not stop the others'
+    recording): every gradient is bitwise the serial one."""
+    rng = np.random.default_rng(3)
+    x = randn(rng, (2, 9, 8, 6), np.float32)
+    w = randn(rng, (3, 3, 3, 8), np.float32)      # 2 groups
+    b = randn(rng, (8,), np.float32)
+    wt = randn(rng, (2, 2, 5, 8), np.float32)     # transposed: 8 -> 5 channels
+
+    def run(with_no_grad):
+        tx, tw, tb, twt = (nbconv.Tensor(a, requires_grad=True) for a in (x, w, b, wt))
+        if with_no_grad:
+            with nbconv.no_grad():
+                assert not nbconv.conv2d(tx, tw, tb, groups=2).requires_grad
+        h = nbconv.relu(nbconv.conv2d(tx, tw, tb, padding=1, groups=2, padding_mode="reflect"))
+        loss = (nbconv.conv_transpose2d(h, twt, stride=2) ** 2).sum()
+        loss.backward()
+        return tuple(t.grad for t in (tx, tw, tb, twt))
+
+    serial = run(False)
+    results, errors = [None] * 8, []
+    barrier = threading.Barrier(8)
+
+    def worker(k):
+        try:
+            barrier.wait()
+            results[k] = [run(k % 2 == 1) for _ in range(3)]
+        except BaseException as e:   # noqa: BLE001 (reported below)
+            errors.append(f"thread {k}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors and not any(t.is_alive() for t in threads), errors
+    for per_thread in results:
+        for grads in per_thread:
+            for g, e in zip(grads, serial):
+                assert g.tobytes() == e.tobytes()
