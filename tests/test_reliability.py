@@ -1020,16 +1020,16 @@ def workload():
     that every parallel loop (and every fixed reduction slot) is split across threads."""
     rng = np.random.default_rng(11)
     f32, f64 = np.float32, np.float64
-    x = randn(rng, (4, 24, 24, 16), f32)
-    w = randn(rng, (3, 3, 16, 24), f32)
-    b = randn(rng, (24,), f32)
-    gy = randn(rng, (4, 24, 24, 24), f32)
-    xg = randn(rng, (4, 20, 22, 12), f64)
+    x = randn(rng, (8, 32, 32, 16), f32)
+    w = randn(rng, (3, 3, 16, 32), f32)
+    b = randn(rng, (32,), f32)
+    gy = randn(rng, (8, 32, 32, 32), f32)
+    xg = randn(rng, (4, 40, 44, 12), f64)
     wg = randn(rng, (3, 3, 4, 9), f64)             # 3 groups of 4 -> 3
-    gyg = randn(rng, (4, 10, 11, 9), f64)
-    xd = randn(rng, (4, 24, 24, 16), f32)
+    gyg = randn(rng, (4, 20, 22, 9), f64)
+    xd = randn(rng, (8, 32, 32, 16), f32)
     wd = randn(rng, (3, 3, 1, 32), f32)            # depthwise, multiplier 2
-    gyd = randn(rng, (4, 24, 24, 32), f32)
+    gyd = randn(rng, (8, 32, 32, 32), f32)
     x1 = randn(rng, (8, 300, 8), f32)
     w1 = randn(rng, (5, 8, 6), f32)
     gy1 = randn(rng, (8, 148, 6), f32)
@@ -1104,11 +1104,23 @@ def test_repeated_calls_are_bitwise_identical():
         assert_bitwise(run_workload(calls), first, "repeated call")
 
 
-def test_thread_count_does_not_change_bits():
-    """numba.set_num_threads(1) vs 2 (and every count up to NUMBA_NUM_THREADS when more): same bits."""
+def test_thread_count_does_not_change_bits(monkeypatch):
+    """numba.set_num_threads(1) vs 2 (and every count up to NUMBA_NUM_THREADS when more): same bits.
+    Every kernel of the workload must really run on several threads (small calls run on one)."""
+    from nbconv import _jit
     most = numba.config.NUMBA_NUM_THREADS
     if most < 2:
         pytest.skip("numba has a single thread here (NUMBA_NUM_THREADS=1)")
+    ran = {}   # kernel name -> ran on more than one thread at least once
+    real_call = _cpu.call
+
+    def recording_call(dispatcher, *args, work=None):
+        parallel = numba.get_num_threads() > 1 and (work is None or work >= getattr(_jit, "SERIAL_BELOW", 0))
+        name = getattr(dispatcher, "__name__", str(dispatcher))
+        ran[name] = ran.get(name, False) or parallel
+        return real_call(dispatcher, *args, work=work)
+
+    monkeypatch.setattr(_cpu, "call", recording_call)
     calls = workload()
     saved = numba.get_num_threads()
     try:
@@ -1120,6 +1132,7 @@ def test_thread_count_does_not_change_bits():
     finally:
         numba.set_num_threads(saved)
     assert numba.get_num_threads() == saved
+    assert len(ran) >= 7 and all(ran.values()), f"kernels that never ran on several threads: {ran}"
 
 
 def test_eight_python_threads_default_layer():
