@@ -8,32 +8,46 @@ Tensors; keyword arguments are static parameters. A call whose arguments contain
 returns the plain result; otherwise the result is a Tensor, recorded on the tape when some
 argument requires grad. Recording a primitive that has no VJP raises NotImplementedError naming it.
 
+CUDA device arrays (inside Tensors or not) are accepted by the convolution primitives only, which
+run the CUDA kernels forward and backward; any other primitive given one raises
+NotImplementedError naming it, before computing anything (no silent copy to the host).
+
 Layouts follow the convolutions: activations are channels-last, (N, H, W, C) for 2-D pooling and
 (..., C) for batch normalization; ``linear``'s weight is (in_features, out_features).
 """
+import functools
 import numbers
 
 import numpy as np
 
 from . import _pool
 from . import conv as _conv
+from .conv import _is_device_array
 from ._shapes import check_dtypes, conv_output_shape, conv_params, spatial_tuple
-from .tape import Tensor, is_grad_enabled, record
+from .tape import Tensor, _device_contiguous, _device_filled, is_grad_enabled, record
 
 _VJPS = {}
 
 
 class Primitive:
-    """An operation on arrays that the tape differentiates with the VJP registered by defvjp."""
+    """An operation on arrays that the tape differentiates with the VJP registered by defvjp.
 
-    __slots__ = ("name", "forward")
+    ``on_device=True`` declares that forward and VJP accept CUDA device arrays (see :func:`apply`).
+    """
 
-    def __init__(self, forward):
+    __slots__ = ("name", "forward", "on_device")
+
+    def __init__(self, forward, on_device=False):
         self.forward = forward
         self.name = forward.__name__.lstrip("_")
+        self.on_device = on_device
 
     def __repr__(self):
         return f"<primitive {self.name}>"
+
+
+def _unwrap(a):
+    return a.data if isinstance(a, Tensor) else a
 
 
 def defvjp(prim, vjp):
@@ -42,7 +56,10 @@ def defvjp(prim, vjp):
 
 
 def apply(prim, *args, **params):
-    """prim's forward on the arrays inside `args`; recorded on the tape when a Tensor in `args` requires grad."""
+    """prim's forward on the arrays inside `args`; recorded on the tape when a Tensor in `args` requires grad.
+
+    NotImplementedError when an argument or parameter is a CUDA device array and prim is not on_device.
+    """
     arrays, any_tensor = [], False
     for a in args:
         if isinstance(a, Tensor):
@@ -50,6 +67,10 @@ def apply(prim, *args, **params):
             arrays.append(a.data)
         else:
             arrays.append(a)
+    if not prim.on_device and any(_is_device_array(_unwrap(a)) for a in (*arrays, *params.values())):
+        raise NotImplementedError(f"{prim.name} does not accept CUDA device arrays: device arrays are supported by "
+                                  "the convolution ops only (conv1d, conv2d, conv_transpose1d, conv_transpose2d); "
+                                  "copy to the host with Tensor.numpy() first")
     result, residuals = prim.forward(*arrays, **params)
     if not any_tensor:
         return result
@@ -578,7 +599,7 @@ def batch_norm(x, weight, bias, running_mean=None, running_var=None, training=Tr
     if np.ndim(data) < 2:
         raise ValueError(f"batch_norm: x must have a batch axis and a channel axis, got shape {np.shape(data)}")
     check_dtypes(x=data)
-    channels = data.shape[-1]
+    channels = tuple(data.shape)[-1]
     running_mean = _channel_vector(running_mean, channels, "running_mean", data.shape)
     running_var = _channel_vector(running_var, channels, "running_var", data.shape)
     _channel_vector(weight, channels, "weight", data.shape)
@@ -598,11 +619,7 @@ _CONV = {1: (_conv.conv1d, _conv.conv1d_backward, _conv.conv_transpose1d),
 _GRAD_NAMES = ("input", "weight", "bias")
 
 
-def _unwrap(a):
-    return a.data if isinstance(a, Tensor) else a
-
-
-@Primitive
+@functools.partial(Primitive, on_device=True)
 def _convolution(x, w, bias, *, nd, out, **params):
     return _CONV[nd][0](x, w, bias, out=_unwrap(out), **params), (x, w)
 
@@ -616,7 +633,7 @@ def _convolution_vjp(g, res, needs, *, nd, out, **params):
 defvjp(_convolution, _convolution_vjp)
 
 
-@Primitive
+@functools.partial(Primitive, on_device=True)
 def _convolution_transpose(x, w, bias, *, nd, out, output_padding, **params):
     return _CONV[nd][2](x, w, bias, out=_unwrap(out), output_padding=output_padding, **params), (x, w)
 
@@ -626,25 +643,39 @@ def _convolution_transpose_vjp(g, res, needs, *, nd, out, output_padding, **para
     <g, conv_transpose(x, w)> = <conv(g, w), x> makes its weight gradient the weight gradient of
     conv(g, w) for the output gradient x (roles swapped). When output_padding >= stride (possible
     with dilation), conv(g, w) has extra trailing positions that x never reached: they are cropped
-    from the input gradient and given a zero output gradient."""
+    from the input gradient and given a zero output gradient. Device arrays stay on the device."""
     x, w = res
     forward, backward, _ = _CONV[nd]
-    conv_shape = conv_output_shape(tuple(g.shape), tuple(w.shape),
-                                   conv_params(tuple(g.shape), tuple(w.shape), padding_mode="zeros", **params))
+    x_shape, g_shape, w_shape = tuple(x.shape), tuple(g.shape), tuple(w.shape)
+    conv_shape = conv_output_shape(g_shape, w_shape, conv_params(g_shape, w_shape, padding_mode="zeros", **params))
+    reached = (slice(None),) + tuple(slice(0, n) for n in x_shape[1:-1])
     gx = gw = gb = None
     if needs[0]:
         gx = forward(g, w, **params)
-        if gx.shape != x.shape:
-            gx = gx[(slice(None),) + tuple(slice(0, n) for n in x.shape[1:-1])]
+        if conv_shape != x_shape:
+            gx = gx[reached]
     if needs[1]:
-        if conv_shape != x.shape:
-            padded = np.zeros(conv_shape, x.dtype)
-            padded[(slice(None),) + tuple(slice(0, n) for n in x.shape[1:-1])] = x
+        if conv_shape != x_shape:
+            if _is_device_array(x):
+                from . import _cuda
+                padded, x = _device_filled(conv_shape, x.dtype, 0), _cuda.as_device_array(x)
+            else:
+                padded = np.zeros(conv_shape, x.dtype)
+            padded[reached] = x
             x = padded
         gw = backward(x, g, w, needs=("weight",), **params).weight
     if needs[2]:
-        gb = g.sum(axis=tuple(range(g.ndim - 1)))
+        gb = _channel_sums(g)
     return gx, gw, gb
+
+
+def _channel_sums(g):
+    """g (N, ..., C) summed over every axis but the last; a device array is summed on the device."""
+    if not _is_device_array(g):
+        return g.sum(axis=tuple(range(g.ndim - 1)))
+    from . import _cuda
+    shape = tuple(g.shape)
+    return _cuda.grad_bias(_device_contiguous(g).reshape((int(np.prod(shape[:-1])), 1, 1, shape[-1])))
 
 
 defvjp(_convolution_transpose, _convolution_transpose_vjp)

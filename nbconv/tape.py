@@ -10,12 +10,20 @@ Semantics follow PyTorch: gradients of every use of a Tensor add up; leaf gradie
 across ``backward()`` calls until :meth:`Tensor.zero_grad`; a non-leaf keeps ``.grad`` only after
 :meth:`Tensor.retain_grad`. The graph is kept as long as its output Tensors are alive, so
 ``backward()`` may be called more than once on the same graph.
+
+A Tensor may hold a CUDA device array (a numba device array, or any object exposing
+``__cuda_array_interface__``). Its gradients are then device arrays too, built, accumulated and
+cast on the device (``nbconv._cuda``, imported only when a device gradient is made); only
+``numpy()`` and ``item()`` copy to the host. Which operations accept device arrays is up to
+:mod:`nbconv.ops` (the convolutions).
 """
 import contextlib
 import threading
 import weakref
 
 import numpy as np
+
+from .conv import _is_device_array
 
 __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "gradcheck", "GradcheckError"]
 
@@ -44,11 +52,41 @@ def _is_float(dtype):
     return np.issubdtype(np.dtype(dtype), np.floating)
 
 
+def _where(a):
+    return "a CUDA device array" if _is_device_array(a) else "on the host"
+
+
+def _device_filled(shape, dtype, value):
+    """A new C-contiguous device array of `shape` and `dtype` holding `value` (a scalar, or a device
+    array of `shape` with any strides and dtype), filled by a kernel on the device."""
+    from . import _cuda
+    out = _cuda.empty(shape, dtype)
+    if out.size:
+        out[(slice(None),) * len(shape)] = value if np.isscalar(value) else _cuda.as_device_array(value)
+    return out
+
+
+def _device_contiguous(a):
+    from . import _cuda
+    a = _cuda.as_device_array(a)
+    return a if a.is_c_contiguous() else _device_filled(tuple(a.shape), a.dtype, a)
+
+
+def _sum(a, b):
+    """a + b for two gradients of one shape and dtype, on the device when they are device arrays."""
+    if _is_device_array(a):
+        from . import _cuda
+        return _cuda.add(_device_contiguous(a), _device_contiguous(b))
+    return a + b
+
+
 class Tensor:
     """An array (``.data``) with an optional gradient (``.grad``) recorded on the tape.
 
     ``Tensor(array, requires_grad=False)`` shares the array's memory (lists and scalars are
-    converted with ``np.asarray``). Only floating-point Tensors can require gradients.
+    converted with ``np.asarray``; a CUDA device array stays on the device, as a numba device
+    array: objects exposing ``__cuda_array_interface__`` are viewed without a copy). Only
+    floating-point Tensors can require gradients.
     """
 
     __slots__ = ("data", "grad", "_requires_grad", "_node", "_index", "__weakref__")
@@ -57,7 +95,10 @@ class Tensor:
     def __init__(self, data, requires_grad=False):
         if isinstance(data, Tensor):
             data = data.data
-        elif not (isinstance(data, np.ndarray) or hasattr(data, "__cuda_array_interface__")):
+        elif _is_device_array(data):
+            from . import _cuda
+            data = _cuda.as_device_array(data)  # numba's own, or a zero-copy view of a CuPy/PyTorch array
+        elif not isinstance(data, np.ndarray):
             data = np.asarray(data)
         self.data = data
         self.grad = None
@@ -86,14 +127,19 @@ class Tensor:
                        doc="True unless the Tensor is the result of a recorded operation.")
 
     def numpy(self):
-        """The underlying array (shared, not copied)."""
+        """The underlying NumPy array (shared, not copied); for a device array, a copy on the host."""
+        if _is_device_array(self.data):
+            return self.data.copy_to_host()
         return self.data
 
     def item(self):
-        """The single element as a Python scalar."""
-        return self.data.item()
+        """The single element as a Python scalar (copied from the device for a device array)."""
+        return self.numpy().item()
 
     def __array__(self, dtype=None, copy=None):
+        if _is_device_array(self.data):
+            raise TypeError("a Tensor holding a CUDA device array cannot be converted to a NumPy array implicitly; "
+                            "call .numpy() to copy it to the host")
         return np.array(self.data, dtype=dtype, copy=copy)
 
     def __len__(self):
@@ -101,6 +147,8 @@ class Tensor:
 
     def __repr__(self):
         grad = ", requires_grad=True" if self._requires_grad else ""
+        if _is_device_array(self.data):
+            return f"Tensor(<CUDA device array of shape {self.shape}, dtype {self.dtype}>{grad})"
         return f"Tensor({self.data!r}{grad})"
 
     def detach(self):
@@ -121,7 +169,9 @@ class Tensor:
     def backward(self, gradient=None):
         """Accumulate d(self)/d(leaf) . gradient into every leaf's ``.grad`` that requires grad.
 
-        ``gradient`` (same shape as self) is required unless self has exactly one element.
+        ``gradient`` (same shape as self, cast to its dtype) is required unless self has exactly one
+        element. It must be on the same side as self: a device array for a Tensor holding one (the
+        implicit one-element seed is then made on the device), a host array otherwise (TypeError).
         """
         if not self._requires_grad:
             raise RuntimeError("backward() on a Tensor that does not require grad (it has no recorded graph)")
@@ -129,20 +179,35 @@ class Tensor:
             if self.size != 1:
                 raise RuntimeError(f"backward() needs a gradient argument for a Tensor of shape {self.shape}; "
                                    "it can be omitted only for single-element Tensors")
-            gradient = np.ones(self.shape, self.dtype)
+            if _is_device_array(self.data):
+                gradient = _device_filled(self.shape, self.dtype, 1)
+            else:
+                gradient = np.ones(self.shape, self.dtype)
         else:
             if isinstance(gradient, Tensor):
                 gradient = gradient.data
-            gradient = np.asarray(gradient)
+            if _is_device_array(gradient) != _is_device_array(self.data):
+                raise TypeError(f"gradient is {_where(gradient)} but the Tensor's data is {_where(self.data)}; "
+                                "they must both be on the host or both on a CUDA device")
+            if not _is_device_array(gradient):
+                gradient = np.asarray(gradient)
             if tuple(gradient.shape) != self.shape:
                 raise ValueError(f"gradient has shape {tuple(gradient.shape)} but the Tensor has shape {self.shape}")
-            gradient = gradient.astype(self.dtype, copy=False)
+            if _is_device_array(gradient):
+                if np.dtype(gradient.dtype) != self.dtype:
+                    gradient = _device_filled(self.shape, self.dtype, gradient)
+            else:
+                gradient = gradient.astype(self.dtype, copy=False)
         _run_backward(self, gradient)
 
 
 def _accumulate(tensor, grad):
-    """tensor.grad += grad, starting from a private copy."""
-    if tensor.grad is None:
+    """tensor.grad += grad, starting from a private copy (on the device for a device gradient, where
+    each accumulation makes a new array)."""
+    if _is_device_array(grad):
+        tensor.grad = (_device_filled(tensor.shape, tensor.dtype, grad) if tensor.grad is None
+                       else _sum(tensor.grad, grad))
+    elif tensor.grad is None:
         tensor.grad = np.array(grad, dtype=tensor.dtype, copy=True)
     else:
         tensor.grad += grad
@@ -151,7 +216,8 @@ def _accumulate(tensor, grad):
 class Node:
     """One recorded operation: maps its outputs' gradients to its inputs' gradients.
 
-    ``backward_fn(grads)`` receives one array per output (zeros for outputs that got no gradient)
+    ``backward_fn(grads)`` receives one array per output (zeros, on the output's side, for outputs
+    that got no gradient)
     and returns one gradient or None per entry of ``parents`` (the input Tensors that require
     grad, None for the other inputs).
     """
@@ -162,7 +228,7 @@ class Node:
         self.name = name
         self.backward_fn = backward_fn
         self.parents = parents
-        self.outputs = outputs  # ((shape, dtype), ...) per output
+        self.outputs = outputs  # ((shape, dtype, on_device), ...) per output
         self.retained = {}  # output index -> weakref to the Tensor that asked for retain_grad
 
 
@@ -174,7 +240,8 @@ def record(name, backward_fn, inputs, results):
     parents = tuple(a if isinstance(a, Tensor) and a._requires_grad else None for a in inputs)
     outs = tuple(Tensor(a) for a in arrays)
     if is_grad_enabled() and any(p is not None for p in parents):
-        node = Node(name, backward_fn, parents, tuple((tuple(a.shape), np.dtype(a.dtype)) for a in arrays))
+        node = Node(name, backward_fn, parents,
+                    tuple((tuple(a.shape), np.dtype(a.dtype), _is_device_array(a)) for a in arrays))
         for i, t in enumerate(outs):
             if _is_float(t.data.dtype):
                 t._node, t._index, t._requires_grad = node, i, True
@@ -182,12 +249,19 @@ def record(name, backward_fn, inputs, results):
 
 
 def _check_grad(grad, tensor, node, position):
-    """`grad` for input `position` of `node`, cast to the input's dtype; RuntimeError on a shape mismatch."""
-    grad = np.asarray(grad)
+    """`grad` for input `position` of `node`, cast to the input's dtype; RuntimeError when its shape
+    differs or when it is not on the input's side (host or device)."""
+    if _is_device_array(grad) != _is_device_array(tensor.data):
+        raise RuntimeError(f"{node.name} backward returned a gradient {_where(grad)} for input {position}, "
+                           f"which is {_where(tensor.data)}")
+    if not _is_device_array(grad):
+        grad = np.asarray(grad)
     if tuple(grad.shape) != tensor.shape:
         raise RuntimeError(f"{node.name} backward returned a gradient of shape {tuple(grad.shape)} for input "
                            f"{position}, which has shape {tensor.shape}")
-    return grad if grad.dtype == tensor.dtype else grad.astype(tensor.dtype)
+    if np.dtype(grad.dtype) == tensor.dtype:
+        return grad
+    return _device_filled(tensor.shape, tensor.dtype, grad) if _is_device_array(grad) else grad.astype(tensor.dtype)
 
 
 def _run_backward(root, gradient):
@@ -226,7 +300,7 @@ def _run_backward(root, gradient):
                 else:
                     slots = pending.setdefault(producer, [None] * len(producer.outputs))
                     previous = slots[parent._index]
-                    slots[parent._index] = grad if previous is None else previous + grad
+                    slots[parent._index] = grad if previous is None else _sum(previous, grad)
             if producer is not None:
                 consumers[producer] -= 1
                 if consumers[producer] == 0:
@@ -239,7 +313,8 @@ def _node_backward(node, grads):
         tensor = ref()
         if tensor is not None and grads[index] is not None:
             _accumulate(tensor, grads[index])
-    grads = tuple(np.zeros(shape, dtype) if g is None else g for g, (shape, dtype) in zip(grads, node.outputs))
+    grads = tuple(g if g is not None else _device_filled(shape, dtype, 0) if on_device else np.zeros(shape, dtype)
+                  for g, (shape, dtype, on_device) in zip(grads, node.outputs))
     input_grads = node.backward_fn(grads)
     if not isinstance(input_grads, (tuple, list)):
         input_grads = (input_grads,)
@@ -305,7 +380,8 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3):
 
     Floating-point Tensors that require grad are checked, and so are floating-point ndarrays
     (wrapped as Tensors that require grad); everything else is passed through unchanged. All
-    checked values are copied to float64. ``fn`` may return a Tensor or a tuple of Tensors: the
+    checked values are copied to float64; the check runs on the host (device arrays raise
+    NotImplementedError: pass host copies, ``Tensor.numpy()``). ``fn`` may return a Tensor or a tuple of Tensors: the
     check is made on a fixed random projection ``sum(v_k * out_k)`` of the outputs. Returns True,
     or raises GradcheckError describing the worst entry, where |tape - numeric| exceeds
     atol + rtol * |numeric| the most.
@@ -314,6 +390,8 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3):
         inputs = (inputs,)
     args, checked = [], []
     for a in inputs:
+        if _is_device_array(a.data if isinstance(a, Tensor) else a):
+            raise NotImplementedError("gradcheck runs on the host: pass host copies of device arrays (Tensor.numpy())")
         if isinstance(a, Tensor) and _is_float(a.dtype):
             a = Tensor(np.array(a.data, dtype=np.float64), requires_grad=a.requires_grad)
         elif isinstance(a, np.ndarray) and _is_float(a.dtype):
