@@ -207,7 +207,7 @@ def _pad(x, pads, mode):
         xp[:, top:top + h, left:left + w] = x
         return xp
     np_mode = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[mode]
-    return np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), mode=np_mode)
+    return _c(np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), mode=np_mode))  # np.pad keeps F order
 
 
 def _source_index(i, before, n, mode):
@@ -242,7 +242,7 @@ def empty(shape, dtype):
 
 
 def _bias_arg(bias, dtype):
-    return np.empty(0, dtype=dtype) if bias is None else np.ascontiguousarray(bias)
+    return np.empty(0, dtype=dtype) if bias is None else _c(bias)
 
 
 def forward(x, w, bias, params, out):

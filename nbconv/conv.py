@@ -116,16 +116,6 @@ def _check_layouts(nd, x, w, x_name="x"):
     check_ndim(w, nd + 2, "w", w_layout)
 
 
-def _c_order_for_padding(x, params):
-    """x in C order when a host array will be padded in reflect/replicate/circular mode: the CPU backend
-    pads those modes with np.pad, which keeps Fortran order, and its kernels read the padded copy as a
-    flat C-ordered buffer (a Fortran-ordered x raised NotImplementedError from inside the kernel)."""
-    if (isinstance(x, np.ndarray) and params.mode != "zeros" and not x.flags.c_contiguous
-            and any(p for pair in params.pads for p in pair)):
-        return np.ascontiguousarray(x)
-    return x
-
-
 def _forward(nd, x, w, bias, stride, padding, dilation, groups, padding_mode, out):
     backend = _backend(x=x, w=w, bias=bias, out=out)
     x, w, bias, out_array = _on_backend(backend, x, w, bias, out)
@@ -136,7 +126,6 @@ def _forward(nd, x, w, bias, stride, padding, dilation, groups, padding_mode, ou
     _check_bias(bias, tuple(w.shape)[-1])
     result = _result(out_array, conv_output_shape(tuple(x.shape), tuple(w.shape), params), dtype, backend,
                      {"x": x, "w": w, "bias": bias})
-    x = _c_order_for_padding(x, params)
     (x2, result2), w2 = _as_2d(nd, x, result), _weight_2d(nd, w)
     backend.forward(x2, w2, bias, _params_2d(nd, params), result2)
     return result if out is None else out
@@ -168,7 +157,6 @@ def _backward(nd, grad_out, x, w, stride, padding, dilation, groups, padding_mod
     if tuple(grad_out.shape) != y_shape:
         raise ValueError(f"grad_out has shape {tuple(grad_out.shape)} but the convolution's output has shape "
                          f"{y_shape} (x.shape={tuple(x.shape)}, w.shape={tuple(w.shape)})")
-    x = _c_order_for_padding(x, params)
     (gy2, x2), w2, p2 = _as_2d(nd, grad_out, x), _weight_2d(nd, w), _params_2d(nd, params)
     gx = gw = gb = None
     if "input" in needs:
