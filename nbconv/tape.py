@@ -11,10 +11,10 @@ across ``backward()`` calls until :meth:`Tensor.zero_grad`; a non-leaf keeps ``.
 :meth:`Tensor.retain_grad`. The graph is kept as long as its output Tensors are alive, so
 ``backward()`` may be called more than once on the same graph.
 
-A Tensor may hold a CUDA device array (a numba device array, or any object exposing
-``__cuda_array_interface__``). Its gradients are then device arrays too, built, accumulated and
-cast on the device (``nbconv._cuda``, imported only when a device gradient is made); only
-``numpy()`` and ``item()`` copy to the host. Which operations accept device arrays is up to
+A Tensor may hold a CUDA device array (a numba device array, or a zero-copy numba view of any
+object exposing ``__cuda_array_interface__``). Its gradients are then device arrays too, built,
+accumulated and cast on the device (``nbconv._cuda``, imported only once a device array is seen);
+only ``numpy()`` and ``item()`` copy to the host. Which operations accept device arrays is up to
 :mod:`nbconv.ops` (the convolutions).
 """
 import contextlib
