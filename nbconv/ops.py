@@ -20,7 +20,6 @@ import numbers
 
 import numpy as np
 
-from . import _pool
 from . import conv as _conv
 from .conv import _is_device_array
 from ._shapes import check_dtypes, conv_output_shape, conv_params, spatial_tuple
@@ -487,11 +486,13 @@ def _pool_params(x, kernel_size, stride, padding, name):
 
 @Primitive
 def _max_pool2d(x, *, kernel, stride, pads, out_hw):
+    from . import _pool  # kernels load numba: imported on first use, not with nbconv
     out, argmax = _pool.max_pool(np.ascontiguousarray(x), kernel, stride, pads, out_hw)
     return out, (argmax, x.shape, x.dtype)
 
 
 def _max_pool2d_vjp(g, res, needs, **params):
+    from . import _pool  # kernels load numba: imported on first use, not with nbconv
     argmax, shape, dtype = res
     return (_pool.max_pool_grad(np.ascontiguousarray(g, dtype=dtype), argmax, shape, dtype),)
 
@@ -509,10 +510,12 @@ def max_pool2d(x, kernel_size, stride=None, padding=0):
 
 @Primitive
 def _avg_pool2d(x, *, kernel, stride, pads, out_hw):
+    from . import _pool  # kernels load numba: imported on first use, not with nbconv
     return _pool.avg_pool(np.ascontiguousarray(x), kernel, stride, pads, out_hw), (x.shape, x.dtype)
 
 
 def _avg_pool2d_vjp(g, res, needs, *, kernel, stride, pads, out_hw):
+    from . import _pool  # kernels load numba: imported on first use, not with nbconv
     shape, dtype = res
     return (_pool.avg_pool_grad(np.ascontiguousarray(g, dtype=dtype), kernel, stride, pads, shape, dtype),)
 
@@ -540,6 +543,7 @@ def _channel_vector(v, channels, name, x_shape):
 
 @Primitive
 def _batch_norm(x, weight, bias, *, running_mean, running_var, training, momentum, eps):
+    from . import _pool  # kernels load numba: imported on first use, not with nbconv
     channels = x.shape[-1]
     x2 = np.ascontiguousarray(x).reshape(-1, channels)
     rows = x2.shape[0]
@@ -565,6 +569,7 @@ def _batch_norm(x, weight, bias, *, running_mean, running_var, training, momentu
 
 
 def _batch_norm_vjp(g, res, needs, *, training, **params):
+    from . import _pool  # kernels load numba: imported on first use, not with nbconv
     x2, mean, invstd, w = res
     rows, channels = x2.shape
     g2 = np.ascontiguousarray(g, dtype=x2.dtype).reshape(-1, channels)
