@@ -149,8 +149,9 @@ def _column_sums(mat, partial):
 
 
 def _c(a):
-    """`a` as a C-contiguous writeable array (a copy only when needed): one kernel type per dtype."""
-    return a if a.flags.c_contiguous and a.flags.writeable else np.array(a, order="C")
+    """`a` as a C-contiguous, writeable, aligned array (a copy only when needed): one kernel type per dtype."""
+    flags = a.flags
+    return a if flags.c_contiguous and flags.writeable and flags.aligned else np.array(a, order="C")
 
 
 def _is_depthwise(w_shape, groups):
