@@ -49,6 +49,11 @@ def _array(t):
 def _tensor(a, like):
     """The array `a` (from nbconv) as a tensor on `like`'s device, sharing its memory."""
     if like.device.type == "cuda":
+        # nbconv launches on the default stream (numba synchronizes the inputs' stream when it
+        # reads their __cuda_array_interface__); PyTorch's current stream must wait for the result.
+        current, default = torch.cuda.current_stream(like.device), torch.cuda.default_stream(like.device)
+        if current != default:
+            current.wait_stream(default)
         return torch.as_tensor(a, device=like.device)
     return torch.from_numpy(a)
 

@@ -372,3 +372,23 @@ def test_cuda_matches_nn():
     x = torch.randn(2, 4, 9, 8, device="cuda").contiguous(memory_format=torch.channels_last)
     _compare_modules(ref, ours, x, torch.float32)
     assert ours(x).device == x.device
+
+
+# ------------------------------------------------------------------------------------------------
+# The LeNet experiment (`python -m nbconv lenet`): data and model; the run itself is a benchmark
+# ------------------------------------------------------------------------------------------------
+def test_lenet_data_and_model():
+    pytest.importorskip("sklearn")
+    from nbconv import _lenet
+
+    name, x_train, y_train, x_test, y_test = _lenet.load_data("digits", seed=0)
+    assert name == "digits"
+    assert x_train.shape == (1437, 1, 28, 28) and x_test.shape == (360, 1, 28, 28)
+    assert x_train.dtype == np.float32 and abs(x_train.mean()) < 1e-4 and abs(x_train.std() - 1) < 1e-3
+    assert set(np.unique(y_train)) == set(range(10)) and len(y_test) == 360
+    torch.manual_seed(0)
+    ref = _lenet.lenet(nn.Conv2d)
+    ours = _lenet.lenet(nt.Conv2d)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.from_numpy(x_test[:4])
+    _close(ours(x), ref(x), torch.float32)
