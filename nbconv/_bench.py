@@ -10,13 +10,16 @@ How it measures: everything runs in this one process, each function is called on
 least `--repeats` calls (more for short calls, up to 50 ms of them: on a busy machine a parallel
 call now and then waits a whole scheduler slice for one of its threads). The three
 contenders run in blocks, all shapes of one before the next, because PyTorch's bundled OpenMP and
-numba's threads disturb each other when their calls alternate.
+numba's threads disturb each other when their calls alternate; `--rounds N` runs the three blocks N
+times over and keeps the minimum, so that a busy spell on a shared machine hits one round only.
 """
 import argparse
+import contextlib
 import json
 import math
 import os
 import platform
+import sys
 import time
 
 import numpy as np
@@ -84,8 +87,11 @@ def add_arguments(parser):
     parser.add_argument("--threads", type=int, metavar="T",
                         help="threads for numba, PyTorch and NumPy's BLAS (default: numba's, all cores)")
     parser.add_argument("--repeats", type=int, default=5, metavar="R",
-                        help="timed calls per measurement (at least; short calls get more); the minimum is reported "
-                             "(default: 5)")
+                        help="timed calls per measurement (at least; short calls get more); the minimum "
+                             "is reported (default: 5)")
+    parser.add_argument("--rounds", type=int, default=1, metavar="N",
+                        help="run the nbconv, im2col and PyTorch blocks N times over and report the minimum "
+                             "over all rounds: on a shared machine one of them may meet a busy spell (default: 1)")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it is installed")
     parser.add_argument("--json", metavar="PATH", help="also write every sample and the settings to PATH")
 
@@ -192,6 +198,26 @@ def _torch_block(torch, shapes, dtype, repeats):
     return results
 
 
+def _blas_threads(threads):
+    """A context limiting NumPy's BLAS to `threads` (needs threadpoolctl; without it BLAS keeps its own
+    setting, e.g. OPENBLAS_NUM_THREADS)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(threads, user_api="blas")
+
+
+def _extend(total, new):
+    """Add one round's samples (per shape, {measurement: [ms, ...]}) to those of earlier rounds."""
+    if total is None:
+        return new
+    for old_row, new_row in zip(total, new):
+        for key, samples in new_row.items():
+            old_row[key].extend(samples)
+    return total
+
+
 def _geomean(values):
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
 
@@ -225,10 +251,12 @@ def _table(rows, has_torch):
     head += ["im2col fwd ms", "fwd speedup vs im2col"]
     lines = [head]
     for r in rows:
-        line = [",".join(map(str, r["shape"])), _fmt(r["nbconv_forward_ms"], 3), _fmt(r["nbconv_forward_gflops"], 1),
-                _fmt(r["nbconv_backward_ms"], 3), _fmt(r["nbconv_backward_gflops"], 1)]
+        line = [",".join(map(str, r["shape"])), _fmt(r["nbconv_forward_ms"], 3),
+                _fmt(r["nbconv_forward_gflops"], 1), _fmt(r["nbconv_backward_ms"], 3),
+                _fmt(r["nbconv_backward_gflops"], 1)]
         if has_torch:
-            line += [_fmt(r["torch_forward_ms"], 3), _fmt(r["torch_backward_ms"], 3), _fmt(r["nbconv_over_torch"], 2)]
+            line += [_fmt(r["torch_forward_ms"], 3), _fmt(r["torch_backward_ms"], 3),
+                     _fmt(r["nbconv_over_torch"], 2)]
         line += [_fmt(r["im2col_forward_ms"], 3), _fmt(r["im2col_over_nbconv_forward"], 2)]
         lines.append(line)
     ratio = _geomean([r["nbconv_over_torch"] for r in rows]) if has_torch else None
@@ -256,12 +284,13 @@ def _cpu_name():
 def run(args):
     import numba
 
-    if args.repeats < 1:
-        print(f"--repeats must be >= 1, got {args.repeats}")
+    if args.repeats < 1 or args.rounds < 1:
+        print(f"--repeats and --rounds must be >= 1, got {args.repeats} and {args.rounds}", file=sys.stderr)
         return 2
     threads = numba.config.NUMBA_NUM_THREADS if args.threads is None else args.threads
     if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
-        print(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS} (numba's NUMBA_NUM_THREADS), got {threads}")
+        print(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS} (numba's NUMBA_NUM_THREADS), "
+              f"got {threads}", file=sys.stderr)
         return 2
     shapes = [SHAPES[i] for i in (args.shapes or [])] + args.shape
     if not shapes:
@@ -278,18 +307,15 @@ def run(args):
     saved_torch = torch.get_num_threads() if torch is not None else None
     try:
         numba.set_num_threads(threads)
-        nb = _nbconv_block(shapes, dtype, args.repeats)
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # NumPy's BLAS keeps its own thread count (OPENBLAS_NUM_THREADS etc.)
-            im2col = _im2col_block(shapes, dtype, args.repeats)
-        else:
-            with threadpool_limits(threads, user_api="blas"):
-                im2col = _im2col_block(shapes, dtype, args.repeats)
-        torch_results = None
         if torch is not None:
             torch.set_num_threads(threads)
-            torch_results = _torch_block(torch, shapes, dtype, args.repeats)
+        nb = im2col = torch_results = None
+        for _ in range(args.rounds):
+            nb = _extend(nb, _nbconv_block(shapes, dtype, args.repeats))
+            with _blas_threads(threads):
+                im2col = _extend(im2col, _im2col_block(shapes, dtype, args.repeats))
+            if torch is not None:
+                torch_results = _extend(torch_results, _torch_block(torch, shapes, dtype, args.repeats))
     finally:
         numba.set_num_threads(saved_numba)
         if torch is not None:
@@ -297,11 +323,12 @@ def run(args):
 
     rows = _rows(shapes, nb, im2col, torch_results)
     table, geomeans = _table(rows, torch is not None)
-    config = {"dtype": args.dtype, "threads": threads, "repeats": args.repeats, "cpu": _cpu_name(),
-              "cpu_count": os.cpu_count(), "numpy": np.__version__, "numba": numba.__version__,
+    config = {"dtype": args.dtype, "threads": threads, "repeats": args.repeats, "rounds": args.rounds,
+              "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "numpy": np.__version__, "numba": numba.__version__,
               "torch": torch.__version__ if torch is not None else None,
               "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
-    print(f"nbconv conv2d, {args.dtype}, {threads} thread(s), min of {args.repeats} samples, "
+    print(f"nbconv conv2d, {args.dtype}, {threads} thread(s), min over >= {args.repeats} calls x {args.rounds} "
+          f"round(s), "
           f"{config['cpu']} ({config['cpu_count']} CPUs); numba {config['numba']}, NumPy {config['numpy']}"
           + (f", PyTorch {config['torch']} (channels_last)" if torch is not None else "")
           + (f"; load average {config['load_average'][0]:.2f}" if config["load_average"] else ""))
