@@ -84,37 +84,42 @@ def _batches(n, batch_size, generator):
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
-def train_and_test(model, data, args, memory_format):
-    """Train `model` in place; (test accuracy in %, training seconds, warm-up seconds)."""
-    import torch
-    import torch.nn.functional as F
+class _Variant:
+    """One model with its optimizer and batch order; epochs of the variants are interleaved so that
+    a change in machine load affects both alike."""
 
-    x_train, y_train, x_test, y_test = (torch.from_numpy(a) for a in data)
-    x_train = x_train.contiguous(memory_format=memory_format)
-    x_test = x_test.contiguous(memory_format=memory_format)
-    model = model.to(memory_format=memory_format)
+    def __init__(self, label, model, x_train, y_train, args, memory_format):
+        import torch
+        import torch.nn.functional as F
 
-    # Warm-up on a throw-away copy: JIT compilation / cache loading is not training time.
-    start = time.perf_counter()
-    scratch = copy.deepcopy(model)
-    F.cross_entropy(scratch(x_train[:args.batch_size]), y_train[:args.batch_size]).backward()
-    warmup = time.perf_counter() - start
+        self.label, self.model, self.seconds = label, model.to(memory_format=memory_format), 0.0
+        self.x_train, self.y_train, self.batch_size = x_train, y_train, args.batch_size
+        # Warm-up on a throw-away copy: JIT compilation / cache loading is not training time.
+        start = time.perf_counter()
+        F.cross_entropy(copy.deepcopy(model)(x_train[:args.batch_size]), y_train[:args.batch_size]).backward()
+        self.warmup = time.perf_counter() - start
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+        self.generator = torch.Generator().manual_seed(args.seed)
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    generator = torch.Generator().manual_seed(args.seed)
-    model.train()
-    start = time.perf_counter()
-    for _ in range(args.epochs):
-        for index in _batches(len(y_train), args.batch_size, generator):
-            optimizer.zero_grad()
-            F.cross_entropy(model(x_train[index]), y_train[index]).backward()
-            optimizer.step()
-    seconds = time.perf_counter() - start
+    def train_epoch(self):
+        import torch.nn.functional as F
 
-    model.eval()
-    with torch.no_grad():
-        predictions = torch.cat([model(x_test[i:i + 500]).argmax(1) for i in range(0, len(y_test), 500)])
-    return 100.0 * (predictions == y_test).double().mean().item(), seconds, warmup
+        self.model.train()
+        start = time.perf_counter()
+        for index in _batches(len(self.y_train), self.batch_size, self.generator):
+            self.optimizer.zero_grad()
+            F.cross_entropy(self.model(self.x_train[index]), self.y_train[index]).backward()
+            self.optimizer.step()
+        self.seconds += time.perf_counter() - start
+
+    def accuracy(self, x_test, y_test):
+        """Test accuracy in %."""
+        import torch
+
+        self.model.eval()
+        with torch.no_grad():
+            predictions = torch.cat([self.model(x_test[i:i + 500]).argmax(1) for i in range(0, len(y_test), 500)])
+        return 100.0 * (predictions == y_test).double().mean().item()
 
 
 def run(args):
@@ -136,10 +141,15 @@ def run(args):
     print(f"LeNet on {name}: {len(data[1])} training / {len(data[3])} test images, {args.epochs} epochs, "
           f"batch {args.batch_size}, {args.threads} threads, "
           f"{'channels_last' if args.channels_last else 'contiguous NCHW'} inputs")
-    rows = []
-    for label, model in (("torch.nn.Conv2d", reference), ("nbconv.torch.Conv2d", ours)):
-        accuracy, seconds, warmup = train_and_test(model, data, args, memory_format)
-        rows.append((label, accuracy, seconds, warmup))
+    x_train, y_train, x_test, y_test = (torch.from_numpy(a) for a in data)
+    x_train = x_train.contiguous(memory_format=memory_format)
+    x_test = x_test.contiguous(memory_format=memory_format)
+    variants = [_Variant(label, model, x_train, y_train, args, memory_format)
+                for label, model in (("torch.nn.Conv2d", reference), ("nbconv.torch.Conv2d", ours))]
+    for _ in range(args.epochs):
+        for variant in variants:
+            variant.train_epoch()
+    rows = [(v.label, v.accuracy(x_test, y_test), v.seconds, v.warmup) for v in variants]
     print(f"| {'convolution':<20} | test accuracy | training time | warm-up |")
     print(f"|{'-' * 22}|--------------:|--------------:|--------:|")
     for label, accuracy, seconds, warmup in rows:

@@ -298,6 +298,24 @@ def test_torch_compile_fullgraph(backend):
         _close(got, want, torch.float32)
 
 
+def test_torch_compile_dynamic_shapes():
+    """Symbolic shapes flow through the fake kernels and the backward's output_padding."""
+    torch.manual_seed(8)
+    net = nn.Sequential(nt.Conv2d(3, 6, 3, padding="same", padding_mode="circular"), nn.ReLU(),
+                        nt.Conv2d(6, 4, 3, stride=2, groups=2), nt.ConvTranspose2d(4, 3, 3, stride=2, output_padding=1))
+    torch._dynamo.reset()
+    compiled = torch.compile(net, backend="aot_eager", fullgraph=True, dynamic=True)
+    for shape in [(2, 3, 10, 9), (3, 3, 12, 11), (1, 3, 9, 13)]:
+        x = torch.randn(*shape, requires_grad=True)
+        compiled(x).square().sum().backward()
+        got = x.grad
+        x.grad = None
+        want = net(x)
+        want.square().sum().backward()
+        _close(compiled(x), want, torch.float32)
+        _close(got, x.grad, torch.float32)
+
+
 # ------------------------------------------------------------------------------------------------
 # Modules: parameters, initialisation, state_dict, training
 # ------------------------------------------------------------------------------------------------
