@@ -23,15 +23,16 @@ CUDA tensors go to nbconv's CUDA kernels through `__cuda_array_interface__` (no 
 import torch
 from torch import Tensor, nn
 
-import nbconv
+from nbconv import conv as core
 from nbconv._shapes import parse_padding, spatial_tuple
 
 __all__ = ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d",
            "Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d"]
 
-_CONV = {1: nbconv.conv1d, 2: nbconv.conv2d}
-_CONV_BACKWARD = {1: nbconv.conv1d_backward, 2: nbconv.conv2d_backward}
-_CONV_TRANSPOSE = {1: nbconv.conv_transpose1d, 2: nbconv.conv_transpose2d}
+# nbconv's array functions (nbconv.conv): the tape-aware wrappers exported by nbconv are not needed here.
+_CONV = {1: core.conv1d, 2: core.conv2d}
+_CONV_BACKWARD = {1: core.conv1d_backward, 2: core.conv2d_backward}
+_CONV_TRANSPOSE = {1: core.conv_transpose1d, 2: core.conv_transpose2d}
 
 
 # ---------------------------------------------------------------------------------------------

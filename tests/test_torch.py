@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 F = torch.nn.functional
 
+import nbconv  # noqa: E402
 import nbconv.torch as nt  # noqa: E402
 
 # (input shape without batch, module kwargs) for 2-D convolutions; in_channels = shape[0].
@@ -383,7 +384,8 @@ def test_import_nbconv_does_not_import_torch():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.skipif(not (torch.cuda.is_available() and nbconv.cuda_available()),
+                    reason="needs a CUDA GPU and NUMBA_ENABLE_CUDASIM=0")
 def test_cuda_matches_nn():
     ref, ours = _pair(nn.Conv2d, nt.Conv2d, 4, dict(out_channels=6, kernel_size=3, stride=2, padding=1), torch.float32)
     ref, ours = ref.cuda(), ours.cuda()
