@@ -91,3 +91,13 @@ def test_asv_torch_reference_computes_the_same(ours, theirs, shape):
         expected, got = (expected,), (got.permute(0, 2, 3, 1),)
     for e, g in zip(expected, got):
         np.testing.assert_allclose(g.detach().numpy(), e, rtol=1e-4, atol=1e-4)
+
+
+def test_without_torch(monkeypatch, capsys):
+    """asv's PyTorch classes skip (NotImplementedError in setup) and the table drops its PyTorch columns."""
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+    with pytest.raises(NotImplementedError):
+        bench_conv.TorchConv2dForward().setup(TINY_2D)
+    assert main(["bench", "--shape", "1,5,5,2,2,3,1,1,1", "--repeats", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "PyTorch is not installed" in out and "torch fwd ms" not in out and "| 1,5,5,2,2,3,1,1,1 " in out
