@@ -30,7 +30,7 @@ def best_seconds(fn, min_calls=10, min_total=0.1, max_calls=1000):
 
 
 def _gflops(fn, flops):
-    return flops / best_seconds(fn) / 1e9
+    return round(flops / best_seconds(fn) / 1e9, 1)
 
 
 class _Benchmark:
