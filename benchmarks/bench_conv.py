@@ -30,7 +30,7 @@ def best_seconds(fn, min_calls=10, min_total=0.1, max_calls=1000):
 
 
 def _gflops(fn, flops):
-    return round(flops / best_seconds(fn) / 1e9, 1)
+    return float(f"{flops / best_seconds(fn) / 1e9:.3g}")  # 3 significant digits: readable tables
 
 
 class _Benchmark:
