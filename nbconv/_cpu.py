@@ -48,30 +48,32 @@ def _gather_conv(src, offsets, wpk, bias, dst, a_h, a_w, q_h, q_w, d_h, d_w, jh_
     cg_src = c_src // groups
     cg_dst = dst.shape[3] // groups
     flat = src.reshape(-1)
-    n_tiles = (jw_count + P - 1) // P
+    # A tile is P consecutive output pixels of one image in row-major order, so it may span rows:
+    # no tile is cut short at the end of a row.
+    n_pix = jh_count * jw_count
+    n_tiles = (n_pix + P - 1) // P
     has_bias = bias.shape[0] > 0
-    for item in prange(n_img * jh_count * n_tiles):
-        row = item // n_tiles
-        jw0 = (item - row * n_tiles) * P
-        n = row // jh_count
-        jh = row - n * jh_count
+    for item in prange(n_img * n_tiles):
+        n = item // n_tiles
+        q0 = (item - n * n_tiles) * P
         tile = np.empty((P, B), dtype=dst.dtype)
         bases = np.empty(P, dtype=np.uint64)
-        row_base = (n * h_src + jh * a_h) * w_src
         for g in range(groups):
             for p in range(P):
-                bases[p] = np.uint64((row_base + min(jw0 + p, jw_count - 1) * a_w) * c_src + g * cg_src)
+                jh, jw = divmod(min(q0 + p, n_pix - 1), jw_count)
+                bases[p] = np.uint64(((n * h_src + jh * a_h) * w_src + jw * a_w) * c_src + g * cg_src)
             for nb in range(n_blocks):
                 micro_tile(flat, bases, offsets, wpk[g, nb], tile)
                 co0 = g * cg_dst + nb * B
                 n_valid = min(B, cg_dst - nb * B)
-                for p in range(min(P, jw_count - jw0)):
-                    out_row = dst[n, q_h + jh * d_h, q_w + (jw0 + p) * d_w]
+                for p in range(min(P, n_pix - q0)):
+                    jh, jw = divmod(q0 + p, jw_count)
+                    out_pixel = dst[n, q_h + jh * d_h, q_w + jw * d_w]
                     for b in range(n_valid):
                         value = tile[p, b]
                         if has_bias:
                             value += bias[co0 + b]
-                        out_row[co0 + b] = value
+                        out_pixel[co0 + b] = value
 
 
 @kernel(parallel=True)
