@@ -34,7 +34,7 @@ from ._jit import call, kernel
 from ._micro import B, P, micro_tile
 
 _WEIGHT_GRAD_SLOTS = 8   # fixed partial-sum slots: the weight gradient is identical for any thread count
-_WEIGHT_GRAD_CHUNK = 256  # output pixels per chunk of the weight gradient (keeps its operands in L1/L2)
+_WEIGHT_GRAD_CHUNK = 256  # most output pixels per chunk of the weight gradient (operands stay in L1/L2)
 
 
 @kernel(parallel=True)
@@ -224,7 +224,9 @@ def _source_index(i, before, n, mode):
 
 
 def _fold(gxp, shape, pads, mode):
-    """Gradient w.r.t. the unpadded input from the gradient w.r.t. the padded one (new array)."""
+    """Gradient w.r.t. the unpadded input from the gradient w.r.t. the padded one (gxp itself if unpadded)."""
+    if not any(p for pair in pads for p in pair):
+        return gxp
     g = gxp
     for axis, (before, after) in ((1, pads[0]), (2, pads[1])):
         n = shape[axis]
@@ -290,8 +292,11 @@ def _padded_input_grad(gy, w, hp, wp, stride, dilation, groups):
     lo_h, lo_w = dh * (kh - 1) // sh, dw * (kw - 1) // sw
     len_h = lo_h + max(-(-hp // sh), oh)
     len_w = lo_w + max(-(-wp // sw), ow)
-    gyp = np.zeros((n, len_h, len_w, c_out), dtype=gy.dtype)
-    gyp[:, lo_h:lo_h + oh, lo_w:lo_w + ow] = gy
+    if (lo_h, lo_w, len_h, len_w) == (0, 0, oh, ow):  # 1x1 kernels at stride 1: no border needed
+        gyp = _c(gy)
+    else:
+        gyp = np.zeros((n, len_h, len_w, c_out), dtype=gy.dtype)
+        gyp[:, lo_h:lo_h + oh, lo_w:lo_w + ow] = gy
     w5 = w.reshape(kh, kw, cg_in, groups, cg_out)
     phases = [(qh, qw) for qh in range(min(sh, hp)) for qw in range(min(sw, wp))]
     taps = {}
@@ -355,9 +360,11 @@ def grad_weight(gy, x, w_shape, params):
             + np.arange(ow)[None, None, :] * sw) * c_in).astype(np.uint64).ravel()
     gpk = _pack(gy.reshape(-1, groups, cg_out).transpose(1, 0, 2))
     n_rows = rows.shape[0]
-    n_slots = min(_WEIGHT_GRAD_SLOTS, -(-pix.shape[0] // _WEIGHT_GRAD_CHUNK))
+    # At least as many equal chunks as slots, so that the slots (and the threads) share the work evenly.
+    chunk = min(_WEIGHT_GRAD_CHUNK, -(-pix.shape[0] // _WEIGHT_GRAD_SLOTS))
+    n_slots = min(_WEIGHT_GRAD_SLOTS, -(-pix.shape[0] // chunk))
     partial = np.zeros((n_slots, groups, gpk.shape[1], -(-n_rows // P) * P, B), dtype=gy.dtype)
-    call(_weight_grad, xp.reshape(-1), rows, pix, gpk, partial, cg_in, _WEIGHT_GRAD_CHUNK, work=gy.size * n_rows)
+    call(_weight_grad, xp.reshape(-1), rows, pix, gpk, partial, cg_in, chunk, work=gy.size * n_rows)
     total = partial.sum(axis=0)[:, :, :n_rows]                 # (G, NB, R, B)
     total = total.transpose(0, 2, 1, 3).reshape(groups, n_rows, -1)[:, :, :cg_out]
     return np.ascontiguousarray(total.transpose(1, 0, 2)).reshape(w_shape)
