@@ -344,6 +344,18 @@ def as_device_array(a):
     return cuda.as_cuda_array(a)
 
 
+def unit_axis(a, axis):
+    """A view of device array `a` with a length-1 axis inserted at `axis`, for any strides (numba's
+    reshape refuses non-contiguous device arrays)."""
+    shape, strides = tuple(a.shape), tuple(a.strides)
+    new_shape = shape[:axis] + (1,) + shape[axis:]
+    new_strides = strides[:axis] + (a.dtype.itemsize,) + strides[axis:]
+    if not hasattr(a, "gpu_data"):  # the simulator's arrays wrap a NumPy array, whose reshape never refuses
+        return a.reshape(new_shape)
+    from numba.cuda.cudadrv.devicearray import DeviceNDArray
+    return DeviceNDArray(new_shape, new_strides, a.dtype, stream=a.stream, gpu_data=a.gpu_data)
+
+
 def _span(a):
     """[first, last] byte addresses that a non-empty device array can touch."""
     iface = getattr(a, "__cuda_array_interface__", None)

@@ -86,8 +86,8 @@ def _unit_axis(a, axis):
     """A view of `a` with a length-1 axis inserted at `axis` (how 1-D calls reach the 2-D kernels)."""
     if isinstance(a, np.ndarray):
         return np.expand_dims(a, axis)
-    shape = tuple(a.shape)
-    return a.reshape(shape[:axis] + (1,) + shape[axis:])
+    from . import _cuda
+    return _cuda.unit_axis(a, axis)
 
 
 def _as_2d(nd, *activations):
