@@ -500,10 +500,18 @@ def _max_pool2d_vjp(g, res, needs, **params):
 defvjp(_max_pool2d, _max_pool2d_vjp)
 
 
+def _array_operand(x, op):
+    """The array behind x (a Tensor, ndarray or device array); TypeError naming op otherwise."""
+    data = x.data if isinstance(x, Tensor) else x
+    if not (isinstance(data, np.ndarray) or _is_device_array(data)):
+        raise TypeError(f"{op}: x must be a NumPy array or a Tensor, got {type(x).__name__}")
+    return data
+
+
 def max_pool2d(x, kernel_size, stride=None, padding=0):
     """Maximum over kernel_size windows of x (N, H, W, C); stride defaults to kernel_size; padding
     (at most half the kernel) never wins. The gradient goes to the first maximum of each window."""
-    data = x.data if isinstance(x, Tensor) else x
+    data = _array_operand(x, "max_pool2d")
     kernel, stride, pads, out_hw = _pool_params(data, kernel_size, stride, padding, "max_pool2d")
     return apply(_max_pool2d, x, kernel=kernel, stride=stride, pads=pads, out_hw=out_hw)
 
@@ -526,7 +534,7 @@ defvjp(_avg_pool2d, _avg_pool2d_vjp)
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
     """Mean over kernel_size windows of x (N, H, W, C); stride defaults to kernel_size; padded
     positions count as zeros in the mean (PyTorch's default count_include_pad=True)."""
-    data = x.data if isinstance(x, Tensor) else x
+    data = _array_operand(x, "avg_pool2d")
     kernel, stride, pads, out_hw = _pool_params(data, kernel_size, stride, padding, "avg_pool2d")
     return apply(_avg_pool2d, x, kernel=kernel, stride=stride, pads=pads, out_hw=out_hw)
 
@@ -600,7 +608,11 @@ def batch_norm(x, weight, bias, running_mean=None, running_var=None, training=Tr
     running = (1 - momentum) * running + momentum * batch (unbiased variance), as PyTorch does.
     training=False normalizes with running_mean and running_var. weight or bias may be None.
     """
-    data = x.data if isinstance(x, Tensor) else x
+    data = _array_operand(x, "batch_norm")
+    for name, value in (("momentum", momentum), ("eps", eps)):
+        if not isinstance(value, numbers.Real) or not 0 <= value < float("inf") or (name == "momentum" and value > 1):
+            raise ValueError(f"batch_norm: {name} must be a real number in "
+                             f"{'[0, 1]' if name == 'momentum' else '[0, inf)'}, got {value!r}")
     if np.ndim(data) < 2:
         raise ValueError(f"batch_norm: x must have a batch axis and a channel axis, got shape {np.shape(data)}")
     check_dtypes(x=data)

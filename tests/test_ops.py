@@ -417,3 +417,25 @@ def test_float32_gradients_keep_their_dtype(rng):
     loss.backward()
     for t in (x, w, g):
         assert t.grad.dtype == np.float32 and t.grad.shape == t.shape
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: nbconv.max_pool2d([[1.0]], 2), "max_pool2d: x must be a NumPy array or a Tensor, got list"),
+    (lambda: nbconv.avg_pool2d([[1.0]], 2), "avg_pool2d: x must be a NumPy array or a Tensor, got list"),
+    (lambda: nbconv.batch_norm([[1.0]], None, None), "batch_norm: x must be a NumPy array or a Tensor, got list"),
+])
+def test_non_array_operands_raise_type_error(call, match):
+    with pytest.raises(TypeError, match=match):
+        call()
+
+
+@pytest.mark.parametrize("params, match", [
+    (dict(momentum=1.5), r"momentum must be a real number in \[0, 1\], got 1.5"),
+    (dict(momentum="fast"), r"momentum must be a real number in \[0, 1\], got 'fast'"),
+    (dict(eps=-1e-5), r"eps must be a real number in \[0, inf\), got -1e-05"),
+])
+def test_batch_norm_checks_momentum_and_eps_before_any_kernel(params, match):
+    x, running_mean, running_var = np.ones((4, 3)), np.zeros(3), np.ones(3)
+    with pytest.raises(ValueError, match=match):
+        nbconv.batch_norm(x, None, None, running_mean, running_var, **params)
+    assert np.array_equal(running_mean, np.zeros(3)) and np.array_equal(running_var, np.ones(3))
