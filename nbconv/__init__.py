@@ -1,7 +1,7 @@
 """nbconv: Numba-accelerated channels-last convolutions, forward and backward, on NumPy arrays."""
-from .conv import Conv1dGrads, Conv2dGrads, ConvGrads, conv1d_backward, conv2d_backward
-from .ops import (avg_pool2d, batch_norm, conv1d, conv2d, conv_transpose1d, conv_transpose2d, cross_entropy, linear,
-                  log_softmax, max_pool2d, relu)
+from .conv import Conv1dGrads, Conv2dGrads, ConvGrads
+from .ops import (avg_pool2d, batch_norm, conv1d, conv1d_backward, conv2d, conv2d_backward, conv_transpose1d,
+                  conv_transpose2d, cross_entropy, linear, log_softmax, max_pool2d, relu)
 from .tape import Function, GradcheckError, Tensor, gradcheck, no_grad
 
 __all__ = ["conv1d", "conv2d", "conv1d_backward", "conv2d_backward", "conv_transpose1d", "conv_transpose2d",

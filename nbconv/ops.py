@@ -752,3 +752,13 @@ _METHODS = {
 }
 for _name, _method in _METHODS.items():
     setattr(Tensor, _name, _method)
+
+
+def conv1d_backward(grad_out, x, w, **params):
+    """nbconv.conv.conv1d_backward on the arrays behind Tensors or arrays (not recorded: returns arrays)."""
+    return _conv.conv1d_backward(_unwrap(grad_out), _unwrap(x), _unwrap(w), **params)
+
+
+def conv2d_backward(grad_out, x, w, **params):
+    """nbconv.conv.conv2d_backward on the arrays behind Tensors or arrays (not recorded: returns arrays)."""
+    return _conv.conv2d_backward(_unwrap(grad_out), _unwrap(x), _unwrap(w), **params)

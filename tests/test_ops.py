@@ -439,3 +439,14 @@ def test_batch_norm_checks_momentum_and_eps_before_any_kernel(params, match):
     with pytest.raises(ValueError, match=match):
         nbconv.batch_norm(x, None, None, running_mean, running_var, **params)
     assert np.array_equal(running_mean, np.zeros(3)) and np.array_equal(running_var, np.ones(3))
+
+
+def test_conv_backward_accepts_tensors_and_returns_arrays(rng):
+    x, w = rng.standard_normal((2, 5, 5, 3)), rng.standard_normal((3, 3, 3, 4))
+    gy = rng.standard_normal((2, 3, 3, 4))
+    ours = nbconv.conv2d_backward(Tensor(gy), Tensor(x, requires_grad=True), Tensor(w))
+    arrays = conv_arrays.conv2d_backward(gy, x, w)
+    for got, want in zip(ours, arrays):
+        assert type(got) is np.ndarray and np.array_equal(got, want)
+    ours1 = nbconv.conv1d_backward(Tensor(gy[:, 0]), x[:, 0], Tensor(w[0]), needs=("weight",))
+    assert np.array_equal(ours1.weight, conv_arrays.conv1d_backward(gy[:, 0], x[:, 0], w[0]).weight)
