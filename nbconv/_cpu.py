@@ -30,10 +30,9 @@ import numpy as np
 from numba import prange
 
 from . import _depthwise
-from ._jit import call, kernel
+from ._jit import SLOTS, call, kernel
 from ._micro import B, P, micro_tile
 
-_WEIGHT_GRAD_SLOTS = 8   # fixed partial-sum slots: the weight gradient is identical for any thread count
 _WEIGHT_GRAD_CHUNK = 256  # most output pixels per chunk of the weight gradient (operands stay in L1/L2)
 
 
@@ -89,7 +88,6 @@ def _scatter_conv(gy, reduce_offsets, wpk, offsets, dst, sh, sw):
     n_cols = offsets.shape[0]
     gy_flat = gy.reshape(-1)
     dst_flat = dst.reshape(-1)
-    n_tiles = (ow_count + P - 1) // P
     for n in prange(n_img):
         tile = np.empty((P, B), dtype=dst.dtype)
         bases = np.empty(P, dtype=np.uint64)
@@ -189,6 +187,13 @@ def _depthwise_grad_input(gy, w, dst, off_h, off_w, stride, dilation):
     return dst
 
 
+def _tap_offsets(kh, kw, dh, dw, width, channels, cg):
+    """Flat offsets (uint64) of (tap, channel) = (i, j, c < cg) in a (H, width, channels) image,
+    relative to the kernel window's first element: ((i*dh) * width + j*dw) * channels + c."""
+    return ((np.arange(kh)[:, None, None] * (dh * width) + np.arange(kw)[None, :, None] * dw) * channels
+            + np.arange(cg)[None, None, :]).astype(np.uint64).ravel()
+
+
 def _pack(mat):
     """(G, R, Cg) -> (G, ceil(Cg / B), R, B), zero-filled past Cg: B-wide column blocks, rows contiguous."""
     groups, n_rows, cg = mat.shape
@@ -261,8 +266,7 @@ def forward(x, w, bias, params, out):
     xp = _pad(x, params.pads, params.mode)
     n, hp, wp, c_in = xp.shape
     groups = params.groups
-    offsets = ((np.arange(kh)[:, None, None] * (dh * wp) + np.arange(kw)[None, :, None] * dw) * c_in
-               + np.arange(cg_in)[None, None, :]).astype(np.uint64).ravel()
+    offsets = _tap_offsets(kh, kw, dh, dw, wp, c_in, cg_in)
     wmat = w.reshape(kh * kw * cg_in, groups, c_out // groups).transpose(1, 0, 2)
     _, oh, ow, _ = out.shape
     if out.size:
@@ -283,8 +287,7 @@ def _padded_input_grad(gy, w, hp, wp, stride, dilation, groups):
         # Few input channels per group would leave most lanes of the gather tile idle: compute the
         # columns (taps x input channels) for each output pixel and scatter-add them instead.
         gxp = np.zeros((n, hp, wp, cg_in * groups), dtype=gy.dtype)
-        offsets = ((np.arange(kh)[:, None, None] * (dh * wp) + np.arange(kw)[None, :, None] * dw) * (cg_in * groups)
-                   + np.arange(cg_in)[None, None, :]).ravel()
+        offsets = _tap_offsets(kh, kw, dh, dw, wp, cg_in * groups, cg_in).astype(np.int64)
         w_cols = w.reshape(kh * kw * cg_in, groups, cg_out).transpose(1, 2, 0)
         call(_scatter_conv, _c(gy), np.arange(cg_out, dtype=np.uint64), _pack(w_cols), offsets, gxp, sh, sw,
              work=gy.size * offsets.size)
@@ -347,22 +350,21 @@ def grad_weight(gy, x, w_shape, params):
         lanes = c_out == groups and c_out % B == 0
         gy_blocks = gy.reshape(-1, B) if lanes else np.empty((0, B), dtype=gy.dtype)
         taps = _depthwise.lanes_taps(kh, kw, params.dilation[0], params.dilation[1], src.shape[2], src.shape[3])
-        partial = np.zeros((_depthwise.SLOTS, kh, kw, c_out), dtype=gy.dtype)
+        partial = np.zeros((SLOTS, kh, kw, c_out), dtype=gy.dtype)
         call(_depthwise.grad_weight, src, gy, gy_blocks, taps, partial, off_h, off_w, *params.stride,
              *params.dilation, work=gy.size * kh * kw)
         return partial.sum(axis=0).reshape(w_shape)
     xp = _pad(x, params.pads, params.mode)
     _, hp, wp, c_in = xp.shape
     (sh, sw), (dh, dw) = params.stride, params.dilation
-    rows = ((np.arange(kh)[:, None, None] * (dh * wp) + np.arange(kw)[None, :, None] * dw) * c_in
-            + np.arange(cg_in)[None, None, :]).astype(np.uint64).ravel()
+    rows = _tap_offsets(kh, kw, dh, dw, wp, c_in, cg_in)
     pix = (((np.arange(n)[:, None, None] * hp + np.arange(oh)[None, :, None] * sh) * wp
             + np.arange(ow)[None, None, :] * sw) * c_in).astype(np.uint64).ravel()
     gpk = _pack(gy.reshape(-1, groups, cg_out).transpose(1, 0, 2))
     n_rows = rows.shape[0]
     # At least as many equal chunks as slots, so that the slots (and the threads) share the work evenly.
-    chunk = min(_WEIGHT_GRAD_CHUNK, -(-pix.shape[0] // _WEIGHT_GRAD_SLOTS))
-    n_slots = min(_WEIGHT_GRAD_SLOTS, -(-pix.shape[0] // chunk))
+    chunk = min(_WEIGHT_GRAD_CHUNK, -(-pix.shape[0] // SLOTS))
+    n_slots = min(SLOTS, -(-pix.shape[0] // chunk))
     partial = np.zeros((n_slots, groups, gpk.shape[1], -(-n_rows // P) * P, B), dtype=gy.dtype)
     call(_weight_grad, xp.reshape(-1), rows, pix, gpk, partial, cg_in, chunk, work=gy.size * n_rows)
     total = partial.sum(axis=0)[:, :, :n_rows]                 # (G, NB, R, B)
@@ -373,7 +375,7 @@ def grad_weight(gy, x, w_shape, params):
 def grad_bias(gy):
     """dL/dbias: gy summed over every axis but the last (accumulated in float64, fixed order)."""
     c_out = gy.shape[-1]
-    partial = np.zeros((_depthwise.SLOTS, c_out))
+    partial = np.zeros((SLOTS, c_out))
     call(_column_sums, _c(gy).reshape(-1, c_out), partial, work=gy.size)
     return partial.sum(axis=0).astype(gy.dtype)
 

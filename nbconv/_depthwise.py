@@ -10,8 +10,6 @@ from numba import prange
 from ._jit import kernel
 from ._micro import B, P, micro_lanes
 
-SLOTS = 8  # fixed partial-sum slots for reductions over rows: results do not depend on thread count
-
 
 @kernel()
 def _valid_range(count, start, step, size):

@@ -21,6 +21,9 @@ import numpy as np
 
 FASTMATH = frozenset({"contract"})
 SERIAL_BELOW = 1 << 18
+# Reductions split their rows over this many fixed partial-sum slots and add the slots in order, so
+# every result is bitwise identical for any number of threads.
+SLOTS = 8
 
 _compile_lock = threading.Lock()
 _compiled = set()

@@ -10,9 +10,8 @@ milliseconds when the cores are oversubscribed.
 import numpy as np
 from numba import prange
 
-from ._jit import call, kernel
+from ._jit import SLOTS, call, kernel
 
-SLOTS = 8  # partial-sum slots of the per-channel reductions
 
 
 @kernel(parallel=True)

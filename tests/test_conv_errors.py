@@ -294,7 +294,6 @@ def test_wrong_bias_shape(func, args, bias, match):
 
 def _bad_outs():
     shape = (2, 4, 4, 6)
-    overlapping = ones(*shape)
     readonly = np.zeros(shape)
     readonly.setflags(write=False)
     return [
