@@ -122,12 +122,13 @@ def _weight_grad(flat, rows, pix, gpk, partial, cg_src, chunk):
             s1 = min(s0 + chunk, n_pix)
             pix_chunk = pix[s0:s1]
             for g in range(groups):
-                for r0 in range(0, n_rows, P):
-                    for p in range(P):
-                        bases[p] = rows[min(r0 + p, last)] + np.uint64(g * cg_src)
-                    for nb in range(n_blocks):
-                        micro_tile(flat, bases, pix_chunk, gpk[g, nb, s0:s1], tile)
-                        acc = partial[t, g, nb]
+                for nb in range(n_blocks):  # this block of grad_out stays in L1 across the rows of w
+                    gy_chunk = gpk[g, nb, s0:s1]
+                    acc = partial[t, g, nb]
+                    for r0 in range(0, n_rows, P):
+                        for p in range(P):
+                            bases[p] = rows[min(r0 + p, last)] + np.uint64(g * cg_src)
+                        micro_tile(flat, bases, pix_chunk, gy_chunk, tile)
                         for p in range(P):
                             acc_row = acc[r0 + p]
                             for b in range(B):
