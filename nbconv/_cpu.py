@@ -37,9 +37,9 @@ _WEIGHT_GRAD_CHUNK = 256  # most output pixels per chunk of the weight gradient 
 
 
 @kernel(parallel=True)
-def _gather_conv(src, offsets, wpk, bias, dst, a_h, a_w, q_h, q_w, d_h, d_w, jh_count, jw_count):
+def _gather_conv(src, offsets, wpk, bias, dst, a_h, a_w, o_h, o_w, q_h, q_w, d_h, d_w, jh_count, jw_count):
     """dst[n, q_h + jh*d_h, q_w + jw*d_w, g*Cgd + co] = bias[g*Cgd + co] + sum_r
-    src.flat[base(n, jh*a_h, jw*a_w) + g*Cgs + offsets[r]] * wpk[g, co // B, r, co % B]
+    src.flat[base(n, o_h + jh*a_h, o_w + jw*a_w) + g*Cgs + offsets[r]] * wpk[g, co // B, r, co % B]
     for jh < jh_count, jw < jw_count; src, wpk, dst C-contiguous; bias empty or (C_dst,);
     every offset stays inside src."""
     n_img, h_src, w_src, c_src = src.shape
@@ -60,7 +60,7 @@ def _gather_conv(src, offsets, wpk, bias, dst, a_h, a_w, q_h, q_w, d_h, d_w, jh_
         for g in range(groups):
             for p in range(P):
                 jh, jw = divmod(min(q0 + p, n_pix - 1), jw_count)
-                bases[p] = np.uint64(((n * h_src + jh * a_h) * w_src + jw * a_w) * c_src + g * cg_src)
+                bases[p] = np.uint64(((n * h_src + o_h + jh * a_h) * w_src + o_w + jw * a_w) * c_src + g * cg_src)
             for nb in range(n_blocks):
                 micro_tile(flat, bases, offsets, wpk[g, nb], tile)
                 co0 = g * cg_dst + nb * B
@@ -272,18 +272,24 @@ def forward(x, w, bias, params, out):
     _, oh, ow, _ = out.shape
     if out.size:
         call(_gather_conv, xp, offsets, _pack(wmat), _bias_arg(bias, x.dtype), out,
-             sh, sw, 0, 0, 1, 1, oh, ow, work=out.size * offsets.size)
+             sh, sw, 0, 0, 0, 0, 1, 1, oh, ow, work=out.size * offsets.size)
     return out
 
 
-def _padded_input_grad(gy, w, hp, wp, stride, dilation, groups):
-    """Gradient w.r.t. a padded input of spatial size (hp, wp) (sub-pixel phases, no stride zeros)."""
+def _padded_input_grad(gy, w, padded_hw, window, stride, dilation, groups, dst=None):
+    """Gradient w.r.t. a padded input of spatial size padded_hw, restricted to window = (top, left,
+    height, width) of it (sub-pixel phases, no stride zeros), written into dst when given."""
     n, oh, ow, c_out = gy.shape
     kh, kw, cg_in, _ = w.shape
     cg_out = c_out // groups
     (sh, sw), (dh, dw) = stride, dilation
+    hp, wp = padded_hw
+    top, left, height, width = window
+    shape = (n, height, width, cg_in * groups)
     if _is_depthwise(w.shape, groups):
-        return _depthwise_grad_input(gy, w, np.empty((n, hp, wp, groups), dtype=gy.dtype), 0, 0, stride, dilation)
+        if dst is None:
+            dst = np.empty(shape, dtype=gy.dtype)
+        return _depthwise_grad_input(gy, w, dst, top, left, stride, dilation)
     if cg_in < B:
         # Few input channels per group would leave most lanes of the gather tile idle: compute the
         # columns (taps x input channels) for each output pixel and scatter-add them instead.
@@ -292,7 +298,10 @@ def _padded_input_grad(gy, w, hp, wp, stride, dilation, groups):
         w_cols = w.reshape(kh * kw * cg_in, groups, cg_out).transpose(1, 2, 0)
         call(_scatter_conv, _c(gy), np.arange(cg_out, dtype=np.uint64), _pack(w_cols), offsets, gxp, sh, sw,
              work=gy.size * offsets.size)
-        return gxp
+        if dst is None:
+            return _c(gxp[:, top:top + height, left:left + width])
+        np.copyto(dst, gxp[:, top:top + height, left:left + width])
+        return dst
     lo_h, lo_w = dh * (kh - 1) // sh, dw * (kw - 1) // sw
     len_h = lo_h + max(-(-hp // sh), oh)
     len_w = lo_w + max(-(-wp // sw), ow)
@@ -308,11 +317,17 @@ def _padded_input_grad(gy, w, hp, wp, stride, dilation, groups):
         for phase in range(s):
             taps[q, phase] = [(k, (phase - k * d) // s) for k in range(k_count) if (phase - k * d) % s == 0]
     empty = any(not taps[0, qh] or not taps[1, qw] for qh, qw in phases)
-    gxp = (np.zeros if empty else np.empty)((n, hp, wp, cg_in * groups), dtype=gy.dtype)
+    if dst is None:
+        dst = (np.zeros if empty else np.empty)(shape, dtype=gy.dtype)
+    elif empty:
+        dst[...] = 0
     no_bias = np.empty(0, dtype=gy.dtype)
     for qh, qw in phases:
         taps_h, taps_w = taps[0, qh], taps[1, qw]
-        if not taps_h or not taps_w or n == 0:
+        # padded rows qh + sh * j inside the window: j in [j_lo, j_hi) (likewise columns)
+        jh_lo, jw_lo = max(0, -((qh - top) // sh)), max(0, -((qw - left) // sw))
+        jh_hi, jw_hi = (top + height - 1 - qh) // sh + 1, (left + width - 1 - qw) // sw + 1
+        if not taps_h or not taps_w or n == 0 or jh_hi <= jh_lo or jw_hi <= jw_lo:
             continue
         eh = np.array([e + lo_h for _, e in taps_h])
         ew = np.array([e + lo_w for _, e in taps_w])
@@ -320,20 +335,21 @@ def _padded_input_grad(gy, w, hp, wp, stride, dilation, groups):
                    + np.arange(cg_out)[None, None, :]).astype(np.uint64).ravel()
         wsel = w5[[k for k, _ in taps_h]][:, [k for k, _ in taps_w]]  # (th, tw, cg_in, G, cg_out)
         wmat = wsel.transpose(3, 0, 1, 4, 2).reshape(groups, -1, cg_in)
-        jh, jw = -(-(hp - qh) // sh), -(-(wp - qw) // sw)
-        call(_gather_conv, gyp, offsets, _pack(wmat), no_bias, gxp, 1, 1, qh, qw, sh, sw, jh, jw,
+        jh, jw = jh_hi - jh_lo, jw_hi - jw_lo
+        call(_gather_conv, gyp, offsets, _pack(wmat), no_bias, dst, 1, 1, jh_lo, jw_lo,
+             qh + sh * jh_lo - top, qw + sw * jw_lo - left, sh, sw, jh, jw,
              work=n * jh * jw * cg_in * groups * offsets.size)
-    return gxp
+    return dst
 
 
 def grad_input(gy, w, x_shape, params):
     """dL/dx of y = conv(x, w) given gy = dL/dy."""
     (top, bottom), (left, right) = params.pads
-    if _is_depthwise(w.shape, params.groups) and params.mode == "zeros":
-        return _depthwise_grad_input(gy, w, np.empty(x_shape, dtype=gy.dtype), top, left, params.stride,
-                                     params.dilation)
     hp, wp = x_shape[1] + top + bottom, x_shape[2] + left + right
-    gxp = _padded_input_grad(gy, w, hp, wp, params.stride, params.dilation, params.groups)
+    if params.mode == "zeros":  # the gradient of the zero padding is dropped: compute only x's window
+        return _padded_input_grad(gy, w, (hp, wp), (top, left, x_shape[1], x_shape[2]), params.stride,
+                                  params.dilation, params.groups)
+    gxp = _padded_input_grad(gy, w, (hp, wp), (0, 0, hp, wp), params.stride, params.dilation, params.groups)
     return _fold(gxp, x_shape, params.pads, params.mode)
 
 
@@ -385,10 +401,8 @@ def transpose(x, w, bias, params, output_padding, out):
     """out = conv_transpose(x, w) + bias: the input gradient of a convolution whose output is x."""
     (top, bottom), (left, right) = params.pads
     _, oh, ow, _ = out.shape
-    full_h, full_w = oh + top + bottom, ow + left + right
-    gxp = _padded_input_grad(x, w, full_h, full_w, params.stride, params.dilation,
-                             params.groups)
-    np.copyto(out, gxp[:, top:top + oh, left:left + ow])
+    _padded_input_grad(x, w, (oh + top + bottom, ow + left + right), (top, left, oh, ow), params.stride,
+                       params.dilation, params.groups, dst=out)
     if bias is not None:
         out += bias
     return out
