@@ -168,6 +168,14 @@ def _backward(nd, grad_out, x, w, stride, padding, dilation, groups, padding_mod
     return ConvGrads(gx, gw, gb)
 
 
+def bias_grad(grad_out):
+    """dL/dbias for channels-last grad_out (N, L, C) or (N, H, W, C): the sum over every axis but the
+    last, in the backend's fixed order (the bias gradient of convolutions and transposed ones)."""
+    backend = _backend(grad_out=grad_out)
+    (g,) = _on_backend(backend, grad_out)
+    return backend.grad_bias(g if len(g.shape) == 4 else _unit_axis(g, 1))
+
+
 def _transpose(nd, x, w, bias, stride, padding, output_padding, dilation, groups, out):
     backend = _backend(x=x, w=w, bias=bias, out=out)
     x, w, bias, out_array = _on_backend(backend, x, w, bias, out)

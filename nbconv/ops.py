@@ -23,7 +23,7 @@ import numpy as np
 from . import conv as _conv
 from .conv import _is_device_array
 from ._shapes import check_dtypes, conv_output_shape, conv_params, spatial_tuple
-from .tape import Tensor, _device_contiguous, _device_filled, is_grad_enabled, record
+from .tape import Tensor, _device_filled, is_grad_enabled, record
 
 _VJPS = {}
 
@@ -682,17 +682,8 @@ def _convolution_transpose_vjp(g, res, needs, *, nd, out, output_padding, **para
             x = padded
         gw = backward(x, g, w, needs=("weight",), **params).weight
     if needs[2]:
-        gb = _channel_sums(g)
+        gb = _conv.bias_grad(g)
     return gx, gw, gb
-
-
-def _channel_sums(g):
-    """g (N, ..., C) summed over every axis but the last; a device array is summed on the device."""
-    if not _is_device_array(g):
-        return g.sum(axis=tuple(range(g.ndim - 1)))
-    from . import _cuda
-    shape = tuple(g.shape)
-    return _cuda.grad_bias(_device_contiguous(g).reshape((int(np.prod(shape[:-1])), 1, 1, shape[-1])))
 
 
 defvjp(_convolution_transpose, _convolution_transpose_vjp)
