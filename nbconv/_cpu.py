@@ -37,10 +37,10 @@ _WEIGHT_GRAD_CHUNK = 256  # most output pixels per chunk of the weight gradient 
 
 
 @kernel(parallel=True)
-def _gather_conv(src, offsets, wpk, bias, dst, a_h, a_w, o_h, o_w, q_h, q_w, d_h, d_w, jh_count, jw_count):
-    """dst[n, q_h + jh*d_h, q_w + jw*d_w, g*Cgd + co] = bias[g*Cgd + co] + sum_r
+def _gather_conv(src, offsets, wpk, bias_blocks, dst, a_h, a_w, o_h, o_w, q_h, q_w, d_h, d_w, jh_count, jw_count):
+    """dst[n, q_h + jh*d_h, q_w + jw*d_w, g*Cgd + co] = bias_blocks[g, co // B, co % B] + sum_r
     src.flat[base(n, o_h + jh*a_h, o_w + jw*a_w) + g*Cgs + offsets[r]] * wpk[g, co // B, r, co % B]
-    for jh < jh_count, jw < jw_count; src, wpk, dst C-contiguous; bias empty or (C_dst,);
+    for jh < jh_count, jw < jw_count; src, wpk, bias_blocks (G, ceil(Cgd / B), B), dst C-contiguous;
     every offset stays inside src."""
     n_img, h_src, w_src, c_src = src.shape
     groups, n_blocks = wpk.shape[0], wpk.shape[1]
@@ -51,7 +51,6 @@ def _gather_conv(src, offsets, wpk, bias, dst, a_h, a_w, o_h, o_w, q_h, q_w, d_h
     # no tile is cut short at the end of a row.
     n_pix = jh_count * jw_count
     n_tiles = (n_pix + P - 1) // P
-    has_bias = bias.shape[0] > 0
     for item in prange(n_img * n_tiles):
         n = item // n_tiles
         q0 = (item - n * n_tiles) * P
@@ -65,14 +64,16 @@ def _gather_conv(src, offsets, wpk, bias, dst, a_h, a_w, o_h, o_w, q_h, q_w, d_h
                 micro_tile(flat, bases, offsets, wpk[g, nb], tile)
                 co0 = g * cg_dst + nb * B
                 n_valid = min(B, cg_dst - nb * B)
+                bias_block = bias_blocks[g, nb]
                 for p in range(min(P, n_pix - q0)):
                     jh, jw = divmod(q0 + p, jw_count)
-                    out_pixel = dst[n, q_h + jh * d_h, q_w + jw * d_w]
-                    for b in range(n_valid):
-                        value = tile[p, b]
-                        if has_bias:
-                            value += bias[co0 + b]
-                        out_pixel[co0 + b] = value
+                    out = dst[n, q_h + jh * d_h, q_w + jw * d_w, co0:co0 + n_valid]
+                    if n_valid == B:  # constant trip count: one vector add and store per register
+                        for b in range(B):
+                            out[b] = tile[p, b] + bias_block[b]
+                    else:
+                        for b in range(n_valid):
+                            out[b] = tile[p, b] + bias_block[b]
 
 
 @kernel(parallel=True)
@@ -252,6 +253,16 @@ def empty(shape, dtype):
     return np.empty(shape, dtype=dtype)
 
 
+def _bias_blocks(bias, blocks, dtype):
+    """bias (or zeros) as (groups, blocks, B) blocks of each group's channels, zero-filled past them."""
+    groups, n_blocks = blocks
+    if bias is None:
+        return np.zeros((groups, n_blocks, B), dtype=dtype)
+    out = np.zeros((groups, n_blocks * B), dtype=dtype)
+    out[:, :bias.shape[0] // groups] = bias.reshape(groups, -1)
+    return out.reshape(groups, n_blocks, B)
+
+
 def _bias_arg(bias, dtype):
     return np.empty(0, dtype=dtype) if bias is None else _c(bias)
 
@@ -271,7 +282,8 @@ def forward(x, w, bias, params, out):
     wmat = w.reshape(kh * kw * cg_in, groups, c_out // groups).transpose(1, 0, 2)
     _, oh, ow, _ = out.shape
     if out.size:
-        call(_gather_conv, xp, offsets, _pack(wmat), _bias_arg(bias, x.dtype), out,
+        wpk = _pack(wmat)
+        call(_gather_conv, xp, offsets, wpk, _bias_blocks(bias, wpk.shape[:2], x.dtype), out,
              sh, sw, 0, 0, 0, 0, 1, 1, oh, ow, work=out.size * offsets.size)
     return out
 
@@ -321,7 +333,7 @@ def _padded_input_grad(gy, w, padded_hw, window, stride, dilation, groups, dst=N
         dst = (np.zeros if empty else np.empty)(shape, dtype=gy.dtype)
     elif empty:
         dst[...] = 0
-    no_bias = np.empty(0, dtype=gy.dtype)
+    no_bias = _bias_blocks(None, (groups, -(-cg_in // B)), gy.dtype)
     for qh, qw in phases:
         taps_h, taps_w = taps[0, qh], taps[1, qw]
         # padded rows qh + sh * j inside the window: j in [j_lo, j_hi) (likewise columns)
