@@ -8,7 +8,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel
-from ._micro import B, P, micro_lanes
+from ._micro import B, P, micro_lanes, micro_lanes_add
 
 
 @kernel()
@@ -42,6 +42,7 @@ def forward(src, w, wpk, taps, bias, dst, off_h, off_w, sh, sw, dh, dw):
     k_h, k_w = w.shape[0], w.shape[1]
     m = c_dst // c_src
     flat = src.reshape(-1)
+    dst_flat = dst.reshape(-1)
     # Interior: the columns whose every tap is inside src, and the full B-channel blocks (m == 1),
     # run through the register tile; borders and leftover channels through the plain loops.
     c_full = (c_dst // B) * B if m == 1 else 0
@@ -73,14 +74,20 @@ def forward(src, w, wpk, taps, bias, dst, off_h, off_w, sh, sw, dh, dw):
             continue
         tile = np.empty((P, B), dtype=dst.dtype)
         bases = np.empty(P, dtype=np.uint64)
+        out_bases = np.empty(P, dtype=np.uint64)
         offsets = taps[kh_lo, kh_lo * k_w:kh_hi * k_w]
         row_base = (n * h_src + oh * sh + kh_lo * dh - off_h) * w_src
         for ow0 in range(ow_lo, ow_hi, P):
             for cb in range(c_full // B):
                 for p in range(P):
                     bases[p] = np.uint64((row_base + min(ow0 + p, ow_hi - 1) * sw - off_w) * c_src + cb * B)
-                micro_lanes(flat, bases, offsets, wpk[cb, kh_lo * k_w:kh_hi * k_w], 0, 1, tile)
-                for p in range(min(P, ow_hi - ow0)):
+                    out_bases[p] = np.uint64((row * out_w + ow0 + p) * c_dst + cb * B)
+                w_block = wpk[cb, kh_lo * k_w:kh_hi * k_w]
+                if ow0 + P <= ow_hi:  # P distinct pixels: add the tile straight into dst
+                    micro_lanes_add(flat, bases, offsets, w_block, 0, 1, dst_flat, out_bases)
+                    continue
+                micro_lanes(flat, bases, offsets, w_block, 0, 1, tile)
+                for p in range(ow_hi - ow0):
                     out_pix = out_row[ow0 + p]
                     for b in range(B):
                         out_pix[cb * B + b] += tile[p, b]

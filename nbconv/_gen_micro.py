@@ -12,10 +12,12 @@ P = 5   # scalar rows of the tile (output pixels in the forward pass); 6 spills 
 B = 16  # vector lanes of the tile (output channels in the forward pass)
 
 
-def _tile_function(signature, doc, prelude, v_row, lanes):
-    """Source of one tile function: P x B named accumulators reduced over s in range(len(c))."""
+def _tile_function(signature, doc, prelude, v_row, lanes, accumulate=False):
+    """Source of one tile function: P x B named accumulators reduced over s in range(len(c)), stored
+    into tile[p, b], or added to dst[d[p] + b] when `accumulate`."""
     acc = [[f"a{p}_{b}" for b in range(B)] for p in range(P)]
-    lines = ["@kernel()", f"def {signature}:", f'    """{doc}"""', "    zero = tile.dtype.type(0)",
+    lines = ["@kernel()", f"def {signature}:", f'    """{doc}"""',
+             f"    zero = {'dst' if accumulate else 'tile'}.dtype.type(0)",
              "    " + "; ".join(f"a{p} = a[{p}]" for p in range(P))] + prelude
     lines += ["    " + " = ".join(acc[p]) + " = zero" for p in range(P)]
     lines += ["    for s in range(c.shape[0]):", "        cs = c[s]", f"        vs = {v_row}",
@@ -27,7 +29,13 @@ def _tile_function(signature, doc, prelude, v_row, lanes):
         else:  # one source value broadcast to every lane
             lines.append(f"        x{p} = src[a{p} + cs]")
             lines.append("        " + "; ".join(f"{acc[p][b]} += x{p} * w{b}" for b in range(B)))
-    lines += ["    " + "; ".join(f"tile[{p}, {b}] = {acc[p][b]}" for b in range(B)) for p in range(P)]
+    if accumulate:  # all loads of a row before its stores, so the row is one vector read-modify-write
+        for p in range(P):
+            lines.append(f"    d{p} = d[{p}]")
+            lines.append("    " + "; ".join(f"y{b} = dst[d{p} + k{b}]" for b in range(B)))
+            lines.append("    " + "; ".join(f"dst[d{p} + k{b}] = y{b} + {acc[p][b]}" for b in range(B)))
+    else:
+        lines += ["    " + "; ".join(f"tile[{p}, {b}] = {acc[p][b]}" for b in range(B)) for p in range(P)]
     return lines
 
 
@@ -43,7 +51,13 @@ def generate():
         f"tile[p, b] = sum_s src[a[p] + c[s] + b] * v[v0 + s*v_step, b] for p < {P}, b < {B}; src flat, "
         f"a and c unsigned, v C-contiguous rows of >= {B}.",
         ["    " + "; ".join(f"k{b} = np.uint64({b})" for b in range(B))], "v[v0 + s * v_step]", lanes=True)
-    return "\n".join(header + tile + ["", ""] + lanes) + "\n"
+    lanes_add = _tile_function(
+        "micro_lanes_add(src, a, c, v, v0, v_step, dst, d)",
+        f"dst[d[p] + b] += sum_s src[a[p] + c[s] + b] * v[v0 + s*v_step, b] for p < {P}, b < {B}; src, dst flat, "
+        f"a, c, d unsigned, the P rows of dst distinct, v C-contiguous rows of >= {B}.",
+        ["    " + "; ".join(f"k{b} = np.uint64({b})" for b in range(B))], "v[v0 + s * v_step]", lanes=True,
+        accumulate=True)
+    return "\n".join(header + tile + ["", ""] + lanes + ["", ""] + lanes_add) + "\n"
 
 
 if __name__ == "__main__":

@@ -68,3 +68,45 @@ def micro_lanes(src, a, c, v, v0, v_step, tile):
     tile[2, 0] = a2_0; tile[2, 1] = a2_1; tile[2, 2] = a2_2; tile[2, 3] = a2_3; tile[2, 4] = a2_4; tile[2, 5] = a2_5; tile[2, 6] = a2_6; tile[2, 7] = a2_7; tile[2, 8] = a2_8; tile[2, 9] = a2_9; tile[2, 10] = a2_10; tile[2, 11] = a2_11; tile[2, 12] = a2_12; tile[2, 13] = a2_13; tile[2, 14] = a2_14; tile[2, 15] = a2_15
     tile[3, 0] = a3_0; tile[3, 1] = a3_1; tile[3, 2] = a3_2; tile[3, 3] = a3_3; tile[3, 4] = a3_4; tile[3, 5] = a3_5; tile[3, 6] = a3_6; tile[3, 7] = a3_7; tile[3, 8] = a3_8; tile[3, 9] = a3_9; tile[3, 10] = a3_10; tile[3, 11] = a3_11; tile[3, 12] = a3_12; tile[3, 13] = a3_13; tile[3, 14] = a3_14; tile[3, 15] = a3_15
     tile[4, 0] = a4_0; tile[4, 1] = a4_1; tile[4, 2] = a4_2; tile[4, 3] = a4_3; tile[4, 4] = a4_4; tile[4, 5] = a4_5; tile[4, 6] = a4_6; tile[4, 7] = a4_7; tile[4, 8] = a4_8; tile[4, 9] = a4_9; tile[4, 10] = a4_10; tile[4, 11] = a4_11; tile[4, 12] = a4_12; tile[4, 13] = a4_13; tile[4, 14] = a4_14; tile[4, 15] = a4_15
+
+
+@kernel()
+def micro_lanes_add(src, a, c, v, v0, v_step, dst, d):
+    """dst[d[p] + b] += sum_s src[a[p] + c[s] + b] * v[v0 + s*v_step, b] for p < 5, b < 16; src, dst flat, a, c, d unsigned, the P rows of dst distinct, v C-contiguous rows of >= 16."""
+    zero = dst.dtype.type(0)
+    a0 = a[0]; a1 = a[1]; a2 = a[2]; a3 = a[3]; a4 = a[4]
+    k0 = np.uint64(0); k1 = np.uint64(1); k2 = np.uint64(2); k3 = np.uint64(3); k4 = np.uint64(4); k5 = np.uint64(5); k6 = np.uint64(6); k7 = np.uint64(7); k8 = np.uint64(8); k9 = np.uint64(9); k10 = np.uint64(10); k11 = np.uint64(11); k12 = np.uint64(12); k13 = np.uint64(13); k14 = np.uint64(14); k15 = np.uint64(15)
+    a0_0 = a0_1 = a0_2 = a0_3 = a0_4 = a0_5 = a0_6 = a0_7 = a0_8 = a0_9 = a0_10 = a0_11 = a0_12 = a0_13 = a0_14 = a0_15 = zero
+    a1_0 = a1_1 = a1_2 = a1_3 = a1_4 = a1_5 = a1_6 = a1_7 = a1_8 = a1_9 = a1_10 = a1_11 = a1_12 = a1_13 = a1_14 = a1_15 = zero
+    a2_0 = a2_1 = a2_2 = a2_3 = a2_4 = a2_5 = a2_6 = a2_7 = a2_8 = a2_9 = a2_10 = a2_11 = a2_12 = a2_13 = a2_14 = a2_15 = zero
+    a3_0 = a3_1 = a3_2 = a3_3 = a3_4 = a3_5 = a3_6 = a3_7 = a3_8 = a3_9 = a3_10 = a3_11 = a3_12 = a3_13 = a3_14 = a3_15 = zero
+    a4_0 = a4_1 = a4_2 = a4_3 = a4_4 = a4_5 = a4_6 = a4_7 = a4_8 = a4_9 = a4_10 = a4_11 = a4_12 = a4_13 = a4_14 = a4_15 = zero
+    for s in range(c.shape[0]):
+        cs = c[s]
+        vs = v[v0 + s * v_step]
+        w0 = vs[0]; w1 = vs[1]; w2 = vs[2]; w3 = vs[3]; w4 = vs[4]; w5 = vs[5]; w6 = vs[6]; w7 = vs[7]; w8 = vs[8]; w9 = vs[9]; w10 = vs[10]; w11 = vs[11]; w12 = vs[12]; w13 = vs[13]; w14 = vs[14]; w15 = vs[15]
+        r0 = a0 + cs
+        a0_0 += src[r0 + k0] * w0; a0_1 += src[r0 + k1] * w1; a0_2 += src[r0 + k2] * w2; a0_3 += src[r0 + k3] * w3; a0_4 += src[r0 + k4] * w4; a0_5 += src[r0 + k5] * w5; a0_6 += src[r0 + k6] * w6; a0_7 += src[r0 + k7] * w7; a0_8 += src[r0 + k8] * w8; a0_9 += src[r0 + k9] * w9; a0_10 += src[r0 + k10] * w10; a0_11 += src[r0 + k11] * w11; a0_12 += src[r0 + k12] * w12; a0_13 += src[r0 + k13] * w13; a0_14 += src[r0 + k14] * w14; a0_15 += src[r0 + k15] * w15
+        r1 = a1 + cs
+        a1_0 += src[r1 + k0] * w0; a1_1 += src[r1 + k1] * w1; a1_2 += src[r1 + k2] * w2; a1_3 += src[r1 + k3] * w3; a1_4 += src[r1 + k4] * w4; a1_5 += src[r1 + k5] * w5; a1_6 += src[r1 + k6] * w6; a1_7 += src[r1 + k7] * w7; a1_8 += src[r1 + k8] * w8; a1_9 += src[r1 + k9] * w9; a1_10 += src[r1 + k10] * w10; a1_11 += src[r1 + k11] * w11; a1_12 += src[r1 + k12] * w12; a1_13 += src[r1 + k13] * w13; a1_14 += src[r1 + k14] * w14; a1_15 += src[r1 + k15] * w15
+        r2 = a2 + cs
+        a2_0 += src[r2 + k0] * w0; a2_1 += src[r2 + k1] * w1; a2_2 += src[r2 + k2] * w2; a2_3 += src[r2 + k3] * w3; a2_4 += src[r2 + k4] * w4; a2_5 += src[r2 + k5] * w5; a2_6 += src[r2 + k6] * w6; a2_7 += src[r2 + k7] * w7; a2_8 += src[r2 + k8] * w8; a2_9 += src[r2 + k9] * w9; a2_10 += src[r2 + k10] * w10; a2_11 += src[r2 + k11] * w11; a2_12 += src[r2 + k12] * w12; a2_13 += src[r2 + k13] * w13; a2_14 += src[r2 + k14] * w14; a2_15 += src[r2 + k15] * w15
+        r3 = a3 + cs
+        a3_0 += src[r3 + k0] * w0; a3_1 += src[r3 + k1] * w1; a3_2 += src[r3 + k2] * w2; a3_3 += src[r3 + k3] * w3; a3_4 += src[r3 + k4] * w4; a3_5 += src[r3 + k5] * w5; a3_6 += src[r3 + k6] * w6; a3_7 += src[r3 + k7] * w7; a3_8 += src[r3 + k8] * w8; a3_9 += src[r3 + k9] * w9; a3_10 += src[r3 + k10] * w10; a3_11 += src[r3 + k11] * w11; a3_12 += src[r3 + k12] * w12; a3_13 += src[r3 + k13] * w13; a3_14 += src[r3 + k14] * w14; a3_15 += src[r3 + k15] * w15
+        r4 = a4 + cs
+        a4_0 += src[r4 + k0] * w0; a4_1 += src[r4 + k1] * w1; a4_2 += src[r4 + k2] * w2; a4_3 += src[r4 + k3] * w3; a4_4 += src[r4 + k4] * w4; a4_5 += src[r4 + k5] * w5; a4_6 += src[r4 + k6] * w6; a4_7 += src[r4 + k7] * w7; a4_8 += src[r4 + k8] * w8; a4_9 += src[r4 + k9] * w9; a4_10 += src[r4 + k10] * w10; a4_11 += src[r4 + k11] * w11; a4_12 += src[r4 + k12] * w12; a4_13 += src[r4 + k13] * w13; a4_14 += src[r4 + k14] * w14; a4_15 += src[r4 + k15] * w15
+    d0 = d[0]
+    y0 = dst[d0 + k0]; y1 = dst[d0 + k1]; y2 = dst[d0 + k2]; y3 = dst[d0 + k3]; y4 = dst[d0 + k4]; y5 = dst[d0 + k5]; y6 = dst[d0 + k6]; y7 = dst[d0 + k7]; y8 = dst[d0 + k8]; y9 = dst[d0 + k9]; y10 = dst[d0 + k10]; y11 = dst[d0 + k11]; y12 = dst[d0 + k12]; y13 = dst[d0 + k13]; y14 = dst[d0 + k14]; y15 = dst[d0 + k15]
+    dst[d0 + k0] = y0 + a0_0; dst[d0 + k1] = y1 + a0_1; dst[d0 + k2] = y2 + a0_2; dst[d0 + k3] = y3 + a0_3; dst[d0 + k4] = y4 + a0_4; dst[d0 + k5] = y5 + a0_5; dst[d0 + k6] = y6 + a0_6; dst[d0 + k7] = y7 + a0_7; dst[d0 + k8] = y8 + a0_8; dst[d0 + k9] = y9 + a0_9; dst[d0 + k10] = y10 + a0_10; dst[d0 + k11] = y11 + a0_11; dst[d0 + k12] = y12 + a0_12; dst[d0 + k13] = y13 + a0_13; dst[d0 + k14] = y14 + a0_14; dst[d0 + k15] = y15 + a0_15
+    d1 = d[1]
+    y0 = dst[d1 + k0]; y1 = dst[d1 + k1]; y2 = dst[d1 + k2]; y3 = dst[d1 + k3]; y4 = dst[d1 + k4]; y5 = dst[d1 + k5]; y6 = dst[d1 + k6]; y7 = dst[d1 + k7]; y8 = dst[d1 + k8]; y9 = dst[d1 + k9]; y10 = dst[d1 + k10]; y11 = dst[d1 + k11]; y12 = dst[d1 + k12]; y13 = dst[d1 + k13]; y14 = dst[d1 + k14]; y15 = dst[d1 + k15]
+    dst[d1 + k0] = y0 + a1_0; dst[d1 + k1] = y1 + a1_1; dst[d1 + k2] = y2 + a1_2; dst[d1 + k3] = y3 + a1_3; dst[d1 + k4] = y4 + a1_4; dst[d1 + k5] = y5 + a1_5; dst[d1 + k6] = y6 + a1_6; dst[d1 + k7] = y7 + a1_7; dst[d1 + k8] = y8 + a1_8; dst[d1 + k9] = y9 + a1_9; dst[d1 + k10] = y10 + a1_10; dst[d1 + k11] = y11 + a1_11; dst[d1 + k12] = y12 + a1_12; dst[d1 + k13] = y13 + a1_13; dst[d1 + k14] = y14 + a1_14; dst[d1 + k15] = y15 + a1_15
+    d2 = d[2]
+    y0 = dst[d2 + k0]; y1 = dst[d2 + k1]; y2 = dst[d2 + k2]; y3 = dst[d2 + k3]; y4 = dst[d2 + k4]; y5 = dst[d2 + k5]; y6 = dst[d2 + k6]; y7 = dst[d2 + k7]; y8 = dst[d2 + k8]; y9 = dst[d2 + k9]; y10 = dst[d2 + k10]; y11 = dst[d2 + k11]; y12 = dst[d2 + k12]; y13 = dst[d2 + k13]; y14 = dst[d2 + k14]; y15 = dst[d2 + k15]
+    dst[d2 + k0] = y0 + a2_0; dst[d2 + k1] = y1 + a2_1; dst[d2 + k2] = y2 + a2_2; dst[d2 + k3] = y3 + a2_3; dst[d2 + k4] = y4 + a2_4; dst[d2 + k5] = y5 + a2_5; dst[d2 + k6] = y6 + a2_6; dst[d2 + k7] = y7 + a2_7; dst[d2 + k8] = y8 + a2_8; dst[d2 + k9] = y9 + a2_9; dst[d2 + k10] = y10 + a2_10; dst[d2 + k11] = y11 + a2_11; dst[d2 + k12] = y12 + a2_12; dst[d2 + k13] = y13 + a2_13; dst[d2 + k14] = y14 + a2_14; dst[d2 + k15] = y15 + a2_15
+    d3 = d[3]
+    y0 = dst[d3 + k0]; y1 = dst[d3 + k1]; y2 = dst[d3 + k2]; y3 = dst[d3 + k3]; y4 = dst[d3 + k4]; y5 = dst[d3 + k5]; y6 = dst[d3 + k6]; y7 = dst[d3 + k7]; y8 = dst[d3 + k8]; y9 = dst[d3 + k9]; y10 = dst[d3 + k10]; y11 = dst[d3 + k11]; y12 = dst[d3 + k12]; y13 = dst[d3 + k13]; y14 = dst[d3 + k14]; y15 = dst[d3 + k15]
+    dst[d3 + k0] = y0 + a3_0; dst[d3 + k1] = y1 + a3_1; dst[d3 + k2] = y2 + a3_2; dst[d3 + k3] = y3 + a3_3; dst[d3 + k4] = y4 + a3_4; dst[d3 + k5] = y5 + a3_5; dst[d3 + k6] = y6 + a3_6; dst[d3 + k7] = y7 + a3_7; dst[d3 + k8] = y8 + a3_8; dst[d3 + k9] = y9 + a3_9; dst[d3 + k10] = y10 + a3_10; dst[d3 + k11] = y11 + a3_11; dst[d3 + k12] = y12 + a3_12; dst[d3 + k13] = y13 + a3_13; dst[d3 + k14] = y14 + a3_14; dst[d3 + k15] = y15 + a3_15
+    d4 = d[4]
+    y0 = dst[d4 + k0]; y1 = dst[d4 + k1]; y2 = dst[d4 + k2]; y3 = dst[d4 + k3]; y4 = dst[d4 + k4]; y5 = dst[d4 + k5]; y6 = dst[d4 + k6]; y7 = dst[d4 + k7]; y8 = dst[d4 + k8]; y9 = dst[d4 + k9]; y10 = dst[d4 + k10]; y11 = dst[d4 + k11]; y12 = dst[d4 + k12]; y13 = dst[d4 + k13]; y14 = dst[d4 + k14]; y15 = dst[d4 + k15]
+    dst[d4 + k0] = y0 + a4_0; dst[d4 + k1] = y1 + a4_1; dst[d4 + k2] = y2 + a4_2; dst[d4 + k3] = y3 + a4_3; dst[d4 + k4] = y4 + a4_4; dst[d4 + k5] = y5 + a4_5; dst[d4 + k6] = y6 + a4_6; dst[d4 + k7] = y7 + a4_7; dst[d4 + k8] = y8 + a4_8; dst[d4 + k9] = y9 + a4_9; dst[d4 + k10] = y10 + a4_10; dst[d4 + k11] = y11 + a4_11; dst[d4 + k12] = y12 + a4_12; dst[d4 + k13] = y13 + a4_13; dst[d4 + k14] = y14 + a4_14; dst[d4 + k15] = y15 + a4_15
