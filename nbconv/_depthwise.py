@@ -43,11 +43,12 @@ def forward(src, w, wpk, taps, bias, dst, off_h, off_w, sh, sw, dh, dw):
     m = c_dst // c_src
     flat = src.reshape(-1)
     dst_flat = dst.reshape(-1)
-    # Interior: the columns whose every tap is inside src, and the full B-channel blocks (m == 1),
-    # run through the register tile; borders and leftover channels through the plain loops.
+    # Interior: whole tiles of P columns whose every tap is inside src, and the full B-channel blocks
+    # (m == 1), run through the register tile; the other columns and channels through the plain loops.
     c_full = (c_dst // B) * B if m == 1 else 0
     ow_lo = min(out_w, max(0, -((-off_w) // sw)))
     ow_hi = max(ow_lo, min(out_w, (w_src - 1 - (k_w - 1) * dw + off_w) // sw + 1))
+    ow_hi = ow_lo + (ow_hi - ow_lo) // P * P
     for row in prange(n_img * out_h):
         n = row // out_h
         oh = row - n * out_h
@@ -72,7 +73,6 @@ def forward(src, w, wpk, taps, bias, dst, off_h, off_w, sh, sw, dh, dw):
                         _madd_row(out_row[ow], src_row[ow * sw + kw * dw - off_w], wv, m, c_full)
         if c_full == 0 or ow_hi == ow_lo or kh_hi == kh_lo:
             continue
-        tile = np.empty((P, B), dtype=dst.dtype)
         bases = np.empty(P, dtype=np.uint64)
         out_bases = np.empty(P, dtype=np.uint64)
         offsets = taps[kh_lo, kh_lo * k_w:kh_hi * k_w]
@@ -80,17 +80,9 @@ def forward(src, w, wpk, taps, bias, dst, off_h, off_w, sh, sw, dh, dw):
         for ow0 in range(ow_lo, ow_hi, P):
             for cb in range(c_full // B):
                 for p in range(P):
-                    bases[p] = np.uint64((row_base + min(ow0 + p, ow_hi - 1) * sw - off_w) * c_src + cb * B)
+                    bases[p] = np.uint64((row_base + (ow0 + p) * sw - off_w) * c_src + cb * B)
                     out_bases[p] = np.uint64((row * out_w + ow0 + p) * c_dst + cb * B)
-                w_block = wpk[cb, kh_lo * k_w:kh_hi * k_w]
-                if ow0 + P <= ow_hi:  # P distinct pixels: add the tile straight into dst
-                    micro_lanes_add(flat, bases, offsets, w_block, 0, 1, dst_flat, out_bases)
-                    continue
-                micro_lanes(flat, bases, offsets, w_block, 0, 1, tile)
-                for p in range(ow_hi - ow0):
-                    out_pix = out_row[ow0 + p]
-                    for b in range(B):
-                        out_pix[cb * B + b] += tile[p, b]
+                micro_lanes_add(flat, bases, offsets, wpk[cb, kh_lo * k_w:kh_hi * k_w], 0, 1, dst_flat, out_bases)
 
 
 @kernel(parallel=True)
