@@ -3,16 +3,19 @@
 Every class warms the JIT up in `setup` (asv's `setup_cache` would run in another process, so it
 cannot warm a process's dispatchers; on-disk caching makes later processes' warm-up cheap).
 The PyTorch classes raise NotImplementedError in `setup`, which asv reports as skipped, when torch
-is not installed. PyTorch gets channels_last tensors, its fast layout for NHWC data.
+is not installed. PyTorch gets channels_last (channels_last_3d) tensors, its fast layout for
+channels-last data.
 """
 import time
+from collections import namedtuple
 
 import numpy as np
 
 import nbconv
 
-from .common import (CONV1D_SHAPES, CONV2D_SHAPES, DEPTHWISE_SHAPES, TRANSPOSE2D_SHAPES, conv1d_data,
-                     conv1d_flops, conv2d_data, conv2d_flops, transpose2d_data, transpose2d_flops)
+from .common import (CONV1D_SHAPES, CONV2D_SHAPES, CONV3D_SHAPES, DEPTHWISE_SHAPES, TRANSPOSE2D_SHAPES,
+                     conv1d_data, conv1d_flops, conv2d_data, conv2d_flops, conv3d_data, conv3d_flops,
+                     transpose2d_data, transpose2d_flops)
 
 # Generous: the first process after an install compiles every kernel it touches inside `setup`.
 TIMEOUT = 600
@@ -55,33 +58,52 @@ class _Benchmark:
     track_gflops.unit = "GFLOP/s"
 
 
-class _Conv2dData(_Benchmark):
-    params = [CONV2D_SHAPES]
+# What a conv{1,2,3}d benchmark needs, by number of spatial dimensions: common.py's seeded data builder
+# and forward FLOP count, nbconv's forward and backward.
+_Conv = namedtuple("_Conv", "data flops forward backward")
+_CONVS = {
+    1: _Conv(conv1d_data, conv1d_flops, nbconv.conv1d, nbconv.conv1d_backward),
+    2: _Conv(conv2d_data, conv2d_flops, nbconv.conv2d, nbconv.conv2d_backward),
+    3: _Conv(conv3d_data, conv3d_flops, nbconv.conv3d, nbconv.conv3d_backward),
+}
+
+
+class _ConvData(_Benchmark):
+    """x, w, bias and grad_out of a convolution: subclasses set `params` (shapes ending in stride, pad,
+    groups, as in common.py) and `dims`, the number of spatial dimensions."""
+    flops_factor = 1  # the backward classes: 2 (gradients w.r.t. input and weight)
 
     def prepare(self, shape):
-        self.x, self.w, self.b, self.gy = conv2d_data(shape)
-        _, _, _, _, _, _, stride, pad, groups = shape
+        self.conv = _CONVS[self.dims]
+        self.x, self.w, self.b, self.gy = self.conv.data(shape)
+        stride, pad, groups = shape[-3:]
         self.options = dict(stride=stride, padding=pad, groups=groups)
-        self.flops = conv2d_flops(shape)
+        self.flops = self.flops_factor * self.conv.flops(shape)
 
 
-class Conv2dForward(_Conv2dData):
+class _ConvForward(_ConvData):
+    """nbconv's forward with bias."""
+
+    def compute(self):
+        return self.conv.forward(self.x, self.w, self.b, **self.options)
+
+
+class _ConvBackward(_ConvData):
+    """nbconv's backward: gradients w.r.t. input, weight and bias (twice the forward's FLOPs)."""
+    flops_factor = 2
+
+    def compute(self):
+        return self.conv.backward(self.gy, self.x, self.w, needs=("input", "weight", "bias"), **self.options)
+
+
+class Conv2dForward(_ConvForward):
     """nbconv.conv2d with bias."""
-
-    def compute(self):
-        return nbconv.conv2d(self.x, self.w, self.b, **self.options)
+    params, dims = [CONV2D_SHAPES], 2
 
 
-class Conv2dBackward(_Conv2dData):
+class Conv2dBackward(_ConvBackward):
     """nbconv.conv2d_backward: gradients w.r.t. input, weight and bias (twice the forward's FLOPs)."""
-
-    def prepare(self, shape):
-        super().prepare(shape)
-        self.flops = 2 * conv2d_flops(shape)
-
-    def compute(self):
-        return nbconv.conv2d_backward(self.gy, self.x, self.w, needs=("input", "weight", "bias"),
-                                      **self.options)
+    params, dims = [CONV2D_SHAPES], 2
 
 
 class DepthwiseForward(Conv2dForward):
@@ -94,33 +116,24 @@ class DepthwiseBackward(Conv2dBackward):
     params = [DEPTHWISE_SHAPES]
 
 
-class _Conv1dData(_Benchmark):
-    params = [CONV1D_SHAPES]
-
-    def prepare(self, shape):
-        self.x, self.w, self.b, self.gy = conv1d_data(shape)
-        _, _, _, _, _, stride, pad, groups = shape
-        self.options = dict(stride=stride, padding=pad, groups=groups)
-        self.flops = conv1d_flops(shape)
-
-
-class Conv1dForward(_Conv1dData):
+class Conv1dForward(_ConvForward):
     """nbconv.conv1d with bias."""
-
-    def compute(self):
-        return nbconv.conv1d(self.x, self.w, self.b, **self.options)
+    params, dims = [CONV1D_SHAPES], 1
 
 
-class Conv1dBackward(_Conv1dData):
+class Conv1dBackward(_ConvBackward):
     """nbconv.conv1d_backward: gradients w.r.t. input, weight and bias."""
+    params, dims = [CONV1D_SHAPES], 1
 
-    def prepare(self, shape):
-        super().prepare(shape)
-        self.flops = 2 * conv1d_flops(shape)
 
-    def compute(self):
-        return nbconv.conv1d_backward(self.gy, self.x, self.w, needs=("input", "weight", "bias"),
-                                      **self.options)
+class Conv3dForward(_ConvForward):
+    """nbconv.conv3d with bias."""
+    params, dims = [CONV3D_SHAPES], 3
+
+
+class Conv3dBackward(_ConvBackward):
+    """nbconv.conv3d_backward: gradients w.r.t. input, weight and bias (twice the forward's FLOPs)."""
+    params, dims = [CONV3D_SHAPES], 3
 
 
 class ConvTranspose2d(_Benchmark):
@@ -145,46 +158,74 @@ def _import_torch():
     return torch
 
 
-def _torch_nchw(torch, a, requires_grad=False):
-    """An (N, H, W, C) array as a channels_last NCHW tensor (a permuted view of a copy)."""
-    return torch.from_numpy(np.array(a)).permute(0, 3, 1, 2).requires_grad_(requires_grad)
-
-
-def _torch_oihw(torch, w, requires_grad=False):
-    """A (KH, KW, I, O) weight as an (O, I, KH, KW) tensor in PyTorch's channels_last weight layout."""
-    t = torch.from_numpy(np.array(w)).permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
+def _torch_activation(torch, a, requires_grad=False):
+    """A channels-last array (N, *sizes, C) as PyTorch's (N, C, *sizes) tensor, channels_last
+    (channels_last_3d) in memory: a permuted view of a copy."""
+    t = torch.from_numpy(np.array(a)).permute(0, a.ndim - 1, *range(1, a.ndim - 1))
     return t.requires_grad_(requires_grad)
 
 
-class _TorchConv2dData(_Conv2dData):
+def _torch_weight(torch, w, requires_grad=False):
+    """A (*kernel, I, O) weight as an (O, I, *kernel) tensor in PyTorch's channels_last (channels_last_3d)
+    weight layout."""
+    dims = w.ndim - 2
+    layout = {2: torch.channels_last, 3: torch.channels_last_3d}[dims]
+    t = torch.from_numpy(np.array(w)).permute(dims + 1, dims, *range(dims)).contiguous(memory_format=layout)
+    return t.requires_grad_(requires_grad)
+
+
+class _TorchConvData(_ConvData):
+    """The same data as PyTorch tensors and torch.nn.functional's conv of `dims` dimensions."""
+
     def prepare(self, shape):
         torch = _import_torch()
         super().prepare(shape)
         self.torch = torch
-        self.tx = _torch_nchw(torch, self.x, requires_grad=True)
-        self.tw = _torch_oihw(torch, self.w, requires_grad=True)
+        self.torch_conv = getattr(torch.nn.functional, f"conv{self.dims}d")
+        self.tx = _torch_activation(torch, self.x, requires_grad=True)
+        self.tw = _torch_weight(torch, self.w, requires_grad=True)
         self.tb = torch.from_numpy(self.b.copy()).requires_grad_(True)
-        self.tgy = _torch_nchw(torch, self.gy)
+        self.tgy = _torch_activation(torch, self.gy)
 
 
-class TorchConv2dForward(_TorchConv2dData):
-    """torch.nn.functional.conv2d on channels_last tensors (no autograd graph), the reference."""
+class _TorchConvForward(_TorchConvData):
+    """PyTorch's forward on channels-last tensors (no autograd graph), the reference."""
 
     def compute(self):
         with self.torch.no_grad():
-            return self.torch.nn.functional.conv2d(self.tx, self.tw, self.tb, **self.options)
+            return self.torch_conv(self.tx, self.tw, self.tb, **self.options)
 
 
-class TorchConv2dBackward(_TorchConv2dData):
-    """PyTorch's autograd backward of conv2d w.r.t. input, weight and bias (the graph is built once)."""
+class _TorchConvBackward(_TorchConvData):
+    """PyTorch's autograd backward w.r.t. input, weight and bias (the graph is built once)."""
+    flops_factor = 2
 
     def prepare(self, shape):
         super().prepare(shape)
-        self.flops = 2 * conv2d_flops(shape)
-        self.ty = self.torch.nn.functional.conv2d(self.tx, self.tw, self.tb, **self.options)
+        self.ty = self.torch_conv(self.tx, self.tw, self.tb, **self.options)
 
     def compute(self):
         return self.torch.autograd.grad(self.ty, (self.tx, self.tw, self.tb), self.tgy, retain_graph=True)
+
+
+class TorchConv2dForward(_TorchConvForward):
+    """torch.nn.functional.conv2d on channels_last tensors (no autograd graph), the reference."""
+    params, dims = [CONV2D_SHAPES], 2
+
+
+class TorchConv2dBackward(_TorchConvBackward):
+    """PyTorch's autograd backward of conv2d w.r.t. input, weight and bias (the graph is built once)."""
+    params, dims = [CONV2D_SHAPES], 2
+
+
+class TorchConv3dForward(_TorchConvForward):
+    """torch.nn.functional.conv3d on channels_last_3d tensors (no autograd graph), the reference."""
+    params, dims = [CONV3D_SHAPES], 3
+
+
+class TorchConv3dBackward(_TorchConvBackward):
+    """PyTorch's autograd backward of conv3d w.r.t. input, weight and bias (the graph is built once)."""
+    params, dims = [CONV3D_SHAPES], 3
 
 
 class TorchConvTranspose2d(ConvTranspose2d):
@@ -194,9 +235,9 @@ class TorchConvTranspose2d(ConvTranspose2d):
         torch = _import_torch()
         super().prepare(shape)
         self.torch = torch
-        self.tx = _torch_nchw(torch, self.x)
+        self.tx = _torch_activation(torch, self.x)
         # nbconv's (KH, KW, C_out // groups, C_in) is PyTorch's (C_in, C_out // groups, KH, KW) permuted
-        self.tw = _torch_oihw(torch, self.w)
+        self.tw = _torch_weight(torch, self.w)
         self.tb = torch.from_numpy(self.b.copy())
 
     def compute(self):

@@ -96,3 +96,38 @@ def transpose2d_flops(shape):
     """Each input pixel scatters K*K*(C_out // groups) multiply-adds per input channel."""
     n, h, w_, ci, co, k, s, p, g = shape
     return 2.0 * n * h * w_ * ci * k * k * (co // g)
+
+
+# (N, D, H, W, C_in, C_out, K, stride, pad, groups), stride and pad an int or a (D, H, W) triple: conv3d
+# forward and backward, the shapes of issue 10; `python -m nbconv bench` uses the same four.
+CONV3D_SHAPES = [
+    (2, 16, 32, 32, 32, 32, 3, 1, 1, 1),          # 3-D U-Net encoder layer (Cicek et al. 2016)
+    (4, 16, 28, 28, 64, 64, 3, (2, 1, 1), 1, 1),  # video layer, C3D-style 3x3x3 with a temporal stride
+    (4, 16, 28, 28, 64, 64, 3, 1, 1, 64),         # depthwise 3x3x3 (X3D's channelwise convolution)
+    (4, 8, 28, 28, 128, 128, 1, 1, 0, 1),         # 1x1x1 bottleneck projection (I3D / X3D)
+]
+
+
+def conv3d_output_sizes(shape):
+    """(D_out, H_out, W_out) of a CONV3D_SHAPES entry (stride and pad an int or one per dimension)."""
+    n, d, h, w_, ci, co, k, s, p, g = shape
+    per_dim = [v if isinstance(v, tuple) else (v,) * 3 for v in (s, p)]
+    return tuple(conv_output_size(size, k, st, pd) for size, st, pd in zip((d, h, w_), *per_dim))
+
+
+def conv3d_data(shape, dtype=DTYPE, seed=SEED):
+    """x (N, D, H, W, C_in), w (K, K, K, C_in // groups, C_out), bias (C_out,) and a grad_out for them."""
+    n, d, h, w_, ci, co, k, s, p, g = shape
+    rng = np.random.default_rng(seed)
+    x = _normal(rng, (n, d, h, w_, ci), 1.0, dtype)
+    w = _normal(rng, (k, k, k, ci // g, co), (k * k * k * ci // g) ** -0.5, dtype)
+    b = _normal(rng, (co,), 0.1, dtype)
+    gy = _normal(rng, (n, *conv3d_output_sizes(shape), co), 1.0, dtype)
+    return x, w, b, gy
+
+
+def conv3d_flops(shape):
+    """Multiply-adds x 2 of one conv3d forward (the backward w.r.t. input and weight costs twice this)."""
+    n, d, h, w_, ci, co, k, s, p, g = shape
+    d_out, h_out, w_out = conv3d_output_sizes(shape)
+    return 2.0 * n * d_out * h_out * w_out * co * k * k * k * (ci // g)

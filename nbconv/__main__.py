@@ -5,7 +5,8 @@ import sys
 
 # subcommand -> (module providing add_arguments(parser) and run(args), one-line help)
 COMMANDS = {
-    "bench": ("nbconv._bench", "benchmark table: nbconv vs PyTorch and NumPy im2col (forward and backward)"),
+    "bench": ("nbconv._bench", "benchmark tables, conv2d and conv3d, forward and backward: nbconv vs PyTorch "
+                               "(and NumPy im2col for 2-D)"),
     "demo": ("nbconv._demo", "train a small CNN with nothing but nbconv and NumPy"),
     "lenet": ("nbconv._lenet", "LeNet on MNIST: torch.nn.Conv2d vs nbconv.torch.Conv2d (needs PyTorch)"),
 }

@@ -1,8 +1,9 @@
-"""`python -m nbconv bench`: nbconv's conv2d forward and backward against PyTorch and NumPy im2col.
+"""`python -m nbconv bench`: nbconv's conv2d and conv3d forward and backward against PyTorch and NumPy im2col.
 
-One row per shape: nbconv's forward and backward (gradients w.r.t. input, weight and bias) time and
-GFLOP/s, PyTorch's forward and backward time on channels_last tensors when torch is installed, the
-ratio of the forward+backward times (nbconv / PyTorch, lower is better), and the classic NumPy
+One table per dimension count (`--dims`: 2-D, then 3-D), one row per shape: nbconv's forward and
+backward (gradients w.r.t. input, weight and bias) time and GFLOP/s, PyTorch's forward and backward
+time on channels_last (channels_last_3d) tensors when torch is installed, the ratio of the
+forward+backward times (nbconv / PyTorch, lower is better), and, for 2-D only, the classic NumPy
 im2col forward (`as_strided` windows + one matmul per group). A final row gives geometric means.
 
 How it measures: everything runs in this one process, each function is called once before timing
@@ -36,7 +37,19 @@ SHAPES = [
     (32, 14, 14, 256, 256, 1, 1, 0, 1),
     (8, 56, 56, 64, 64, 3, 1, 1, 64),
 ]
-FIELDS = ("N", "H", "W", "C_in", "C_out", "K", "stride", "pad", "groups")
+# (N, D, H, W, C_in, C_out, K, stride, pad, groups), stride and pad an int or a (D, H, W) triple: the
+# shapes of issue 10, the same as benchmarks/common.py's CONV3D_SHAPES (a test keeps the two equal).
+SHAPES_3D = [
+    (2, 16, 32, 32, 32, 32, 3, 1, 1, 1),          # 3-D U-Net encoder layer (Cicek et al. 2016)
+    (4, 16, 28, 28, 64, 64, 3, (2, 1, 1), 1, 1),  # video layer, C3D-style 3x3x3 with a temporal stride
+    (4, 16, 28, 28, 64, 64, 3, 1, 1, 64),         # depthwise 3x3x3 (X3D's channelwise convolution)
+    (4, 8, 28, 28, 128, 128, 1, 1, 0, 1),         # 1x1x1 bottleneck projection (I3D / X3D)
+]
+DEFAULT_SHAPES = {2: SHAPES, 3: SHAPES_3D}
+# The fields of a shape by number of spatial dimensions: 7 besides the spatial sizes.
+FIELDS = {2: ("N", "H", "W", "C_in", "C_out", "K", "stride", "pad", "groups"),
+          3: ("N", "D", "H", "W", "C_in", "C_out", "K", "stride", "pad", "groups")}
+_SHORT_FIELDS = {"C_in": "Cin", "C_out": "Cout", "stride": "s", "pad": "p", "groups": "g"}  # table heads
 SEED = 20261122
 MIN_SECONDS = 0.05
 MAX_CALLS = 1000
@@ -46,43 +59,109 @@ def output_size(size, k, stride, pad):
     return (size + 2 * pad - k) // stride + 1
 
 
+def spatial_dims(shape):
+    """The number of spatial sizes in a shape (N, *sizes, C_in, C_out, K, stride, pad, groups)."""
+    return len(shape) - 7
+
+
+def per_dim(value, dims):
+    """An int, or a tuple/list of one per spatial dimension, as a tuple of `dims` ints."""
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,) * dims
+
+
+def unpack(shape):
+    """(n, sizes, c_in, c_out, k, strides, pads, groups) of a shape, sizes, strides and pads as tuples."""
+    dims = spatial_dims(shape)
+    n, sizes, (ci, co, k, stride, pad, groups) = shape[0], tuple(shape[1:1 + dims]), shape[1 + dims:]
+    return n, sizes, ci, co, k, per_dim(stride, dims), per_dim(pad, dims), groups
+
+
+def output_sizes(shape):
+    _, sizes, _, _, k, strides, pads, _ = unpack(shape)
+    return tuple(output_size(size, k, stride, pad) for size, stride, pad in zip(sizes, strides, pads))
+
+
+def conv_options(shape):
+    """The stride, padding and groups arguments (for nbconv and PyTorch alike) of a shape."""
+    stride, pad, groups = shape[-3:]
+    return dict(stride=stride, padding=pad, groups=groups)
+
+
+def format_shape(shape):
+    """'4,16,28,28,64,64,3,2x1x1,1,1': the form `--shape` reads (per-dimension values joined by 'x')."""
+    return ",".join("x".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v) for v in shape)
+
+
+def _fields_text():
+    return " or ".join(f"{len(f)} fields {','.join(f)}" for f in FIELDS.values())
+
+
 def parse_shape(text):
-    """'N,H,W,C_in,C_out,K,stride,pad,groups' -> a tuple of 9 ints, checked for consistency."""
+    """A 2-D 'N,H,W,C_in,C_out,K,stride,pad,groups' or 3-D 'N,D,H,W,C_in,C_out,K,stride,pad,groups' ->
+    a tuple of ints, checked for consistency; stride and pad may be given per dimension (2x1x1)."""
+    fields = text.split(",")
+    dims = len(fields) - 7
+    if dims not in FIELDS:
+        raise argparse.ArgumentTypeError(f"expected {_fields_text()}, got {text!r}")
     try:
-        shape = tuple(int(v) for v in text.split(","))
+        shape = tuple(tuple(int(v) for v in f.split("x")) if "x" in f and i >= len(fields) - 3 else int(f)
+                      for i, f in enumerate(fields))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {len(FIELDS)} integers {','.join(FIELDS)}, got {text!r}")
-    if len(shape) != len(FIELDS):
-        raise argparse.ArgumentTypeError(f"expected {len(FIELDS)} integers {','.join(FIELDS)}, got {text!r}")
-    n, h, w, ci, co, k, stride, pad, groups = shape
-    if min(n, h, w, ci, co, k, stride, groups) < 1 or pad < 0:
+        raise argparse.ArgumentTypeError(f"expected integers (stride and pad may be one per dimension, "
+                                         f"like 2x1x1), got {text!r}")
+    n, sizes, ci, co, k, strides, pads, groups = unpack(shape)
+    if not isinstance(groups, int) or len(strides) != dims or len(pads) != dims:
+        raise argparse.ArgumentTypeError(f"stride and pad take 1 or {dims} values and groups 1, got {text!r}")
+    if min(n, *sizes, ci, co, k, *strides, groups) < 1 or min(pads) < 0:
         raise argparse.ArgumentTypeError(f"sizes, stride and groups must be >= 1 and pad >= 0, got {text!r}")
     if ci % groups or co % groups:
         raise argparse.ArgumentTypeError(f"groups={groups} must divide C_in={ci} and C_out={co}")
-    if output_size(h, k, stride, pad) < 1 or output_size(w, k, stride, pad) < 1:
-        raise argparse.ArgumentTypeError(f"K={k} is larger than the padded input {h + 2 * pad}x{w + 2 * pad}")
+    if min(output_sizes(shape)) < 1:
+        padded = "x".join(str(size + 2 * pad) for size, pad in zip(sizes, pads))
+        raise argparse.ArgumentTypeError(f"K={k} is larger than the padded input {padded}")
     return shape
 
 
-def parse_indices(text):
-    """'0,3,5' -> [0, 3, 5], each an index into SHAPES."""
+def _indices_into(shapes):
+    """The argparse type of '0,3,5' -> [0, 3, 5], each an index into `shapes`."""
+    def parse_indices(text):
+        try:
+            indices = [int(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated indices, got {text!r}")
+        bad = [i for i in indices if not 0 <= i < len(shapes)]
+        if bad:
+            raise argparse.ArgumentTypeError(f"shape indices must be in 0..{len(shapes) - 1}, got {bad}")
+        return indices
+    return parse_indices
+
+
+def parse_dims(text):
+    """'2,3' -> (2, 3): which tables to run."""
     try:
-        indices = [int(v) for v in text.split(",")]
+        dims = sorted({int(v) for v in text.split(",")})
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated indices, got {text!r}")
-    bad = [i for i in indices if not 0 <= i < len(SHAPES)]
-    if bad:
-        raise argparse.ArgumentTypeError(f"shape indices must be in 0..{len(SHAPES) - 1}, got {bad}")
-    return indices
+        dims = None
+    if not dims or not set(dims) <= set(FIELDS):
+        raise argparse.ArgumentTypeError(f"expected 2, 3 or 2,3, got {text!r}")
+    return tuple(dims)
 
 
 def add_arguments(parser):
-    listing = "; ".join(f"{i}: {','.join(map(str, s))}" for i, s in enumerate(SHAPES))
-    parser.epilog = f"Default shapes ({','.join(FIELDS)}): {listing}."
-    parser.add_argument("--shapes", type=parse_indices, metavar="I,J,...",
-                        help="indices of the default shapes to run (default: all, unless --shape is given)")
-    parser.add_argument("--shape", type=parse_shape, action="append", default=[], metavar=",".join(FIELDS),
-                        help="a custom shape (repeatable); runs after the --shapes ones")
+    parser.epilog = " ".join(
+        f"Default {dims}-D shapes ({','.join(FIELDS[dims])}): "
+        + "; ".join(f"{i}: {format_shape(s)}" for i, s in enumerate(shapes)) + "."
+        for dims, shapes in DEFAULT_SHAPES.items())
+    parser.add_argument("--dims", type=parse_dims, default=(2, 3), metavar="2,3",
+                        help="the tables to run: conv2d (2), conv3d (3) or both (default: 2,3)")
+    picked = "; by default every shape of --dims runs, unless some are picked with --shapes, --shapes3d or --shape"
+    parser.add_argument("--shapes", type=_indices_into(SHAPES), metavar="I,J,...",
+                        help=f"indices of the default 2-D shapes to run{picked}")
+    parser.add_argument("--shapes3d", type=_indices_into(SHAPES_3D), metavar="I,J,...",
+                        help="indices of the default 3-D shapes to run")
+    parser.add_argument("--shape", type=parse_shape, action="append", default=[], metavar="N,[D,]H,W,...",
+                        help=f"a custom shape (repeatable), {_fields_text()}; stride and pad may be one per "
+                             "dimension, like 2x1x1; runs after the picked default shapes (2-D before 3-D)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("--threads", type=int, metavar="T",
                         help="threads for numba, PyTorch and NumPy's BLAS (default: numba's, all cores)")
@@ -96,34 +175,38 @@ def add_arguments(parser):
     parser.add_argument("--json", metavar="PATH", help="also write every sample and the settings to PATH")
 
 
-def conv2d_flops(shape):
+def conv_flops(shape):
     """2 x multiply-adds of one forward; the backward w.r.t. input and weight costs twice this."""
-    n, h, w, ci, co, k, stride, pad, groups = shape
-    return 2.0 * n * output_size(h, k, stride, pad) * output_size(w, k, stride, pad) * co * k * k * (ci // groups)
+    n, _, ci, co, k, _, _, groups = unpack(shape)
+    return 2.0 * n * math.prod(output_sizes(shape)) * co * k ** spatial_dims(shape) * (ci // groups)
 
 
 def make_data(shape, dtype, seed=SEED):
-    """Seeded x (N, H, W, C_in), w (K, K, C_in // groups, C_out), bias (C_out,) and grad_out."""
-    n, h, w, ci, co, k, stride, pad, groups = shape
+    """Seeded x (N, *sizes, C_in), w (K, ..., K, C_in // groups, C_out), bias (C_out,) and grad_out."""
+    n, sizes, ci, co, k, _, _, groups = unpack(shape)
+    taps = k ** len(sizes)
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, h, w, ci)).astype(dtype)
-    weight = (rng.standard_normal((k, k, ci // groups, co)) * (k * k * ci // groups) ** -0.5).astype(dtype)
+    x = rng.standard_normal((n, *sizes, ci)).astype(dtype)
+    weight = (rng.standard_normal((k,) * len(sizes) + (ci // groups, co)) * (taps * ci // groups) ** -0.5
+              ).astype(dtype)
     bias = (rng.standard_normal(co) * 0.1).astype(dtype)
-    gy = rng.standard_normal((n, output_size(h, k, stride, pad), output_size(w, k, stride, pad), co))
+    gy = rng.standard_normal((n, *output_sizes(shape), co))
     return x, weight, bias, gy.astype(dtype)
 
 
 def im2col_conv2d(x, w, bias=None, stride=1, pad=0, groups=1):
     """The classic NumPy convolution: zero-pad x (N, H, W, C_in), view every K x K window with
     `as_strided`, copy the windows of each group into a (pixels, K*K*C_in/groups) matrix and
-    multiply it by that group's weights (K, K, C_in // groups, C_out) reshaped to a matrix."""
+    multiply it by that group's weights (K, K, C_in // groups, C_out) reshaped to a matrix.
+    stride and pad: an int or an (H, W) pair."""
     n, h, wd, c = x.shape
     kh, kw, cg, co = w.shape
     cog = co // groups
-    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    ho, wo = output_size(h, kh, stride, pad), output_size(wd, kw, stride, pad)
-    sn, sh, sw, sc = xp.strides
-    windows = as_strided(xp, (n, ho, wo, kh, kw, c), (sn, sh * stride, sw * stride, sh, sw, sc), writeable=False)
+    (sh, sw), (ph, pw) = per_dim(stride, 2), per_dim(pad, 2)
+    xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+    ho, wo = output_size(h, kh, sh, ph), output_size(wd, kw, sw, pw)
+    bn, bh, bw, bc = xp.strides
+    windows = as_strided(xp, (n, ho, wo, kh, kw, c), (bn, bh * sh, bw * sw, bh, bw, bc), writeable=False)
     out = np.empty((n, ho, wo, co), dtype=np.result_type(x, w))
     for g in range(groups):
         cols = windows[..., g * cg:(g + 1) * cg].reshape(n * ho * wo, kh * kw * cg)
@@ -154,44 +237,57 @@ def _nbconv_block(shapes, dtype, repeats):
     results = []
     for shape in shapes:
         x, w, b, gy = make_data(shape, dtype)
-        _, _, _, _, _, _, stride, pad, groups = shape
-        opts = dict(stride=stride, padding=pad, groups=groups)
-        forward = measure_ms(lambda: nbconv.conv2d(x, w, b, **opts), repeats)
-        backward = measure_ms(lambda: nbconv.conv2d_backward(gy, x, w, needs=("input", "weight", "bias"),
-                                                             **opts), repeats)
+        dims, opts = spatial_dims(shape), conv_options(shape)
+        conv, conv_backward = getattr(nbconv, f"conv{dims}d"), getattr(nbconv, f"conv{dims}d_backward")
+        forward = measure_ms(lambda: conv(x, w, b, **opts), repeats)
+        backward = measure_ms(lambda: conv_backward(gy, x, w, needs=("input", "weight", "bias"), **opts), repeats)
         results.append({"forward_ms": forward, "backward_ms": backward})
     return results
 
 
 def _im2col_block(shapes, dtype, repeats):
+    """im2col is 2-D only: other shapes get no samples ({})."""
     results = []
     for shape in shapes:
+        if spatial_dims(shape) != 2:
+            results.append({})
+            continue
         x, w, b, _ = make_data(shape, dtype)
-        _, _, _, _, _, _, stride, pad, groups = shape
+        stride, pad, groups = shape[-3:]
         results.append({"forward_ms": measure_ms(lambda: im2col_conv2d(x, w, b, stride, pad, groups), repeats)})
     return results
+
+
+def _torch_activation(torch, a):
+    """A channels-last array (N, *sizes, C) as PyTorch's (N, C, *sizes): a channels_last(_3d) view."""
+    return torch.from_numpy(a).permute(0, a.ndim - 1, *range(1, a.ndim - 1))
+
+
+def _torch_weight(torch, w):
+    """nbconv's weight (*kernel, C_in // groups, C_out) as PyTorch's (C_out, C_in // groups, *kernel),
+    laid out channels_last (channels_last_3d for 3-D), PyTorch's layout for channels-last convolutions."""
+    dims = w.ndim - 2
+    layout = {2: torch.channels_last, 3: torch.channels_last_3d}[dims]
+    return torch.from_numpy(w).permute(dims + 1, dims, *range(dims)).contiguous(memory_format=layout)
 
 
 def _torch_block(torch, shapes, dtype, repeats):
     """PyTorch on channels_last tensors: forward without a graph; backward = autograd of a graph built
     once (retain_graph), w.r.t. input, weight and bias, with the same grad_out as nbconv."""
-    conv2d = torch.nn.functional.conv2d
     results = []
     for shape in shapes:
         x, w, b, gy = make_data(shape, dtype)
-        _, _, _, _, _, _, stride, pad, groups = shape
-        tx = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_(True)
-        tw = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
-        tw.requires_grad_(True)
+        conv, opts = getattr(torch.nn.functional, f"conv{spatial_dims(shape)}d"), conv_options(shape)
+        tx = _torch_activation(torch, x).requires_grad_(True)
+        tw = _torch_weight(torch, w).requires_grad_(True)
         tb = torch.from_numpy(b).requires_grad_(True)
-        tgy = torch.from_numpy(gy).permute(0, 3, 1, 2)
-        opts = dict(stride=stride, padding=pad, groups=groups)
+        tgy = _torch_activation(torch, gy)
 
         def forward():
             with torch.no_grad():
-                conv2d(tx, tw, tb, **opts)
+                conv(tx, tw, tb, **opts)
 
-        ty = conv2d(tx, tw, tb, **opts)
+        ty = conv(tx, tw, tb, **opts)
         results.append({"forward_ms": measure_ms(forward, repeats),
                         "backward_ms": measure_ms(lambda: torch.autograd.grad(ty, (tx, tw, tb), tgy,
                                                                               retain_graph=True), repeats)})
@@ -225,13 +321,15 @@ def _geomean(values):
 def _rows(shapes, nb, im2col, torch_results):
     rows = []
     for i, shape in enumerate(shapes):
-        flops = conv2d_flops(shape)
+        flops = conv_flops(shape)
         fwd, bwd = min(nb[i]["forward_ms"]), min(nb[i]["backward_ms"])
-        i2c = min(im2col[i]["forward_ms"])
-        row = {"shape": list(shape), "flops_forward": flops, "nbconv_forward_ms": fwd,
-               "nbconv_forward_gflops": flops / fwd / 1e6, "nbconv_backward_ms": bwd,
-               "nbconv_backward_gflops": 2 * flops / bwd / 1e6, "im2col_forward_ms": i2c,
-               "im2col_over_nbconv_forward": i2c / fwd, "samples": {"nbconv": nb[i], "im2col": im2col[i]}}
+        row = {"dims": spatial_dims(shape), "shape": list(shape), "flops_forward": flops,
+               "nbconv_forward_ms": fwd, "nbconv_forward_gflops": flops / fwd / 1e6, "nbconv_backward_ms": bwd,
+               "nbconv_backward_gflops": 2 * flops / bwd / 1e6, "samples": {"nbconv": nb[i]}}
+        if im2col[i]:
+            i2c = min(im2col[i]["forward_ms"])
+            row.update(im2col_forward_ms=i2c, im2col_over_nbconv_forward=i2c / fwd)
+            row["samples"]["im2col"] = im2col[i]
         if torch_results is not None:
             tf, tb = min(torch_results[i]["forward_ms"]), min(torch_results[i]["backward_ms"])
             row.update(torch_forward_ms=tf, torch_backward_ms=tb, nbconv_over_torch=(fwd + bwd) / (tf + tb))
@@ -245,29 +343,42 @@ def _fmt(value, digits):
 
 
 def _table(rows, has_torch):
-    head = ["shape (N,H,W,Cin,Cout,K,s,p,g)", "fwd ms", "fwd GFLOP/s", "bwd ms", "bwd GFLOP/s"]
+    """The markdown table of rows of one dimension count (im2col columns when they have im2col figures)
+    and its geometric means."""
+    fields = FIELDS[rows[0]["dims"]]
+    has_im2col = "im2col_forward_ms" in rows[0]
+    head = [f"shape ({','.join(_SHORT_FIELDS.get(f, f) for f in fields)})", "fwd ms", "fwd GFLOP/s", "bwd ms",
+            "bwd GFLOP/s"]
     if has_torch:
         head += ["torch fwd ms", "torch bwd ms", "fwd+bwd nbconv/torch"]
-    head += ["im2col fwd ms", "fwd speedup vs im2col"]
+    if has_im2col:
+        head += ["im2col fwd ms", "fwd speedup vs im2col"]
     lines = [head]
     for r in rows:
-        line = [",".join(map(str, r["shape"])), _fmt(r["nbconv_forward_ms"], 3),
+        line = [format_shape(r["shape"]), _fmt(r["nbconv_forward_ms"], 3),
                 _fmt(r["nbconv_forward_gflops"], 1), _fmt(r["nbconv_backward_ms"], 3),
                 _fmt(r["nbconv_backward_gflops"], 1)]
         if has_torch:
             line += [_fmt(r["torch_forward_ms"], 3), _fmt(r["torch_backward_ms"], 3),
                      _fmt(r["nbconv_over_torch"], 2)]
-        line += [_fmt(r["im2col_forward_ms"], 3), _fmt(r["im2col_over_nbconv_forward"], 2)]
+        if has_im2col:
+            line += [_fmt(r["im2col_forward_ms"], 3), _fmt(r["im2col_over_nbconv_forward"], 2)]
         lines.append(line)
-    ratio = _geomean([r["nbconv_over_torch"] for r in rows]) if has_torch else None
-    speedup = _geomean([r["im2col_over_nbconv_forward"] for r in rows if r["shape"][8] == 1])
-    geo = ["geomean", "", "", "", ""] + (["", "", _fmt(ratio, 2)] if has_torch else []) + ["", _fmt(speedup, 2)]
+    geomeans = {}
+    geo = ["geomean", "", "", "", ""]
+    if has_torch:
+        geomeans["nbconv_over_torch"] = _geomean([r["nbconv_over_torch"] for r in rows])
+        geo += ["", "", _fmt(geomeans["nbconv_over_torch"], 2)]
+    if has_im2col:
+        speedup = _geomean([r["im2col_over_nbconv_forward"] for r in rows if r["shape"][-1] == 1])
+        geomeans["im2col_over_nbconv_forward_ungrouped"] = speedup
+        geo += ["", _fmt(speedup, 2)]
     lines.append(geo)
     widths = [max(len(line[j]) for line in lines) for j in range(len(head))]
     text = ["| " + " | ".join(c.rjust(wd) if j else c.ljust(wd) for j, (c, wd) in enumerate(zip(line, widths)))
             + " |" for line in lines]
     text.insert(1, "|" + "|".join("-" * (wd + 1) + ("-" if j == 0 else ":") for j, wd in enumerate(widths)) + "|")
-    return "\n".join(text), {"nbconv_over_torch": ratio, "im2col_over_nbconv_forward_ungrouped": speedup}
+    return "\n".join(text), geomeans
 
 
 def _cpu_name():
@@ -292,9 +403,15 @@ def run(args):
         print(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS} (numba's NUMBA_NUM_THREADS), "
               f"got {threads}", file=sys.stderr)
         return 2
-    shapes = [SHAPES[i] for i in (args.shapes or [])] + args.shape
-    if not shapes:
-        shapes = list(SHAPES)
+    picked = [SHAPES[i] for i in args.shapes or []] + [SHAPES_3D[i] for i in args.shapes3d or []] + args.shape
+    left_out = sorted({spatial_dims(s) for s in picked} - set(args.dims))
+    if left_out:
+        print(f"--dims {','.join(map(str, args.dims))} leaves out the picked "
+              f"{' and '.join(f'{d}-D' for d in left_out)} shapes", file=sys.stderr)
+        return 2
+    # 2-D shapes first, then 3-D, each in the order given
+    shapes = sorted(picked or [s for d in args.dims for s in DEFAULT_SHAPES[d]], key=spatial_dims)
+    dims = sorted({spatial_dims(s) for s in shapes})
     dtype = np.dtype(args.dtype)
     torch = None
     if not args.no_torch:
@@ -322,20 +439,21 @@ def run(args):
             torch.set_num_threads(saved_torch)
 
     rows = _rows(shapes, nb, im2col, torch_results)
-    table, geomeans = _table(rows, torch is not None)
+    tables = {d: _table([r for r in rows if r["dims"] == d], torch is not None) for d in dims}
     config = {"dtype": args.dtype, "threads": threads, "repeats": args.repeats, "rounds": args.rounds,
               "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "numpy": np.__version__, "numba": numba.__version__,
-              "torch": torch.__version__ if torch is not None else None,
+              "torch": torch.__version__ if torch is not None else None, "dims": dims,
               "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
-    print(f"nbconv conv2d, {args.dtype}, {threads} thread(s), min over >= {args.repeats} calls x {args.rounds} "
-          f"round(s), "
+    print(f"nbconv {' and '.join(f'conv{d}d' for d in dims)}, {args.dtype}, {threads} thread(s), "
+          f"min over >= {args.repeats} calls x {args.rounds} round(s), "
           f"{config['cpu']} ({config['cpu_count']} CPUs); numba {config['numba']}, NumPy {config['numpy']}"
           + (f", PyTorch {config['torch']} (channels_last)" if torch is not None else "")
           + (f"; load average {config['load_average'][0]:.2f}" if config["load_average"] else ""))
-    print("bwd = gradients w.r.t. input, weight and bias; nbconv/torch < 1 means nbconv is faster; "
-          "the im2col geomean is over groups == 1 shapes.")
-    print(table)
+    print("bwd = gradients w.r.t. input, weight and bias; nbconv/torch < 1 means nbconv is faster"
+          + ("; im2col is 2-D only, its geomean is over groups == 1 shapes." if 2 in dims else "."))
+    print("\n\n".join(table for table, _ in tables.values()))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"config": config, "rows": rows, "geomean": geomeans}, f, indent=1)
+            json.dump({"config": config, "rows": rows,
+                       "geomean": {f"conv{d}d": geomeans for d, (_, geomeans) in tables.items()}}, f, indent=1)
     return 0

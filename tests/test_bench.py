@@ -23,6 +23,7 @@ from benchmarks import bench_conv, common  # noqa: E402
     (3, 5, 5, 6, 6, 3, 1, 1, 6),
     (2, 6, 7, 5, 3, 1, 1, 0, 1),
     (1, 8, 8, 2, 4, 4, 3, 2, 1),
+    (1, 9, 8, 4, 6, 3, (2, 1), (1, 0), 2),  # per-dimension stride and pad
 ])
 def test_im2col_matches_nbconv(shape):
     x, w, b, _ = _bench.make_data(shape, np.float64)
@@ -33,6 +34,25 @@ def test_im2col_matches_nbconv(shape):
 
 def test_bench_shapes_are_the_suites_first_seven():
     assert _bench.SHAPES == common.CONV2D_SHAPES[:7]
+
+
+def test_bench_3d_shapes_are_the_suites():
+    assert _bench.SHAPES_3D == common.CONV3D_SHAPES
+
+
+def test_bench_flops_and_data_match_the_suites():
+    for shape in common.CONV2D_SHAPES:
+        assert _bench.conv_flops(shape) == common.conv2d_flops(shape)
+    for shape in common.CONV3D_SHAPES:
+        assert _bench.conv_flops(shape) == common.conv3d_flops(shape)
+    for shape in [(1, 3, 5, 4, 2, 4, 3, (2, 1, 1), 1, 2), (2, 2, 3, 3, 3, 3, 1, 1, 0, 3)]:  # tiny 3-D shapes
+        for ours, theirs in zip(_bench.make_data(shape, np.float32), common.conv3d_data(shape)):
+            np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("shape", _bench.SHAPES + _bench.SHAPES_3D)
+def test_shape_text_round_trips(shape):
+    assert _bench.parse_shape(_bench.format_shape(shape)) == shape
 
 
 def test_bench_command_runs_a_custom_shape(tmp_path, capsys):
@@ -46,14 +66,60 @@ def test_bench_command_runs_a_custom_shape(tmp_path, capsys):
     assert report["config"]["threads"] == 1 and row["shape"] == [2, 6, 6, 4, 4, 3, 1, 1, 2]
     samples = row["samples"]["nbconv"]["forward_ms"]
     assert len(samples) >= 2 and row["nbconv_forward_ms"] == min(samples)  # both rounds kept
+    assert set(report["geomean"]) == {"conv2d"}  # no 3-D table
+    assert report["geomean"]["conv2d"]["im2col_over_nbconv_forward_ungrouped"] is None  # no groups == 1 shape
 
 
-def test_bench_rejects_bad_shapes():
+SHAPE_2D, SHAPE_3D = "1,5,5,2,2,3,1,1,1", "1,3,5,4,2,4,3,2x1x1,1,2"
+
+
+def test_bench_prints_a_2d_then_a_3d_table(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    # given 3-D first: the 2-D table still comes first
+    assert main(["bench", "--shape", SHAPE_3D, "--shape", SHAPE_2D, "--repeats", "1", "--threads", "1",
+                 "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    after_2d_head = out.split("| shape (N,H,W,Cin,Cout,K,s,p,g) ")[1]
+    table_2d, table_3d = after_2d_head.split("| shape (N,D,H,W,Cin,Cout,K,s,p,g) ")
+    assert "nbconv conv2d and conv3d" in out
+    assert f"| {SHAPE_2D} " in table_2d and "im2col fwd ms" in table_2d and "| geomean " in table_2d
+    assert f"| {SHAPE_3D} " in table_3d and "im2col" not in table_3d and "| geomean " in table_3d
+    report = json.loads(path.read_text())
+    assert [row["dims"] for row in report["rows"]] == [2, 3] and report["config"]["dims"] == [2, 3]
+    row = report["rows"][1]
+    assert row["shape"] == [1, 3, 5, 4, 2, 4, 3, [2, 1, 1], 1, 2] and "im2col_forward_ms" not in row
+    assert row["flops_forward"] == common.conv3d_flops((1, 3, 5, 4, 2, 4, 3, (2, 1, 1), 1, 2))
+    assert "im2col_over_nbconv_forward_ungrouped" not in report["geomean"]["conv3d"]
+    has_torch = "torch fwd ms" in table_3d
+    assert has_torch == ("nbconv_over_torch" in report["geomean"]["conv3d"]) == ("torch" in row["samples"])
+
+
+def test_bench_dims_pick_the_tables(capsys):
+    assert main(["bench", "--dims", "3", "--shape", SHAPE_3D, "--repeats", "1", "--threads", "1",
+                 "--no-torch"]) == 0
+    out = capsys.readouterr().out
+    assert "nbconv conv3d," in out and "(N,H,W," not in out and f"| {SHAPE_3D} " in out
+    # a picked shape that --dims leaves out is an error, reported before anything runs
+    assert main(["bench", "--dims", "2", "--shapes3d", "0"]) == 2
+    assert main(["bench", "--dims", "3", "--shapes", "0"]) == 2
+    assert "leaves out the picked 2-D shapes" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [
+    ["--shape", "1,4,4,3,4,3,1,0,2"],  # groups does not divide C_in
+    ["--shape", "1,2,4,4,2,2,3,2x1,1,1"],  # a 3-D shape with a 2-D stride
+    ["--shape", "1,1,4,4,2,2,3,1,0,1"],  # K larger than the padded depth
+    ["--shape", "1,4,4,2,2,3,1,1"],  # 8 fields
+    ["--shapes3d", "4"],
+    ["--dims", "1"],
+])
+def test_bench_rejects_bad_shapes(argv):
     with pytest.raises(SystemExit):
-        main(["bench", "--shape", "1,4,4,3,4,3,1,0,2"])  # groups does not divide C_in
+        main(["bench", *argv])
 
 
 TINY_2D = (2, 7, 7, 4, 6, 3, 2, 1, 2)
+TINY_3D = (2, 4, 5, 5, 4, 6, 3, (2, 1, 1), 1, 2)
 
 
 def _run(cls, shape):
@@ -72,6 +138,7 @@ def _run(cls, shape):
     (bench_conv.DepthwiseBackward, (1, 6, 6, 4, 4, 3, 1, 1, 4)),
     (bench_conv.Conv1dForward, (2, 11, 3, 4, 3, 1, 1, 1)), (bench_conv.Conv1dBackward, (2, 11, 3, 4, 3, 2, 1, 1)),
     (bench_conv.ConvTranspose2d, (2, 5, 5, 4, 6, 4, 2, 1, 2)),
+    (bench_conv.Conv3dForward, TINY_3D), (bench_conv.Conv3dBackward, TINY_3D),
 ])
 def test_asv_benchmark_runs(cls, shape):
     _run(cls, shape)
@@ -81,23 +148,28 @@ def test_asv_benchmark_runs(cls, shape):
     (bench_conv.Conv2dForward, bench_conv.TorchConv2dForward, TINY_2D),
     (bench_conv.Conv2dBackward, bench_conv.TorchConv2dBackward, TINY_2D),
     (bench_conv.ConvTranspose2d, bench_conv.TorchConvTranspose2d, (2, 5, 5, 4, 6, 4, 2, 1, 2)),
+    (bench_conv.Conv3dForward, bench_conv.TorchConv3dForward, TINY_3D),
+    (bench_conv.Conv3dBackward, bench_conv.TorchConv3dBackward, TINY_3D),
 ])
 def test_asv_torch_reference_computes_the_same(ours, theirs, shape):
     pytest.importorskip("torch")
     expected, got = _run(ours, shape), _run(theirs, shape)
-    if isinstance(expected, tuple):  # backward: nbconv's (gx, gw, gb) vs torch's NCHW/OIHW gradients
-        got = (got[0].permute(0, 2, 3, 1), got[1].permute(2, 3, 1, 0), got[2])
+    spatial = range(2, len(shape) - 5)  # torch's spatial axes: 2, 3 (and 4)
+    if isinstance(expected, tuple):  # backward: nbconv's (gx, gw, gb) vs torch's (N, C, ...), (O, I, ...)
+        got = (got[0].permute(0, *spatial, 1), got[1].permute(*spatial, 1, 0), got[2])
     else:
-        expected, got = (expected,), (got.permute(0, 2, 3, 1),)
+        expected, got = (expected,), (got.permute(0, *spatial, 1),)
     for e, g in zip(expected, got):
         np.testing.assert_allclose(g.detach().numpy(), e, rtol=1e-4, atol=1e-4)
 
 
 def test_without_torch(monkeypatch, capsys):
-    """asv's PyTorch classes skip (NotImplementedError in setup) and the table drops its PyTorch columns."""
+    """asv's PyTorch classes skip (NotImplementedError in setup) and both tables drop their PyTorch columns."""
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
-    with pytest.raises(NotImplementedError):
-        bench_conv.TorchConv2dForward().setup(TINY_2D)
-    assert main(["bench", "--shape", "1,5,5,2,2,3,1,1,1", "--repeats", "1", "--threads", "1"]) == 0
+    for cls, shape in [(bench_conv.TorchConv2dForward, TINY_2D), (bench_conv.TorchConv3dBackward, TINY_3D)]:
+        with pytest.raises(NotImplementedError):
+            cls().setup(shape)
+    assert main(["bench", "--shape", SHAPE_2D, "--shape", SHAPE_3D, "--repeats", "1", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert "PyTorch is not installed" in out and "torch fwd ms" not in out and "| 1,5,5,2,2,3,1,1,1 " in out
+    assert "PyTorch is not installed" in out and "torch fwd ms" not in out and "fwd+bwd nbconv/torch" not in out
+    assert f"| {SHAPE_2D} " in out and f"| {SHAPE_3D} " in out
