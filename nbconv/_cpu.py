@@ -1,7 +1,8 @@
-"""CPU backend: channels-last 2-D convolutions on NumPy arrays (1-D callers pass H = 1).
+"""CPU backend: channels-last convolutions with 1, 2 or 3 spatial dims on NumPy arrays.
 
-Every function here receives validated arrays and a 2-D :class:`ConvParams`; x is (N, H, W, C_in),
-w is (KH, KW, C_in // groups, C_out), results are new C-contiguous arrays unless `out` is given.
+Implements :class:`nbconv._backend.Backend`. Every function receives validated arrays and a
+:class:`ConvParams` with one entry per spatial dim; x is (N, *spatial, C_in), w is
+(*kernel, C_in // groups, C_out), results are new C-contiguous arrays unless `out` is given.
 
 How the three gradients are computed (y = conv(x, w), xp = x padded, gy = dL/dy)::
 
@@ -26,48 +27,47 @@ group the gather would leave most lanes idle, so the input gradient computes eac
 columns (taps x input channels) and scatter-adds them (`_scatter_conv`); depthwise convolutions (one
 input channel per group) run in `_depthwise`, where each vector lane is its own channel.
 """
+import math
+import itertools
+
 import numpy as np
 from numba import prange
 
 from . import _depthwise
 from ._jit import SLOTS, call, kernel
 from ._micro import B, P, micro_tile
+from ._padding import CODES, source_indices
 
 _WEIGHT_GRAD_CHUNK = 256  # most output pixels per chunk of the weight gradient (operands stay in L1/L2)
 
 
 @kernel(parallel=True)
-def _gather_conv(src, offsets, wpk, bias_blocks, dst, a_h, a_w, o_h, o_w, q_h, q_w, d_h, d_w, jh_count, jw_count):
-    """dst[n, q_h + jh*d_h, q_w + jw*d_w, g*Cgd + co] = bias_blocks[g, co // B, co % B] + sum_r
-    src.flat[base(n, o_h + jh*a_h, o_w + jw*a_w) + g*Cgs + offsets[r]] * wpk[g, co // B, r, co % B]
-    for jh < jh_count, jw < jw_count; src, wpk, bias_blocks (G, ceil(Cgd / B), B), dst C-contiguous;
-    every offset stays inside src."""
-    n_img, h_src, w_src, c_src = src.shape
+def _gather_conv(src, src_rows, src_step, offsets, wpk, bias_blocks, dst, dst_rows, dst_step, row_len, cg_src,
+                 cg_dst):
+    """dst[dst_rows[r] + j*dst_step + g*cg_dst + co] = bias_blocks[g, co // B, co % B] + sum_t
+    src[src_rows[r] + j*src_step + g*cg_src + offsets[t]] * wpk[g, co // B, t, co % B] for r < len(src_rows),
+    j < row_len, co < cg_dst; src and dst flat, src_rows and offsets unsigned, wpk and bias_blocks
+    (G, ceil(cg_dst / B), ...) C-contiguous; every source offset inside src, every destination distinct."""
     groups, n_blocks = wpk.shape[0], wpk.shape[1]
-    cg_src = c_src // groups
-    cg_dst = dst.shape[3] // groups
-    flat = src.reshape(-1)
-    # A tile is P consecutive output pixels of one image in row-major order, so it may span rows:
-    # no tile is cut short at the end of a row.
-    n_pix = jh_count * jw_count
+    # A tile is P consecutive output pixels in row-major order, so it may span rows and images.
+    n_pix = src_rows.shape[0] * row_len
     n_tiles = (n_pix + P - 1) // P
-    for item in prange(n_img * n_tiles):
-        n = item // n_tiles
-        q0 = (item - n * n_tiles) * P
+    for item in prange(n_tiles):
+        q0 = item * P
         tile = np.empty((P, B), dtype=dst.dtype)
         bases = np.empty(P, dtype=np.uint64)
         for g in range(groups):
             for p in range(P):
-                jh, jw = divmod(min(q0 + p, n_pix - 1), jw_count)
-                bases[p] = np.uint64(((n * h_src + o_h + jh * a_h) * w_src + o_w + jw * a_w) * c_src + g * cg_src)
+                r, j = divmod(min(q0 + p, n_pix - 1), row_len)
+                bases[p] = src_rows[r] + np.uint64(j * src_step + g * cg_src)
             for nb in range(n_blocks):
-                micro_tile(flat, bases, offsets, wpk[g, nb], tile)
-                co0 = g * cg_dst + nb * B
+                micro_tile(src, bases, offsets, wpk[g, nb], tile)
                 n_valid = min(B, cg_dst - nb * B)
                 bias_block = bias_blocks[g, nb]
                 for p in range(min(P, n_pix - q0)):
-                    jh, jw = divmod(q0 + p, jw_count)
-                    out = dst[n, q_h + jh * d_h, q_w + jw * d_w, co0:co0 + n_valid]
+                    r, j = divmod(q0 + p, row_len)
+                    d0 = dst_rows[r] + j * dst_step + g * cg_dst + nb * B
+                    out = dst[d0:d0 + n_valid]
                     if n_valid == B:  # constant trip count: one vector add and store per register
                         for b in range(B):
                             out[b] = tile[p, b] + bias_block[b]
@@ -77,33 +77,30 @@ def _gather_conv(src, offsets, wpk, bias_blocks, dst, a_h, a_w, o_h, o_w, q_h, q
 
 
 @kernel(parallel=True)
-def _scatter_conv(gy, reduce_offsets, wpk, offsets, dst, sh, sw):
-    """dst.flat[base(n, oh*sh, ow*sw) + g*Cgd + offsets[j]] += sum_co gy[n, oh, ow, g*Cgs + co]
-    * wpk[g, j // B, co, j % B] for j < len(offsets), co < len(reduce_offsets) (= arange(Cgs));
-    dst zeroed, all C-contiguous; one image per parallel iteration (no write races)."""
-    n_img, oh_count, ow_count, c_src = gy.shape
-    h_dst, w_dst, c_dst = dst.shape[1], dst.shape[2], dst.shape[3]
+def _scatter_conv(gy, reduce_offsets, wpk, offsets, dst, dst_pix, cg_src, cg_dst):
+    """dst[n, dst_pix[q] + g*cg_dst + offsets[j]] += sum_co gy[n*Q + q, g*cg_src + co] * wpk[g, j // B, co, j % B]
+    for q < Q = len(dst_pix), j < len(offsets), co < len(reduce_offsets) (= arange(cg_src)); gy (N*Q, C_src) and
+    dst (N, image size) C-contiguous, dst zeroed; one image per parallel iteration (no write races)."""
+    n_img = dst.shape[0]
+    n_q = dst_pix.shape[0]
+    c_src = gy.shape[1]
     groups, n_blocks = wpk.shape[0], wpk.shape[1]
-    cg_src = c_src // groups
-    cg_dst = c_dst // groups
     n_cols = offsets.shape[0]
     gy_flat = gy.reshape(-1)
-    dst_flat = dst.reshape(-1)
     for n in prange(n_img):
         tile = np.empty((P, B), dtype=dst.dtype)
         bases = np.empty(P, dtype=np.uint64)
-        for oh in range(oh_count):
-            for ow0 in range(0, ow_count, P):
-                for g in range(groups):
-                    for p in range(P):
-                        bases[p] = np.uint64(((n * oh_count + oh) * ow_count + min(ow0 + p, ow_count - 1)) * c_src
-                                             + g * cg_src)
-                    for nb in range(n_blocks):
-                        micro_tile(gy_flat, bases, reduce_offsets, wpk[g, nb], tile)
-                        for p in range(min(P, ow_count - ow0)):
-                            base = ((n * h_dst + oh * sh) * w_dst + (ow0 + p) * sw) * c_dst + g * cg_dst
-                            for b in range(min(B, n_cols - nb * B)):
-                                dst_flat[base + offsets[nb * B + b]] += tile[p, b]
+        image = dst[n]
+        for q0 in range(0, n_q, P):
+            for g in range(groups):
+                for p in range(P):
+                    bases[p] = np.uint64((n * n_q + min(q0 + p, n_q - 1)) * c_src + g * cg_src)
+                for nb in range(n_blocks):
+                    micro_tile(gy_flat, bases, reduce_offsets, wpk[g, nb], tile)
+                    for p in range(min(P, n_q - q0)):
+                        base = dst_pix[q0 + p] + g * cg_dst
+                        for b in range(min(B, n_cols - nb * B)):
+                            image[base + offsets[nb * B + b]] += tile[p, b]
 
 
 @kernel(parallel=True)
@@ -150,50 +147,35 @@ def _column_sums(mat, partial):
                 acc[c] += row[c]
 
 
+# ---------------------------------------------------------------- tables and operand layouts
+
 def _c(a):
     """`a` as a C-contiguous, writeable, aligned array (a copy only when needed): one kernel type per dtype."""
     flags = a.flags
     return a if flags.c_contiguous and flags.writeable and flags.aligned else np.array(a, order="C")
 
 
-def _is_depthwise(w_shape, groups):
-    return groups > 1 and w_shape[2] == 1
+def _strides(shape):
+    """Element strides of a C-contiguous array of `shape`."""
+    strides = [1] * len(shape)
+    for i in range(len(shape) - 2, -1, -1):
+        strides[i] = strides[i + 1] * shape[i + 1]
+    return strides
 
 
-def _depthwise_source(x, params):
-    """(src, off_h, off_w): zero padding is applied by the kernels' border checks, other modes by a copy."""
-    if params.mode == "zeros":
-        return _c(x), params.pads[0][0], params.pads[1][0]
-    return _pad(x, params.pads, params.mode), 0, 0
+def _grid(axes, strides, dtype=np.uint64):
+    """Flat offsets sum_d axes[d][i_d] * strides[d] for every index tuple (i_0, i_1, ...) in C order."""
+    total = np.zeros((), dtype=np.int64)
+    for positions, stride in zip(axes, strides):
+        total = np.add.outer(total, np.asarray(positions, dtype=np.int64) * stride)
+    return total.astype(dtype).ravel()
 
 
-def _depthwise_forward(src, w3, bias, dst, off_h, off_w, stride, dilation):
-    """dst = depthwise correlation of src with w3 (KH, KW, C_out) + bias, src offset by (off_h, off_w)."""
-    k_h, k_w = w3.shape[0], w3.shape[1]
-    taps = _depthwise.lanes_taps(k_h, k_w, dilation[0], dilation[1], src.shape[2], src.shape[3])
-    call(_depthwise.forward, src, w3, _depthwise.lanes_weights(w3), taps, bias, dst, off_h, off_w,
-         *stride, *dilation, work=dst.size * k_h * k_w)
-    return dst
-
-
-def _depthwise_grad_input(gy, w, dst, off_h, off_w, stride, dilation):
-    """Depthwise input gradient into dst, whose (0, 0) is position (off_h, off_w) of the padded input.
-    At stride 1 without channel multiplier it is the forward kernel on gy with the kernel flipped."""
-    k_h, k_w = w.shape[0], w.shape[1]
-    (dh, dw) = dilation
-    if stride == (1, 1) and gy.shape[3] == dst.shape[3]:
-        return _depthwise_forward(_c(gy), _c(w[::-1, ::-1, 0]), np.empty(0, dtype=gy.dtype), dst,
-                                  dh * (k_h - 1) - off_h, dw * (k_w - 1) - off_w, stride, dilation)
-    call(_depthwise.grad_input, _c(gy), _c(w[:, :, 0]), dst, off_h, off_w, *stride, *dilation,
-         work=gy.size * k_h * k_w)
-    return dst
-
-
-def _tap_offsets(kh, kw, dh, dw, width, channels, cg):
-    """Flat offsets (uint64) of (tap, channel) = (i, j, c < cg) in a (H, width, channels) image,
-    relative to the kernel window's first element: ((i*dh) * width + j*dw) * channels + c."""
-    return ((np.arange(kh)[:, None, None] * (dh * width) + np.arange(kw)[None, :, None] * dw) * channels
-            + np.arange(cg)[None, None, :]).astype(np.uint64).ravel()
+def _tap_offsets(kernel, dilation, shape, cg):
+    """Flat offsets (uint64) of every (tap, channel < cg) of a kernel window in a C-contiguous array of
+    `shape` (N, *spatial, C), relative to the window's first element."""
+    strides = _strides(shape)
+    return _grid([np.arange(k) * d for k, d in zip(kernel, dilation)] + [np.arange(cg)], strides[1:])
 
 
 def _pack(mat):
@@ -205,52 +187,44 @@ def _pack(mat):
     return np.ascontiguousarray(buf.reshape(groups, n_rows, n_blocks, B).transpose(0, 2, 1, 3))
 
 
+def _is_depthwise(w_shape, groups):
+    return groups > 1 and w_shape[-2] == 1
+
+
+def _unpadded(pads):
+    return not any(p for pair in pads for p in pair)
+
+
 def _pad(x, pads, mode):
-    """x padded per `pads` ((top, bottom), (left, right)) in `mode`, as a new C-contiguous array
+    """x padded per `pads` ((before, after) per spatial dim) in `mode`, as a new C-contiguous array
     (x itself when it is already C-contiguous, writeable and unpadded)."""
-    (top, bottom), (left, right) = pads
-    if top == bottom == left == right == 0:
+    if _unpadded(pads):
         return _c(x)
     if mode == "zeros":
-        n, h, w, c = x.shape
-        xp = np.zeros((n, h + top + bottom, w + left + right, c), dtype=x.dtype)
-        xp[:, top:top + h, left:left + w] = x
+        shape = (x.shape[0], *(n + a + b for n, (a, b) in zip(x.shape[1:-1], pads)), x.shape[-1])
+        xp = np.zeros(shape, dtype=x.dtype)
+        xp[(slice(None), *(slice(a, a + n) for n, (a, _) in zip(x.shape[1:-1], pads)))] = x
         return xp
     np_mode = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[mode]
-    return _c(np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), mode=np_mode))  # np.pad keeps F order
-
-
-def _source_index(i, before, n, mode):
-    """Index of the input element that padded position i copies (PyTorch's padding modes)."""
-    t = i - before
-    if mode == "reflect":
-        return -t if t < 0 else 2 * (n - 1) - t
-    if mode == "replicate":
-        return min(max(t, 0), n - 1)
-    return t % n
+    return _c(np.pad(x, ((0, 0), *pads, (0, 0)), mode=np_mode))  # np.pad keeps F order
 
 
 def _fold(gxp, shape, pads, mode):
-    """Gradient w.r.t. the unpadded input from the gradient w.r.t. the padded one (gxp itself if unpadded)."""
-    if not any(p for pair in pads for p in pair):
+    """Gradient w.r.t. the unpadded input from the gradient w.r.t. the padded one: each padded position's
+    gradient is added to the input position it copies (dropped for "zeros"); gxp itself if unpadded."""
+    if _unpadded(pads):
         return gxp
     g = gxp
-    for axis, (before, after) in ((1, pads[0]), (2, pads[1])):
+    for axis, (before, after) in enumerate(pads, start=1):
         n = shape[axis]
         inner = np.take(g, np.arange(before, before + n), axis=axis)
-        if mode != "zeros":
-            for i in list(range(before)) + list(range(before + n, before + n + after)):
-                src = _source_index(i, before, n, mode)
-                index = [slice(None)] * 4
-                index[axis] = src
-                inner[tuple(index)] += np.take(g, i, axis=axis)
+        if mode != "zeros" and before + after:
+            border = np.concatenate([np.arange(before), np.arange(before + n, before + n + after)])
+            sources = source_indices(border - before, n, CODES[mode])
+            # np.add.at adds in the order of `border` (repeats accumulate): deterministic
+            np.add.at(np.moveaxis(inner, axis, 0), sources, np.moveaxis(np.take(g, border, axis=axis), axis, 0))
         g = inner
     return np.ascontiguousarray(g)
-
-
-def empty(shape, dtype):
-    """A new result array."""
-    return np.empty(shape, dtype=dtype)
 
 
 def _bias_blocks(bias, blocks, dtype):
@@ -267,128 +241,209 @@ def _bias_arg(bias, dtype):
     return np.empty(0, dtype=dtype) if bias is None else _c(bias)
 
 
+# ---------------------------------------------------------------- depthwise route
+
+def _rows(a):
+    """C-contiguous (N, *spatial, C) as rows (N * prod(spatial[:-1]), spatial[-1], C) (a view)."""
+    return a.reshape(-1, a.shape[-2], a.shape[-1])
+
+
+def _depthwise_source(x, params):
+    """(src, offsets): zero padding is applied by the kernels' border checks, other modes by a copy."""
+    if params.mode == "zeros":
+        return _c(x), tuple(before for before, _ in params.pads)
+    return _pad(x, params.pads, params.mode), (0,) * len(params.pads)
+
+
+def _depthwise_forward(src, wk, bias, dst, offset, stride, dilation):
+    """dst = depthwise correlation of src with wk (*kernel, C_out) + bias, src shifted back by `offset`."""
+    kernel = wk.shape[:-1]
+    row_src = _depthwise.row_table(src.shape[0], _depthwise.forward_positions(
+        dst.shape[1:-2], kernel[:-1], stride[:-1], dilation[:-1], offset[:-1]), src.shape[1:-2])
+    w3 = wk.reshape(-1, kernel[-1], wk.shape[-1])
+    call(_depthwise.forward, _rows(src), w3, _depthwise.lanes_weights(w3), row_src, bias, _rows(dst),
+         offset[-1], stride[-1], dilation[-1], work=dst.size * math.prod(kernel))
+    return dst
+
+
+def _depthwise_grad_input(gy, w, dst, offset, stride, dilation):
+    """Depthwise input gradient into dst, whose origin is position `offset` of the padded input.
+    At stride 1 without channel multiplier it is the forward kernel on gy with the kernel flipped."""
+    nd = gy.ndim - 2
+    kernel = w.shape[:-2]
+    if all(s == 1 for s in stride) and gy.shape[-1] == dst.shape[-1]:
+        flipped = _c(w[(slice(None, None, -1),) * nd + (0,)])
+        shifted = tuple(d * (k - 1) - off for d, k, off in zip(dilation, kernel, offset))
+        return _depthwise_forward(_c(gy), flipped, np.empty(0, dtype=gy.dtype), dst, shifted, stride, dilation)
+    row_gy = _depthwise.row_table(gy.shape[0], _depthwise.adjoint_positions(
+        dst.shape[1:-2], kernel[:-1], stride[:-1], dilation[:-1], offset[:-1]), gy.shape[1:-2])
+    gy = _c(gy)
+    call(_depthwise.grad_input, _rows(gy), _c(w.reshape(-1, kernel[-1], w.shape[-1])), row_gy, _rows(dst),
+         offset[-1], stride[-1], dilation[-1], work=gy.size * math.prod(kernel))
+    return dst
+
+
+def _depthwise_grad_weight(gy, x, w_shape, params):
+    kernel, c_out = w_shape[:-2], w_shape[-1]
+    src, offset = _depthwise_source(x, params)
+    gy = _c(gy)
+    lanes = c_out == params.groups and c_out % B == 0
+    gy_blocks = gy.reshape(-1, B) if lanes else np.empty((0, B), dtype=gy.dtype)
+    row_src = _depthwise.row_table(src.shape[0], _depthwise.forward_positions(
+        gy.shape[1:-2], kernel[:-1], params.stride[:-1], params.dilation[:-1], offset[:-1]), src.shape[1:-2])
+    partial = np.zeros((SLOTS, row_src.shape[1], kernel[-1], c_out), dtype=gy.dtype)
+    call(_depthwise.grad_weight, _rows(src), _rows(gy), gy_blocks, row_src, partial, offset[-1],
+         params.stride[-1], params.dilation[-1], work=gy.size * math.prod(kernel))
+    return partial.sum(axis=0).reshape(w_shape)
+
+
+# ---------------------------------------------------------------- the Backend interface
+
+def as_array(a):
+    """NumPy arrays are the CPU backend's own type."""
+    return a
+
+
+def empty(shape, dtype):
+    """A new result array."""
+    return np.empty(shape, dtype=dtype)
+
+
+def check_out(out, inputs):
+    """ValueError unless `out` is C-contiguous, writeable and shares no memory with an input."""
+    if not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous (out.strides={out.strides})")
+    if not out.flags.writeable:
+        raise ValueError("out must be writeable")
+    for name, a in inputs.items():
+        if a is not None and np.may_share_memory(out, a):
+            raise ValueError(f"out overlaps {name}; pass a separate array")
+
+
 def forward(x, w, bias, params, out):
     """out = conv(x, w) + bias."""
-    kh, kw, cg_in, c_out = w.shape
-    (sh, sw), (dh, dw) = params.stride, params.dilation
     if _is_depthwise(w.shape, params.groups):
-        src, off_h, off_w = _depthwise_source(x, params)
-        return _depthwise_forward(src, _c(w[:, :, 0]), _bias_arg(bias, x.dtype), out, off_h, off_w,
+        src, offset = _depthwise_source(x, params)
+        return _depthwise_forward(src, _c(w[..., 0, :]), _bias_arg(bias, x.dtype), out, offset,
                                   params.stride, params.dilation)
-    xp = _pad(x, params.pads, params.mode)
-    n, hp, wp, c_in = xp.shape
+    if out.size == 0:
+        return out
+    kernel, (cg_in, c_out) = w.shape[:-2], w.shape[-2:]
     groups = params.groups
-    offsets = _tap_offsets(kh, kw, dh, dw, wp, c_in, cg_in)
-    wmat = w.reshape(kh * kw * cg_in, groups, c_out // groups).transpose(1, 0, 2)
-    _, oh, ow, _ = out.shape
-    if out.size:
-        wpk = _pack(wmat)
-        call(_gather_conv, xp, offsets, wpk, _bias_blocks(bias, wpk.shape[:2], x.dtype), out,
-             sh, sw, 0, 0, 0, 0, 1, 1, oh, ow, work=out.size * offsets.size)
+    xp = _pad(x, params.pads, params.mode)
+    offsets = _tap_offsets(kernel, params.dilation, xp.shape, cg_in)
+    wpk = _pack(w.reshape(-1, groups, c_out // groups).transpose(1, 0, 2))
+    out_spatial, strides = out.shape[1:-1], _strides(xp.shape)
+    # one table entry per output row (n, o_0, ..., o_{nd-2}): the flat offset of its first input pixel
+    src_rows = _grid([np.arange(x.shape[0])] + [np.arange(o) * s for o, s in zip(out_spatial[:-1], params.stride)],
+                     strides[:-2])
+    dst_rows = np.arange(src_rows.shape[0], dtype=np.int64) * (out_spatial[-1] * c_out)
+    call(_gather_conv, xp.reshape(-1), src_rows, params.stride[-1] * strides[-2], offsets, wpk,
+         _bias_blocks(bias, wpk.shape[:2], x.dtype), out.reshape(-1), dst_rows, c_out, out_spatial[-1],
+         cg_in, c_out // groups, work=out.size * offsets.size)
     return out
 
 
-def _padded_input_grad(gy, w, padded_hw, window, stride, dilation, groups, dst=None):
-    """Gradient w.r.t. a padded input of spatial size padded_hw, restricted to window = (top, left,
-    height, width) of it (sub-pixel phases, no stride zeros), written into dst when given."""
-    n, oh, ow, c_out = gy.shape
-    kh, kw, cg_in, _ = w.shape
+def _phase_taps(k_count, stride, dilation):
+    """taps[q]: the (tap k, shift e) pairs with k*dilation + e*stride = q for each phase q < stride."""
+    return [[(k, (q - k * dilation) // stride) for k in range(k_count) if (q - k * dilation) % stride == 0]
+            for q in range(stride)]
+
+
+def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None):
+    """Gradient w.r.t. a padded input of spatial size `padded`, restricted to window = (starts, sizes) of it
+    (sub-pixel phases, no stride zeros), written into dst when given."""
+    n, out_spatial, c_out = gy.shape[0], gy.shape[1:-1], gy.shape[-1]
+    kernel, cg_in = w.shape[:-2], w.shape[-2]
     cg_out = c_out // groups
-    (sh, sw), (dh, dw) = stride, dilation
-    hp, wp = padded_hw
-    top, left, height, width = window
-    shape = (n, height, width, cg_in * groups)
+    starts, sizes = window
+    shape = (n, *sizes, cg_in * groups)
     if _is_depthwise(w.shape, groups):
-        if dst is None:
-            dst = np.empty(shape, dtype=gy.dtype)
-        return _depthwise_grad_input(gy, w, dst, top, left, stride, dilation)
+        return _depthwise_grad_input(gy, w, np.empty(shape, dtype=gy.dtype) if dst is None else dst, starts,
+                                     stride, dilation)
     if cg_in < B:
         # Few input channels per group would leave most lanes of the gather tile idle: compute the
         # columns (taps x input channels) for each output pixel and scatter-add them instead.
-        gxp = np.zeros((n, hp, wp, cg_in * groups), dtype=gy.dtype)
-        offsets = _tap_offsets(kh, kw, dh, dw, wp, cg_in * groups, cg_in).astype(np.int64)
-        w_cols = w.reshape(kh * kw * cg_in, groups, cg_out).transpose(1, 2, 0)
-        call(_scatter_conv, _c(gy), np.arange(cg_out, dtype=np.uint64), _pack(w_cols), offsets, gxp, sh, sw,
-             work=gy.size * offsets.size)
+        gxp = np.zeros((n, *padded, cg_in * groups), dtype=gy.dtype)
+        strides = _strides(gxp.shape)
+        offsets = _tap_offsets(kernel, dilation, gxp.shape, cg_in).astype(np.int64)
+        dst_pix = _grid([np.arange(o) * s for o, s in zip(out_spatial, stride)], strides[1:-1], np.int64)
+        w_cols = w.reshape(-1, groups, cg_out).transpose(1, 2, 0)
+        call(_scatter_conv, _c(gy).reshape(-1, c_out), np.arange(cg_out, dtype=np.uint64), _pack(w_cols), offsets,
+             gxp.reshape(n, math.prod(gxp.shape[1:])), dst_pix, cg_out, cg_in, work=gy.size * offsets.size)
+        window_view = gxp[(slice(None), *(slice(a, a + size) for a, size in zip(starts, sizes)))]
         if dst is None:
-            return _c(gxp[:, top:top + height, left:left + width])
-        np.copyto(dst, gxp[:, top:top + height, left:left + width])
+            return _c(window_view)
+        np.copyto(dst, window_view)
         return dst
-    lo_h, lo_w = dh * (kh - 1) // sh, dw * (kw - 1) // sw
-    len_h = lo_h + max(-(-hp // sh), oh)
-    len_w = lo_w + max(-(-wp // sw), ow)
-    if (lo_h, lo_w, len_h, len_w) == (0, 0, oh, ow):  # 1x1 kernels at stride 1: no border needed
+    # gy zero-padded by lo before (the most negative shift) and enough after for every phase
+    lo = [d * (k - 1) // s for k, s, d in zip(kernel, stride, dilation)]
+    lengths = [lo_d + max(-(-p // s), o) for lo_d, p, s, o in zip(lo, padded, stride, out_spatial)]
+    if lo == [0] * len(lo) and lengths == list(out_spatial):  # 1x1 kernels at stride 1: no border needed
         gyp = _c(gy)
     else:
-        gyp = np.zeros((n, len_h, len_w, c_out), dtype=gy.dtype)
-        gyp[:, lo_h:lo_h + oh, lo_w:lo_w + ow] = gy
-    w5 = w.reshape(kh, kw, cg_in, groups, cg_out)
-    phases = [(qh, qw) for qh in range(min(sh, hp)) for qw in range(min(sw, wp))]
-    taps = {}
-    for q, k_count, s, d in ((0, kh, sh, dh), (1, kw, sw, dw)):
-        for phase in range(s):
-            taps[q, phase] = [(k, (phase - k * d) // s) for k in range(k_count) if (phase - k * d) % s == 0]
-    empty = any(not taps[0, qh] or not taps[1, qw] for qh, qw in phases)
+        gyp = np.zeros((n, *lengths, c_out), dtype=gy.dtype)
+        gyp[(slice(None), *(slice(a, a + o) for a, o in zip(lo, out_spatial)))] = gy
+    taps = [_phase_taps(k, s, d) for k, s, d in zip(kernel, stride, dilation)]
+    phases = list(itertools.product(*(range(min(s, p)) for s, p in zip(stride, padded))))
+    empty_phase = any(not all(taps[d][q] for d, q in enumerate(phase)) for phase in phases)
     if dst is None:
-        dst = (np.zeros if empty else np.empty)(shape, dtype=gy.dtype)
-    elif empty:
+        dst = (np.zeros if empty_phase else np.empty)(shape, dtype=gy.dtype)
+    elif empty_phase:
         dst[...] = 0
+    if n == 0:
+        return dst
+    w_groups = w.reshape(*kernel, cg_in, groups, cg_out)
     no_bias = _bias_blocks(None, (groups, -(-cg_in // B)), gy.dtype)
-    for qh, qw in phases:
-        taps_h, taps_w = taps[0, qh], taps[1, qw]
-        # padded rows qh + sh * j inside the window: j in [j_lo, j_hi) (likewise columns)
-        jh_lo, jw_lo = max(0, -((qh - top) // sh)), max(0, -((qw - left) // sw))
-        jh_hi, jw_hi = (top + height - 1 - qh) // sh + 1, (left + width - 1 - qw) // sw + 1
-        if not taps_h or not taps_w or n == 0 or jh_hi <= jh_lo or jw_hi <= jw_lo:
+    src_strides, dst_strides = _strides(gyp.shape), _strides(shape)
+    nd = len(kernel)
+    for phase in phases:
+        phase_taps = [taps[d][q] for d, q in enumerate(phase)]
+        # padded positions q + s*j inside the window: j in [j_lo, j_hi) per dim
+        j_lo = [max(0, -((q - a) // s)) for q, a, s in zip(phase, starts, stride)]
+        j_hi = [(a + size - 1 - q) // s + 1 for q, a, size, s in zip(phase, starts, sizes, stride)]
+        counts = [hi - lo_j for lo_j, hi in zip(j_lo, j_hi)]
+        if not all(phase_taps) or min(counts) <= 0:
             continue
-        eh = np.array([e + lo_h for _, e in taps_h])
-        ew = np.array([e + lo_w for _, e in taps_w])
-        offsets = ((eh[:, None, None] * len_w + ew[None, :, None]) * c_out
-                   + np.arange(cg_out)[None, None, :]).astype(np.uint64).ravel()
-        wsel = w5[[k for k, _ in taps_h]][:, [k for k, _ in taps_w]]  # (th, tw, cg_in, G, cg_out)
-        wmat = wsel.transpose(3, 0, 1, 4, 2).reshape(groups, -1, cg_in)
-        jh, jw = jh_hi - jh_lo, jw_hi - jw_lo
-        call(_gather_conv, gyp, offsets, _pack(wmat), no_bias, dst, 1, 1, jh_lo, jw_lo,
-             qh + sh * jh_lo - top, qw + sw * jw_lo - left, sh, sw, jh, jw,
-             work=n * jh * jw * cg_in * groups * offsets.size)
+        offsets = _grid([[e + lo_d for _, e in t] for t, lo_d in zip(phase_taps, lo)] + [np.arange(cg_out)],
+                        src_strides[1:])
+        wsel = w_groups[np.ix_(*[[k for k, _ in t] for t in phase_taps])]  # (*taps, cg_in, G, cg_out)
+        wmat = wsel.transpose(nd + 1, *range(nd), nd + 2, nd).reshape(groups, -1, cg_in)
+        src_rows = _grid([np.arange(n)] + [j0 + np.arange(c) for j0, c in zip(j_lo[:-1], counts[:-1])],
+                         src_strides[:-2]) + np.uint64(j_lo[-1] * c_out)
+        dst_rows = _grid([np.arange(n)] + [q + s * (j0 + np.arange(c)) - a for q, s, j0, c, a in
+                                           zip(phase[:-1], stride, j_lo[:-1], counts[:-1], starts)],
+                         dst_strides[:-2], np.int64) + (phase[-1] + stride[-1] * j_lo[-1] - starts[-1]) * shape[-1]
+        call(_gather_conv, gyp.reshape(-1), src_rows, c_out, offsets, _pack(wmat), no_bias, dst.reshape(-1),
+             dst_rows, stride[-1] * shape[-1], counts[-1], cg_out, cg_in,
+             work=n * math.prod(counts) * cg_in * groups * offsets.size)
     return dst
 
 
 def grad_input(gy, w, x_shape, params):
     """dL/dx of y = conv(x, w) given gy = dL/dy."""
-    (top, bottom), (left, right) = params.pads
-    hp, wp = x_shape[1] + top + bottom, x_shape[2] + left + right
+    padded = tuple(n + a + b for n, (a, b) in zip(x_shape[1:-1], params.pads))
     if params.mode == "zeros":  # the gradient of the zero padding is dropped: compute only x's window
-        return _padded_input_grad(gy, w, (hp, wp), (top, left, x_shape[1], x_shape[2]), params.stride,
-                                  params.dilation, params.groups)
-    gxp = _padded_input_grad(gy, w, (hp, wp), (0, 0, hp, wp), params.stride, params.dilation, params.groups)
+        window = (tuple(a for a, _ in params.pads), tuple(x_shape[1:-1]))
+        return _padded_input_grad(gy, w, padded, window, params.stride, params.dilation, params.groups)
+    gxp = _padded_input_grad(gy, w, padded, ((0,) * len(padded), padded), params.stride, params.dilation,
+                             params.groups)
     return _fold(gxp, x_shape, params.pads, params.mode)
 
 
 def grad_weight(gy, x, w_shape, params):
     """dL/dw of y = conv(x, w) given gy = dL/dy (fixed-order reduction: bitwise reproducible)."""
-    kh, kw, cg_in, c_out = w_shape
-    groups = params.groups
-    cg_out = c_out // groups
-    n, oh, ow, _ = gy.shape
     if gy.size == 0:
         return np.zeros(w_shape, dtype=gy.dtype)
-    if _is_depthwise(w_shape, groups):
-        src, off_h, off_w = _depthwise_source(x, params)
-        gy = _c(gy)
-        lanes = c_out == groups and c_out % B == 0
-        gy_blocks = gy.reshape(-1, B) if lanes else np.empty((0, B), dtype=gy.dtype)
-        taps = _depthwise.lanes_taps(kh, kw, params.dilation[0], params.dilation[1], src.shape[2], src.shape[3])
-        partial = np.zeros((SLOTS, kh, kw, c_out), dtype=gy.dtype)
-        call(_depthwise.grad_weight, src, gy, gy_blocks, taps, partial, off_h, off_w, *params.stride,
-             *params.dilation, work=gy.size * kh * kw)
-        return partial.sum(axis=0).reshape(w_shape)
+    if _is_depthwise(w_shape, params.groups):
+        return _depthwise_grad_weight(gy, x, w_shape, params)
+    kernel, cg_in, c_out = w_shape[:-2], w_shape[-2], w_shape[-1]
+    groups = params.groups
+    cg_out = c_out // groups
     xp = _pad(x, params.pads, params.mode)
-    _, hp, wp, c_in = xp.shape
-    (sh, sw), (dh, dw) = params.stride, params.dilation
-    rows = _tap_offsets(kh, kw, dh, dw, wp, c_in, cg_in)
-    pix = (((np.arange(n)[:, None, None] * hp + np.arange(oh)[None, :, None] * sh) * wp
-            + np.arange(ow)[None, None, :] * sw) * c_in).astype(np.uint64).ravel()
+    rows = _tap_offsets(kernel, params.dilation, xp.shape, cg_in)
+    pix = _grid([np.arange(gy.shape[0])] + [np.arange(o) * s for o, s in zip(gy.shape[1:-1], params.stride)],
+                _strides(xp.shape)[:-1])
     gpk = _pack(gy.reshape(-1, groups, cg_out).transpose(1, 0, 2))
     n_rows = rows.shape[0]
     # At least as many equal chunks as slots, so that the slots (and the threads) share the work evenly.
@@ -411,10 +466,10 @@ def grad_bias(gy):
 
 def transpose(x, w, bias, params, output_padding, out):
     """out = conv_transpose(x, w) + bias: the input gradient of a convolution whose output is x."""
-    (top, bottom), (left, right) = params.pads
-    _, oh, ow, _ = out.shape
-    _padded_input_grad(x, w, (oh + top + bottom, ow + left + right), (top, left, oh, ow), params.stride,
-                       params.dilation, params.groups, dst=out)
+    sizes = tuple(out.shape[1:-1])
+    padded = tuple(n + a + b for n, (a, b) in zip(sizes, params.pads))
+    _padded_input_grad(x, w, padded, (tuple(a for a, _ in params.pads), sizes), params.stride, params.dilation,
+                       params.groups, dst=out)
     if bias is not None:
         out += bias
     return out

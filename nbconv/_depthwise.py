@@ -1,9 +1,14 @@
 """Depthwise kernels (C_in // groups == 1, any channel multiplier m = C_out // C_in) on channels-last rows.
 
-One output row per parallel iteration, the channel axis as the vector axis, border checks instead of
-a padded copy for zero padding. Every kernel writes only what its iteration owns, in a fixed order,
-so results are bitwise reproducible for any thread count.
+Any number of spatial dims: an array (N, *spatial, C) is seen as rows (N * prod(spatial[:-1]), W, C).
+The taps over the outer spatial dims (all but the last) are looked up in a row table built by
+:func:`row_table` (the row of the other operand each (row, outer tap) pair reads, or -1 outside it);
+the last spatial dim is the kernels' inner loop, with the channel axis as the vector axis and border
+checks instead of a padded copy for zero padding. Every kernel writes only what its iteration owns,
+in a fixed order, so results are bitwise reproducible for any thread count.
 """
+import math
+
 import numpy as np
 from numba import prange
 
@@ -17,6 +22,14 @@ def _valid_range(count, start, step, size):
     lo = max(0, -(start // step))
     hi = min(count, (size - 1 - start) // step + 1)
     return lo, max(lo, hi)
+
+
+@kernel()
+def _interior(out_w, w_src, k_w, off_w, sw, dw):
+    """[lo, hi) of the output columns whose every tap along the row lies inside a source row of w_src."""
+    lo = min(out_w, max(0, -((-off_w) // sw)))
+    hi = max(lo, min(out_w, (w_src - 1 - (k_w - 1) * dw + off_w) // sw + 1))
+    return lo, hi
 
 
 @kernel(inline="always")
@@ -33,37 +46,37 @@ def _madd_row(acc, a, b, m, c_lo):
 
 
 @kernel(parallel=True)
-def forward(src, w, wpk, taps, bias, dst, off_h, off_w, sh, sw, dh, dw):
-    """dst[n, oh, ow, c] = bias[c] + sum_{kh, kw} src[n, oh*sh + kh*dh - off_h, ow*sw + kw*dw - off_w, c // m]
-    * w[kh, kw, c], zero outside src; m = C_dst // C_src; wpk = lanes_weights(w), taps = lanes_taps(...);
-    all C-contiguous; bias empty or (C_dst,)."""
-    n_img, h_src, w_src, c_src = src.shape
-    out_h, out_w, c_dst = dst.shape[1], dst.shape[2], dst.shape[3]
-    k_h, k_w = w.shape[0], w.shape[1]
+def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw):
+    """dst[r, ow, c] = bias[c] + sum over taps t with row_src[r, t] >= 0 and kw of src[row_src[r, t], ow*sw +
+    kw*dw - off_w, c // m] * w[t, kw, c], zero outside the row; src (rows, W, C_src), w (T, KW, C_dst), dst
+    (R, OW, C_dst), row_src (R, T) increasing along t where >= 0, wpk = lanes_weights(w), m = C_dst // C_src,
+    bias empty or (C_dst,); all C-contiguous."""
+    w_src, c_src = src.shape[1], src.shape[2]
+    n_rows, out_w, c_dst = dst.shape
+    n_taps, k_w = w.shape[0], w.shape[1]
     m = c_dst // c_src
     flat = src.reshape(-1)
     dst_flat = dst.reshape(-1)
-    # Interior: whole tiles of P columns whose every tap is inside src, and the full B-channel blocks
+    # Interior: whole tiles of P columns whose every tap is inside the row, and the full B-channel blocks
     # (m == 1), run through the register tile; the other columns and channels through the plain loops.
     c_full = (c_dst // B) * B if m == 1 else 0
-    ow_lo = min(out_w, max(0, -((-off_w) // sw)))
-    ow_hi = max(ow_lo, min(out_w, (w_src - 1 - (k_w - 1) * dw + off_w) // sw + 1))
+    ow_lo, ow_hi = _interior(out_w, w_src, k_w, off_w, sw, dw)
     ow_hi = ow_lo + (ow_hi - ow_lo) // P * P
-    for row in prange(n_img * out_h):
-        n = row // out_h
-        oh = row - n * out_h
-        out_row = dst[n, oh]
+    for row in prange(n_rows):
+        out_row = dst[row]
         if bias.shape[0] > 0:
             for ow in range(out_w):
                 out_row[ow] = bias
         else:
             out_row[:] = 0
-        kh_lo, kh_hi = _valid_range(k_h, oh * sh - off_h, dh, h_src)
-        for kh in range(kh_lo, kh_hi):
-            src_row = src[n, oh * sh + kh * dh - off_h]
+        for t in range(n_taps):
+            sr = row_src[row, t]
+            if sr < 0:
+                continue
+            src_row = src[sr]
             for kw in range(k_w):
                 lo, hi = _valid_range(out_w, kw * dw - off_w, sw, w_src)
-                wv = w[kh, kw]
+                wv = w[t, kw]
                 for ow in range(lo, min(hi, ow_lo)):
                     _madd_row(out_row[ow], src_row[ow * sw + kw * dw - off_w], wv, m, 0)
                 for ow in range(max(lo, ow_hi), hi):
@@ -71,46 +84,54 @@ def forward(src, w, wpk, taps, bias, dst, off_h, off_w, sh, sw, dh, dw):
                 if c_full < c_dst:
                     for ow in range(max(lo, ow_lo), min(hi, ow_hi)):
                         _madd_row(out_row[ow], src_row[ow * sw + kw * dw - off_w], wv, m, c_full)
-        if c_full == 0 or ow_hi == ow_lo or kh_hi == kh_lo:
+        if c_full == 0 or ow_hi == ow_lo:
             continue
         bases = np.empty(P, dtype=np.uint64)
         out_bases = np.empty(P, dtype=np.uint64)
-        offsets = taps[kh_lo, kh_lo * k_w:kh_hi * k_w]
-        row_base = (n * h_src + oh * sh + kh_lo * dh - off_h) * w_src
-        for ow0 in range(ow_lo, ow_hi, P):
-            for cb in range(c_full // B):
-                for p in range(P):
-                    bases[p] = np.uint64((row_base + (ow0 + p) * sw - off_w) * c_src + cb * B)
-                    out_bases[p] = np.uint64((row * out_w + ow0 + p) * c_dst + cb * B)
-                micro_lanes_add(flat, bases, offsets, wpk[cb, kh_lo * k_w:kh_hi * k_w], 0, 1, dst_flat, out_bases)
+        offsets = np.empty(n_taps * k_w, dtype=np.uint64)
+        t = 0
+        while t < n_taps:  # each run of consecutive in-range taps is one register-tile pass
+            if row_src[row, t] < 0:
+                t += 1
+                continue
+            first = row_src[row, t]
+            end = t
+            while end < n_taps and row_src[row, end] >= 0:
+                for kw in range(k_w):
+                    offsets[end * k_w + kw] = np.uint64(((row_src[row, end] - first) * w_src + kw * dw) * c_src)
+                end += 1
+            for ow0 in range(ow_lo, ow_hi, P):
+                for cb in range(c_full // B):
+                    for p in range(P):
+                        bases[p] = np.uint64((first * w_src + (ow0 + p) * sw - off_w) * c_src + cb * B)
+                        out_bases[p] = np.uint64((row * out_w + ow0 + p) * c_dst + cb * B)
+                    micro_lanes_add(flat, bases, offsets[t * k_w:end * k_w], wpk[cb], t * k_w, 1, dst_flat, out_bases)
+            t = end
 
 
 @kernel(parallel=True)
-def grad_input(gy, w, dst, off_h, off_w, sh, sw, dh, dw):
-    """dst[n, i, j, ci] = sum of gy[n, oh, ow, ci*m + t] * w[kh, kw, ci*m + t] over oh*sh + kh*dh = i + off_h,
-    ow*sw + kw*dw = j + off_w, t < m; gy, w (KH, KW, C_out), dst C-contiguous."""
-    n_img, out_h, out_w, c_out = gy.shape
-    h_dst, w_dst, c_dst = dst.shape[1], dst.shape[2], dst.shape[3]
-    k_h, k_w = w.shape[0], w.shape[1]
+def grad_input(gy, w, row_gy, dst, off_w, sw, dw):
+    """dst[r, i, ci] = sum of gy[row_gy[r, t], ow, ci*m + u] * w[t, kw, ci*m + u] over taps t with row_gy[r, t] >= 0,
+    kw, ow with ow*sw + kw*dw = i + off_w, u < m; gy (R_gy, OW, C_out), w (T, KW, C_out), dst (R, W, C_dst),
+    row_gy (R, T); all C-contiguous."""
+    out_w, c_out = gy.shape[1], gy.shape[2]
+    n_rows, w_dst, c_dst = dst.shape
+    n_taps, k_w = w.shape[0], w.shape[1]
     m = c_out // c_dst
-    for row in prange(n_img * h_dst):
-        n = row // h_dst
-        i = row - n * h_dst
-        dst_row = dst[n, i]
+    for row in prange(n_rows):
+        dst_row = dst[row]
         dst_row[:] = 0
-        for kh in range(k_h):
-            t = i + off_h - kh * dh
-            if t < 0 or t % sh:
+        for t in range(n_taps):
+            gr = row_gy[row, t]
+            if gr < 0:
                 continue
-            oh = t // sh
-            if oh >= out_h:
-                continue
+            gy_row = gy[gr]
             for kw in range(k_w):
                 lo, hi = _valid_range(out_w, kw * dw - off_w, sw, w_dst)
-                wv = w[kh, kw]
+                wv = w[t, kw]
                 for ow in range(lo, hi):
                     acc = dst_row[ow * sw + kw * dw - off_w]
-                    g = gy[n, oh, ow]
+                    g = gy_row[ow]
                     if m == 1:
                         for c in range(c_dst):
                             acc[c] += g[c] * wv[c]
@@ -123,37 +144,40 @@ def grad_input(gy, w, dst, off_h, off_w, sh, sw, dh, dw):
 
 
 @kernel(parallel=True)
-def grad_weight(src, gy, gy_blocks, taps, partial, off_h, off_w, sh, sw, dh, dw):
-    """partial[t, kh, kw, c] = sum over rows (n, oh) of block t (of partial.shape[0] equal blocks) and ow of
-    src[n, oh*sh + kh*dh - off_h, ow*sw + kw*dw - off_w, c // m] * gy[n, oh, ow, c] (zero outside src);
-    gy_blocks = gy as rows of B channels when m == 1 and B divides C_out (else empty), taps = lanes_taps(...);
-    partial zeroed, everything C-contiguous."""
-    n_img, h_src, w_src, c_src = src.shape
-    out_h, out_w, c_out = gy.shape[1], gy.shape[2], gy.shape[3]
-    n_slots, k_h, k_w = partial.shape[0], partial.shape[1], partial.shape[2]
+def grad_weight(src, gy, gy_blocks, row_src, partial, off_w, sw, dw):
+    """partial[slot, t, kw, c] = sum over rows r of block slot (of partial.shape[0] equal blocks) with
+    row_src[r, t] >= 0, and ow, of src[row_src[r, t], ow*sw + kw*dw - off_w, c // m] * gy[r, ow, c] (zero outside
+    the row); src (rows, W, C_src), gy (R, OW, C_out), row_src (R, T); gy_blocks = gy as rows of B channels when
+    m == 1 and B divides C_out (else empty); partial zeroed, everything C-contiguous."""
+    w_src, c_src = src.shape[1], src.shape[2]
+    n_rows, out_w, c_out = gy.shape
+    n_slots, n_taps, k_w = partial.shape[0], partial.shape[1], partial.shape[2]
     m = c_out // c_src
-    n_rows = n_img * out_h
     flat = src.reshape(-1)
     n_blocks = c_out // B if gy_blocks.shape[0] > 0 else 0
     c_full = n_blocks * B
-    ow_lo = min(out_w, max(0, -((-off_w) // sw)))
-    ow_hi = max(ow_lo, min(out_w, (w_src - 1 - (k_w - 1) * dw + off_w) // sw + 1))
-    for t in prange(n_slots):
-        acc = partial[t]
-        acc_taps = acc.reshape(k_h * k_w, c_out)
+    ow_lo, ow_hi = _interior(out_w, w_src, k_w, off_w, sw, dw)
+    for slot in prange(n_slots):
+        acc = partial[slot]
+        acc_taps = acc.reshape(n_taps * k_w, c_out)
         tile = np.empty((P, B), dtype=partial.dtype)
         bases = np.empty(P, dtype=np.uint64)
         pix = np.empty(max(ow_hi - ow_lo, 1), dtype=np.uint64)
-        for row in range(t * n_rows // n_slots, (t + 1) * n_rows // n_slots):
-            n = row // out_h
-            oh = row - n * out_h
-            kh_lo, kh_hi = _valid_range(k_h, oh * sh - off_h, dh, h_src)
-            gy_row = gy[n, oh]
-            for kh in range(kh_lo, kh_hi):
-                src_row = src[n, oh * sh + kh * dh - off_h]
+        for i in range(ow_hi - ow_lo):
+            pix[i] = np.uint64(((ow_lo + i) * sw - off_w) * c_src)
+        tap_ids = np.empty(n_taps * k_w, dtype=np.int64)
+        tap_bases = np.empty(n_taps * k_w, dtype=np.uint64)
+        for row in range(slot * n_rows // n_slots, (slot + 1) * n_rows // n_slots):
+            gy_row = gy[row]
+            n_valid = 0
+            for t in range(n_taps):
+                sr = row_src[row, t]
+                if sr < 0:
+                    continue
+                src_row = src[sr]
                 for kw in range(k_w):
                     lo, hi = _valid_range(out_w, kw * dw - off_w, sw, w_src)
-                    acc_tap = acc[kh, kw]
+                    acc_tap = acc[t, kw]
                     for ow in range(lo, min(hi, ow_lo)):
                         _madd_row(acc_tap, src_row[ow * sw + kw * dw - off_w], gy_row[ow], m, 0)
                     for ow in range(max(lo, ow_hi), hi):
@@ -161,35 +185,58 @@ def grad_weight(src, gy, gy_blocks, taps, partial, off_h, off_w, sh, sw, dh, dw)
                     if c_full < c_out:
                         for ow in range(max(lo, ow_lo), min(hi, ow_hi)):
                             _madd_row(acc_tap, src_row[ow * sw + kw * dw - off_w], gy_row[ow], m, c_full)
-            if c_full == 0 or ow_hi == ow_lo or kh_hi == kh_lo:
+                    tap_ids[n_valid] = t * k_w + kw
+                    tap_bases[n_valid] = np.uint64((sr * w_src + kw * dw) * c_src)
+                    n_valid += 1
+            if c_full == 0 or ow_hi == ow_lo or n_valid == 0:
                 continue
-            row_base = (n * h_src + oh * sh + kh_lo * dh - off_h) * w_src
-            for i in range(ow_hi - ow_lo):
-                pix[i] = np.uint64((row_base + (ow_lo + i) * sw - off_w) * c_src)
-            t_lo, t_hi = kh_lo * k_w, kh_hi * k_w
             for cb in range(n_blocks):
-                for t0 in range(t_lo, t_hi, P):
+                for t0 in range(0, n_valid, P):
                     for p in range(P):
-                        bases[p] = taps[kh_lo, min(t0 + p, t_hi - 1)] + np.uint64(cb * B)
+                        bases[p] = tap_bases[min(t0 + p, n_valid - 1)] + np.uint64(cb * B)
                     micro_lanes(flat, bases, pix[:ow_hi - ow_lo], gy_blocks, (row * out_w + ow_lo) * n_blocks + cb,
                                 n_blocks, tile)
-                    for p in range(min(P, t_hi - t0)):
-                        acc_tap = acc_taps[t0 + p]
+                    for p in range(min(P, n_valid - t0)):
+                        acc_tap = acc_taps[tap_ids[t0 + p]]
                         for b in range(B):
                             acc_tap[cb * B + b] += tile[p, b]
 
 
 def lanes_weights(w):
-    """(KH, KW, C) depthwise weights as (C // B, KH * KW, B) blocks for micro_lanes."""
-    k_h, k_w, c = w.shape
+    """(T, KW, C) depthwise weights as (C // B, T * KW, B) blocks for micro_lanes."""
+    n_taps, k_w, c = w.shape
     blocks = c // B
-    return np.ascontiguousarray(w[:, :, :blocks * B].reshape(k_h * k_w, blocks, B).transpose(1, 0, 2))
+    return np.ascontiguousarray(w[:, :, :blocks * B].reshape(n_taps * k_w, blocks, B).transpose(1, 0, 2))
 
 
-def lanes_taps(k_h, k_w, dh, dw, w_src, c_src):
-    """taps[k0, t]: flat offset of tap t = (kh, kw) (kh >= k0) relative to tap (k0, 0), for an input
-    row width w_src and c_src channels (uint64, (KH, KH * KW))."""
-    kh = np.arange(k_h).repeat(k_w)
-    kw = np.tile(np.arange(k_w), k_h)
-    rel = np.maximum(kh[None, :] - np.arange(k_h)[:, None], 0)
-    return ((rel * dh * w_src + kw[None, :] * dw) * c_src).astype(np.uint64)
+def row_table(n_img, positions, sizes):
+    """table[r, t] (int64, (n_img * prod(A_d), prod(K_d))): the row (n, positions[0][a_0, k_0], ...) of an
+    array with outer spatial sizes `sizes`, for row r = (n, a_0, a_1, ...) and outer tap t = (k_0, k_1, ...)
+    in C order; -1 where some position is outside [0, size). positions: one (A_d, K_d) int array per dim."""
+    m = len(positions)
+    index = np.arange(n_img).reshape((n_img,) + (1,) * (2 * m))
+    valid = np.ones(index.shape, dtype=bool)
+    for d, (pos, size) in enumerate(zip(positions, sizes)):
+        shape = [1] * (1 + 2 * m)
+        shape[1 + d], shape[1 + m + d] = pos.shape
+        pos = pos.reshape(shape)
+        valid = valid & (pos >= 0) & (pos < size)
+        index = index * size + pos
+    n_rows = n_img * math.prod(p.shape[0] for p in positions)
+    n_taps = math.prod(p.shape[1] for p in positions)
+    return np.ascontiguousarray(np.where(valid, index, -1).reshape(n_rows, n_taps))
+
+
+def forward_positions(out_sizes, kernel, stride, dilation, offset):
+    """Per dim, the source position o*s + k*d - offset read by output o through tap k: (O_d, K_d) arrays."""
+    return [np.arange(o)[:, None] * s + np.arange(k)[None, :] * d - off
+            for o, k, s, d, off in zip(out_sizes, kernel, stride, dilation, offset)]
+
+
+def adjoint_positions(dst_sizes, kernel, stride, dilation, offset):
+    """Per dim, the output o with o*s + k*d = i + offset that position i receives through tap k (-1 if none)."""
+    positions = []
+    for n, k, s, d, off in zip(dst_sizes, kernel, stride, dilation, offset):
+        t = np.arange(n)[:, None] + off - np.arange(k)[None, :] * d
+        positions.append(np.where((t >= 0) & (t % s == 0), t // s, -1))
+    return positions

@@ -10,7 +10,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+from ._padding import MODES as PADDING_MODES
+
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _DTYPE_NAMES = "float32 or float64"
 MAX_PARAM = 2 ** 62  # stride, dilation and padding values: kernels index in 64 bits

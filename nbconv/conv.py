@@ -1,155 +1,145 @@
-"""Public convolution functions on arrays: validate -> allocate -> dispatch to a backend.
+"""Convolutions on arrays: the public functions (validate once -> ConvParams -> a backend) and the
+internal entry points that take parsed ConvParams and shapes (used by the tape and the adapters).
 
-Notation: activations are channels-last, (N, L, C) in 1-D and (N, H, W, C) in 2-D; weights are
-spatial-first then in then out, (K, C_in // groups, C_out) and (KH, KW, C_in // groups, C_out);
-bias is (C_out,). The operation is cross-correlation (no kernel flip).
+Notation: activations are channels-last, (N, L, C) in 1-D, (N, H, W, C) in 2-D, (N, D, H, W, C) in
+3-D; weights are spatial-first then in then out, (*kernel, C_in // groups, C_out); bias is (C_out,).
+The operation is cross-correlation (no kernel flip).
 
-Every 1-D call runs the 2-D kernels with H = 1.
+Parameters shared by every function (one definition: :mod:`nbconv._shapes`):
+
+- ``stride``, ``dilation``: an int or one int per spatial dim, each >= 1.
+- ``padding``: an int; one int per spatial dim; one ``(before, after)`` pair per spatial dim;
+  ``"valid"`` (none) or ``"same"`` (output size ``ceil(input / stride)``, TensorFlow/JAX split with
+  the extra element after).
+- ``padding_mode``: ``"zeros"``, ``"reflect"``, ``"replicate"`` or ``"circular"`` (PyTorch's meanings).
+- ``groups``: divides C_in and C_out; ``groups == C_in`` is depthwise.
+- dtypes float32 or float64, shared by every array argument; any strides; inputs are never modified.
+  Bad shapes or parameters raise ValueError/TypeError naming the argument before any kernel runs.
 """
 from collections import namedtuple
 
 import numpy as np
 
-from ._shapes import (ConvParams, check_dtypes, check_ndim, conv_output_shape, conv_params,
-                      transpose_params)
+from . import _backend
+from ._shapes import check_dtypes, check_ndim, conv_output_shape, conv_params, transpose_params
 
 ConvGrads = namedtuple("ConvGrads", ["input", "weight", "bias"])
 ConvGrads.__doc__ = "Gradients of a convolution: (input, weight, bias); an entry not asked for is None."
-Conv2dGrads = Conv1dGrads = ConvGrads
+Conv3dGrads = Conv2dGrads = Conv1dGrads = ConvGrads
 
-_NEEDS = ("input", "weight", "bias")
-_LAYOUTS = {1: ("(N, L, C)", "(K, C_in // groups, C_out)"),
-            2: ("(N, H, W, C)", "(KH, KW, C_in // groups, C_out)")}
-
-
-def _is_device_array(a):
-    return hasattr(a, "__cuda_array_interface__") or type(a).__module__.startswith("numba.cuda")
+NEEDS = ("input", "weight", "bias")
+_SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
+_KERNEL = {1: "K", 2: "KH, KW", 3: "KD, KH, KW"}
 
 
-_OPTIONAL = ("bias", "out")  # the only array arguments that may be None
+def _layouts(nd, transposed=False):
+    """(activation layout, weight layout) strings for error messages."""
+    c_in = "C_out // groups, C_in" if transposed else "C_in // groups, C_out"
+    return f"(N, {_SPATIAL[nd]}, C)", f"({_KERNEL[nd]}, {c_in})"
 
 
-def _backend(**arrays):
-    """The backend module for these arrays (None bias/out ignored); TypeError on non-arrays or a mix."""
-    kinds = {}
-    for name, a in arrays.items():
-        if a is None:
-            if name in _OPTIONAL:
-                continue
-            raise TypeError(f"{name} must be a NumPy array or a CUDA device array, got None")
-        if isinstance(a, np.ndarray):
-            kinds[name] = "host"
-        elif _is_device_array(a):
-            kinds[name] = "device"
-        else:
-            raise TypeError(f"{name} must be a NumPy array or a CUDA device array, got {type(a).__name__}")
-    if len(set(kinds.values())) > 1:
-        where = ", ".join(f"{name} on {kind}" for name, kind in kinds.items())
-        raise TypeError(f"arrays must all be on the host or all on a CUDA device, got {where}")
-    # Backends are imported on first use: `import nbconv` stays free of numba (and of CUDA).
-    if "device" in kinds.values():
-        from . import _cuda
-        return _cuda
-    from . import _cpu
-    return _cpu
+# ---------------------------------------------------------------- internal entry points (parsed params)
+
+def _on(backend, *arrays):
+    return tuple(None if a is None else backend.as_array(a) for a in arrays)
 
 
-def _on_backend(backend, *arrays):
-    """The arrays as the backend's array type (CUDA: numba device arrays, zero-copy; None kept)."""
-    if not hasattr(backend, "as_device_array"):
-        return arrays
-    return tuple(None if a is None else backend.as_device_array(a) for a in arrays)
-
-
-def _result(out, shape, dtype, backend, inputs):
-    """A new result array, or `out` after checking it can hold the result."""
+def forward(x, w, bias, params, out=None):
+    """conv(x, w) + bias for validated arrays and ConvParams (into `out`, already checked, when given)."""
+    backend = _backend.select(x=x, w=w, bias=bias, out=out)
+    x, w, bias, out = _on(backend, x, w, bias, out)
     if out is None:
-        return backend.empty(shape, dtype)
-    if tuple(out.shape) != tuple(shape):
-        raise ValueError(f"out has shape {tuple(out.shape)} but the result has shape {tuple(shape)}")
-    if np.dtype(out.dtype) != dtype:
-        raise TypeError(f"out has dtype {np.dtype(out.dtype)} but the result has dtype {dtype}")
-    if isinstance(out, np.ndarray):
-        if not out.flags.c_contiguous:
-            raise ValueError(f"out must be C-contiguous (out.strides={out.strides})")
-        if not out.flags.writeable:
-            raise ValueError("out must be writeable")
-        for name, a in inputs.items():
-            if a is not None and np.may_share_memory(out, a):
-                raise ValueError(f"out overlaps {name}; pass a separate array")
-    else:
-        backend.check_out(out, inputs)
-    return out
+        out = backend.empty(conv_output_shape(tuple(x.shape), tuple(w.shape), params), np.dtype(x.dtype))
+    return backend.forward(x, w, bias, params, out)
 
 
-def _unit_axis(a, axis):
-    """A view of `a` with a length-1 axis inserted at `axis` (how 1-D calls reach the 2-D kernels)."""
-    if isinstance(a, np.ndarray):
-        return np.expand_dims(a, axis)
-    from . import _cuda
-    return _cuda.unit_axis(a, axis)
+def input_grad(gy, w, x_shape, params):
+    """dL/dx of y = conv(x, w, params) for an x of shape x_shape, given gy = dL/dy."""
+    backend = _backend.select(grad_out=gy, w=w)
+    gy, w = _on(backend, gy, w)
+    return backend.grad_input(gy, w, tuple(x_shape), params)
 
 
-def _as_2d(nd, *activations):
-    return activations if nd == 2 else tuple(_unit_axis(a, 1) for a in activations)
+def weight_grad(gy, x, w_shape, params):
+    """dL/dw of y = conv(x, w, params) for a w of shape w_shape, given gy = dL/dy."""
+    backend = _backend.select(grad_out=gy, x=x)
+    gy, x = _on(backend, gy, x)
+    return backend.grad_weight(gy, x, tuple(w_shape), params)
 
 
-def _weight_2d(nd, w):
-    return w if nd == 2 else _unit_axis(w, 0)
+def bias_grad(grad_out):
+    """dL/dbias for channels-last grad_out (N, *spatial, C): the sum over every axis but the last, in the
+    backend's fixed order (the bias gradient of convolutions and transposed ones)."""
+    backend = _backend.select(grad_out=grad_out)
+    (g,) = _on(backend, grad_out)
+    return backend.grad_bias(g)
 
 
-def _params_2d(nd, params):
-    if nd == 2:
-        return params
-    return ConvParams((1,) + params.stride, ((0, 0),) + params.pads, (1,) + params.dilation,
-                      params.groups, params.mode)
+def transpose(x, w, bias, params, output_padding, out_shape, out=None):
+    """conv_transpose(x, w) + bias of shape out_shape for validated arrays and params."""
+    backend = _backend.select(x=x, w=w, bias=bias, out=out)
+    x, w, bias, out = _on(backend, x, w, bias, out)
+    if out is None:
+        out = backend.empty(tuple(out_shape), np.dtype(x.dtype))
+    return backend.transpose(x, w, bias, params, tuple(output_padding), out)
 
+
+# ---------------------------------------------------------------- validation shared by the public functions
 
 def _check_bias(bias, c_out):
     if bias is not None and tuple(bias.shape) != (c_out,):
         raise ValueError(f"bias must have shape ({c_out},) (C_out), got {tuple(bias.shape)}")
 
 
-def _check_layouts(nd, x, w, x_name="x"):
-    x_layout, w_layout = _LAYOUTS[nd]
-    check_ndim(x, nd + 2, x_name, x_layout)
-    check_ndim(w, nd + 2, "w", w_layout)
+def _check_out(backend, out, shape, dtype, inputs):
+    """ValueError/TypeError unless `out` can hold a result of `shape` and `dtype`."""
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"out has shape {tuple(out.shape)} but the result has shape {tuple(shape)}")
+    if np.dtype(out.dtype) != dtype:
+        raise TypeError(f"out has dtype {np.dtype(out.dtype)} but the result has dtype {dtype}")
+    backend.check_out(out, inputs)
 
 
-def _forward(nd, x, w, bias, stride, padding, dilation, groups, padding_mode, out):
-    backend = _backend(x=x, w=w, bias=bias, out=out)
-    x, w, bias, out_array = _on_backend(backend, x, w, bias, out)
-    _check_layouts(nd, x, w)
-    dtype = check_dtypes(x=x, w=w, bias=bias, out=out_array)
-    params = conv_params(tuple(x.shape), tuple(w.shape), stride=stride, padding=padding, dilation=dilation,
-                         groups=groups, padding_mode=padding_mode)
-    _check_bias(bias, tuple(w.shape)[-1])
-    result = _result(out_array, conv_output_shape(tuple(x.shape), tuple(w.shape), params), dtype, backend,
-                     {"x": x, "w": w, "bias": bias})
-    (x2, result2), w2 = _as_2d(nd, x, result), _weight_2d(nd, w)
-    backend.forward(x2, w2, bias, _params_2d(nd, params), result2)
-    return result if out is None else out
-
-
-def _parse_needs(needs):
+def parse_needs(needs):
+    """`needs` as a tuple of names from NEEDS (a single name is accepted)."""
     if isinstance(needs, str):
         needs = (needs,)
     try:
         needs = tuple(needs)
     except TypeError:
-        raise TypeError(f"needs must be a tuple of names from {_NEEDS}, got {needs!r}") from None
-    unknown = [n for n in needs if n not in _NEEDS]
+        raise TypeError(f"needs must be a tuple of names from {NEEDS}, got {needs!r}") from None
+    unknown = [n for n in needs if n not in NEEDS]
     if unknown:
-        raise ValueError(f"needs may only contain {_NEEDS}, got {needs!r}")
+        raise ValueError(f"needs may only contain {NEEDS}, got {needs!r}")
     return needs
 
 
+def _forward(nd, x, w, bias, stride, padding, dilation, groups, padding_mode, out):
+    backend = _backend.select(x=x, w=w, bias=bias, out=out)
+    x, w, bias, out_array = _on(backend, x, w, bias, out)
+    x_layout, w_layout = _layouts(nd)
+    check_ndim(x, nd + 2, "x", x_layout)
+    check_ndim(w, nd + 2, "w", w_layout)
+    dtype = check_dtypes(x=x, w=w, bias=bias, out=out_array)
+    params = conv_params(tuple(x.shape), tuple(w.shape), stride=stride, padding=padding, dilation=dilation,
+                         groups=groups, padding_mode=padding_mode)
+    _check_bias(bias, tuple(w.shape)[-1])
+    if out_array is None:
+        return forward(x, w, bias, params)
+    _check_out(backend, out_array, conv_output_shape(tuple(x.shape), tuple(w.shape), params), dtype,
+               {"x": x, "w": w, "bias": bias})
+    forward(x, w, bias, params, out_array)
+    return out
+
+
 def _backward(nd, grad_out, x, w, stride, padding, dilation, groups, padding_mode, needs):
-    backend = _backend(grad_out=grad_out, x=x, w=w)
-    grad_out, x, w = _on_backend(backend, grad_out, x, w)
-    needs = _parse_needs(needs)
-    _check_layouts(nd, x, w)
-    check_ndim(grad_out, nd + 2, "grad_out", _LAYOUTS[nd][0])
+    backend = _backend.select(grad_out=grad_out, x=x, w=w)
+    grad_out, x, w = _on(backend, grad_out, x, w)
+    needs = parse_needs(needs)
+    x_layout, w_layout = _layouts(nd)
+    check_ndim(x, nd + 2, "x", x_layout)
+    check_ndim(w, nd + 2, "w", w_layout)
+    check_ndim(grad_out, nd + 2, "grad_out", x_layout)
     check_dtypes(grad_out=grad_out, x=x, w=w)
     params = conv_params(tuple(x.shape), tuple(w.shape), stride=stride, padding=padding, dilation=dilation,
                          groups=groups, padding_mode=padding_mode)
@@ -157,46 +147,36 @@ def _backward(nd, grad_out, x, w, stride, padding, dilation, groups, padding_mod
     if tuple(grad_out.shape) != y_shape:
         raise ValueError(f"grad_out has shape {tuple(grad_out.shape)} but the convolution's output has shape "
                          f"{y_shape} (x.shape={tuple(x.shape)}, w.shape={tuple(w.shape)})")
-    (gy2, x2), w2, p2 = _as_2d(nd, grad_out, x), _weight_2d(nd, w), _params_2d(nd, params)
-    gx = gw = gb = None
-    if "input" in needs:
-        gx = backend.grad_input(gy2, w2, tuple(x2.shape), p2).reshape(tuple(x.shape))
-    if "weight" in needs:
-        gw = backend.grad_weight(gy2, x2, tuple(w2.shape), p2).reshape(tuple(w.shape))
-    if "bias" in needs:
-        gb = backend.grad_bias(gy2)
+    gx = input_grad(grad_out, w, x.shape, params) if "input" in needs else None
+    gw = weight_grad(grad_out, x, w.shape, params) if "weight" in needs else None
+    gb = bias_grad(grad_out) if "bias" in needs else None
     return ConvGrads(gx, gw, gb)
 
 
-def bias_grad(grad_out):
-    """dL/dbias for channels-last grad_out (N, L, C) or (N, H, W, C): the sum over every axis but the
-    last, in the backend's fixed order (the bias gradient of convolutions and transposed ones)."""
-    backend = _backend(grad_out=grad_out)
-    (g,) = _on_backend(backend, grad_out)
-    return backend.grad_bias(g if len(g.shape) == 4 else _unit_axis(g, 1))
-
-
 def _transpose(nd, x, w, bias, stride, padding, output_padding, dilation, groups, out):
-    backend = _backend(x=x, w=w, bias=bias, out=out)
-    x, w, bias, out_array = _on_backend(backend, x, w, bias, out)
-    x_layout = _LAYOUTS[nd][0]
+    backend = _backend.select(x=x, w=w, bias=bias, out=out)
+    x, w, bias, out_array = _on(backend, x, w, bias, out)
+    x_layout, w_layout = _layouts(nd, transposed=True)
     check_ndim(x, nd + 2, "x", x_layout)
-    check_ndim(w, nd + 2, "w", "(K, C_out // groups, C_in)" if nd == 1 else "(KH, KW, C_out // groups, C_in)")
+    check_ndim(w, nd + 2, "w", w_layout)
     dtype = check_dtypes(x=x, w=w, bias=bias, out=out_array)
     params, output_padding, shape = transpose_params(
         tuple(x.shape), tuple(w.shape), stride=stride, padding=padding, output_padding=output_padding,
         dilation=dilation, groups=groups)
     _check_bias(bias, shape[-1])
-    result = _result(out_array, shape, dtype, backend, {"x": x, "w": w, "bias": bias})
-    (x2, result2), w2 = _as_2d(nd, x, result), _weight_2d(nd, w)
-    backend.transpose(x2, w2, bias, _params_2d(nd, params), (0,) * (2 - nd) + output_padding, result2)
+    if out_array is not None:
+        _check_out(backend, out_array, shape, dtype, {"x": x, "w": w, "bias": bias})
+    result = transpose(x, w, bias, params, output_padding, shape, out_array)
     return result if out is None else out
 
+
+# ---------------------------------------------------------------- public functions
 
 def conv1d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
     """1-D cross-correlation of x (N, L, C_in) with w (K, C_in // groups, C_out), plus bias (C_out,).
 
     Returns (N, L_out, C_out), L_out = (L + pad_before + pad_after - dilation * (K - 1) - 1) // stride + 1.
+    See the module docstring (``help(nbconv.conv)``) for the padding forms, modes and dtypes.
 
     >>> import numpy as np, nbconv
     >>> nbconv.conv1d(np.ones((1, 5, 2)), np.ones((3, 2, 1)), padding="same")[0, :, 0]
@@ -209,7 +189,8 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, paddin
     """2-D cross-correlation of x (N, H, W, C_in) with w (KH, KW, C_in // groups, C_out), plus bias.
 
     Returns (N, H_out, W_out, C_out) with H_out = (H + pad_top + pad_bottom - dilation_h * (KH - 1) - 1)
-    // stride_h + 1 (and likewise W_out). See the module docstring for padding forms and modes.
+    // stride_h + 1 (and likewise W_out). See the module docstring (``help(nbconv.conv)``) for the
+    padding forms, modes and dtypes.
 
     >>> import numpy as np, nbconv
     >>> x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
@@ -220,19 +201,48 @@ def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, paddin
     return _forward(2, x, w, bias, stride, padding, dilation, groups, padding_mode, out)
 
 
+def conv3d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
+    """3-D cross-correlation of x (N, D, H, W, C_in) with w (KD, KH, KW, C_in // groups, C_out), plus bias.
+
+    Returns (N, D_out, H_out, W_out, C_out), each size as in conv1d. See the module docstring
+    (``help(nbconv.conv)``) for the padding forms, modes and dtypes.
+
+    >>> import numpy as np, nbconv
+    >>> nbconv.conv3d(np.ones((1, 3, 3, 3, 1)), np.ones((2, 2, 2, 1, 1)), stride=2, padding=1)[0, :, :, :, 0]
+    array([[[1., 2.],
+            [2., 4.]],
+    <BLANKLINE>
+           [[2., 4.],
+            [4., 8.]]])
+    """
+    return _forward(3, x, w, bias, stride, padding, dilation, groups, padding_mode, out)
+
+
 def conv1d_backward(grad_out, x, w, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
-                    needs=_NEEDS):
-    """Gradients of conv1d w.r.t. x, w and bias given grad_out (N, L_out, C_out): a ConvGrads tuple."""
+                    needs=NEEDS):
+    """Gradients of conv1d w.r.t. x, w and bias given grad_out (N, L_out, C_out).
+
+    Returns ConvGrads(input, weight, bias); entries not named in `needs` are None.
+    """
     return _backward(1, grad_out, x, w, stride, padding, dilation, groups, padding_mode, needs)
 
 
 def conv2d_backward(grad_out, x, w, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
-                    needs=_NEEDS):
+                    needs=NEEDS):
     """Gradients of conv2d w.r.t. x, w and bias given grad_out (N, H_out, W_out, C_out).
 
-    Returns Conv2dGrads(input, weight, bias); entries not named in `needs` are None.
+    Returns ConvGrads(input, weight, bias); entries not named in `needs` are None.
     """
     return _backward(2, grad_out, x, w, stride, padding, dilation, groups, padding_mode, needs)
+
+
+def conv3d_backward(grad_out, x, w, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
+                    needs=NEEDS):
+    """Gradients of conv3d w.r.t. x, w and bias given grad_out (N, D_out, H_out, W_out, C_out).
+
+    Returns ConvGrads(input, weight, bias); entries not named in `needs` are None.
+    """
+    return _backward(3, grad_out, x, w, stride, padding, dilation, groups, padding_mode, needs)
 
 
 def conv_transpose1d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, out=None):
@@ -250,3 +260,12 @@ def conv_transpose2d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, 
     output sizes follow PyTorch's ConvTranspose2d, with 0 <= output_padding < max(stride, dilation).
     """
     return _transpose(2, x, w, bias, stride, padding, output_padding, dilation, groups, out)
+
+
+def conv_transpose3d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, out=None):
+    """Transposed 3-D convolution of x (N, D, H, W, C_in) with w (KD, KH, KW, C_out // groups, C_in).
+
+    The adjoint of conv3d with the same weight tensor; output sizes follow PyTorch's ConvTranspose3d,
+    with 0 <= output_padding < max(stride, dilation) per spatial dim.
+    """
+    return _transpose(3, x, w, bias, stride, padding, output_padding, dilation, groups, out)

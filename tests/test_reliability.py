@@ -692,25 +692,25 @@ GROUPINGS = {  # (C_in, C_out, groups) of the convolution; the kernels take diff
 
 @pytest.mark.parametrize("grouping", list(GROUPINGS))
 @pytest.mark.parametrize("mode", R.MODES)
-@pytest.mark.parametrize("nd", (1, 2))
+@pytest.mark.parametrize("nd", (1, 2, 3))
 def test_empty_batch(rng, nd, mode, grouping):
     """N = 0: correctly-shaped (empty) results, zero weight and bias gradients, out= accepted."""
     c_in, c_out, groups = GROUPINGS[grouping]
-    x = randn(rng, (0,) + (5, 4)[:nd] + (c_in,))
+    x = randn(rng, (0,) + (5, 4, 3)[:nd] + (c_in,))
     w = randn(rng, (3,) * nd + (c_in // groups, c_out))
     b = randn(rng, (c_out,))
     kw = dict(stride=2, padding=1, groups=groups, padding_mode=mode)
     y, grads = check_conv(rng, x, w, b, kw, np.float64)
-    assert y.shape == (0,) + (3, 2)[:nd] + (c_out,)
+    assert y.shape == (0,) + (3, 2, 2)[:nd] + (c_out,)
     assert not grads.weight.any() and not grads.bias.any()
     out = np.empty(y.shape)
     assert fn("conv", nd)(x, w, b, out=out, **kw) is out
     # the transposed convolution with the same weight maps y's shape back to x's
     yt = check_transpose(y, w, None, dict(stride=2, padding=1, output_padding=0, groups=groups), np.float64)
-    assert yt.shape == (0,) + (5, 3)[:nd] + (c_in,)
+    assert yt.shape == (0,) + (5, 3, 3)[:nd] + (c_in,)
 
 
-@pytest.mark.parametrize("nd", (1, 2))
+@pytest.mark.parametrize("nd", (1, 2, 3))
 def test_empty_batch_on_the_tape(nd):
     x = nbconv.Tensor(np.zeros((0,) + (4,) * nd + (2,)), requires_grad=True)
     w = nbconv.Tensor(np.ones((3,) * nd + (2, 3)), requires_grad=True)
@@ -733,6 +733,9 @@ UNIT_CASES = [  # (nd, kernel spatial, kwargs) on a 1 (x 1) input
     (1, (1,), dict()),
     (1, (3,), dict(padding=1, dilation=1, padding_mode="circular")),
     (1, (2,), dict(padding="same", dilation=3)),
+    (3, (1, 1, 1), dict()),
+    (3, (3, 3, 3), dict(padding=1, padding_mode="replicate")),
+    (3, (2, 1, 3), dict(padding="same", stride=(2, 1, 2))),
 ]
 
 
@@ -746,7 +749,7 @@ def test_unit_spatial(rng, nd, ks, kw, grouping):
 
 
 @pytest.mark.parametrize("grouping", ("dense", "dense_wide", "depthwise"))
-@pytest.mark.parametrize("nd", (1, 2))
+@pytest.mark.parametrize("nd", (1, 2, 3))
 def test_unit_spatial_transpose(rng, nd, grouping):
     c_in, c_out, groups = GROUPINGS[grouping]   # transposed: x has c_out channels, the result c_in
     x = randn(rng, (3,) + (1,) * nd + (c_out,))
@@ -765,6 +768,8 @@ FULL_KERNEL_CASES = [  # the (dilated) kernel exactly as large as the padded inp
     (2, (2, 2), (6, 3), dict(padding=((2, 2), (0, 1)), padding_mode="replicate")),
     (1, (6,), (8,), dict(padding=((2, 0),), padding_mode="reflect")),
     (1, (5,), (3,), dict(dilation=2, padding=0)),
+    (3, (3, 4, 2), (5, 4, 3), dict(padding=((1, 1), (0, 0), (0, 1)), padding_mode="reflect")),
+    (3, (3, 2, 4), (3, 2, 3), dict(dilation=(2, 1, 2), padding=((1, 1), (0, 0), (1, 0)))),
 ]
 
 
@@ -1016,7 +1021,7 @@ def test_any_layout_gives_the_same_bits(rng, grouping, kind, dtype):
 
 def workload():
     """name -> zero-argument call returning a tuple of arrays: forward, the three gradients and the
-    transposed convolution on dense, grouped and depthwise (with multiplier) problems, large enough
+    transposed convolution on dense, grouped and depthwise (with multiplier) problems in 1-D, 2-D and 3-D, large enough
     that every parallel loop (and every fixed reduction slot) is split across threads."""
     rng = np.random.default_rng(11)
     f32, f64 = np.float32, np.float64
@@ -1033,10 +1038,16 @@ def workload():
     x1 = randn(rng, (8, 300, 8), f32)
     w1 = randn(rng, (5, 8, 6), f32)
     gy1 = randn(rng, (8, 148, 6), f32)
+    x3 = randn(rng, (4, 8, 12, 12, 16), f32)
+    w3 = randn(rng, (3, 3, 3, 16, 16), f32)
+    gy3 = randn(rng, (4, 4, 12, 12, 16), f32)
+    wd3 = randn(rng, (3, 3, 3, 1, 16), f32)         # depthwise 3-D
+    gyd3 = randn(rng, (4, 8, 12, 12, 16), f32)
     dense = dict(padding=1)
     grouped = dict(stride=2, padding="same", groups=3, padding_mode="reflect")
     depthwise = dict(padding=1, groups=16)
     conv1 = dict(stride=2, dilation=2, padding=((3, 1),), padding_mode="circular")
+    conv3 = dict(stride=(2, 1, 1), padding=1, padding_mode="replicate")
     return {
         "forward": lambda: (nbconv.conv2d(x, w, b, **dense),),
         "backward": lambda: tuple(nbconv.conv2d_backward(gy, x, w, **dense)),
@@ -1049,6 +1060,10 @@ def workload():
                                                                 None, stride=2, groups=16),),
         "conv1d_backward": lambda: ((nbconv.conv1d(x1, w1, **conv1),)
                                     + tuple(nbconv.conv1d_backward(gy1, x1, w1, **conv1))),
+        "conv3d_backward": lambda: ((nbconv.conv3d(x3, w3, **conv3),)
+                                    + tuple(nbconv.conv3d_backward(gy3, x3, w3, **conv3))),
+        "depthwise3d_backward": lambda: ((nbconv.conv3d(x3, wd3, groups=16, padding=1),)
+                                         + tuple(nbconv.conv3d_backward(gyd3, x3, wd3, groups=16, padding=1))),
     }
 
 
