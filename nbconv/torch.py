@@ -18,33 +18,42 @@ K_x u = conv(x, u) (linear in u)::
 is PyTorch's transposed convolution; with the other modes it also folds the gradient of the padded
 border back onto the input positions it copies.
 
+Each op call validates its arguments once (nbconv._shapes.conv_params / transpose_params, with
+nbconv's ValueError/TypeError messages naming the argument) and calls nbconv.conv's internal entry
+points, which take the parsed ConvParams and shapes: `forward`, `transpose`, `input_grad` and
+`weight_grad`. 1, 2 and 3 spatial dims share every line of this module.
+
 CUDA tensors go to nbconv's CUDA kernels through `__cuda_array_interface__` (no host copies).
 """
 import torch
 from torch import Tensor, nn
 
 from nbconv import conv as core
-from nbconv._shapes import parse_padding, spatial_tuple
+from nbconv._shapes import check_dtypes, conv_output_shape, conv_params, parse_padding, spatial_tuple, transpose_params
 
-__all__ = ["conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d",
-           "Conv1d", "Conv2d", "ConvTranspose1d", "ConvTranspose2d"]
+__all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+           "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
 
-# nbconv's array functions (nbconv.conv): the tape-aware wrappers exported by nbconv are not needed here.
-_CONV = {1: core.conv1d, 2: core.conv2d}
-_CONV_BACKWARD = {1: core.conv1d_backward, 2: core.conv2d_backward}
-_CONV_TRANSPOSE = {1: core.conv_transpose1d, 2: core.conv_transpose2d}
+_KERNEL = {1: "K", 2: "KH, KW", 3: "KD, KH, KW"}
+_SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
 
 
 # ---------------------------------------------------------------------------------------------
 # Tensors <-> arrays, without copies
 # ---------------------------------------------------------------------------------------------
-def _array(t):
-    """A NumPy array (CPU) or numba device array (CUDA) sharing `t`'s memory and strides."""
+def _array(t, name):
+    """A NumPy array (CPU) or numba device array (CUDA) sharing `t`'s memory and strides.
+
+    TypeError naming `name` for a dtype with no NumPy equivalent (bfloat16); every other dtype is
+    checked by nbconv (`check_dtypes`)."""
     t = t.detach()
-    if t.device.type == "cuda":
-        from numba import cuda
-        return cuda.as_cuda_array(t)
-    return t.numpy()
+    try:
+        if t.device.type == "cuda":
+            from numba import cuda
+            return cuda.as_cuda_array(t)
+        return t.numpy()
+    except TypeError:
+        raise TypeError(f"{name} has dtype {t.dtype}; nbconv supports float32 or float64") from None
 
 
 def _tensor(a, like):
@@ -59,15 +68,20 @@ def _tensor(a, like):
     return torch.from_numpy(a)
 
 
-def _channels_last(t):
+def _channels_last(t, name):
     """(N, C, *spatial) tensor -> (N, *spatial, C) array view."""
-    return _array(t.movedim(1, -1))
+    return _array(t.movedim(1, -1), name)
 
 
-def _hwio(w):
+def _hwio(w, name):
     """(A, B, *kernel) weight -> (*kernel, B, A) array view (OIHW -> HWIO)."""
     nd = w.dim() - 2
-    return _array(w.permute(*range(2, nd + 2), 1, 0))
+    return _array(w.permute(*range(2, nd + 2), 1, 0), name)
+
+
+def _from_channels_last(a, like):
+    """(N, *spatial, C) array -> (N, C, *spatial) tensor view (channels_last strides)."""
+    return _tensor(a, like).movedim(-1, 1)
 
 
 def _from_hwio(a, like):
@@ -76,32 +90,64 @@ def _from_hwio(a, like):
     return _tensor(a, like).permute(nd + 1, nd, *range(nd))
 
 
-def _placeholder(shape, like):
-    """An array of `shape` whose values nbconv never reads (it needs only the shape): zero strides."""
-    return _array(like.new_zeros(()).expand(*shape))
-
-
-def _pairs(padding):
-    """Flat [before0, after0, before1, after1, ...] -> ((before0, after0), ...)."""
-    return tuple((padding[2 * i], padding[2 * i + 1]) for i in range(len(padding) // 2))
-
-
 def _empty_channels_last(like, n, channels, spatial):
     """A fake result with the strides the real one has: (N, *spatial, C) contiguous, viewed as (N, C, *spatial)."""
     return like.new_empty((n, *spatial, channels)).movedim(-1, 1)
 
 
 # ---------------------------------------------------------------------------------------------
-# Custom ops. `padding` is the flat list of (before, after) pairs; every argument is validated by nbconv.
+# Validation inside the ops (each op call parses its arguments once, into nbconv's ConvParams).
+# The ops are public through torch.ops.nbconv, so they check everything the kernels rely on.
+# ---------------------------------------------------------------------------------------------
+def _check_rank(op, input):
+    """The number of spatial dims of `input` (N, C, *spatial); ValueError unless 1, 2 or 3."""
+    if input.dim() not in (3, 4, 5):
+        raise ValueError(f"nbconv::{op}: input must be 3-D, 4-D or 5-D (N, C, *spatial), "
+                         f"got shape {tuple(input.shape)}")
+    return input.dim() - 2
+
+
+def _check_same_rank(op, nd, name, shape, layout):
+    if len(shape) != nd + 2:
+        raise ValueError(f"nbconv::{op}: {name} must be {nd + 2}-D {layout} for a {nd}-D convolution, "
+                         f"got shape {tuple(shape)}")
+
+
+def _pairs(padding, nd):
+    """Flat [before0, after0, before1, after1, ...] -> ((before0, after0), ...); ValueError on a wrong length."""
+    padding = list(padding)
+    if len(padding) != 2 * nd:
+        raise ValueError(f"padding must be {2 * nd} ints (a (before, after) pair per spatial dim, flattened), "
+                         f"got {padding!r}")
+    return tuple((padding[2 * i], padding[2 * i + 1]) for i in range(nd))
+
+
+def _check_bias(bias, c_out):
+    if bias is not None and tuple(bias.shape) != (c_out,):
+        raise ValueError(f"bias must have shape ({c_out},) (C_out), got {tuple(bias.shape)}")
+
+
+def _nchw(shape):
+    """A channels-last shape (N, *spatial, C) in PyTorch's order (N, C, *spatial), for messages."""
+    return (shape[0], shape[-1], *shape[1:-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom ops. `padding` is the flat list of (before, after) pairs. The kernels are nbconv.conv's
+# internal entry points, which take parsed ConvParams and shapes (no placeholder arrays).
 # ---------------------------------------------------------------------------------------------
 @torch.library.custom_op("nbconv::conv", mutates_args=())
 def _conv_op(input: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int], padding: list[int],
              dilation: list[int], groups: int, padding_mode: str) -> Tensor:
-    nd = input.dim() - 2
-    y = _CONV[nd](_channels_last(input), _hwio(weight), None if bias is None else _array(bias),
-                  stride=tuple(stride), padding=_pairs(padding), dilation=tuple(dilation), groups=groups,
-                  padding_mode=padding_mode)
-    return _tensor(y, input).movedim(-1, 1)
+    nd = _check_rank("conv", input)
+    _check_same_rank("conv", nd, "weight", weight.shape, f"(C_out, C_in // groups, {_KERNEL[nd]})")
+    x, w = _channels_last(input, "input"), _hwio(weight, "weight")
+    b = None if bias is None else _array(bias, "bias")
+    check_dtypes(input=x, weight=w, bias=b)
+    params = conv_params(tuple(x.shape), tuple(w.shape), stride=stride, padding=_pairs(padding, nd),
+                         dilation=dilation, groups=groups, padding_mode=padding_mode)
+    _check_bias(b, w.shape[-1])
+    return _from_channels_last(core.forward(x, w, b, params), input)
 
 
 @_conv_op.register_fake
@@ -114,19 +160,27 @@ def _(input, weight, bias, stride, padding, dilation, groups, padding_mode):
 @torch.library.custom_op("nbconv::conv_transpose", mutates_args=())
 def _conv_transpose_op(input: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int], padding: list[int],
                        output_padding: list[int], dilation: list[int], groups: int, padding_mode: str) -> Tensor:
-    nd = input.dim() - 2
-    x, w = _channels_last(input), _hwio(weight)
+    nd = _check_rank("conv_transpose", input)
+    _check_same_rank("conv_transpose", nd, "weight", weight.shape, f"(C_in, C_out // groups, {_KERNEL[nd]})")
+    x, w = _channels_last(input, "input"), _hwio(weight, "weight")
+    b = None if bias is None else _array(bias, "bias")
+    check_dtypes(input=x, weight=w, bias=b)
+    params, output_padding, out_shape = transpose_params(
+        tuple(x.shape), tuple(w.shape), stride=stride, padding=_pairs(padding, nd), output_padding=output_padding,
+        dilation=dilation, groups=groups)
+    _check_bias(b, out_shape[-1])
     if padding_mode == "zeros":
-        y = _CONV_TRANSPOSE[nd](x, w, None if bias is None else _array(bias), stride=tuple(stride),
-                                padding=_pairs(padding), output_padding=tuple(output_padding),
-                                dilation=tuple(dilation), groups=groups)
-        return _tensor(y, input).movedim(-1, 1)
-    # Other modes: the input gradient of the forward conv whose input has this op's output shape.
-    shape = _conv_transpose_output_shape(input, weight, stride, padding, output_padding, dilation, groups)
-    y = _CONV_BACKWARD[nd](x, _placeholder((shape[0], *shape[2:], shape[1]), input), w, stride=tuple(stride),
-                           padding=_pairs(padding), dilation=tuple(dilation), groups=groups,
-                           padding_mode=padding_mode, needs=("input",)).input
-    result = _tensor(y, input).movedim(-1, 1)
+        return _from_channels_last(core.transpose(x, w, b, params, output_padding, out_shape), input)
+    # Other modes: the input gradient of the forward conv (same weight array) whose input has this op's
+    # output shape; that conv's output has x's shape exactly when every output_padding < stride.
+    params = conv_params(out_shape, tuple(w.shape), stride=params.stride, padding=params.pads,
+                         dilation=params.dilation, groups=params.groups, padding_mode=padding_mode)
+    if any(op >= s for op, s in zip(output_padding, params.stride)):
+        raise ValueError(f"output_padding {list(output_padding)} must be smaller than stride "
+                         f"{list(params.stride)} with padding_mode {padding_mode!r}")
+    if bias is not None and bias.device != input.device:  # (the kernels never see this bias)
+        raise TypeError(f"bias is on {bias.device} but input is on {input.device}")
+    result = _from_channels_last(core.input_grad(x, w, out_shape, params), input)
     if bias is not None:
         result.add_(bias.view(-1, *(1,) * nd))
     return result
@@ -148,13 +202,22 @@ def _(input, weight, bias, stride, padding, output_padding, dilation, groups, pa
 @torch.library.custom_op("nbconv::conv_weight_grad", mutates_args=())
 def _conv_weight_grad_op(grad_output: Tensor, input: Tensor, weight_shape: list[int], stride: list[int],
                          padding: list[int], dilation: list[int], groups: int, padding_mode: str) -> Tensor:
-    nd = input.dim() - 2
+    nd = _check_rank("conv_weight_grad", input)
+    _check_same_rank("conv_weight_grad", nd, "weight_shape", weight_shape, f"(C_out, C_in // groups, {_KERNEL[nd]})")
+    _check_same_rank("conv_weight_grad", nd, "grad_output", grad_output.shape, f"(N, C_out, {_SPATIAL[nd]})")
+    if any(size < 1 for size in weight_shape):
+        raise ValueError(f"weight_shape must be positive sizes, got {list(weight_shape)}")
     c_out, cg_in, *kernel = weight_shape
-    gw = _CONV_BACKWARD[nd](_channels_last(grad_output), _channels_last(input),
-                            _placeholder((*kernel, cg_in, c_out), input), stride=tuple(stride),
-                            padding=_pairs(padding), dilation=tuple(dilation), groups=groups,
-                            padding_mode=padding_mode, needs=("weight",)).weight
-    return _from_hwio(gw, input)
+    w_shape = (*kernel, cg_in, c_out)
+    gy, x = _channels_last(grad_output, "grad_output"), _channels_last(input, "input")
+    check_dtypes(grad_output=gy, input=x)
+    params = conv_params(tuple(x.shape), w_shape, stride=stride, padding=_pairs(padding, nd), dilation=dilation,
+                         groups=groups, padding_mode=padding_mode)
+    y_shape = conv_output_shape(tuple(x.shape), w_shape, params)
+    if tuple(gy.shape) != y_shape:
+        raise ValueError(f"grad_output has shape {tuple(grad_output.shape)} but the convolution's output has shape "
+                         f"{_nchw(y_shape)} (input.shape={tuple(input.shape)}, weight_shape={list(weight_shape)})")
+    return _from_hwio(core.weight_grad(gy, x, w_shape, params), input)
 
 
 @_conv_weight_grad_op.register_fake
@@ -273,13 +336,22 @@ def _batched(nd, input, name):
     return input, False
 
 
+def _check_weight(nd, weight, name, layout):
+    if weight.dim() != nd + 2:
+        raise ValueError(f"{name}: weight must be {nd + 2}-D {layout}, got shape {tuple(weight.shape)}")
+
+
 def _flat_pads(padding, input, weight, stride, dilation):
+    """The op's flat padding list: every padding form (ints, pairs, "same", "valid") resolved to pairs."""
     pads = parse_padding(padding, tuple(input.shape[2:]), tuple(weight.shape[2:]), stride, dilation)
     return [p for pair in pads for p in pair]
 
 
+# The functions below only bring the arguments into the ops' schema (lists of ints; "same" resolved
+# against the input's size); the op validates them, once, against the shapes.
 def _convnd(nd, input, weight, bias, stride, padding, dilation, groups, padding_mode):
     input, unbatched = _batched(nd, input, f"conv{nd}d")
+    _check_weight(nd, weight, f"conv{nd}d", f"(C_out, C_in // groups, {_KERNEL[nd]})")
     stride, dilation = spatial_tuple(stride, nd, "stride"), spatial_tuple(dilation, nd, "dilation")
     pads = _flat_pads(padding, input, weight, stride, dilation)
     y = _conv_op(input, weight, bias, list(stride), pads, list(dilation), groups, padding_mode)
@@ -288,6 +360,7 @@ def _convnd(nd, input, weight, bias, stride, padding, dilation, groups, padding_
 
 def _conv_transposend(nd, input, weight, bias, stride, padding, output_padding, groups, dilation):
     input, unbatched = _batched(nd, input, f"conv_transpose{nd}d")
+    _check_weight(nd, weight, f"conv_transpose{nd}d", f"(C_in, C_out // groups, {_KERNEL[nd]})")
     stride, dilation = spatial_tuple(stride, nd, "stride"), spatial_tuple(dilation, nd, "dilation")
     output_padding = spatial_tuple(output_padding, nd, "output_padding", minimum=0)
     if isinstance(padding, str):
@@ -322,6 +395,25 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     return _convnd(2, input, weight, bias, stride, padding, dilation, groups, "zeros")
 
 
+def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """`torch.nn.functional.conv3d` on nbconv's kernels: input (N, C_in, D, H, W), weight
+    (C_out, C_in // groups, KD, KH, KW).
+
+    padding: an int, a triple, "valid" or "same" (see `conv1d` for strided "same"). Returns a
+    channels_last_3d-strided tensor.
+
+    >>> import torch, nbconv.torch
+    >>> x = torch.ones(1, 1, 3, 3, 3)
+    >>> nbconv.torch.conv3d(x, torch.ones(1, 1, 2, 2, 2), stride=2, padding=1)[0, 0]
+    tensor([[[1., 2.],
+             [2., 4.]],
+    <BLANKLINE>
+            [[2., 4.],
+             [4., 8.]]])
+    """
+    return _convnd(3, input, weight, bias, stride, padding, dilation, groups, "zeros")
+
+
 def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
     """`torch.nn.functional.conv_transpose1d` (same argument order): weight (C_in, C_out // groups, K)."""
     return _conv_transposend(1, input, weight, bias, stride, padding, output_padding, groups, dilation)
@@ -330,6 +422,11 @@ def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_paddi
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
     """`torch.nn.functional.conv_transpose2d` (same argument order): weight (C_in, C_out // groups, KH, KW)."""
     return _conv_transposend(2, input, weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """`torch.nn.functional.conv_transpose3d` (same argument order): weight (C_in, C_out // groups, KD, KH, KW)."""
+    return _conv_transposend(3, input, weight, bias, stride, padding, output_padding, groups, dilation)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,6 +447,14 @@ class Conv2d(nn.Conv2d):
 
     def _conv_forward(self, input, weight, bias):
         return _convnd(2, input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
+                       self.padding_mode)
+
+
+class Conv3d(nn.Conv3d):
+    """Drop-in `torch.nn.Conv3d` computed by nbconv (outputs are channels_last_3d-strided)."""
+
+    def _conv_forward(self, input, weight, bias):
+        return _convnd(3, input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
                        self.padding_mode)
 
 
@@ -375,3 +480,9 @@ class ConvTranspose2d(_TransposeMixin, nn.ConvTranspose2d):
     """Drop-in `torch.nn.ConvTranspose2d` computed by nbconv."""
 
     _nd = 2
+
+
+class ConvTranspose3d(_TransposeMixin, nn.ConvTranspose3d):
+    """Drop-in `torch.nn.ConvTranspose3d` computed by nbconv."""
+
+    _nd = 3

@@ -44,6 +44,25 @@ CASES_T1D = [
     ((4, 4), dict(out_channels=2, kernel_size=2, stride=3, groups=2), (12,)),
 ]
 
+# 3-D (tiny: every case also runs gradcheck and gradgradcheck).
+CASES_3D = [
+    ((2, 4, 5, 4), dict(out_channels=3, kernel_size=2)),
+    ((4, 5, 4, 6), dict(out_channels=4, kernel_size=(2, 3, 2), stride=(2, 1, 2), padding=(1, 0, 1),
+                        dilation=(1, 1, 2), groups=2)),
+    ((3, 4, 4, 4), dict(out_channels=6, kernel_size=3, padding=1, groups=3)),  # depthwise, multiplier 2
+    ((2, 4, 4, 5), dict(out_channels=2, kernel_size=3, padding="same", padding_mode="reflect", bias=False)),
+    ((2, 3, 4, 4), dict(out_channels=3, kernel_size=(1, 2, 3), padding=1, stride=2, padding_mode="replicate")),
+    ((2, 3, 4, 3), dict(out_channels=4, kernel_size=2, padding=(1, 2, 1), dilation=(2, 1, 1), groups=2,
+                        padding_mode="circular")),
+]
+CASES_T3D = [
+    ((4, 3, 2, 3), dict(out_channels=2, kernel_size=3, stride=2, padding=1, output_padding=1), None),
+    ((4, 2, 3, 2), dict(out_channels=6, kernel_size=(2, 1, 2), stride=(1, 2, 2), padding=(0, 0, 1),
+                        dilation=(2, 1, 1), groups=2), None),
+    ((2, 2, 2, 2), dict(out_channels=2, kernel_size=2, dilation=3, output_padding=2, bias=False), None),  # op >= stride
+    ((3, 2, 2, 3), dict(out_channels=2, kernel_size=3, stride=2, padding=1), (4, 3, 6)),
+]
+
 
 def _ids(cases):
     return [";".join(f"{k}={v}" for k, v in c[1].items()) for c in cases]
@@ -178,14 +197,14 @@ def test_channels_last_reaches_kernels_as_view(monkeypatch):
     """A channels_last input and an OIHW weight reach nbconv as views of their memory, and the
     result is a channels_last tensor on nbconv's own array."""
     seen = {}
-    real = nt._CONV[2]
+    real = nt.core.forward
 
-    def spy(x, w, bias, **kwargs):
+    def spy(x, w, bias, params, out=None):
         seen["x"], seen["w"] = x, w
-        seen["y"] = real(x, w, bias, **kwargs)
+        seen["y"] = real(x, w, bias, params, out)
         return seen["y"]
 
-    monkeypatch.setitem(nt._CONV, 2, spy)
+    monkeypatch.setattr(nt.core, "forward", spy)
     x = torch.randn(2, 5, 6, 7).contiguous(memory_format=torch.channels_last)
     w = torch.randn(3, 5, 2, 2)
     y = nt.conv2d(x, w)
@@ -325,7 +344,9 @@ def test_torch_compile_dynamic_shapes():
     ((nn.Conv1d, nt.Conv1d), (4, 6, 5)),
     ((nn.ConvTranspose2d, nt.ConvTranspose2d), (6, 4, 3)),
     ((nn.ConvTranspose1d, nt.ConvTranspose1d), (4, 6, 2)),
-])
+    ((nn.Conv3d, nt.Conv3d), (4, 6, (3, 2, 1))),
+    ((nn.ConvTranspose3d, nt.ConvTranspose3d), (6, 4, (2, 1, 3))),
+], ids=["2d", "1d", "transpose2d", "transpose1d", "3d", "transpose3d"])
 def test_parameters_init_and_state_dict(classes, args):
     ref_cls, our_cls = classes
     torch.manual_seed(9)
@@ -376,6 +397,225 @@ def test_training_matches_nn():
 
 
 # ------------------------------------------------------------------------------------------------
+# 3-D: Conv3d, ConvTranspose3d, conv3d, conv_transpose3d
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,kwargs", CASES_3D, ids=_ids(CASES_3D))
+def test_conv3d_matches_nn(shape, kwargs, dtype, serial_numba):
+    ref, ours = _pair(nn.Conv3d, nt.Conv3d, shape[0], kwargs, dtype)
+    _compare_modules(ref, ours, torch.randn(2, *shape, dtype=dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape,kwargs,output_size", CASES_T3D, ids=_ids(CASES_T3D))
+def test_conv_transpose3d_matches_nn(shape, kwargs, output_size, dtype, serial_numba):
+    ref, ours = _pair(nn.ConvTranspose3d, nt.ConvTranspose3d, shape[0], kwargs, dtype)
+    _compare_modules(ref, ours, torch.randn(2, *shape, dtype=dtype), dtype, output_size=output_size)
+
+
+def test_modules_3d_unbatched(serial_numba):
+    torch.manual_seed(11)
+    ref, ours = _pair(nn.Conv3d, nt.Conv3d, 2, dict(out_channels=3, kernel_size=2, padding=1,
+                                                    padding_mode="reflect"), torch.float64)
+    _compare_modules(ref, ours, torch.randn(2, 3, 4, 3, dtype=torch.float64), torch.float64)
+    ref, ours = _pair(nn.ConvTranspose3d, nt.ConvTranspose3d, 2, dict(out_channels=3, kernel_size=2, stride=2),
+                      torch.float64)
+    _compare_modules(ref, ours, torch.randn(2, 3, 2, 3, dtype=torch.float64), torch.float64, output_size=(7, 4, 6))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last_3d", "sliced", "unbatched"])
+def test_functional_conv3d_layouts(layout, serial_numba):
+    torch.manual_seed(12)
+    base = torch.randn(2, 6, 5, 7, 8, dtype=torch.float64)
+    x = {"contiguous": base,
+         "channels_last_3d": base.contiguous(memory_format=torch.channels_last_3d),
+         "sliced": base[:, ::2, 1:, :, ::2],
+         "unbatched": base[0]}[layout]
+    w, b = torch.randn(4, x.shape[-4], 2, 3, 2, dtype=torch.float64), torch.randn(4, dtype=torch.float64)
+    kwargs = dict(stride=(1, 2, 1), padding=(1, 0, 1), dilation=(2, 1, 1))
+    y = nt.conv3d(x, w, b, **kwargs)
+    assert y.shape == F.conv3d(x, w, b, **kwargs).shape
+    _close(y, F.conv3d(x, w, b, **kwargs), torch.float64)
+    if layout == "contiguous":  # float32, the other padding forms, groups
+        x32, w32 = x.float(), torch.randn(6, 3, 3, 2, 3)
+        for kw in (dict(padding="same", groups=2), dict(padding="valid", stride=2, groups=2)):
+            _close(nt.conv3d(x32, w32, None, **kw), F.conv3d(x32, w32, None, **kw), torch.float32)
+
+
+def test_functional_conv_transpose3d(serial_numba):
+    torch.manual_seed(13)
+    for dtype in (torch.float32, torch.float64):
+        x, wt, b = (torch.randn(2, 4, 3, 2, 3, dtype=dtype), torch.randn(4, 3, 2, 3, 2, dtype=dtype),
+                    torch.randn(6, dtype=dtype))
+        # bias, stride, padding, output_padding, groups, dilation (positional, F's order)
+        args = (b, (2, 1, 2), (0, 1, 1), (1, 0, 1), 2, (1, 1, 2))
+        _close(nt.conv_transpose3d(x, wt, *args), F.conv_transpose3d(x, wt, *args), dtype)
+        _close(nt.conv_transpose3d(x[0], wt, *args), F.conv_transpose3d(x[0], wt, *args), dtype)  # unbatched
+
+
+def test_strided_same_3d_follows_tensorflow(serial_numba):
+    x, w = torch.randn(1, 2, 5, 6, 7, dtype=torch.float64), torch.randn(3, 2, 3, 2, 4, dtype=torch.float64)
+    y = nt.conv3d(x, w, padding="same", stride=2)
+    assert y.shape == (1, 3, 3, 3, 4)
+    # totals: (3-1)*2+3-5 = 2 -> (1, 1); (3-1)*2+2-6 = 0; (4-1)*2+4-7 = 3 -> (1, 2)
+    _close(y, F.conv3d(F.pad(x, (1, 2, 0, 0, 1, 1)), w, stride=2), torch.float64)
+
+
+@pytest.mark.parametrize("shape,kwargs", CASES_3D, ids=_ids(CASES_3D))
+def test_gradcheck_and_gradgradcheck_3d(shape, kwargs, serial_numba):
+    torch.manual_seed(14)
+    module = nt.Conv3d(shape[0], dtype=torch.float64, **kwargs)
+    _gradchecks(module, torch.randn(1, *shape, dtype=torch.float64, requires_grad=True))
+
+
+@pytest.mark.parametrize("shape,kwargs,output_size", CASES_T3D, ids=_ids(CASES_T3D))
+def test_transpose_gradcheck_and_gradgradcheck_3d(shape, kwargs, output_size, serial_numba):
+    torch.manual_seed(15)
+    module = nt.ConvTranspose3d(shape[0], dtype=torch.float64, **kwargs)
+    _gradchecks(module, torch.randn(1, *shape, dtype=torch.float64, requires_grad=True), output_size=output_size)
+
+
+def test_gradcheck_full_jacobian_3d(serial_numba):
+    """Every Jacobian entry, first and second order, on a tiny 3-D case with every parameter kind."""
+    torch.manual_seed(16)
+    x = torch.randn(1, 2, 3, 4, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 1, 2, 2, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+
+    def f(x, w, b):
+        return nt._convnd(3, x, w, b, (1, 2, 1), ((1, 0), (1, 1), (0, 2)), (1, 1, 2), 2, "reflect")
+
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    assert torch.autograd.gradgradcheck(f, (x, w, b))
+
+
+OPCHECK_PARAMS_3D = [
+    ([2, 1, 1], [1, 0, 0, 0, 1, 2], [1, 1, 2], 2, "zeros"),
+    ([1, 2, 1], [1, 1, 0, 1, 1, 0], [1, 1, 1], 1, "reflect"),
+    ([1, 1, 2], [1, 2, 1, 0, 0, 1], [2, 1, 1], 2, "circular"),  # replicate: same op path as these two
+]
+
+
+@pytest.mark.parametrize("stride,padding,dilation,groups,mode", OPCHECK_PARAMS_3D)
+def test_opcheck_3d(stride, padding, dilation, groups, mode, serial_numba):
+    torch.manual_seed(17)
+    ops = torch.ops.nbconv
+    x = torch.randn(2, 4, 4, 5, 4, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, 4 // groups, 2, 3, 2, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(ops.conv.default, (x, w, b, stride, padding, dilation, groups, mode))
+    y = ops.conv(x, w, b, stride, padding, dilation, groups, mode)
+    g = torch.randn_like(y).requires_grad_()
+    torch.library.opcheck(ops.conv_weight_grad.default, (g, x, list(w.shape), stride, padding, dilation, groups, mode))
+    output_padding = nt._forward_output_padding(x.shape[2:], w.shape[2:], stride, padding, dilation)
+    bias = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(ops.conv_transpose.default,
+                          (g, w, bias, stride, padding, output_padding, dilation, groups, mode))
+
+
+def test_torch_compile_fullgraph_3d():
+    """Conv3d (a padding mode, groups, stride) and ConvTranspose3d in one compiled graph, forward and backward."""
+    def net_3d():
+        return nn.Sequential(nt.Conv3d(2, 4, 3, padding="same", padding_mode="replicate"), nn.ReLU(),
+                             nt.Conv3d(4, 4, 2, stride=2, groups=2),
+                             nt.ConvTranspose3d(4, 3, 3, stride=2, padding=1, output_padding=1))
+
+    torch.manual_seed(18)
+    net = net_3d()
+    x = torch.randn(2, 2, 4, 6, 5, requires_grad=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
+    y = compiled(x)
+    assert y.shape == (2, 3, 4, 6, 4)
+    y.square().sum().backward()
+    grads = [x.grad] + [p.grad for p in net.parameters()]
+    x_eager = x.detach().clone().requires_grad_()
+    net_eager = net_3d()
+    net_eager.load_state_dict(net.state_dict())
+    y_eager = net_eager(x_eager)
+    y_eager.square().sum().backward()
+    _close(y, y_eager, torch.float32)
+    for got, want in zip(grads, [x_eager.grad] + [p.grad for p in net_eager.parameters()]):
+        _close(got, want, torch.float32)
+
+
+def test_ops_take_shapes_and_parse_once_3d(monkeypatch, serial_numba):
+    """The ops reach nbconv through its internal entry points with shapes (no placeholder arrays) and
+    each op call parses its arguments exactly once."""
+    calls = []
+
+    def counting(name, real):
+        def wrapper(*args, **kwargs):
+            calls.append((name, args))
+            return real(*args, **kwargs)
+        return wrapper
+
+    for name in ("conv_params", "transpose_params"):
+        monkeypatch.setattr(nt, name, counting(name, getattr(nt, name)))
+    for name in ("forward", "input_grad", "weight_grad", "transpose"):
+        monkeypatch.setattr(nt.core, name, counting(name, getattr(nt.core, name)))
+    ops = torch.ops.nbconv
+    x, w = torch.randn(1, 2, 4, 3, 5, dtype=torch.float64), torch.randn(3, 2, 2, 2, 3, dtype=torch.float64)
+    stride, padding, dilation = [1, 2, 1], [1, 1, 0, 1, 1, 0], [1, 1, 1]
+
+    y = ops.conv(x, w, None, stride, padding, dilation, 1, "zeros")
+    assert [c[0] for c in calls] == ["conv_params", "forward"]
+    calls.clear()
+    ops.conv_weight_grad(y, x, list(w.shape), stride, padding, dilation, 1, "zeros")
+    assert [c[0] for c in calls] == ["conv_params", "weight_grad"]
+    assert calls[1][1][2] == (2, 2, 3, 2, 3)  # w_shape, HWIO
+    calls.clear()
+    ops.conv_transpose(y, w, None, stride, padding, [0, 1, 0], dilation, 1, "zeros")  # any valid output_padding
+    assert [c[0] for c in calls] == ["transpose_params", "transpose"]
+    calls.clear()
+    gx = ops.conv_transpose(y, w, None, stride, padding, [0, 0, 0], dilation, 1, "reflect")
+    # the padding modes fold the border: a forward conv's input gradient, checked for the mode
+    assert [c[0] for c in calls] == ["transpose_params", "conv_params", "input_grad"]
+    assert calls[2][1][2] == (1, 4, 3, 5, 2) and gx.shape == x.shape  # x_shape, channels-last
+
+
+def test_errors_3d():
+    x, w = torch.randn(1, 3, 4, 4, 4), torch.randn(2, 3, 2, 2, 2)
+    with pytest.raises(ValueError, match="4-D .unbatched. or 5-D"):
+        nt.conv3d(x[0, 0], w)
+    with pytest.raises(ValueError, match="weight must be 5-D"):
+        nt.conv3d(x, w[..., 0])
+    with pytest.raises(ValueError, match="channels"):
+        nt.conv3d(x, torch.randn(2, 2, 2, 2, 2))
+    with pytest.raises(ValueError, match="stride"):
+        nt.conv3d(x, w, stride=(1, 2))
+    with pytest.raises(ValueError, match="bias"):
+        nt.conv3d(x, w, torch.randn(3))
+    with pytest.raises(ValueError, match="reflect padding"):
+        nt.Conv3d(3, 2, 3, padding=4, padding_mode="reflect")(x)
+    with pytest.raises(TypeError, match="float16"):
+        nt.conv3d(x.half(), w.half())
+    with pytest.raises(TypeError, match="bfloat16"):
+        nt.conv3d(x.bfloat16(), w.bfloat16())
+    with pytest.raises(TypeError, match="dtype"):
+        nt.conv3d(x, w.double())
+    with pytest.raises(ValueError, match="output_padding"):
+        nt.conv_transpose3d(x, torch.randn(3, 2, 2, 2, 2), stride=2, output_padding=2)
+    with pytest.raises(ValueError, match="zeros"):
+        nt.ConvTranspose3d(3, 2, 3, padding_mode="circular")(x)
+    ops = torch.ops.nbconv  # the ops themselves validate (they are callable directly)
+    with pytest.raises(ValueError, match="padding must be 6 ints"):
+        ops.conv(x, w, None, [1, 1, 1], [0, 0], [1, 1, 1], 1, "zeros")
+    with pytest.raises(ValueError, match="padding_mode"):
+        ops.conv(x, w, None, [1, 1, 1], [0] * 6, [1, 1, 1], 1, "mirror")
+    with pytest.raises(ValueError, match="weight must be 5-D"):
+        ops.conv(x, w[0], None, [1, 1, 1], [0] * 6, [1, 1, 1], 1, "zeros")
+    with pytest.raises(ValueError, match="grad_output has shape"):
+        ops.conv_weight_grad(torch.randn(1, 2, 2, 3, 3), x, list(w.shape), [1, 1, 1], [0] * 6, [1, 1, 1], 1, "zeros")
+    with pytest.raises(ValueError, match="weight_shape"):
+        ops.conv_weight_grad(torch.randn(1, 2, 3, 3, 3), x, [-2, 3, 2, 2, 2], [1, 1, 1], [0] * 6, [1, 1, 1], 1,
+                             "zeros")
+    with pytest.raises(ValueError, match="output_padding"):
+        ops.conv_transpose(torch.randn(1, 3, 3, 3, 3), torch.randn(3, 2, 2, 2, 2), None, [1, 1, 1], [0] * 6,
+                           [1, 0, 0], [2, 1, 1], 1, "reflect")
+
+
+# ------------------------------------------------------------------------------------------------
 # Import isolation and CUDA
 # ------------------------------------------------------------------------------------------------
 def test_import_nbconv_does_not_import_torch():
@@ -392,6 +632,21 @@ def test_cuda_matches_nn():
     x = torch.randn(2, 4, 9, 8, device="cuda").contiguous(memory_format=torch.channels_last)
     _compare_modules(ref, ours, x, torch.float32)
     assert ours(x).device == x.device
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and nbconv.cuda_available()),
+                    reason="needs a CUDA GPU and NUMBA_ENABLE_CUDASIM=0")
+def test_cuda_matches_nn_3d():
+    ref, ours = _pair(nn.Conv3d, nt.Conv3d, 4, dict(out_channels=6, kernel_size=3, stride=2, padding=1,
+                                                    padding_mode="reflect", groups=2), torch.float32)
+    ref, ours = ref.cuda(), ours.cuda()
+    x = torch.randn(2, 4, 5, 9, 8, device="cuda").contiguous(memory_format=torch.channels_last_3d)
+    _compare_modules(ref, ours, x, torch.float32)
+    assert ours(x).device == x.device
+    ref, ours = _pair(nn.ConvTranspose3d, nt.ConvTranspose3d, 4, dict(out_channels=2, kernel_size=3, stride=2),
+                      torch.float32)
+    ref, ours = ref.cuda(), ours.cuda()
+    _compare_modules(ref, ours, torch.randn(2, 4, 3, 4, 3, device="cuda"), torch.float32)
 
 
 # ------------------------------------------------------------------------------------------------
