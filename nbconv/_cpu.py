@@ -344,10 +344,15 @@ def forward(x, w, bias, params, out):
     return out
 
 
-def _phase_taps(k_count, stride, dilation):
-    """taps[q]: the (tap k, shift e) pairs with k*dilation + e*stride = q for each phase q < stride."""
-    return [[(k, (q - k * dilation) // stride) for k in range(k_count) if (q - k * dilation) % stride == 0]
-            for q in range(stride)]
+def _phase_taps(k_count, stride, dilation, size):
+    """{phase q: [(tap k, shift e), ...]} with k*dilation + e*stride = q, for the phases q < min(stride, size)
+    that some tap reaches (at most k_count of them: the work follows the kernel size, not the stride)."""
+    taps = {}
+    for k in range(k_count):
+        q = k * dilation % stride
+        if q < size:
+            taps.setdefault(q, []).append((k, (q - k * dilation) // stride))
+    return taps
 
 
 def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None):
@@ -384,9 +389,9 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
     else:
         gyp = np.zeros((n, *lengths, c_out), dtype=gy.dtype)
         gyp[(slice(None), *(slice(a, a + o) for a, o in zip(lo, out_spatial)))] = gy
-    taps = [_phase_taps(k, s, d) for k, s, d in zip(kernel, stride, dilation)]
-    phases = list(itertools.product(*(range(min(s, p)) for s, p in zip(stride, padded))))
-    empty_phase = any(not all(taps[d][q] for d, q in enumerate(phase)) for phase in phases)
+    taps = [_phase_taps(k, s, d, p) for k, s, d, p in zip(kernel, stride, dilation, padded)]
+    # a phase that no tap reaches in some dim receives no gradient: its positions must be zeroed
+    empty_phase = any(len(t) < min(s, p) for t, s, p in zip(taps, stride, padded))
     if dst is None:
         dst = (np.zeros if empty_phase else np.empty)(shape, dtype=gy.dtype)
     elif empty_phase:
@@ -397,13 +402,13 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
     no_bias = _bias_blocks(None, (groups, -(-cg_in // B)), gy.dtype)
     src_strides, dst_strides = _strides(gyp.shape), _strides(shape)
     nd = len(kernel)
-    for phase in phases:
+    for phase in itertools.product(*(sorted(t) for t in taps)):
         phase_taps = [taps[d][q] for d, q in enumerate(phase)]
         # padded positions q + s*j inside the window: j in [j_lo, j_hi) per dim
         j_lo = [max(0, -((q - a) // s)) for q, a, s in zip(phase, starts, stride)]
         j_hi = [(a + size - 1 - q) // s + 1 for q, a, size, s in zip(phase, starts, sizes, stride)]
         counts = [hi - lo_j for lo_j, hi in zip(j_lo, j_hi)]
-        if not all(phase_taps) or min(counts) <= 0:
+        if min(counts) <= 0:
             continue
         offsets = _grid([[e + lo_d for _, e in t] for t, lo_d in zip(phase_taps, lo)] + [np.arange(cg_out)],
                         src_strides[1:])
