@@ -1,46 +1,57 @@
-"""CUDA backend: channels-last 2-D convolutions on CUDA device arrays (1-D callers pass H = 1).
+"""CUDA backend: channels-last convolutions with 1, 2 or 3 spatial dims on CUDA device arrays.
 
-Imported lazily by nbconv.conv when an argument is a device array, so `import nbconv` never imports
-numba.cuda. Every function receives validated arrays and a 2-D :class:`ConvParams`; x is
-(N, H, W, C_in), w is (KH, KW, C_in // groups, C_out); results are new C-contiguous numba device
-arrays unless `out` is given. Arrays of any strides are read in place (the kernels index them
-element by element), and nothing is copied through the host.
+Implements :class:`nbconv._backend.Backend`. Imported lazily (by ``nbconv._backend.select``) when an
+argument is a device array, so `import nbconv` never imports numba.cuda. Every function receives
+validated arrays and a :class:`ConvParams` with one entry per spatial dim; x is (N, *spatial, C_in),
+w is (*kernel, C_in // groups, C_out); results are new C-contiguous numba device arrays unless `out`
+is given. Arrays of any strides are read in place (the kernels index them element by element), and
+nothing is copied through the host.
+
+One family of kernels serves every dimension count: each call is viewed as 3-D (D, H, W) by
+inserting unit spatial axes in front (1-D: D = H = 1; 2-D: D = 1), as zero-copy views
+(:func:`_as_3d`), and the parameters of the missing axes are stride 1, dilation 1, no padding.
 
 The math is the CPU backend's (see nbconv/_cpu.py), with the padding applied by index mapping
-inside the kernels instead of by a padded copy:
+inside the kernels instead of by a padded copy. Per spatial axis, output position o reads input
+position t = o*s + k*d - before through tap k, and src(t) (nbconv._padding.source_index, compiled
+here as a device function) is the element it copies, or nothing where "zeros" padding holds 0:
 
-    y[n, o, co]   = sum_{k, ci} x[n, src(o*s + k*d), g*Cg + ci] * w[k, ci, co]     (per spatial dim)
-    gw[k, ci, co] = sum_{n, o} x[n, src(o*s + k*d), g*Cg + ci] * gy[n, o, co]
+    y[n, o, co]   = sum_{k, ci} x[n, src(o*s + k*d - before), g*Cg + ci] * w[k, ci, co]   (per axis)
+    gw[k, ci, co] = sum_{n, o} x[n, src(o*s + k*d - before), g*Cg + ci] * gy[n, o, co]
     gb[co]        = sum_{n, o} gy[n, o, co]
-    gx[n, a, ci]  = sum_{i: src(i) = a} sum_{(o, k): o*s + k*d = i} gy[n, o, co] * w[k, ci, co]
+    gx[n, a, ci]  = sum_{(o, k): src(o*s + k*d - before) = a} gy[n, o, co] * w[k, ci, co]
 
-src(i) maps padded position i to the input element it holds (PyTorch's padding modes), or to
-nothing where "zeros" padding holds 0. The input gradient is a gather (one thread per element of
-gx, no atomics): it enumerates the padded positions that copy its element (`_fold_range`: the
-interior position plus at most two pad ranges) and, for each, the taps whose stride phase matches.
-The transposed convolution is the same gather with "zeros" mode and the crop as `before`.
+The input gradient is a gather (one thread per element of gx, no atomics): per axis and tap it
+enumerates the output positions that can read element a (`_readers`: the one reading a itself, and
+those reading the padding, where another copy of a may sit) and keeps those whose src(t) is a. The
+transposed convolution is the same gather in "zeros" mode with the crop as `before`.
 
 Design for a real GPU:
-- Threads map to channels, the contiguous NHWC axis: consecutive threads write consecutive output
-  elements and read consecutive weights; threads of one group that share a pixel read the same
-  input element (a warp broadcast).
+- Threads map to channels, the contiguous channels-last axis: consecutive threads write consecutive
+  output elements and read consecutive weights; threads of one group that share a pixel read the
+  same input element (a warp broadcast).
 - forward: a block computes a tile of (channel lanes) x (pixel lanes) outputs; the weights of the
   block's channels are staged in shared memory, TILE elements at a time along the flattened
-  (kh, kw, ci) reduction, and reused by every pixel lane.
-- weight gradient: pass 1 gives each block a (channel lanes) x (kh, kw, ci rows) tile of the weight
-  gradient and a fixed chunk of output pixels; grad_out for a slice of the chunk is staged in shared
-  memory (reused by every row lane) with the pixel coordinates. Pass 2 sums the per-chunk partials
-  in a fixed order. Chunks depend on the shapes only, so the result is bitwise reproducible for
-  any grid size; no float atomics anywhere.
-- input gradient / transposed conv: the weight is first rearranged to (KH, KW, C_src, Cg_dst) so the
-  gather reads it along the thread's channel axis (coalesced).
+  (kd, kh, kw, ci) reduction, and reused by every pixel lane.
+- weight gradient: pass 1 gives each block a (channel lanes) x (kd, kh, kw, ci rows) tile of the
+  weight gradient and a fixed chunk of output pixels; grad_out for a slice of the chunk is staged in
+  shared memory (reused by every row lane) with the pixel coordinates. Pass 2 sums the per-chunk
+  partials in a fixed order. Chunks depend on the shapes only, so the result is bitwise reproducible
+  for any grid size; no float atomics anywhere.
+- input gradient / transposed conv: the weight is first rearranged to (KD, KH, KW, C_src, Cg_dst) so
+  the gather reads it along the thread's channel axis (coalesced).
 - every kernel uses grid-stride loops over its tiles, so grid sizes are capped (MAX_BLOCKS).
+- indices are 64-bit (parameters may be as large as 2**62, see nbconv._shapes.MAX_PARAM).
 Launches go to the default stream.
 """
 import functools
+from typing import NamedTuple
 
 import numpy as np
-from numba import cuda, float32, float64, int32
+from numba import cuda, float32, float64, int64
+
+from ._device import as_device_array
+from ._padding import CODES, ZEROS, source_index
 
 THREADS_PER_BLOCK = 256   # a power of two >= 32; blocks may be smaller for small problems
 MAX_BLOCKS = 4096         # grid-size cap: larger problems are covered by grid-stride loops
@@ -48,53 +59,113 @@ TILE = 1024               # elements of a shared-memory tile (8 KiB in float64)
 PIXEL_CHUNK = 64          # fewest output pixels per weight/bias-gradient chunk
 MAX_CHUNKS = 256          # most chunks (partial sums) per weight/bias-gradient element
 PARTIAL_BUDGET = 1 << 24  # most partial-sum elements one gradient allocates
+SPATIAL = 3               # the spatial dims every kernel works in (fewer are viewed with unit axes)
 
-_MODES = {"zeros": 0, "reflect": 1, "replicate": 2, "circular": 3}
 _NUMBA_TYPES = {np.dtype(np.float32): float32, np.dtype(np.float64): float64}
+
+
+class Axis(NamedTuple):
+    """One spatial axis as the kernels see it: output position o reads input position
+    o * stride + k * dilation - before through tap k."""
+
+    stride: int
+    dilation: int
+    before: int
+
+
+class Geometry(NamedTuple):
+    """The three spatial axes of a convolution viewed as 3-D, and its padding mode code
+    (nbconv._padding.CODES). Passed to the kernels as one argument."""
+
+    depth: Axis
+    height: Axis
+    width: Axis
+    mode: int
+
+
+def _geometry(params):
+    """The Geometry of ConvParams with 1, 2 or 3 spatial dims (missing leading axes are plain)."""
+    plain = (Axis(stride=1, dilation=1, before=0),) * (SPATIAL - len(params.stride))
+    axes = tuple(Axis(stride=int(s), dilation=int(d), before=int(before))
+                 for s, d, (before, _) in zip(params.stride, params.dilation, params.pads))
+    return Geometry(*plain, *axes, mode=CODES[params.mode])
+
+
+_source_index = cuda.jit(device=True)(source_index)
 
 
 @cuda.jit(device=True)
 def _imin(a, b):
-    """The smaller of two integers (numba 0.68's CUDA target fails to compile the builtin min)."""
+    """The smaller of two integers (numba 0.68's own CUDA target fails to compile the builtin min)."""
     return a if a < b else b
 
 
 @cuda.jit(device=True)
-def _source(p, before, n, mode):
-    """Index of the input element that padded position p copies along an axis of length n with
-    `before` leading pads in `mode` (0 zeros, 1 reflect, 2 replicate, 3 circular); -1 for a zero."""
-    t = p - before
-    if t >= 0 and t < n:
-        return t
-    if mode == 0:
-        return -1
-    if mode == 1:
-        return -t if t < 0 else 2 * (n - 1) - t
-    if mode == 2:
-        return 0 if t < 0 else n - 1
-    return t % n
+def _imax(a, b):
+    """The larger of two integers (numba 0.68's own CUDA target fails to compile the builtin max)."""
+    return a if a > b else b
 
 
 @cuda.jit(device=True)
-def _fold_range(a, before, after, n, mode, part):
-    """Padded positions [lo, hi) whose value is input element a (axis of length n, pads before/after):
-    part 0 is the interior position, parts 1 and 2 the copies in the leading and trailing pads."""
+def _pixel(p, shape):
+    """(n, d, h, w): coordinates of flat pixel index p in a channels-last (N, D, H, W, C) shape."""
+    w = p % shape[3]
+    p //= shape[3]
+    h = p % shape[2]
+    p //= shape[2]
+    return p // shape[1], p % shape[1], h, w
+
+
+@cuda.jit(device=True)
+def _tap(t, shape):
+    """(kd, kh, kw): coordinates of flat tap index t in a weight shape (KD, KH, KW, ...)."""
+    kw = t % shape[2]
+    t //= shape[2]
+    return t // shape[1], t % shape[1], kw
+
+
+@cuda.jit(device=True)
+def _read(o, k, n, axis, mode):
+    """Index of the element (axis of length n) that output position o reads through tap k; -1 for a zero pad."""
+    return _source_index(o * axis.stride + k * axis.dilation - axis.before, n, mode)
+
+
+@cuda.jit(device=True)
+def _reads(od, oh, ow, kd, kh, kw, x, geom):
+    """(inside, d, h, w): the pixel of x (N, D, H, W, C) that output pixel (od, oh, ow) reads through tap
+    (kd, kh, kw); inside is False where that is zero padding."""
+    d = _read(od, kd, x.shape[1], geom.depth, geom.mode)
+    h = _read(oh, kh, x.shape[2], geom.height, geom.mode)
+    w = _read(ow, kw, x.shape[3], geom.width, geom.mode)
+    return d >= 0 and h >= 0 and w >= 0, d, h, w
+
+
+@cuda.jit(device=True)
+def _readers(a, k, part, n, n_out, axis, mode):
+    """[lo, hi): the output positions (of n_out) that may read element a (axis of length n) through tap
+    k: part 0 those reading the leading padding, part 1 the one reading position a itself, part 2 those
+    reading the trailing padding (callers keep the o whose _read is a; "zeros" padding copies nothing)."""
+    base = k * axis.dilation - axis.before  # o reads position o * stride + base
+    if part == 1:
+        q = a - base
+        if q < 0 or q % axis.stride != 0 or q // axis.stride >= n_out:
+            return 0, 0
+        return q // axis.stride, q // axis.stride + 1
+    if mode == ZEROS:
+        return 0, 0
     if part == 0:
-        return a + before, a + before + 1
-    if mode == 1:
-        t = -a if part == 1 else 2 * (n - 1) - a
-        if (part == 1 and a >= 1 and a <= before) or (part == 2 and t >= n and t < n + after):
-            return t + before, t + before + 1
-    elif mode == 2:
-        if part == 1 and a == 0:
-            return 0, before
-        if part == 2 and a == n - 1:
-            return before + n, before + n + after
-    elif mode == 3:
-        t = a - n if part == 1 else a + n
-        if (part == 1 and t >= -before) or (part == 2 and t < n + after):
-            return t + before, t + before + 1
-    return 0, 0
+        return 0, _imin(-(base // axis.stride), n_out)                # o * stride + base < 0
+    return _imax(-((base - n) // axis.stride), 0), n_out               # o * stride + base >= n
+
+
+class Kernels(NamedTuple):
+    """The kernels of one float dtype (see :func:`_kernels`)."""
+
+    forward: object
+    gather: object
+    weight_partials: object
+    bias_partials: object
+    sum_rows: object
 
 
 @functools.lru_cache(maxsize=None)
@@ -104,21 +175,19 @@ def _kernels(dtype):
     shared_type = _NUMBA_TYPES[dtype]
 
     @cuda.jit
-    def forward(x, w, bias, has_bias, out, sh, sw, dh, dw, top, left, mode, lanes):
-        """out[n,oh,ow,co] = bias[co] + sum_{kh,kw,ci} x[n, src(oh*sh+kh*dh), src(ow*sw+kw*dw), g*Cgi+ci]
-        * w[kh,kw,ci,co]; blocks of lanes (a power of two <= 32) channel lanes x any pixel lanes."""
+    def forward(x, w, bias, has_bias, out, geom, lanes):
+        """out[n,o,co] = bias[co] + sum_{k,ci} x[n, read(o, k), g*Cgi+ci] * w[k,ci,co] over 3-D x, w, out (5-D
+        arrays); blocks of `lanes` (a power of two <= 32) channel lanes x any pixel lanes."""
         ws = cuda.shared.array(TILE, shared_type)
-        n_img, h, wd, _ = x.shape
-        kh_dim, kw_dim, cgi, c_out = w.shape
-        _, oh_dim, ow_dim, _ = out.shape
-        cgo = c_out // (x.shape[3] // cgi)
-        n_rows = kh_dim * kw_dim * cgi
+        cgi, c_out = w.shape[3], w.shape[4]
+        cgo = c_out // (x.shape[4] // cgi)
+        n_rows = w.shape[0] * w.shape[1] * w.shape[2] * cgi
+        n_pix = out.shape[0] * out.shape[1] * out.shape[2] * out.shape[3]
         tid = cuda.threadIdx.x
         n_threads = cuda.blockDim.x
         lane = tid % lanes
         pixel_lanes = n_threads // lanes
         tile_rows = TILE // lanes
-        n_pix = n_img * oh_dim * ow_dim
         co_tiles = (c_out + lanes - 1) // lanes
         n_tiles = co_tiles * ((n_pix + pixel_lanes - 1) // pixel_lanes)
         for tile in range(cuda.blockIdx.x, n_tiles, cuda.gridDim.x):
@@ -126,10 +195,7 @@ def _kernels(dtype):
             co = co0 + lane
             pix = (tile // co_tiles) * pixel_lanes + tid // lanes
             active = co < c_out and pix < n_pix
-            pix = _imin(pix, n_pix - 1)
-            n = pix // (oh_dim * ow_dim)
-            oh = (pix // ow_dim) % oh_dim
-            ow = pix % ow_dim
+            n, od, oh, ow = _pixel(_imin(pix, n_pix - 1), out.shape)
             c_base = (_imin(co, c_out - 1) // cgo) * cgi
             acc = scalar(0)
             for r0 in range(0, n_rows, tile_rows):
@@ -137,85 +203,76 @@ def _kernels(dtype):
                 cuda.syncthreads()
                 for e in range(tid, rows * lanes, n_threads):
                     r = r0 + e // lanes
-                    k = r // cgi
-                    ws[e] = w[k // kw_dim, k % kw_dim, r % cgi, _imin(co0 + e % lanes, c_out - 1)]
+                    kd, kh, kw = _tap(r // cgi, w.shape)
+                    ws[e] = w[kd, kh, kw, r % cgi, _imin(co0 + e % lanes, c_out - 1)]
                 cuda.syncthreads()
-                ci = r0 % cgi
-                kw = (r0 // cgi) % kw_dim
-                kh = r0 // (cgi * kw_dim)
-                ih = _source(oh * sh + kh * dh, top, h, mode)
-                iw = _source(ow * sw + kw * dw, left, wd, mode)
+                tap, ci = r0 // cgi, r0 % cgi
+                kd, kh, kw = _tap(tap, w.shape)
+                inside, i_d, i_h, i_w = _reads(od, oh, ow, kd, kh, kw, x, geom)
                 for rr in range(rows):
-                    if ih >= 0 and iw >= 0:
-                        acc += x[n, ih, iw, c_base + ci] * ws[rr * lanes + lane]
+                    if inside:
+                        acc += x[n, i_d, i_h, i_w, c_base + ci] * ws[rr * lanes + lane]
                     ci += 1
                     if ci == cgi:
                         ci = 0
-                        kw += 1
-                        if kw == kw_dim:
-                            kw = 0
-                            kh += 1
-                            ih = _source(oh * sh + kh * dh, top, h, mode)
-                        iw = _source(ow * sw + kw * dw, left, wd, mode)
+                        tap += 1
+                        kd, kh, kw = _tap(tap, w.shape)
+                        inside, i_d, i_h, i_w = _reads(od, oh, ow, kd, kh, kw, x, geom)
             if active:
                 if has_bias:
                     acc += bias[co]
-                out[n, oh, ow, co] = acc
+                out[n, od, oh, ow, co] = acc
 
     @cuda.jit
-    def gather(src, wt, bias, has_bias, dst, sh, sw, dh, dw, top, bottom, left, right, mode):
-        """dst[n,a,b,c] = bias[c] + sum over padded (i, j) copying (a, b) (pads top/bottom/left/right in
-        `mode`) and taps with i = oh*sh+kh*dh, j = ow*sw+kw*dw inside src of
-        src[n,oh,ow,g*Cgs+co] * wt[kh,kw,g*Cgs+co,c-g*Cgd]; wt is (KH, KW, C_src, Cg_dst)."""
-        n_img, h, wd, c_dst = dst.shape
-        _, oh_dim, ow_dim, c_src = src.shape
-        kh_dim, kw_dim, _, cgd = wt.shape
+    def gather(src, wt, bias, has_bias, dst, geom):
+        """dst[n,a,c] = bias[c] + sum over taps k and src pixels o with read(o, k) = a on every axis of
+        sum_co src[n,o,g*Cgs+co] * wt[k,g*Cgs+co,c-g*Cgd]; 5-D arrays, wt is (KD, KH, KW, C_src, Cg_dst)."""
+        _, d_dim, h_dim, w_dim, c_dst = dst.shape
+        _, od_dim, oh_dim, ow_dim, c_src = src.shape
+        kd_dim, kh_dim, kw_dim, _, cgd = wt.shape
         cgs = c_src // (c_dst // cgd)
-        total = n_img * h * wd * c_dst
-        for e in range(cuda.grid(1), total, cuda.gridsize(1)):
+        mode = geom.mode
+        for e in range(cuda.grid(1), dst.size, cuda.gridsize(1)):
             c = e % c_dst
-            b = (e // c_dst) % wd
-            a = (e // (c_dst * wd)) % h
-            n = e // (c_dst * wd * h)
+            n, a_d, a_h, a_w = _pixel(e // c_dst, dst.shape)
             s0 = (c // cgd) * cgs
             cd = c % cgd
             acc = scalar(0)
-            for part_h in range(3):
-                i_lo, i_hi = _fold_range(a, top, bottom, h, mode, part_h)
-                for i in range(i_lo, i_hi):
-                    for kh in range(kh_dim):
-                        t = i - kh * dh
-                        if t < 0 or t % sh != 0 or t // sh >= oh_dim:
-                            continue
-                        oh = t // sh
-                        for part_w in range(3):
-                            j_lo, j_hi = _fold_range(b, left, right, wd, mode, part_w)
-                            for j in range(j_lo, j_hi):
-                                for kw in range(kw_dim):
-                                    u = j - kw * dw
-                                    if u < 0 or u % sw != 0 or u // sw >= ow_dim:
+            for kp_d in range(3 * kd_dim):
+                kd = kp_d // 3
+                lo_d, hi_d = _readers(a_d, kd, kp_d % 3, d_dim, od_dim, geom.depth, mode)
+                for od in range(lo_d, hi_d):
+                    if _read(od, kd, d_dim, geom.depth, mode) != a_d:
+                        continue
+                    for kp_h in range(3 * kh_dim):
+                        kh = kp_h // 3
+                        lo_h, hi_h = _readers(a_h, kh, kp_h % 3, h_dim, oh_dim, geom.height, mode)
+                        for oh in range(lo_h, hi_h):
+                            if _read(oh, kh, h_dim, geom.height, mode) != a_h:
+                                continue
+                            for kp_w in range(3 * kw_dim):
+                                kw = kp_w // 3
+                                lo_w, hi_w = _readers(a_w, kw, kp_w % 3, w_dim, ow_dim, geom.width, mode)
+                                for ow in range(lo_w, hi_w):
+                                    if _read(ow, kw, w_dim, geom.width, mode) != a_w:
                                         continue
-                                    ow = u // sw
                                     for co in range(s0, s0 + cgs):
-                                        acc += src[n, oh, ow, co] * wt[kh, kw, co, cd]
+                                        acc += src[n, od, oh, ow, co] * wt[kd, kh, kw, co, cd]
             if has_bias:
                 acc += bias[c]
-            dst[n, a, b, c] = acc
+            dst[n, a_d, a_h, a_w, c] = acc
 
     @cuda.jit
-    def weight_partials(x, gy, partial, kw_dim, cgi, sh, sw, dh, dw, top, left, mode, chunk, lanes):
-        """partial[b,r,co] = sum over output pixels p in chunk b (chunk pixels each) of gy[p,co] *
-        x[n_p, src(oh_p*sh+kh*dh), src(ow_p*sw+kw*dw), g*Cgi+ci], r = (kh*KW+kw)*Cgi+ci; blocks of
-        lanes (a power of two <= 32) channel lanes x any row lanes."""
+    def weight_partials(x, gy, partial, w_shape, geom, chunk, lanes):
+        """partial[b,r,co] = sum over output pixels p in chunk b (`chunk` pixels each) of gy[p,co] *
+        x[n_p, read(o_p, k), g*Cgi+ci] for row r = tap(k)*Cgi+ci of a weight of 5-D w_shape; blocks of
+        `lanes` (a power of two <= 32) channel lanes x any row lanes."""
         gs = cuda.shared.array(TILE, shared_type)
-        pn = cuda.shared.array(TILE, int32)
-        ph = cuda.shared.array(TILE, int32)
-        pw = cuda.shared.array(TILE, int32)
-        _, h, wd, c_in = x.shape
-        _, oh_dim, ow_dim, c_out = gy.shape
-        n_chunks, n_rows, _ = partial.shape
-        cgo = c_out // (c_in // cgi)
-        n_pix = gy.shape[0] * oh_dim * ow_dim
+        coords = cuda.shared.array((4, TILE), int64)  # (n, od, oh, ow) of the staged pixels
+        n_chunks, n_rows, c_out = partial.shape
+        cgi = w_shape[3]
+        cgo = c_out // (x.shape[4] // cgi)
+        n_pix = gy.shape[0] * gy.shape[1] * gy.shape[2] * gy.shape[3]
         tid = cuda.threadIdx.x
         n_threads = cuda.blockDim.x
         lane = tid % lanes
@@ -230,10 +287,8 @@ def _kernels(dtype):
             chunk_id = tile // (co_tiles * row_tiles)
             active = co < c_out and r < n_rows
             rc = _imin(r, n_rows - 1)
-            ci = rc % cgi
-            kw = (rc // cgi) % kw_dim
-            kh = rc // (cgi * kw_dim)
-            c = (_imin(co, c_out - 1) // cgo) * cgi + ci
+            kd, kh, kw = _tap(rc // cgi, w_shape)
+            c = (_imin(co, c_out - 1) // cgo) * cgi + rc % cgi
             p_lo = chunk_id * chunk
             p_hi = _imin(p_lo + chunk, n_pix)
             acc = scalar(0)
@@ -241,35 +296,34 @@ def _kernels(dtype):
                 count = _imin(tile_pix, p_hi - s0)
                 cuda.syncthreads()
                 for e in range(tid, count * lanes, n_threads):
-                    p = s0 + e // lanes
-                    n = p // (oh_dim * ow_dim)
-                    oh = (p // ow_dim) % oh_dim
-                    ow = p % ow_dim
-                    gs[e] = gy[n, oh, ow, _imin(co0 + e % lanes, c_out - 1)]
+                    q = e // lanes
+                    n, od, oh, ow = _pixel(s0 + q, gy.shape)
+                    gs[e] = gy[n, od, oh, ow, _imin(co0 + e % lanes, c_out - 1)]
                     if e % lanes == 0:
-                        pn[e // lanes] = n
-                        ph[e // lanes] = oh * sh
-                        pw[e // lanes] = ow * sw
+                        coords[0, q] = n
+                        coords[1, q] = od
+                        coords[2, q] = oh
+                        coords[3, q] = ow
                 cuda.syncthreads()
                 for q in range(count):
-                    ih = _source(ph[q] + kh * dh, top, h, mode)
-                    iw = _source(pw[q] + kw * dw, left, wd, mode)
-                    if ih >= 0 and iw >= 0:
-                        acc += x[pn[q], ih, iw, c] * gs[q * lanes + lane]
+                    inside, i_d, i_h, i_w = _reads(coords[1, q], coords[2, q], coords[3, q], kd, kh, kw, x, geom)
+                    if inside:
+                        acc += x[coords[0, q], i_d, i_h, i_w, c] * gs[q * lanes + lane]
             if active:
                 partial[chunk_id, r, co] = acc
 
     @cuda.jit
     def bias_partials(gy, partial, chunk):
-        """partial[b, co] = sum of gy[p, co] over output pixels p in chunk b (chunk pixels each)."""
-        n_img, oh_dim, ow_dim, c_out = gy.shape
-        n_pix = n_img * oh_dim * ow_dim
+        """partial[b, co] = sum of gy[p, co] over the output pixels p of chunk b (`chunk` pixels each); gy 5-D."""
+        c_out = gy.shape[4]
+        n_pix = gy.size // c_out
         for e in range(cuda.grid(1), partial.shape[0] * c_out, cuda.gridsize(1)):
             co = e % c_out
             p_lo = (e // c_out) * chunk
             acc = scalar(0)
             for p in range(p_lo, _imin(p_lo + chunk, n_pix)):
-                acc += gy[p // (oh_dim * ow_dim), (p // ow_dim) % oh_dim, p % ow_dim, co]
+                n, od, oh, ow = _pixel(p, gy.shape)
+                acc += gy[n, od, oh, ow, co]
             partial[e // c_out, co] = acc
 
     @cuda.jit
@@ -281,18 +335,19 @@ def _kernels(dtype):
                 acc += partial[b, j]
             out[j] = acc
 
-    return forward, gather, weight_partials, bias_partials, sum_rows
+    return Kernels(forward=forward, gather=gather, weight_partials=weight_partials,
+                   bias_partials=bias_partials, sum_rows=sum_rows)
 
 
 @cuda.jit
-def _swap_last(w, wt):
-    """wt[kh, kw, j, i] = w[kh, kw, i, j]."""
-    kh_dim, kw_dim, n_i, n_j = w.shape
-    for e in range(cuda.grid(1), kh_dim * kw_dim * n_i * n_j, cuda.gridsize(1)):
+def _swap_channels(w, wt):
+    """wt[kd, kh, kw, j, i] = w[kd, kh, kw, i, j]: the last two axes of 5-D w swapped into wt."""
+    n_i, n_j = w.shape[3], w.shape[4]
+    for e in range(cuda.grid(1), w.size, cuda.gridsize(1)):
         i = e % n_i
         j = (e // n_i) % n_j
-        k = e // (n_i * n_j)
-        wt[k // kw_dim, k % kw_dim, j, i] = w[k // kw_dim, k % kw_dim, i, j]
+        kd, kh, kw = _tap(e // (n_i * n_j), w.shape)
+        wt[kd, kh, kw, j, i] = w[kd, kh, kw, i, j]
 
 
 @cuda.jit
@@ -331,25 +386,20 @@ def _chunks(n_pix, width):
 
 
 def _bias_arg(bias, dtype):
+    """(bias, has_bias) for a kernel: a placeholder array when there is no bias."""
     return (cuda.device_array(1, dtype=dtype), False) if bias is None else (bias, True)
 
 
-def as_device_array(a):
-    """`a` as a numba device array: itself, or a zero-copy view of a __cuda_array_interface__ object."""
-    if type(a).__module__.startswith("numba.cuda"):   # numba's device arrays, real or simulated
+def _as_3d(a, at):
+    """A zero-copy view of device array `a` with unit spatial axes inserted at index `at` until it has
+    three (activations (N, *spatial, C): at=1; weights (*kernel, C_in, C_out): at=0), for any strides
+    (numba's reshape refuses non-contiguous device arrays)."""
+    missing = SPATIAL + 2 - len(a.shape)
+    if missing == 0:
         return a
-    if not hasattr(cuda, "as_cuda_array"):
-        raise TypeError(f"{type(a).__name__} exposes __cuda_array_interface__, which Numba's CUDA simulator "
-                        "cannot read: pass numba device arrays (cuda.to_device) under the simulator")
-    return cuda.as_cuda_array(a)
-
-
-def unit_axis(a, axis):
-    """A view of device array `a` with a length-1 axis inserted at `axis`, for any strides (numba's
-    reshape refuses non-contiguous device arrays)."""
     shape, strides = tuple(a.shape), tuple(a.strides)
-    new_shape = shape[:axis] + (1,) + shape[axis:]
-    new_strides = strides[:axis] + (a.dtype.itemsize,) + strides[axis:]
+    new_shape = shape[:at] + (1,) * missing + shape[at:]
+    new_strides = strides[:at] + (a.dtype.itemsize,) * missing + strides[at:]
     if not hasattr(a, "gpu_data"):  # the simulator's arrays wrap a NumPy array, whose reshape never refuses
         return a.reshape(new_shape)
     from numba.cuda.cudadrv.devicearray import DeviceNDArray
@@ -363,6 +413,18 @@ def _span(a):
     lo = start + sum(min(0, (n - 1) * s) for n, s in zip(a.shape, a.strides))
     hi = start + sum(max(0, (n - 1) * s) for n, s in zip(a.shape, a.strides)) + a.dtype.itemsize - 1
     return lo, hi
+
+
+# ---------------------------------------------------------------- the Backend interface
+
+def as_array(a):
+    """`a` as a numba device array without a copy (None stays None)."""
+    return None if a is None else as_device_array(a)
+
+
+def empty(shape, dtype):
+    """A new uninitialised C-contiguous device array."""
+    return cuda.device_array(tuple(shape), dtype=np.dtype(dtype))
 
 
 def check_out(out, inputs):
@@ -379,83 +441,77 @@ def check_out(out, inputs):
                 raise ValueError(f"out overlaps {name}; pass a separate array")
 
 
-def empty(shape, dtype):
-    """A new result array on the device."""
-    return cuda.device_array(shape, dtype=np.dtype(dtype))
-
-
 def forward(x, w, bias, params, out):
-    """out = conv(x, w) + bias."""
-    n, oh, ow, c_out = out.shape
+    """out = conv(x, w) + bias; returns out."""
     if out.size == 0:
         return out
-    (top, _), (left, _) = params.pads
-    (sh, sw), (dh, dw) = params.stride, params.dilation
+    out3 = _as_3d(out, 1)
+    c_out = out3.shape[4]
     bias, has_bias = _bias_arg(bias, out.dtype)
-    blocks, threads, lanes = _tile_launch(c_out, n * oh * ow)
-    _kernels(np.dtype(out.dtype))[0][blocks, threads](
-        x, w, bias, has_bias, out, sh, sw, dh, dw, top, left, _MODES[params.mode], lanes)
+    blocks, threads, lanes = _tile_launch(c_out, out.size // c_out)
+    _kernels(np.dtype(out.dtype)).forward[blocks, threads](
+        _as_3d(x, 1), _as_3d(w, 0), bias, has_bias, out3, _geometry(params), lanes)
     return out
 
 
-def _gather(src, w, bias, dst, stride, dilation, pads, mode):
+def _gather(src, w, bias, dst, params):
     """dst = the gather of src through w (see the module docstring); dst filled in place."""
     if dst.size == 0:
         return dst
-    kh, kw, cgd, c_src = w.shape
-    wt = cuda.device_array((kh, kw, c_src, cgd), dtype=w.dtype)
-    _swap_last[_flat_launch(w.size)](w, wt)
-    (top, bottom), (left, right) = pads
+    w3 = _as_3d(w, 0)
+    kd, kh, kw, cgd, c_src = w3.shape
+    wt = cuda.device_array((kd, kh, kw, c_src, cgd), dtype=w.dtype)
+    _swap_channels[_flat_launch(w.size)](w3, wt)
     bias, has_bias = _bias_arg(bias, dst.dtype)
-    _kernels(np.dtype(dst.dtype))[1][_flat_launch(dst.size)](
-        src, wt, bias, has_bias, dst, *stride, *dilation, top, bottom, left, right, _MODES[mode])
+    _kernels(np.dtype(dst.dtype)).gather[_flat_launch(dst.size)](
+        _as_3d(src, 1), wt, bias, has_bias, _as_3d(dst, 1), _geometry(params))
     return dst
 
 
 def grad_input(gy, w, x_shape, params):
-    """dL/dx of y = conv(x, w) given gy = dL/dy (a gather, no atomics)."""
-    gx = cuda.device_array(x_shape, dtype=gy.dtype)
-    return _gather(gy, w, None, gx, params.stride, params.dilation, params.pads, params.mode)
+    """dL/dx of y = conv(x, w) for an x of shape x_shape, given gy = dL/dy (a gather, no atomics)."""
+    return _gather(gy, w, None, empty(x_shape, gy.dtype), params)
 
 
 def _reduce(partial, width, dtype):
     """The column sums of partial viewed as (chunks, width), in a fixed order."""
     total = cuda.device_array(width, dtype=dtype)
-    _kernels(np.dtype(dtype))[4][_flat_launch(width)](partial.reshape(partial.shape[0], width), total)
+    _kernels(np.dtype(dtype)).sum_rows[_flat_launch(width)](partial.reshape(partial.shape[0], width), total)
     return total
 
 
 def grad_weight(gy, x, w_shape, params):
-    """dL/dw of y = conv(x, w) given gy = dL/dy (two passes, bitwise reproducible)."""
-    kh, kw, cgi, c_out = w_shape
-    n_rows = kh * kw * cgi
-    n, oh, ow, _ = gy.shape
-    chunk, n_chunks = _chunks(n * oh * ow, n_rows * c_out)
+    """dL/dw of y = conv(x, w) for a w of shape w_shape, given gy (two passes, bitwise reproducible)."""
+    w_shape = tuple(w_shape)
+    w_shape3 = (1,) * (SPATIAL + 2 - len(w_shape)) + w_shape
+    c_out = w_shape[-1]
+    n_rows = int(np.prod(w_shape[:-1]))
+    chunk, n_chunks = _chunks(gy.size // c_out, n_rows * c_out)
     partial = cuda.device_array((n_chunks, n_rows, c_out), dtype=gy.dtype)
     if n_chunks:
-        (top, _), (left, _) = params.pads
-        (sh, sw), (dh, dw) = params.stride, params.dilation
         blocks, threads, lanes = _tile_launch(c_out, n_rows)
-        _kernels(np.dtype(gy.dtype))[2][min(blocks * n_chunks, MAX_BLOCKS), threads](
-            x, gy, partial, kw, cgi, sh, sw, dh, dw, top, left, _MODES[params.mode], chunk, lanes)
+        _kernels(np.dtype(gy.dtype)).weight_partials[min(blocks * n_chunks, MAX_BLOCKS), threads](
+            _as_3d(x, 1), _as_3d(gy, 1), partial, w_shape3, _geometry(params), chunk, lanes)
     return _reduce(partial, n_rows * c_out, gy.dtype).reshape(w_shape)
 
 
 def grad_bias(gy):
     """dL/dbias: gy summed over every axis but the last (per-chunk partials, then a fixed-order sum)."""
-    n, oh, ow, c_out = gy.shape
-    chunk, n_chunks = _chunks(n * oh * ow, c_out)
+    c_out = tuple(gy.shape)[-1]
+    chunk, n_chunks = _chunks(gy.size // c_out, c_out)
     partial = cuda.device_array((n_chunks, c_out), dtype=gy.dtype)
     if n_chunks:
-        _kernels(np.dtype(gy.dtype))[3][_flat_launch(n_chunks * c_out)](gy, partial, chunk)
+        _kernels(np.dtype(gy.dtype)).bias_partials[_flat_launch(n_chunks * c_out)](_as_3d(gy, 1), partial, chunk)
     return _reduce(partial, c_out, gy.dtype)
 
 
 def transpose(x, w, bias, params, output_padding, out):
     """out = conv_transpose(x, w) + bias: the input gradient of a convolution whose output is x,
     cropped by the pads (output_padding only enlarges out, whose shape conv.py has already set)."""
-    return _gather(x, w, bias, out, params.stride, params.dilation, params.pads, "zeros")
+    return _gather(x, w, bias, out, params)
 
+
+# ---------------------------------------------------------------- device helpers for the tape
 
 def add(a, b):
     """a + b as a new C-contiguous device array (same shape and dtype; C-contiguous operands): how the

@@ -1,4 +1,5 @@
-"""nbconv's CUDA kernels (nbconv/_cuda.py) against the naive reference and the CPU path.
+"""nbconv's CUDA kernels (nbconv/_cuda.py) against the naive reference and the CPU path, in 1-D, 2-D
+and 3-D (one kernel family: the backend views every call as 3-D).
 
 They run under Numba's CUDA simulator unless NUMBA_ENABLE_CUDASIM=0 and a GPU is present (conftest
 sets the simulator by default). The simulator costs ~0.1 ms per thread and ~1 ms per thread of a
@@ -6,6 +7,8 @@ kernel that synchronises, so shapes are tiny: each launch has at most a few hund
 Interop with CuPy/PyTorch CUDA tensors needs `__cuda_array_interface__`, which the simulator lacks;
 those tests run on a real GPU only.
 """
+import inspect
+import itertools
 import os
 import subprocess
 import sys
@@ -27,7 +30,7 @@ if not (SIMULATOR or nbconv.cuda_available()):
 
 from numba import cuda  # noqa: E402
 
-from nbconv import _cuda  # noqa: E402
+from nbconv import _backend, _cuda  # noqa: E402
 
 TOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
 real_gpu = pytest.mark.skipif(SIMULATOR, reason="needs a real GPU: the CUDA simulator has no "
@@ -67,23 +70,32 @@ def data(rng, dtype, *shapes):
 CONV_CASES = {
     "plain-f64": ((2, 4, 5, 3), (2, 2, 3, 4), 1, 0, 1, 1, "zeros", True, np.float64),
     "stride-asym-f32": ((1, 6, 5, 2), (3, 2, 2, 3), (2, 1), ((1, 2), (0, 1)), 1, 1, "zeros", True, np.float32),
-    "same-stride2": ((1, 5, 6, 2), (3, 3, 2, 2), 2, "same", 1, 1, "zeros", False, np.float64),
     "dilation": ((1, 6, 5, 2), (2, 2, 2, 3), 1, 2, (2, 1), 1, "zeros", True, np.float32),
-    "groups": ((1, 4, 4, 4), (2, 2, 2, 6), 1, 1, 1, 2, "zeros", True, np.float64),
     "depthwise-mult2": ((1, 5, 4, 3), (3, 3, 1, 6), (1, 2), 1, 1, 3, "zeros", True, np.float32),
     "reflect": ((1, 5, 5, 2), (3, 3, 2, 2), 1, ((2, 1), (1, 2)), 1, 1, "reflect", True, np.float64),
     "replicate": ((1, 4, 5, 2), (2, 3, 2, 2), (2, 1), ((3, 1), (0, 2)), 1, 1, "replicate", False, np.float32),
     "circular": ((1, 4, 5, 2), (3, 2, 1, 2), 1, ((4, 2), (1, 5)), (1, 2), 2, "circular", True, np.float64),
     "1d-circular-same": ((2, 7, 2), (3, 2, 3), 1, "same", 2, 1, "circular", True, np.float64),
     "1d-reflect-stride": ((1, 9, 3), (2, 1, 3), 2, ((2, 3),), 1, 3, "reflect", False, np.float32),
+    "3d-int-pad-f64": ((1, 3, 3, 3, 2), (2, 2, 2, 2, 3), 1, 1, 1, 1, "zeros", True, np.float64),
+    "3d-stride-asym-f32": ((1, 4, 5, 3, 2), (2, 3, 2, 2, 3), (2, 1, 2), ((1, 2), (0, 1), (2, 0)), 1, 1, "zeros",
+                           True, np.float32),
+    "3d-same-stride-dilation-reflect": ((1, 4, 3, 5, 2), (2, 2, 3, 2, 2), (1, 1, 2), "same", (2, 1, 1), 1, "reflect",
+                                        False, np.float64),
+    "3d-groups-replicate": ((1, 3, 4, 3, 4), (1, 2, 3, 2, 6), 2, ((2, 1), (0, 2), (1, 0)), 1, 2, "replicate", False,
+                            np.float32),
+    "3d-depthwise-circular": ((2, 3, 3, 2, 3), (2, 2, 2, 1, 6), (1, 2, 1), ((2, 1), (1, 3), (0, 2)), (1, 1, 2), 3,
+                              "circular", True, np.float64),
 }
+CONV = {1: (nbconv.conv1d, nbconv.conv1d_backward), 2: (nbconv.conv2d, nbconv.conv2d_backward),
+        3: (nbconv.conv3d, nbconv.conv3d_backward)}
+TRANSPOSE = {1: nbconv.conv_transpose1d, 2: nbconv.conv_transpose2d, 3: nbconv.conv_transpose3d}
 
 
 @pytest.mark.parametrize("case", CONV_CASES.values(), ids=CONV_CASES.keys())
 def test_conv_forward_and_backward(case, rng):
     x_shape, w_shape, stride, padding, dilation, groups, mode, with_bias, dtype = case
-    conv, backward = (nbconv.conv1d, nbconv.conv1d_backward) if len(x_shape) == 3 else \
-        (nbconv.conv2d, nbconv.conv2d_backward)
+    conv, backward = CONV[len(x_shape) - 2]
     x, w, b = data(rng, dtype, x_shape, w_shape, (w_shape[-1],))
     b = b if with_bias else None
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, padding_mode=mode)
@@ -111,13 +123,16 @@ TRANSPOSE_CASES = {
     "asym-dilation": ((1, 4, 3, 2), (2, 3, 2, 2), (1, 2), ((1, 0), (2, 1)), (0, 1), (2, 1), 1, False, np.float32),
     "groups-outpad-dilation": ((2, 3, 3, 4), (2, 2, 3, 4), 1, 0, 1, 2, 2, True, np.float32),
     "1d-stride3": ((2, 4, 2), (3, 2, 2), 3, ((1, 2),), 2, 1, 1, True, np.float64),
+    "3d-stride-outpad-groups": ((1, 2, 3, 2, 4), (2, 3, 2, 2, 4), (2, 1, 2), ((1, 0), (0, 1), (1, 1)), (1, 0, 1),
+                                (1, 2, 1), 2, True, np.float32),
+    "3d-dilation-outpad": ((1, 2, 2, 3, 2), (2, 2, 2, 3, 2), 1, 0, (1, 1, 0), (2, 2, 1), 1, False, np.float64),
 }
 
 
 @pytest.mark.parametrize("case", TRANSPOSE_CASES.values(), ids=TRANSPOSE_CASES.keys())
 def test_conv_transpose(case, rng):
     x_shape, w_shape, stride, padding, output_padding, dilation, groups, with_bias, dtype = case
-    fn = nbconv.conv_transpose1d if len(x_shape) == 3 else nbconv.conv_transpose2d
+    fn = TRANSPOSE[len(x_shape) - 2]
     x, w, b = data(rng, dtype, x_shape, w_shape, (w_shape[-2] * groups,))
     b = b if with_bias else None
     kw = dict(stride=stride, padding=padding, output_padding=output_padding, dilation=dilation, groups=groups)
@@ -142,6 +157,33 @@ def test_strided_device_views(rng):
         close(host(g), r, np.float64)
 
 
+def test_strided_device_views_3d_and_1d(rng):
+    """The unit axes that view 1-D and 2-D calls as 3-D are inserted without copying strided views,
+    and 3-D views (reversed and stepped axes) are read in place by every kernel."""
+    big_x, big_w = data(rng, np.float32, (1, 6, 3, 4, 6), (2, 2, 2, 6, 3))
+    dx, dw = cuda.to_device(big_x), cuda.to_device(big_w)
+    view_x, view_w = (slice(None), slice(None, None, 2), slice(None), slice(None, None, -1), slice(None, None, 2)), \
+        (slice(None, None, -1), slice(None), slice(None), slice(None, None, 2))
+    x, w = big_x[view_x], big_w[view_w]
+    kw = dict(padding=((1, 0), (1, 1), (0, 1)), padding_mode="reflect")
+    pads = kw["padding"]
+    y = nbconv.conv3d(dx[view_x], dw[view_w], **kw)
+    close(host(y), R.conv_forward(x, w, pads=pads, mode="reflect"), np.float32)
+    gy = rng.standard_normal(tuple(y.shape)).astype(np.float32)
+    got = nbconv.conv3d_backward(cuda.to_device(gy), dx[view_x], dw[view_w], **kw)
+    for g, r in zip(got, R.conv_grads(gy, x, w, pads=pads, mode="reflect")):
+        close(host(g), r, np.float32)
+    w_t = big_w[:, :, ::-1, ::2]                              # (KD, KH, KW, C_out // groups, C_in = 3)
+    y_t = nbconv.conv_transpose3d(dx[view_x], dw[:, :, ::-1, ::2], stride=2, padding=1, output_padding=1)
+    close(host(y_t), R.conv_transpose(x, w_t, stride=2, pads=1, output_padding=1), np.float32)
+
+    view_x1, view_w1 = (0, slice(None, None, 2), 2, slice(None, None, -1), slice(None, None, 3)), \
+        (0, 0, slice(None, None, -1), slice(None, None, 3))
+    x1, w1 = big_x[view_x1], big_w[view_w1]                  # (3, 4, 2) and (2, 2, 3)
+    y1 = nbconv.conv1d(dx[view_x1], dw[view_w1], stride=2, padding=((1, 0),), padding_mode="replicate")
+    close(host(y1), R.conv_forward(x1, w1, stride=2, pads=((1, 0),), mode="replicate"), np.float32)
+
+
 def test_out_argument(rng):
     x, w = data(rng, np.float32, (1, 4, 4, 2), (1, 1, 2, 2))
     out = cuda.device_array((1, 4, 4, 2), dtype=np.float32)
@@ -164,6 +206,13 @@ def test_out_argument(rng):
     assert nbconv.conv_transpose2d(dev(x_t), dev(w), out=out_t) is out_t
     close(host(out_t), R.conv_transpose(x_t, w), np.float32)
 
+    x3, w3 = data(rng, np.float64, (1, 2, 3, 2, 2), (1, 2, 1, 2, 3))
+    out3 = cuda.device_array((1, 2, 2, 2, 3), dtype=np.float64)
+    assert nbconv.conv3d(dev(x3), dev(w3), out=out3) is out3
+    close(host(out3), R.conv_forward(x3, w3), np.float64)
+    with pytest.raises(ValueError, match="shape"):
+        nbconv.conv3d(dev(x3), dev(w3), out=cuda.device_array((1, 2, 3, 2, 3), dtype=np.float64))
+
 
 def test_mixed_host_and_device_raise(rng):
     x, w = data(rng, np.float32, (1, 3, 3, 2), (2, 2, 2, 2))
@@ -184,32 +233,68 @@ def test_mixed_host_and_device_raise(rng):
 def test_launch_geometry_does_not_change_results(rng, monkeypatch):
     """Grid-stride loops with a capped grid and small blocks give bitwise the same results; the
     weight gradient's fixed chunking makes it reproducible and, with several chunks, correct."""
-    x, w = data(rng, np.float32, (2, 5, 5, 3), (2, 2, 3, 4))
-    gy = rng.standard_normal((2, 5, 5, 4)).astype(np.float32)
-    kw = dict(padding=((0, 1), (1, 0)), padding_mode="replicate")
-    monkeypatch.setattr(_cuda, "PIXEL_CHUNK", 8)          # 50 output pixels -> 7 weight-gradient chunks
-    default = [host(nbconv.conv2d(dev(x), dev(w), **kw))]
-    default += [host(g) for g in nbconv.conv2d_backward(dev(gy), dev(x), dev(w), **kw)]
+    x, w = data(rng, np.float32, (1, 2, 4, 3, 3), (2, 2, 2, 3, 4))
+    pads = ((0, 1), (1, 0), (1, 1))
+    kw = dict(padding=pads, padding_mode="replicate")
+    gy = rng.standard_normal((1, 2, 4, 4, 4)).astype(np.float32)
+    monkeypatch.setattr(_cuda, "PIXEL_CHUNK", 8)          # 32 output pixels -> 4 weight-gradient chunks
+
+    def run():
+        return [host(nbconv.conv3d(dev(x), dev(w), **kw))] + \
+            [host(g) for g in nbconv.conv3d_backward(dev(gy), dev(x), dev(w), **kw)]
+
+    default = run()
     monkeypatch.setattr(_cuda, "MAX_BLOCKS", 1)
     monkeypatch.setattr(_cuda, "THREADS_PER_BLOCK", 32)
-    small = [host(nbconv.conv2d(dev(x), dev(w), **kw))]
-    small += [host(g) for g in nbconv.conv2d_backward(dev(gy), dev(x), dev(w), **kw)]
+    small = run()
     for a, b in zip(default, small):
         np.testing.assert_array_equal(a, b)
-    pads = ((0, 1), (1, 0))
     refs = [R.conv_forward(x, w, pads=pads, mode="replicate"), *R.conv_grads(gy, x, w, pads=pads, mode="replicate")]
     for a, r in zip(default, refs):
         close(a, r, np.float32)
 
 
-def test_empty_batch():
-    x = cuda.device_array((0, 4, 4, 2), dtype=np.float64)
-    w = dev(np.ones((3, 3, 2, 5)))
-    assert tuple(nbconv.conv2d(x, w, padding=1).shape) == (0, 4, 4, 5)
-    gx, gw, gb = nbconv.conv2d_backward(cuda.device_array((0, 4, 4, 5), dtype=np.float64), x, w, padding=1)
-    assert tuple(gx.shape) == (0, 4, 4, 2)
-    np.testing.assert_array_equal(host(gw), np.zeros((3, 3, 2, 5)))
+@pytest.mark.parametrize("nd", [2, 3])
+def test_empty_batch(nd):
+    spatial, kernel = (4,) * nd, (3,) * nd
+    conv, backward = CONV[nd]
+    x = cuda.device_array((0, *spatial, 2), dtype=np.float64)
+    w = dev(np.ones((*kernel, 2, 5)))
+    assert tuple(conv(x, w, padding=1).shape) == (0, *spatial, 5)
+    gx, gw, gb = backward(cuda.device_array((0, *spatial, 5), dtype=np.float64), x, w, padding=1)
+    assert tuple(gx.shape) == (0, *spatial, 2)
+    np.testing.assert_array_equal(host(gw), np.zeros((*kernel, 2, 5)))
     np.testing.assert_array_equal(host(gb), np.zeros(5))
+
+
+@pytest.mark.skipif(not SIMULATOR, reason="calls device functions from Python, which only the simulator allows")
+def test_readers_enumerate_every_output_position_that_reads_an_element():
+    """The input gradient's per-axis enumeration (_readers filtered by _read) finds exactly the (tap,
+    output position) pairs whose read lands on element a, for every mode and valid padding."""
+    from nbconv._padding import CODES
+    for mode, code in CODES.items():
+        for n, before, after, k, s, d in itertools.product((1, 2, 3, 4), range(4), range(4), (1, 3), (1, 2, 3),
+                                                           (1, 2)):
+            if (mode == "reflect" and max(before, after) >= n) or (mode == "circular" and max(before, after) > n) \
+                    or n + before + after < d * (k - 1) + 1:
+                continue
+            n_out = (n + before + after - d * (k - 1) - 1) // s + 1
+            axis = _cuda.Axis(stride=s, dilation=d, before=before)
+            for a in range(n):
+                found = [(t, o) for t in range(k) for part in range(3) for o in range(*_cuda._readers(
+                    a, t, part, n, n_out, axis, code)) if _cuda._read(o, t, n, axis, code) == a]
+                expected = [(t, o) for t in range(k) for o in range(n_out) if _cuda._read(o, t, n, axis, code) == a]
+                assert sorted(found) == expected and len(set(found)) == len(found), (mode, n, before, after, k, s, d, a)
+
+
+def test_implements_the_backend_protocol():
+    """Every method of nbconv._backend.Backend exists in _cuda with the same parameters."""
+    for name, member in vars(_backend.Backend).items():
+        if name.startswith("_") or not callable(member):
+            continue
+        expected = list(inspect.signature(member).parameters)[1:]   # less self
+        assert list(inspect.signature(getattr(_cuda, name)).parameters) == expected, name
+    assert _backend.select(x=dev(np.ones(2))) is _cuda
 
 
 def test_add_for_gradient_accumulation(rng):
@@ -233,24 +318,27 @@ def test_import_does_not_touch_cuda():
 # Compiles every kernel to PTX with numba's real CUDA target (the simulator runs them as plain Python,
 # so code that numba cannot type for a GPU would pass it). Needs libNVVM, not a GPU.
 PTX_CHECK = """
-import types, numpy as np
+import types, numpy as np, numba
 from numba import cuda, types as nt
 import numba.cuda.dispatcher as dispatcher
 from nbconv import _cuda
+from nbconv._shapes import ConvParams
 try:
     cuda.get_current_device()
 except Exception:  # no driver: device functions ask the current device only for its compute capability
     dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(8, 0))
 i, flag = nt.int64, nt.boolean
+geom = numba.typeof(_cuda._geometry(ConvParams((2,), ((1, 0),), (1,), 1, "reflect")))
+shape = numba.typeof((1, 2, 3, 4, 5))
 for dt in (nt.float32, nt.float64):
     a = lambda nd: nt.Array(dt, nd, "A")
     c = lambda nd: nt.Array(dt, nd, "C")
-    forward, gather, weight_partials, bias_partials, sum_rows = _cuda._kernels(np.dtype(str(dt)))
-    for kernel, sig in ((forward, (a(4), a(4), a(1), flag, c(4)) + (i,) * 8),
-                        (gather, (a(4), c(4), a(1), flag, c(4)) + (i,) * 9),
-                        (weight_partials, (a(4), a(4), c(3)) + (i,) * 11),
-                        (bias_partials, (a(4), c(2), i)), (sum_rows, (c(2), c(1))),
-                        (_cuda._swap_last, (a(4), c(4))), (_cuda._add_flat, (a(1), a(1), c(1)))):
+    k = _cuda._kernels(np.dtype(str(dt)))
+    for kernel, sig in ((k.forward, (a(5), a(5), a(1), flag, c(5), geom, i)),
+                        (k.gather, (a(5), c(5), a(1), flag, c(5), geom)),
+                        (k.weight_partials, (a(5), a(5), c(3), shape, geom, i, i)),
+                        (k.bias_partials, (a(5), c(2), i)), (k.sum_rows, (c(2), c(1))),
+                        (_cuda._swap_channels, (a(5), c(5))), (_cuda._add_flat, (a(1), a(1), c(1)))):
         ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(8, 0))
         assert dt.name != "float32" or ".f64" not in ptx, kernel.py_func.__name__ + " computes in float64"
 """

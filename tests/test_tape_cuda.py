@@ -11,7 +11,7 @@ import pytest
 
 import nbconv
 from nbconv import Function, Tensor, no_grad
-from nbconv.conv import _is_device_array
+from nbconv._device import is_device_array as _is_device_array
 
 if not (numba.config.ENABLE_CUDASIM or nbconv.cuda_available()):
     pytest.skip("no CUDA GPU and the CUDA simulator is off (NUMBA_ENABLE_CUDASIM=0)", allow_module_level=True)
@@ -42,12 +42,17 @@ CONVS = [
     # output_padding >= stride: the input gradient is cropped and the weight gradient's x padded
     (nbconv.conv_transpose2d, (1, 3, 3, 2), (3, 3, 2, 2), 2, dict(dilation=2, output_padding=1)),
     (nbconv.conv_transpose1d, (2, 4, 3), (3, 2, 3), 2, dict(stride=2, padding=1)),
+    (nbconv.conv3d, (1, 3, 4, 3, 2), (2, 2, 2, 2, 3), 3,
+     dict(stride=(1, 2, 1), padding=((1, 0), (0, 1), (1, 1)), padding_mode="circular")),
+    (nbconv.conv3d, (1, 3, 3, 4, 4), (2, 2, 2, 1, 4), None, dict(groups=4, dilation=(1, 1, 2), padding="same")),
+    (nbconv.conv_transpose3d, (1, 2, 2, 3, 2), (2, 2, 2, 2, 2), 2, dict(stride=(2, 1, 2), output_padding=(1, 0, 1))),
 ]
 
 
 @pytest.mark.parametrize("fn, x_shape, w_shape, bias, kwargs", CONVS,
                          ids=["conv2d-stride-pad", "conv2d-groups-dilation-asym", "conv2d-reflect-nobias",
-                              "conv1d-same-dilation", "transpose2d-stride", "transpose2d-crop", "transpose1d"])
+                              "conv1d-same-dilation", "transpose2d-stride", "transpose2d-crop", "transpose1d",
+                              "conv3d-stride-circular", "conv3d-depthwise-same-dilation", "transpose3d-outpad"])
 def test_conv_forward_and_gradients_match_host(rng, fn, x_shape, w_shape, bias, kwargs):
     arrays = [rng.standard_normal(s).astype(np.float32) for s in (x_shape, w_shape) + ((bias,) if bias else ())]
     host, device = host_and_device(arrays)
