@@ -1,13 +1,15 @@
 """nbconv: Numba-accelerated channels-last convolutions, forward and backward, on NumPy arrays."""
-from .conv import Conv1dGrads, Conv2dGrads, ConvGrads
-from .ops import (avg_pool2d, batch_norm, conv1d, conv1d_backward, conv2d, conv2d_backward, conv_transpose1d,
-                  conv_transpose2d, cross_entropy, linear, log_softmax, max_pool2d, relu)
+__version__ = "0.1.0"
+from ._device import cuda_available
+from .conv import Conv1dGrads, Conv2dGrads, Conv3dGrads, ConvGrads
+from .ops import (avg_pool1d, avg_pool2d, avg_pool3d, batch_norm, conv1d, conv1d_backward, conv2d, conv2d_backward,
+                  conv3d, conv3d_backward, conv_transpose1d, conv_transpose2d, conv_transpose3d, cross_entropy, linear,
+                  log_softmax, max_pool1d, max_pool2d, max_pool3d, relu)
 from .tape import Function, GradcheckError, Tensor, gradcheck, no_grad
 
-__all__ = ["conv1d", "conv2d", "conv1d_backward", "conv2d_backward", "conv_transpose1d", "conv_transpose2d",
-           "ConvGrads", "Conv1dGrads", "Conv2dGrads",
+__all__ = ["conv1d", "conv2d", "conv3d", "conv1d_backward", "conv2d_backward", "conv3d_backward",
+           "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
+           "ConvGrads", "Conv1dGrads", "Conv2dGrads", "Conv3dGrads",
            "Tensor", "Function", "no_grad", "gradcheck", "GradcheckError",
-           "relu", "max_pool2d", "avg_pool2d", "batch_norm", "linear", "log_softmax", "cross_entropy"]
-
-from ._cuda_status import cuda_available  # noqa: E402
-__all__.append("cuda_available")
+           "relu", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+           "batch_norm", "linear", "log_softmax", "cross_entropy", "cuda_available"]

@@ -1,49 +1,72 @@
 """CPU kernels for pooling and batch normalization on channels-last data.
 
-Callers (nbconv.ops) validate arguments and pass C-contiguous arrays; pooling sees (N, H, W, C)
-activations, batch normalization sees them flattened to (M, C) rows. Per-channel vectors are
-float64. Reductions use a fixed number of partial-sum slots, so results do not depend on the
-number of threads. These kernels do about one operation per element, so a small problem runs on one
-thread: starting a parallel region costs tens of microseconds on an idle machine and can cost tens of
-milliseconds when the cores are oversubscribed.
+Callers (nbconv.ops) validate arguments and pass C-contiguous arrays; batch normalization sees its
+input flattened to (M, C) rows. Per-channel vectors are float64. Reductions use a fixed number of
+partial-sum slots, so results do not depend on the number of threads. These kernels do about one
+operation per element, so a small problem runs on one thread: starting a parallel region costs tens
+of microseconds on an idle machine and can cost tens of milliseconds when the cores are oversubscribed.
+
+Pooling: one family of kernels serves 1, 2 and 3 spatial dims. Every call is viewed as 3-D, with unit
+leading spatial axes (1-D (N, L, C) runs as (N, 1, 1, L, C), 2-D (N, H, W, C) as (N, 1, H, W, C)) and
+a kernel, stride and padding of (1, 1, 0) on them, so each dtype compiles one specialization of each
+kernel whatever the dimension count. ``kernel``, ``stride`` and ``pads`` reach the kernels as
+3-tuples (depth, height, width); a window's loops run over its in-range taps only (clipped bounds,
+in increasing order), so the work is bounded by the input and output sizes, not by kernel_size or
+padding. Validation (nbconv.ops) guarantees padding <= kernel_size // 2 and kernel_size <= padded
+input, so every window holds an in-range element.
 """
+import math
+
 import numpy as np
 from numba import prange
 
 from ._jit import SLOTS, call, kernel
 
+SEGMENT = 64  # output pixels along the last spatial axis per parallel task (any value gives the same bits)
+
+
+@kernel()
+def _window(o, stride, pad, k, n):
+    """(origin, lo, hi) of output position o's window along one axis: taps t in [lo, hi) are the ones
+    whose input position origin + t lies in [0, n)."""
+    origin = o * stride - pad
+    return origin, max(0, -origin), min(k, n - origin)
 
 
 @kernel(parallel=True)
-def _max_pool(x, kh, kw, sh, sw, ph, pw, out, argmax):
-    """out[n, i, j, c] = max over in-range x[n, i*sh - ph + a, j*sw - pw + b, c] (a < kh, b < kw; the
-    first maximum wins, NaN propagates) and argmax its spatial index h*W + w; all C-contiguous, every
-    window holds an in-range element."""
-    n_img, h_in, w_in, channels = x.shape
-    h_out, w_out = out.shape[1], out.shape[2]
-    for row in prange(n_img * h_out):
-        n = row // h_out
-        i = row - n * h_out
-        for j in range(w_out):
-            best = out[n, i, j]
-            where = argmax[n, i, j]
-            first = True
-            for a in range(kh):
-                h = i * sh - ph + a
-                if h < 0 or h >= h_in:
-                    continue
-                for b in range(kw):
-                    w = j * sw - pw + b
-                    if w < 0 or w >= w_in:
-                        continue
-                    src = x[n, h, w]
-                    pos = h * w_in + w
-                    if first:
-                        for c in range(channels):
-                            best[c] = src[c]
-                            where[c] = pos
-                        first = False
-                    else:
+def _max_pool(x, kernel, stride, pads, out, argmax):
+    """out[n, i, j, l, c] = max over the in-range x[n, i*s0 - p0 + a, j*s1 - p1 + b, l*s2 - p2 + e, c]
+    (a < k0, b < k1, e < k2; the first maximum in (a, b, e) order wins, NaN propagates) and argmax
+    its flat spatial index (d*H + h)*W + w; x, out, argmax C-contiguous (N, D, H, W, C)."""
+    n_img, d_in, h_in, w_in, channels = x.shape
+    d_out, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
+    segments = (w_out + SEGMENT - 1) // SEGMENT
+    for task in prange(n_img * d_out * h_out * segments):
+        row = task // segments
+        segment = task - row * segments
+        rest = row // h_out
+        i = rest - (rest // d_out) * d_out
+        j = row - rest * h_out
+        n = rest // d_out
+        d0, a_lo, a_hi = _window(i, stride[0], pads[0], kernel[0], d_in)
+        h0, b_lo, b_hi = _window(j, stride[1], pads[1], kernel[1], h_in)
+        for l in range(segment * SEGMENT, min(w_out, (segment + 1) * SEGMENT)):
+            w0, e_lo, e_hi = _window(l, stride[2], pads[2], kernel[2], w_in)
+            best = out[n, i, j, l]
+            where = argmax[n, i, j, l]
+            src = x[n, d0 + a_lo, h0 + b_lo, w0 + e_lo]  # the first in-range tap (comparing it again changes nothing)
+            pos = ((d0 + a_lo) * h_in + h0 + b_lo) * w_in + w0 + e_lo
+            for c in range(channels):
+                best[c] = src[c]
+                where[c] = pos
+            for a in range(a_lo, a_hi):
+                d = d0 + a
+                for b in range(b_lo, b_hi):
+                    h = h0 + b
+                    row_base = (d * h_in + h) * w_in
+                    for e in range(e_lo, e_hi):
+                        src = x[n, d, h, w0 + e]
+                        pos = row_base + w0 + e
                         for c in range(channels):
                             v = src[c]
                             if v > best[c] or (v != v and best[c] == best[c]):
@@ -53,64 +76,67 @@ def _max_pool(x, kh, kw, sh, sw, ph, pw, out, argmax):
 
 @kernel(parallel=True)
 def _max_pool_grad(gy, argmax, gx):
-    """gx[n, argmax[n, i, j, c], c] += gy[n, i, j, c]; gx is zero-filled (N, H*W, C), all C-contiguous."""
-    n_img, h_out, w_out, channels = gy.shape
+    """gx[n, argmax[n, p, c], c] += gy[n, p, c] over the output pixels p in order; gy and argmax
+    (N, P, C), gx zero-filled (N, S, C), all C-contiguous."""
+    n_img, pixels, channels = gy.shape
     for n in prange(n_img):
-        for i in range(h_out):
-            for j in range(w_out):
-                for c in range(channels):
-                    gx[n, argmax[n, i, j, c], c] += gy[n, i, j, c]
+        for p in range(pixels):
+            for c in range(channels):
+                gx[n, argmax[n, p, c], c] += gy[n, p, c]
 
 
 @kernel(parallel=True)
-def _avg_pool(x, kh, kw, sh, sw, ph, pw, out):
-    """out[n, i, j, c] = sum of in-range x[n, i*sh - ph + a, j*sw - pw + b, c] over a < kh, b < kw,
-    divided by kh*kw (padding counts as zeros); x and out C-contiguous."""
-    n_img, h_in, w_in, channels = x.shape
-    h_out, w_out = out.shape[1], out.shape[2]
-    scale = 1.0 / (kh * kw)
-    for row in prange(n_img * h_out):
-        n = row // h_out
-        i = row - n * h_out
+def _avg_pool(x, kernel, stride, pads, scale, out):
+    """out[n, i, j, l, c] = scale * the sum of the in-range x[n, i*s0 - p0 + a, j*s1 - p1 + b,
+    l*s2 - p2 + e, c] over a < k0, b < k1, e < k2 in that order (float64 accumulation; with
+    scale = 1 / (k0*k1*k2) padding counts as zeros); x and out C-contiguous (N, D, H, W, C)."""
+    n_img, d_in, h_in, w_in, channels = x.shape
+    d_out, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
+    segments = (w_out + SEGMENT - 1) // SEGMENT
+    for task in prange(n_img * d_out * h_out * segments):
+        row = task // segments
+        segment = task - row * segments
+        rest = row // h_out
+        i = rest - (rest // d_out) * d_out
+        j = row - rest * h_out
+        n = rest // d_out
+        d0, a_lo, a_hi = _window(i, stride[0], pads[0], kernel[0], d_in)
+        h0, b_lo, b_hi = _window(j, stride[1], pads[1], kernel[1], h_in)
         acc = np.empty(channels, dtype=np.float64)
-        for j in range(w_out):
+        for l in range(segment * SEGMENT, min(w_out, (segment + 1) * SEGMENT)):
+            w0, e_lo, e_hi = _window(l, stride[2], pads[2], kernel[2], w_in)
             acc[:] = 0.0
-            for a in range(kh):
-                h = i * sh - ph + a
-                if h < 0 or h >= h_in:
-                    continue
-                for b in range(kw):
-                    w = j * sw - pw + b
-                    if 0 <= w < w_in:
-                        src = x[n, h, w]
+            for a in range(a_lo, a_hi):
+                for b in range(b_lo, b_hi):
+                    for e in range(e_lo, e_hi):
+                        src = x[n, d0 + a, h0 + b, w0 + e]
                         for c in range(channels):
                             acc[c] += src[c]
-            dst = out[n, i, j]
+            dst = out[n, i, j, l]
             for c in range(channels):
                 dst[c] = acc[c] * scale
 
 
 @kernel(parallel=True)
-def _avg_pool_grad(gy, kh, kw, sh, sw, ph, pw, gx):
-    """gx[n, i*sh - ph + a, j*sw - pw + b, c] += gy[n, i, j, c] / (kh*kw) at in-range positions;
-    gx is zero-filled (N, H, W, C), all C-contiguous."""
-    n_img, h_out, w_out, channels = gy.shape
-    h_in, w_in = gx.shape[1], gx.shape[2]
-    scale = 1.0 / (kh * kw)
+def _avg_pool_grad(gy, kernel, stride, pads, scale, gx):
+    """gx[n, i*s0 - p0 + a, j*s1 - p1 + b, l*s2 - p2 + e, c] += gy[n, i, j, l, c] * scale at the
+    in-range positions, output pixels in order; gx zero-filled, both C-contiguous (N, D, H, W, C)."""
+    n_img, d_out, h_out, w_out, channels = gy.shape
+    d_in, h_in, w_in = gx.shape[1], gx.shape[2], gx.shape[3]
     for n in prange(n_img):
-        for i in range(h_out):
-            for j in range(w_out):
-                src = gy[n, i, j]
-                for a in range(kh):
-                    h = i * sh - ph + a
-                    if h < 0 or h >= h_in:
-                        continue
-                    for b in range(kw):
-                        w = j * sw - pw + b
-                        if 0 <= w < w_in:
-                            dst = gx[n, h, w]
-                            for c in range(channels):
-                                dst[c] += src[c] * scale
+        for i in range(d_out):
+            d0, a_lo, a_hi = _window(i, stride[0], pads[0], kernel[0], d_in)
+            for j in range(h_out):
+                h0, b_lo, b_hi = _window(j, stride[1], pads[1], kernel[1], h_in)
+                for l in range(w_out):
+                    w0, e_lo, e_hi = _window(l, stride[2], pads[2], kernel[2], w_in)
+                    src = gy[n, i, j, l]
+                    for a in range(a_lo, a_hi):
+                        for b in range(b_lo, b_hi):
+                            for e in range(e_lo, e_hi):
+                                dst = gx[n, d0 + a, h0 + b, w0 + e]
+                                for c in range(channels):
+                                    dst[c] += src[c] * scale
 
 
 @kernel(parallel=True)
@@ -145,34 +171,50 @@ def _channel_affine(a, b, scale_a, scale_b, shift, out):
             dst[c] = scale_a[c] * ar[c] + scale_b[c] * br[c] + shift[c]
 
 
-def max_pool(x, kernel_size, stride, pads, out_hw):
-    """(out, argmax) of a 2-D max pooling of C-contiguous x (N, H, W, C)."""
-    shape = (x.shape[0], *out_hw, x.shape[3])
+def _three(values, fill):
+    """A per-spatial-dim tuple (1 to 3 entries) widened to 3 with `fill` on the unit leading axes."""
+    return (fill,) * (3 - len(values)) + tuple(int(v) for v in values)
+
+
+def _as_5d(a):
+    """C-contiguous a (N, *spatial, C) viewed as (N, D, H, W, C) with unit leading spatial axes."""
+    return a.reshape(a.shape[0], *_three(a.shape[1:-1], 1), a.shape[-1])
+
+
+def max_pool(x, kernel, stride, pads, out_spatial):
+    """(out, argmax) of the max pooling of C-contiguous x (N, *spatial, C), 1 to 3 spatial dims;
+    `kernel`, `stride`, `pads` and `out_spatial` have one entry per spatial dim; argmax holds the flat
+    spatial index into x of each maximum."""
+    shape = (x.shape[0], *out_spatial, x.shape[-1])
     out = np.empty(shape, x.dtype)
     argmax = np.empty(shape, np.int64)
-    call(_max_pool, x, *kernel_size, *stride, *pads, out, argmax, work=x.size)
+    call(_max_pool, _as_5d(x), _three(kernel, 1), _three(stride, 1), _three(pads, 0), _as_5d(out), _as_5d(argmax),
+         work=x.size)
     return out, argmax
 
 
 def max_pool_grad(gy, argmax, x_shape, dtype):
     """Gradient of max_pool for the input, given C-contiguous gy and the forward's argmax."""
-    n, h, w, c = x_shape
-    gx = np.zeros((n, h * w, c), dtype)
-    call(_max_pool_grad, gy, argmax, gx, work=gx.size)
+    n, c = x_shape[0], x_shape[-1]
+    pixels = (n, math.prod(gy.shape[1:-1]), c)
+    gx = np.zeros((n, math.prod(x_shape[1:-1]), c), dtype)
+    call(_max_pool_grad, gy.reshape(pixels), argmax.reshape(pixels), gx, work=gx.size)
     return gx.reshape(x_shape)
 
 
-def avg_pool(x, kernel_size, stride, pads, out_hw):
-    """2-D average pooling (padding counted as zeros) of C-contiguous x (N, H, W, C)."""
-    out = np.empty((x.shape[0], *out_hw, x.shape[3]), x.dtype)
-    call(_avg_pool, x, *kernel_size, *stride, *pads, out, work=x.size)
+def avg_pool(x, kernel, stride, pads, out_spatial):
+    """Average pooling (padding counted as zeros) of C-contiguous x (N, *spatial, C), 1 to 3 spatial dims."""
+    out = np.empty((x.shape[0], *out_spatial, x.shape[-1]), x.dtype)
+    call(_avg_pool, _as_5d(x), _three(kernel, 1), _three(stride, 1), _three(pads, 0), 1.0 / math.prod(kernel),
+         _as_5d(out), work=x.size)
     return out
 
 
-def avg_pool_grad(gy, kernel_size, stride, pads, x_shape, dtype):
+def avg_pool_grad(gy, kernel, stride, pads, x_shape, dtype):
     """Gradient of avg_pool for the input, given C-contiguous gy."""
     gx = np.zeros(x_shape, dtype)
-    call(_avg_pool_grad, gy, *kernel_size, *stride, *pads, gx, work=gx.size)
+    call(_avg_pool_grad, _as_5d(gy), _three(kernel, 1), _three(stride, 1), _three(pads, 0), 1.0 / math.prod(kernel),
+         _as_5d(gx), work=gx.size)
     return gx
 
 

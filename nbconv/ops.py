@@ -12,17 +12,24 @@ CUDA device arrays (inside Tensors or not) are accepted by the convolution primi
 run the CUDA kernels forward and backward; any other primitive given one raises
 NotImplementedError naming it, before computing anything (no silent copy to the host).
 
-Layouts follow the convolutions: activations are channels-last, (N, H, W, C) for 2-D pooling and
-(..., C) for batch normalization; ``linear``'s weight is (in_features, out_features).
+Layouts follow the convolutions: activations are channels-last, (N, L, C), (N, H, W, C) and
+(N, D, H, W, C) for 1-, 2- and 3-D pooling and (..., C) for batch normalization; ``linear``'s
+weight is (in_features, out_features).
+
+The convolutions parse their arguments once per call: on arrays they are exactly nbconv.conv's
+public functions; with a Tensor among x, w and bias they validate as those do (same errors), then
+record a primitive whose static parameters are the parsed ConvParams, and whose VJP calls
+nbconv.conv's internal entry points (forward, input_grad, weight_grad, bias_grad) with them.
 """
 import functools
 import numbers
 
 import numpy as np
 
+from . import _backend
 from . import conv as _conv
-from .conv import _is_device_array
-from ._shapes import check_dtypes, conv_output_shape, conv_params, spatial_tuple
+from ._device import is_device_array as _is_device_array
+from ._shapes import check_dtypes, check_ndim, conv_output_shape, conv_params, spatial_tuple, transpose_params
 from .tape import Tensor, _device_filled, is_grad_enabled, record
 
 _VJPS = {}
@@ -32,13 +39,14 @@ class Primitive:
     """An operation on arrays that the tape differentiates with the VJP registered by defvjp.
 
     ``on_device=True`` declares that forward and VJP accept CUDA device arrays (see :func:`apply`).
+    ``name`` (default: the forward's name without leading underscores) is what errors and the tape show.
     """
 
     __slots__ = ("name", "forward", "on_device")
 
-    def __init__(self, forward, on_device=False):
+    def __init__(self, forward, on_device=False, name=None):
         self.forward = forward
-        self.name = forward.__name__.lstrip("_")
+        self.name = forward.__name__.lstrip("_") if name is None else name
         self.on_device = on_device
 
     def __repr__(self):
@@ -68,8 +76,8 @@ def apply(prim, *args, **params):
             arrays.append(a)
     if not prim.on_device and any(_is_device_array(_unwrap(a)) for a in (*arrays, *params.values())):
         raise NotImplementedError(f"{prim.name} does not accept CUDA device arrays: device arrays are supported by "
-                                  "the convolution ops only (conv1d, conv2d, conv_transpose1d, conv_transpose2d); "
-                                  "copy to the host with Tensor.numpy() first")
+                                  "the convolution ops only (conv1d, conv2d, conv3d, conv_transpose1d, "
+                                  "conv_transpose2d, conv_transpose3d); copy to the host with Tensor.numpy() first")
     result, residuals = prim.forward(*arrays, **params)
     if not any_tensor:
         return result
@@ -467,37 +475,7 @@ def cross_entropy(logits, labels):
     return apply(_cross_entropy, logits, labels)
 
 
-def _pool_params(x, kernel_size, stride, padding, name):
-    """Validated (kernel, stride, pads, (H_out, W_out)) of a 2-D pooling of x (N, H, W, C)."""
-    if np.ndim(x) != 4:
-        raise ValueError(f"{name}: x must be 4-D (N, H, W, C), got shape {np.shape(x)}")
-    check_dtypes(x=x)
-    kernel = spatial_tuple(kernel_size, 2, "kernel_size")
-    stride = kernel if stride is None else spatial_tuple(stride, 2, "stride")
-    pads = spatial_tuple(padding, 2, "padding", minimum=0)
-    if any(2 * p > k for p, k in zip(pads, kernel)):
-        raise ValueError(f"{name}: padding {pads} must be at most half of kernel_size {kernel}")
-    out_hw = tuple((n + 2 * p - k) // s + 1 for n, p, k, s in zip(x.shape[1:3], pads, kernel, stride))
-    if any(n + 2 * p < k for n, p, k in zip(x.shape[1:3], pads, kernel)):
-        raise ValueError(f"{name}: kernel_size {kernel} is larger than the padded input (x.shape={np.shape(x)}, "
-                         f"padding={pads})")
-    return kernel, stride, pads, out_hw
-
-
-@Primitive
-def _max_pool2d(x, *, kernel, stride, pads, out_hw):
-    from . import _pool  # kernels load numba: imported on first use, not with nbconv
-    out, argmax = _pool.max_pool(np.ascontiguousarray(x), kernel, stride, pads, out_hw)
-    return out, (argmax, x.shape, x.dtype)
-
-
-def _max_pool2d_vjp(g, res, needs, **params):
-    from . import _pool  # kernels load numba: imported on first use, not with nbconv
-    argmax, shape, dtype = res
-    return (_pool.max_pool_grad(np.ascontiguousarray(g, dtype=dtype), argmax, shape, dtype),)
-
-
-defvjp(_max_pool2d, _max_pool2d_vjp)
+_SPATIAL_NAMES = {1: "L", 2: "H, W", 3: "D, H, W"}
 
 
 def _array_operand(x, op):
@@ -508,35 +486,117 @@ def _array_operand(x, op):
     return data
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0):
-    """Maximum over kernel_size windows of x (N, H, W, C); stride defaults to kernel_size; padding
-    (at most half the kernel) never wins. The gradient goes to the first maximum of each window."""
-    data = _array_operand(x, "max_pool2d")
-    kernel, stride, pads, out_hw = _pool_params(data, kernel_size, stride, padding, "max_pool2d")
-    return apply(_max_pool2d, x, kernel=kernel, stride=stride, pads=pads, out_hw=out_hw)
+def _pool_params(x, kernel_size, stride, padding, nd, name):
+    """Validated (kernel, stride, pads, out_spatial) of an nd-D pooling of x (N, *spatial, C), one
+    entry per spatial dim."""
+    if np.ndim(x) != nd + 2:
+        raise ValueError(f"{name}: x must be {nd + 2}-D (N, {_SPATIAL_NAMES[nd]}, C), got shape {np.shape(x)}")
+    check_dtypes(x=x)
+    kernel = spatial_tuple(kernel_size, nd, "kernel_size")
+    stride = kernel if stride is None else spatial_tuple(stride, nd, "stride")
+    pads = spatial_tuple(padding, nd, "padding", minimum=0)
+    if any(2 * p > k for p, k in zip(pads, kernel)):
+        raise ValueError(f"{name}: padding {pads} must be at most half of kernel_size {kernel}")
+    spatial = tuple(np.shape(x)[1:-1])
+    if any(n == 0 for n in spatial):
+        raise ValueError(f"{name}: x has an empty spatial dim (x.shape={np.shape(x)})")
+    if any(n + 2 * p < k for n, p, k in zip(spatial, pads, kernel)):
+        raise ValueError(f"{name}: kernel_size {kernel} is larger than the padded input (x.shape={np.shape(x)}, "
+                         f"padding={pads})")
+    out_spatial = tuple((n + 2 * p - k) // s + 1 for n, p, k, s in zip(spatial, pads, kernel, stride))
+    return kernel, stride, pads, out_spatial
 
 
-@Primitive
-def _avg_pool2d(x, *, kernel, stride, pads, out_hw):
+# One forward and one VJP per pooling kind serve every dimension count (the kernels in nbconv._pool
+# view each call as 3-D); the primitives differ only in the name that errors and the tape show.
+
+def _max_pool(x, *, kernel, stride, pads, out_spatial):
     from . import _pool  # kernels load numba: imported on first use, not with nbconv
-    return _pool.avg_pool(np.ascontiguousarray(x), kernel, stride, pads, out_hw), (x.shape, x.dtype)
+    out, argmax = _pool.max_pool(np.ascontiguousarray(x), kernel, stride, pads, out_spatial)
+    return out, (argmax, x.shape, x.dtype)
 
 
-def _avg_pool2d_vjp(g, res, needs, *, kernel, stride, pads, out_hw):
+def _max_pool_vjp(g, res, needs, **params):
+    from . import _pool  # kernels load numba: imported on first use, not with nbconv
+    argmax, shape, dtype = res
+    return (_pool.max_pool_grad(np.ascontiguousarray(g, dtype=dtype), argmax, shape, dtype),)
+
+
+def _avg_pool(x, *, kernel, stride, pads, out_spatial):
+    from . import _pool  # kernels load numba: imported on first use, not with nbconv
+    return _pool.avg_pool(np.ascontiguousarray(x), kernel, stride, pads, out_spatial), (x.shape, x.dtype)
+
+
+def _avg_pool_vjp(g, res, needs, *, kernel, stride, pads, out_spatial):
     from . import _pool  # kernels load numba: imported on first use, not with nbconv
     shape, dtype = res
     return (_pool.avg_pool_grad(np.ascontiguousarray(g, dtype=dtype), kernel, stride, pads, shape, dtype),)
 
 
-defvjp(_avg_pool2d, _avg_pool2d_vjp)
+_MAX_POOL = {nd: Primitive(_max_pool, name=f"max_pool{nd}d") for nd in (1, 2, 3)}
+_AVG_POOL = {nd: Primitive(_avg_pool, name=f"avg_pool{nd}d") for nd in (1, 2, 3)}
+for _nd in (1, 2, 3):
+    defvjp(_MAX_POOL[_nd], _max_pool_vjp)
+    defvjp(_AVG_POOL[_nd], _avg_pool_vjp)
+
+
+def _pool(prim, nd, x, kernel_size, stride, padding):
+    data = _array_operand(x, prim.name)
+    kernel, stride, pads, out_spatial = _pool_params(data, kernel_size, stride, padding, nd, prim.name)
+    return apply(prim, x, kernel=kernel, stride=stride, pads=pads, out_spatial=out_spatial)
+
+
+_POOL_ARGS = """
+    kernel_size, stride and padding: an int or one int per spatial dim; stride defaults to
+    kernel_size; padding is at most half the kernel. x is an ndarray or a Tensor (float32 or
+    float64); arguments are checked (ValueError/TypeError naming them) before any kernel runs.
+    """
+
+
+def max_pool1d(x, kernel_size, stride=None, padding=0):
+    """Maximum over kernel_size windows of x (N, L, C); padding never wins; NaN propagates. The
+    gradient goes to the first maximum of each window.
+    """
+    return _pool(_MAX_POOL[1], 1, x, kernel_size, stride, padding)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0):
+    """Maximum over kernel_size windows of x (N, H, W, C); padding never wins; NaN propagates. The
+    gradient goes to the first maximum of each window (in row-major window order).
+    """
+    return _pool(_MAX_POOL[2], 2, x, kernel_size, stride, padding)
+
+
+def max_pool3d(x, kernel_size, stride=None, padding=0):
+    """Maximum over kernel_size windows of x (N, D, H, W, C); padding never wins; NaN propagates.
+    The gradient goes to the first maximum of each window (in row-major window order).
+    """
+    return _pool(_MAX_POOL[3], 3, x, kernel_size, stride, padding)
+
+
+def avg_pool1d(x, kernel_size, stride=None, padding=0):
+    """Mean over kernel_size windows of x (N, L, C); padded positions count as zeros in the mean
+    (PyTorch's default count_include_pad=True).
+    """
+    return _pool(_AVG_POOL[1], 1, x, kernel_size, stride, padding)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0):
-    """Mean over kernel_size windows of x (N, H, W, C); stride defaults to kernel_size; padded
-    positions count as zeros in the mean (PyTorch's default count_include_pad=True)."""
-    data = _array_operand(x, "avg_pool2d")
-    kernel, stride, pads, out_hw = _pool_params(data, kernel_size, stride, padding, "avg_pool2d")
-    return apply(_avg_pool2d, x, kernel=kernel, stride=stride, pads=pads, out_hw=out_hw)
+    """Mean over kernel_size windows of x (N, H, W, C); padded positions count as zeros in the mean
+    (PyTorch's default count_include_pad=True).
+    """
+    return _pool(_AVG_POOL[2], 2, x, kernel_size, stride, padding)
+
+
+def avg_pool3d(x, kernel_size, stride=None, padding=0):
+    """Mean over kernel_size windows of x (N, D, H, W, C); padded positions count as zeros in the
+    mean (PyTorch's default count_include_pad=True).
+    """
+    return _pool(_AVG_POOL[3], 3, x, kernel_size, stride, padding)
+
+
+for _fn in (max_pool1d, max_pool2d, max_pool3d, avg_pool1d, avg_pool2d, avg_pool3d):
+    _fn.__doc__ += _POOL_ARGS
 
 
 def _channel_vector(v, channels, name, x_shape):
@@ -631,56 +691,117 @@ def batch_norm(x, weight, bias, running_mean=None, running_var=None, training=Tr
 
 # ---------------------------------------------------------------- convolutions
 
-_CONV = {1: (_conv.conv1d, _conv.conv1d_backward, _conv.conv_transpose1d),
-         2: (_conv.conv2d, _conv.conv2d_backward, _conv.conv_transpose2d)}
-_GRAD_NAMES = ("input", "weight", "bias")
+_PUBLIC = {(kind, nd): getattr(_conv, f"{kind}{nd}d") for kind in ("conv", "conv_transpose") for nd in (1, 2, 3)}
+
+
+def _on_backend(x, w, bias, out):
+    """The backend for these arrays (TypeError on a non-array or a host/device mix) and the arrays as its own."""
+    backend = _backend.select(x=x, w=w, bias=bias, out=out)
+    return backend, tuple(None if a is None else backend.as_array(a) for a in (x, w, bias, out))
+
+
+def _parse_conv(nd, x, w, bias, out, *, stride, padding, dilation, groups, padding_mode):
+    """nbconv.conv.conv{nd}d's validation, raising the same errors: ((x, w, bias, out) on their
+    backend, ConvParams)."""
+    backend, (x, w, bias, out) = _on_backend(x, w, bias, out)
+    x_layout, w_layout = _conv._layouts(nd)
+    check_ndim(x, nd + 2, "x", x_layout)
+    check_ndim(w, nd + 2, "w", w_layout)
+    dtype = check_dtypes(x=x, w=w, bias=bias, out=out)
+    params = conv_params(tuple(x.shape), tuple(w.shape), stride=stride, padding=padding, dilation=dilation,
+                         groups=groups, padding_mode=padding_mode)
+    _conv._check_bias(bias, tuple(w.shape)[-1])
+    if out is not None:
+        _conv._check_out(backend, out, conv_output_shape(tuple(x.shape), tuple(w.shape), params), dtype,
+                         {"x": x, "w": w, "bias": bias})
+    return (x, w, bias, out), params
+
+
+def _parse_transpose(nd, x, w, bias, out, *, stride, padding, output_padding, dilation, groups):
+    """nbconv.conv.conv_transpose{nd}d's validation, raising the same errors: ((x, w, bias, out) on
+    their backend, ConvParams, output_padding, result shape)."""
+    backend, (x, w, bias, out) = _on_backend(x, w, bias, out)
+    x_layout, w_layout = _conv._layouts(nd, transposed=True)
+    check_ndim(x, nd + 2, "x", x_layout)
+    check_ndim(w, nd + 2, "w", w_layout)
+    dtype = check_dtypes(x=x, w=w, bias=bias, out=out)
+    params, output_padding, shape = transpose_params(tuple(x.shape), tuple(w.shape), stride=stride, padding=padding,
+                                                     output_padding=output_padding, dilation=dilation, groups=groups)
+    _conv._check_bias(bias, shape[-1])
+    if out is not None:
+        _conv._check_out(backend, out, shape, dtype, {"x": x, "w": w, "bias": bias})
+    return (x, w, bias, out), params, output_padding, shape
 
 
 @functools.partial(Primitive, on_device=True)
-def _convolution(x, w, bias, *, nd, out, **params):
-    return _CONV[nd][0](x, w, bias, out=_unwrap(out), **params), (x, w)
+def _convolution(x, w, bias, *, params, out):
+    return _conv.forward(x, w, bias, params, out), (x, w)
 
 
-def _convolution_vjp(g, res, needs, *, nd, out, **params):
+def _convolution_vjp(g, res, needs, *, params, out):
     x, w = res
-    names = tuple(name for name, need in zip(_GRAD_NAMES, needs) if need)
-    return tuple(_CONV[nd][1](g, x, w, needs=names, **params))
+    return (_conv.input_grad(g, w, x.shape, params) if needs[0] else None,
+            _conv.weight_grad(g, x, w.shape, params) if needs[1] else None,
+            _conv.bias_grad(g) if needs[2] else None)
 
 
 defvjp(_convolution, _convolution_vjp)
 
 
 @functools.partial(Primitive, on_device=True)
-def _convolution_transpose(x, w, bias, *, nd, out, output_padding, **params):
-    return _CONV[nd][2](x, w, bias, out=_unwrap(out), output_padding=output_padding, **params), (x, w)
+def _convolution_transpose(x, w, bias, *, params, output_padding, shape, out):
+    return _conv.transpose(x, w, bias, params, output_padding, shape, out), (x, w)
 
 
-def _convolution_transpose_vjp(g, res, needs, *, nd, out, output_padding, **params):
+def _transpose_adjoint(g, x_shape, params, output_padding):
+    """(g', params') such that conv(g', w, params') has exactly x's shape and equals conv(g, w, params)
+    on it; (None, None) when no tap of w links x to the transposed convolution's result at all.
+
+    y = conv_transpose(x, w) is the adjoint of conv(., w) (params; y's shape in, x's shape out)
+    restricted to x's positions: per spatial dim conv(g, w) has m + output_padding // stride
+    positions for x's m, and the trailing ones (output_padding >= stride, possible with dilation)
+    are positions x never reached. There, with n = len(g) and pads (before, after), keep the first
+    n' = n - max(output_padding - after, 0) positions of g and pad after by
+    max(after - output_padding, 0): then n' + before + after' - dilation * (k - 1) - 1 is exactly
+    (m - 1) * stride, so conv has m positions, reading the same inputs as before (the dropped ones
+    were read only by the trailing positions). n' < 1 means every window of x reads only padding.
+    Other dims, and g itself when no dim needs it, are left as they are."""
+    keep, pads, changed = [slice(None)], [], False
+    for n, m, (before, after), s, op in zip(g.shape[1:-1], x_shape[1:-1], params.pads, params.stride, output_padding):
+        if op < s:
+            keep.append(slice(None))
+            pads.append((before, after))
+            continue
+        kept = n - (op - after if op > after else 0)  # (this module's max is the Tensor op)
+        if kept < 1:
+            return None, None
+        keep.append(slice(0, kept))
+        pads.append((before, after - op if after > op else 0))
+        changed = True
+    if not changed:
+        return g, params
+    return g[tuple(keep)], params._replace(pads=tuple(pads))
+
+
+def _zeros_like(a):
+    """Zeros of a's shape and dtype, on a's side (host or device)."""
+    if _is_device_array(a):
+        return _device_filled(_backend.select(x=a), tuple(a.shape), np.dtype(a.dtype), 0)
+    return np.zeros(a.shape, a.dtype)
+
+
+def _convolution_transpose_vjp(g, res, needs, *, params, output_padding, shape, out):
     """conv_transpose(x, w) is the adjoint of conv(., w), so its input gradient is conv(g, w), and
     <g, conv_transpose(x, w)> = <conv(g, w), x> makes its weight gradient the weight gradient of
-    conv(g, w) for the output gradient x (roles swapped). When output_padding >= stride (possible
-    with dilation), conv(g, w) has extra trailing positions that x never reached: they are cropped
-    from the input gradient and given a zero output gradient. Device arrays stay on the device."""
+    conv(g, w) for the output gradient x (roles swapped); both on the part of g that x reaches (see
+    _transpose_adjoint). Device arrays stay on the device."""
     x, w = res
-    forward, backward, _ = _CONV[nd]
-    x_shape, g_shape, w_shape = tuple(x.shape), tuple(g.shape), tuple(w.shape)
-    conv_shape = conv_output_shape(g_shape, w_shape, conv_params(g_shape, w_shape, padding_mode="zeros", **params))
-    reached = (slice(None),) + tuple(slice(0, n) for n in x_shape[1:-1])
+    reach, adjoint = _transpose_adjoint(g, tuple(x.shape), params, output_padding)
     gx = gw = gb = None
     if needs[0]:
-        gx = forward(g, w, **params)
-        if conv_shape != x_shape:
-            gx = gx[reached]
+        gx = _zeros_like(x) if reach is None else _conv.forward(reach, w, None, adjoint)
     if needs[1]:
-        if conv_shape != x_shape:
-            if _is_device_array(x):
-                from . import _cuda
-                padded, x = _device_filled(conv_shape, x.dtype, 0), _cuda.as_device_array(x)
-            else:
-                padded = np.zeros(conv_shape, x.dtype)
-            padded[reached] = x
-            x = padded
-        gw = backward(x, g, w, needs=("weight",), **params).weight
+        gw = _zeros_like(w) if reach is None else _conv.weight_grad(x, reach, w.shape, adjoint)
     if needs[2]:
         gb = _conv.bias_grad(g)
     return gx, gw, gb
@@ -689,44 +810,63 @@ def _convolution_transpose_vjp(g, res, needs, *, nd, out, output_padding, **para
 defvjp(_convolution_transpose, _convolution_transpose_vjp)
 
 
+def _with_tensors(args, arrays):
+    """`args` with each non-Tensor replaced by its parsed array (Tensors are kept: the tape needs them)."""
+    return tuple(a if isinstance(a, Tensor) else b for a, b in zip(args, arrays))
+
+
+def _conv_call(nd, x, w, bias, out, **params):
+    if not (isinstance(x, Tensor) or isinstance(w, Tensor) or isinstance(bias, Tensor)):
+        return _PUBLIC["conv", nd](x, w, bias, out=out, **params)
+    arrays, parsed = _parse_conv(nd, _unwrap(x), _unwrap(w), _unwrap(bias), _unwrap(out), **params)
+    return apply(_convolution, *_with_tensors((x, w, bias), arrays), params=parsed, out=arrays[3])
+
+
+def _transpose_call(nd, x, w, bias, out, **params):
+    if not (isinstance(x, Tensor) or isinstance(w, Tensor) or isinstance(bias, Tensor)):
+        return _PUBLIC["conv_transpose", nd](x, w, bias, out=out, **params)
+    arrays, parsed, output_padding, shape = _parse_transpose(nd, _unwrap(x), _unwrap(w), _unwrap(bias),
+                                                             _unwrap(out), **params)
+    return apply(_convolution_transpose, *_with_tensors((x, w, bias), arrays), params=parsed,
+                 output_padding=output_padding, shape=shape, out=arrays[3])
+
+
 def _tensor_note(fn):
     return (fn.__doc__.rstrip() + "\n\n    Accepts Tensors too: the result is then a Tensor, recorded on the tape when an "
             f"input\n    requires grad. With arrays only, this is exactly nbconv.conv.{fn.__name__}.\n")
 
 
 def conv1d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
-    if not (isinstance(x, Tensor) or isinstance(w, Tensor) or isinstance(bias, Tensor)):
-        return _conv.conv1d(x, w, bias, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                            padding_mode=padding_mode, out=out)
-    return apply(_convolution, x, w, bias, nd=1, out=out, stride=stride, padding=padding, dilation=dilation,
-                 groups=groups, padding_mode=padding_mode)
+    return _conv_call(1, x, w, bias, out, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                      padding_mode=padding_mode)
 
 
 def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
-    if not (isinstance(x, Tensor) or isinstance(w, Tensor) or isinstance(bias, Tensor)):
-        return _conv.conv2d(x, w, bias, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                            padding_mode=padding_mode, out=out)
-    return apply(_convolution, x, w, bias, nd=2, out=out, stride=stride, padding=padding, dilation=dilation,
-                 groups=groups, padding_mode=padding_mode)
+    return _conv_call(2, x, w, bias, out, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                      padding_mode=padding_mode)
+
+
+def conv3d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
+    return _conv_call(3, x, w, bias, out, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                      padding_mode=padding_mode)
 
 
 def conv_transpose1d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, out=None):
-    if not (isinstance(x, Tensor) or isinstance(w, Tensor) or isinstance(bias, Tensor)):
-        return _conv.conv_transpose1d(x, w, bias, stride=stride, padding=padding, output_padding=output_padding,
-                                      dilation=dilation, groups=groups, out=out)
-    return apply(_convolution_transpose, x, w, bias, nd=1, out=out, output_padding=output_padding, stride=stride,
-                 padding=padding, dilation=dilation, groups=groups)
+    return _transpose_call(1, x, w, bias, out, stride=stride, padding=padding, output_padding=output_padding,
+                           dilation=dilation, groups=groups)
 
 
 def conv_transpose2d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, out=None):
-    if not (isinstance(x, Tensor) or isinstance(w, Tensor) or isinstance(bias, Tensor)):
-        return _conv.conv_transpose2d(x, w, bias, stride=stride, padding=padding, output_padding=output_padding,
-                                      dilation=dilation, groups=groups, out=out)
-    return apply(_convolution_transpose, x, w, bias, nd=2, out=out, output_padding=output_padding, stride=stride,
-                 padding=padding, dilation=dilation, groups=groups)
+    return _transpose_call(2, x, w, bias, out, stride=stride, padding=padding, output_padding=output_padding,
+                           dilation=dilation, groups=groups)
 
 
-for _fn in (conv1d, conv2d, conv_transpose1d, conv_transpose2d):
+def conv_transpose3d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, out=None):
+    return _transpose_call(3, x, w, bias, out, stride=stride, padding=padding, output_padding=output_padding,
+                           dilation=dilation, groups=groups)
+
+
+for _fn in (conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d, conv_transpose3d):
     _fn.__doc__ = _tensor_note(getattr(_conv, _fn.__name__))
 
 # ---------------------------------------------------------------- Tensor operators and methods
@@ -753,3 +893,8 @@ def conv1d_backward(grad_out, x, w, **params):
 def conv2d_backward(grad_out, x, w, **params):
     """nbconv.conv.conv2d_backward on the arrays behind Tensors or arrays (not recorded: returns arrays)."""
     return _conv.conv2d_backward(_unwrap(grad_out), _unwrap(x), _unwrap(w), **params)
+
+
+def conv3d_backward(grad_out, x, w, **params):
+    """nbconv.conv.conv3d_backward on the arrays behind Tensors or arrays (not recorded: returns arrays)."""
+    return _conv.conv3d_backward(_unwrap(grad_out), _unwrap(x), _unwrap(w), **params)

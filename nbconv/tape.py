@@ -13,7 +13,8 @@ across ``backward()`` calls until :meth:`Tensor.zero_grad`; a non-leaf keeps ``.
 
 A Tensor may hold a CUDA device array (a numba device array, or a zero-copy numba view of any
 object exposing ``__cuda_array_interface__``). Its gradients are then device arrays too, built,
-accumulated and cast on the device (``nbconv._cuda``, imported only once a device array is seen);
+accumulated and cast on the device by the backend that :func:`nbconv._backend.select` picks for
+them (imported only once a device array is seen; this module names no backend);
 only ``numpy()`` and ``item()`` copy to the host. Which operations accept device arrays is up to
 :mod:`nbconv.ops` (the convolutions).
 """
@@ -23,7 +24,8 @@ import weakref
 
 import numpy as np
 
-from .conv import _is_device_array
+from . import _backend
+from ._device import as_device_array, is_device_array as _is_device_array
 
 __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "gradcheck", "GradcheckError"]
 
@@ -56,27 +58,31 @@ def _where(a):
     return "a CUDA device array" if _is_device_array(a) else "on the host"
 
 
-def _device_filled(shape, dtype, value):
-    """A new C-contiguous device array of `shape` and `dtype` holding `value` (a scalar, or a device
-    array of `shape` with any strides and dtype), filled by a kernel on the device."""
-    from . import _cuda
-    out = _cuda.empty(shape, dtype)
+def _device_filled(backend, shape, dtype, value):
+    """A new C-contiguous device array of `shape` and `dtype` from `backend` (the device backend, see
+    _device_backend) holding `value` (a scalar, or a device array of `shape` with any strides and
+    dtype), filled by a kernel on the device."""
+    out = backend.empty(shape, dtype)
     if out.size:
-        out[(slice(None),) * len(shape)] = value if np.isscalar(value) else _cuda.as_device_array(value)
+        out[(slice(None),) * len(shape)] = value if np.isscalar(value) else as_device_array(value)
     return out
 
 
-def _device_contiguous(a):
-    from . import _cuda
-    a = _cuda.as_device_array(a)
-    return a if a.is_c_contiguous() else _device_filled(tuple(a.shape), a.dtype, a)
+def _device_backend(a):
+    """The backend of device array `a` (nbconv._backend.select: the one place that picks backends)."""
+    return _backend.select(a=a)
+
+
+def _device_contiguous(backend, a):
+    a = as_device_array(a)
+    return a if a.is_c_contiguous() else _device_filled(backend, tuple(a.shape), a.dtype, a)
 
 
 def _sum(a, b):
     """a + b for two gradients of one shape and dtype, on the device when they are device arrays."""
     if _is_device_array(a):
-        from . import _cuda
-        return _cuda.add(_device_contiguous(a), _device_contiguous(b))
+        backend = _backend.select(a=a, b=b)
+        return backend.add(_device_contiguous(backend, a), _device_contiguous(backend, b))
     return a + b
 
 
@@ -96,8 +102,7 @@ class Tensor:
         if isinstance(data, Tensor):
             data = data.data
         elif _is_device_array(data):
-            from . import _cuda
-            data = _cuda.as_device_array(data)  # numba's own, or a zero-copy view of a CuPy/PyTorch array
+            data = as_device_array(data)  # numba's own, or a zero-copy view of a CuPy/PyTorch array
         elif not isinstance(data, np.ndarray):
             data = np.asarray(data)
         self.data = data
@@ -180,7 +185,7 @@ class Tensor:
                 raise RuntimeError(f"backward() needs a gradient argument for a Tensor of shape {self.shape}; "
                                    "it can be omitted only for single-element Tensors")
             if _is_device_array(self.data):
-                gradient = _device_filled(self.shape, self.dtype, 1)
+                gradient = _device_filled(_device_backend(self.data), self.shape, self.dtype, 1)
             else:
                 gradient = np.ones(self.shape, self.dtype)
         else:
@@ -195,7 +200,7 @@ class Tensor:
                 raise ValueError(f"gradient has shape {tuple(gradient.shape)} but the Tensor has shape {self.shape}")
             if _is_device_array(gradient):
                 if np.dtype(gradient.dtype) != self.dtype:
-                    gradient = _device_filled(self.shape, self.dtype, gradient)
+                    gradient = _device_filled(_device_backend(gradient), self.shape, self.dtype, gradient)
             else:
                 gradient = gradient.astype(self.dtype, copy=False)
         _run_backward(self, gradient)
@@ -205,7 +210,7 @@ def _accumulate(tensor, grad):
     """tensor.grad += grad, starting from a private copy (on the device for a device gradient, where
     each accumulation makes a new array)."""
     if _is_device_array(grad):
-        tensor.grad = (_device_filled(tensor.shape, tensor.dtype, grad) if tensor.grad is None
+        tensor.grad = (_device_filled(_device_backend(grad), tensor.shape, tensor.dtype, grad) if tensor.grad is None
                        else _sum(tensor.grad, grad))
     elif tensor.grad is None:
         tensor.grad = np.array(grad, dtype=tensor.dtype, copy=True)
@@ -228,7 +233,7 @@ class Node:
         self.name = name
         self.backward_fn = backward_fn
         self.parents = parents
-        self.outputs = outputs  # ((shape, dtype, on_device), ...) per output
+        self.outputs = outputs  # ((shape, dtype, device backend or None on the host), ...) per output
         self.retained = {}  # output index -> weakref to the Tensor that asked for retain_grad
 
 
@@ -241,7 +246,8 @@ def record(name, backward_fn, inputs, results):
     outs = tuple(Tensor(a) for a in arrays)
     if is_grad_enabled() and any(p is not None for p in parents):
         node = Node(name, backward_fn, parents,
-                    tuple((tuple(a.shape), np.dtype(a.dtype), _is_device_array(a)) for a in arrays))
+                    tuple((tuple(a.shape), np.dtype(a.dtype), _device_backend(a) if _is_device_array(a) else None)
+                          for a in arrays))
         for i, t in enumerate(outs):
             if _is_float(t.data.dtype):
                 t._node, t._index, t._requires_grad = node, i, True
@@ -261,7 +267,9 @@ def _check_grad(grad, tensor, node, position):
                            f"{position}, which has shape {tensor.shape}")
     if np.dtype(grad.dtype) == tensor.dtype:
         return grad
-    return _device_filled(tensor.shape, tensor.dtype, grad) if _is_device_array(grad) else grad.astype(tensor.dtype)
+    if _is_device_array(grad):
+        return _device_filled(_device_backend(grad), tensor.shape, tensor.dtype, grad)
+    return grad.astype(tensor.dtype)
 
 
 def _run_backward(root, gradient):
@@ -313,8 +321,9 @@ def _node_backward(node, grads):
         tensor = ref()
         if tensor is not None and grads[index] is not None:
             _accumulate(tensor, grads[index])
-    grads = tuple(g if g is not None else _device_filled(shape, dtype, 0) if on_device else np.zeros(shape, dtype)
-                  for g, (shape, dtype, on_device) in zip(grads, node.outputs))
+    grads = tuple(g if g is not None else np.zeros(shape, dtype) if device is None
+                  else _device_filled(device, shape, dtype, 0)
+                  for g, (shape, dtype, device) in zip(grads, node.outputs))
     input_grads = node.backward_fn(grads)
     if not isinstance(input_grads, (tuple, list)):
         input_grads = (input_grads,)

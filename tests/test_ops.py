@@ -38,7 +38,7 @@ def check(fn, torch_fn, arrays, rng, rtol=1e-9, atol=1e-10):
 
 
 def nchw(t):
-    """Channels-last torch tensor -> channels-first (N, H, W, C) -> (N, C, H, W); (N, L, C) -> (N, C, L)."""
+    """Channels-last torch tensor -> channels-first: (N, *spatial, C) -> (N, C, *spatial)."""
     return t.movedim(-1, 1)
 
 
@@ -246,6 +246,105 @@ def test_pooling_on_many_threads_matches_torch(rng):
         np.testing.assert_allclose(t.grad, tt.grad.numpy(), rtol=1e-5, atol=1e-5)
 
 
+POOLS_ND = {
+    1: [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=4, stride=1, padding=2)],
+    3: [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+        dict(kernel_size=(1, 3, 2), stride=(2, 1, 2), padding=(0, 1, 1))],
+}
+
+
+@pytest.mark.parametrize("nd, params", [(nd, p) for nd, ps in POOLS_ND.items() for p in ps], ids=str)
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_pooling_1d_3d(kind, nd, params, rng):
+    """Against torch.nn.functional.{max,avg}_pool{1,3}d (count_include_pad=True) and finite differences."""
+    shape = {1: (2, 9, 3), 3: (2, 4, 5, 6, 2)}[nd]
+    x = rng.permutation(int(np.prod(shape))).reshape(shape) / 10.0  # distinct values: no ties
+    ours, theirs = getattr(nbconv, f"{kind}_pool{nd}d"), getattr(F, f"{kind}_pool{nd}d")
+    check(lambda t: ours(t, **params),
+          lambda t: nhwc(theirs(nchw(t), params["kernel_size"], params.get("stride"), params.get("padding", 0))),
+          [x], rng)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_max_pool_propagates_nan_like_torch(nd, rng):
+    """A NaN in a window wins it (value and gradient), as in PyTorch; one NaN per window and channel here."""
+    shape = {1: (1, 6, 2), 2: (1, 4, 4, 2), 3: (1, 2, 4, 4, 2)}[nd]
+    x = rng.standard_normal(shape)
+    x.reshape(-1)[[3, 10]] = np.nan
+    t = Tensor(x, requires_grad=True)
+    y = getattr(nbconv, f"max_pool{nd}d")(t, 2)
+    y.backward(np.ones(y.shape))
+    tt = torch.tensor(x, requires_grad=True)
+    expected = nhwc(getattr(F, f"max_pool{nd}d")(nchw(tt), 2))
+    expected.backward(torch.ones(expected.shape, dtype=torch.float64))
+    assert np.isnan(y.data).sum() == 2
+    np.testing.assert_array_equal(y.data, expected.detach().numpy())
+    np.testing.assert_array_equal(t.grad, tt.grad.numpy())
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda x1, x3: nbconv.max_pool1d(x1[0], 2), ValueError,
+     r"^max_pool1d: x must be 3-D \(N, L, C\), got shape \(4, 2\)"),
+    (lambda x1, x3: nbconv.avg_pool3d(x1, 2), ValueError, r"^avg_pool3d: x must be 5-D \(N, D, H, W, C\), got shape"),
+    (lambda x1, x3: nbconv.max_pool3d(x3, (2, 2)), ValueError, r"kernel_size must be an int or 3 ints"),
+    (lambda x1, x3: nbconv.avg_pool1d(x1, 2.5), TypeError, r"kernel_size must be an int .*2\.5"),
+    (lambda x1, x3: nbconv.max_pool1d(x1, 2, stride=0), ValueError, r"stride must be >= 1, got 0"),
+    (lambda x1, x3: nbconv.avg_pool3d(x3, 2, stride=(1, 1, "2")), TypeError, r"stride must contain ints"),
+    (lambda x1, x3: nbconv.max_pool3d(x3, 2, padding=-1), ValueError, r"padding must be >= 0, got -1"),
+    (lambda x1, x3: nbconv.avg_pool1d(x1, 2, padding=2), ValueError,
+     r"avg_pool1d: padding \(2,\) must be at most half"),
+    (lambda x1, x3: nbconv.max_pool3d(x3, (5, 1, 1)), ValueError,
+     r"max_pool3d: kernel_size \(5, 1, 1\) is larger than the padded input \(x.shape=\(1, 4, 4, 4, 2\)"),
+    (lambda x1, x3: nbconv.avg_pool1d(x1.astype(np.int64), 2), TypeError, r"x has dtype int64; .*float32 or float64"),
+    (lambda x1, x3: nbconv.max_pool1d([[[1.0]]], 1), TypeError, r"max_pool1d: x must be a NumPy array or a Tensor"),
+    (lambda x1, x3: nbconv.avg_pool3d(Tensor(x3[:, :0]), 2, padding=1), ValueError,
+     r"avg_pool3d: x has an empty spatial dim \(x.shape=\(1, 0, 4, 4, 2\)\)"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_pooling_1d_3d_argument_errors_come_before_any_kernel(call, error, match, monkeypatch):
+    from nbconv import _pool
+    monkeypatch.setattr(_pool, "call", lambda *args, **kwargs: pytest.fail("a pooling kernel ran"))
+    x1, x3 = np.ones((1, 4, 2)), np.ones((1, 4, 4, 4, 2))
+    with pytest.raises(error, match=match):
+        call(x1, x3)
+
+
+def test_pooling_work_is_bounded_by_the_arrays_not_the_window():
+    """A window of 10**9 taps per axis over a 4 x 4 input: only the in-range taps are visited."""
+    x = np.arange(32.0).reshape(1, 4, 4, 2)
+    big = 10 ** 9
+    out = nbconv.max_pool2d(x, big, padding=big // 2)
+    np.testing.assert_array_equal(out, x.max(axis=(1, 2), keepdims=True))
+    t = Tensor(x[:, 0], requires_grad=True)
+    mean = nbconv.avg_pool1d(t, big, padding=big // 2)
+    mean.backward(np.ones(mean.shape))
+    np.testing.assert_allclose(mean.data, x[:, 0].sum(axis=1, keepdims=True) / big)
+    np.testing.assert_allclose(t.grad, np.full(t.shape, 1 / big))
+
+
+@pytest.mark.parametrize("nd", [1, 3])
+def test_pooling_1d_3d_on_many_threads_is_bitwise_one_thread_and_matches_torch(nd, rng):
+    """Large enough to run the parallel kernels (above _jit.SERIAL_BELOW), in float32."""
+    shape = {1: (4, 2048, 40), 3: (2, 16, 16, 16, 40)}[nd]
+    x = rng.standard_normal(shape).astype(np.float32)
+    for kind in ("max", "avg"):
+        ours, theirs = getattr(nbconv, f"{kind}_pool{nd}d"), getattr(F, f"{kind}_pool{nd}d")
+        runs = []
+        for threads in (1, numba.config.NUMBA_NUM_THREADS):
+            numba.set_num_threads(threads)
+            t = Tensor(x, requires_grad=True)
+            out = ours(t, 3, 2, 1)
+            v = np.random.default_rng(0).standard_normal(out.shape).astype(np.float32)
+            out.backward(v)
+            runs.append((out.data, t.grad))
+        for a, b in zip(*runs):
+            np.testing.assert_array_equal(a, b)
+        tt = torch.tensor(x, requires_grad=True)
+        expected = nhwc(theirs(nchw(tt), 3, 2, 1))
+        (expected * torch.tensor(v)).sum().backward()
+        np.testing.assert_allclose(runs[0][0], expected.detach().numpy(), rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(runs[0][1], tt.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
 def torch_batch_norm(x, weight, bias, running_mean=None, running_var=None, training=True, momentum=0.1):
     return nhwc(F.batch_norm(nchw(x), running_mean, running_var, weight, bias, training=training, momentum=momentum))
 
@@ -301,7 +400,7 @@ def torch_conv(nd, x, w, b, stride=1, padding=0, dilation=1, groups=1, padding_m
     if pads is not None:
         xt = F.pad(xt, pads, mode="constant" if padding_mode == "zeros" else padding_mode)
     wt = w.permute(nd + 1, nd, *range(nd))
-    conv = F.conv1d if nd == 1 else F.conv2d
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[nd]
     return nhwc(conv(xt, wt, b, stride=stride, padding=padding, dilation=dilation, groups=groups))
 
 
@@ -337,6 +436,33 @@ def test_conv1d(params, rng):
           lambda x, w, b: torch_conv(1, x, w, b, **params), args, rng)
 
 
+def same_pads(kernel, dilation):
+    """The explicit (before, after) pads of padding="same" at stride 1 (TensorFlow's split), for PyTorch."""
+    dilation = (dilation,) * len(kernel) if isinstance(dilation, int) else dilation
+    return tuple((d * (k - 1) // 2, d * (k - 1) - d * (k - 1) // 2) for k, d in zip(kernel, dilation))
+
+
+CONV3D = [
+    dict(stride=(1, 2, 1), padding=1),
+    dict(groups=2, padding=((1, 0), (0, 1), (1, 1)), padding_mode="circular", dilation=(1, 2, 1)),
+    dict(padding="same", padding_mode="reflect"),
+    dict(groups=2, stride=2, padding=1, padding_mode="replicate"),  # depthwise, channel multiplier 2
+]
+
+
+@pytest.mark.parametrize("params", CONV3D, ids=str)
+def test_conv3d(params, rng):
+    groups = params.get("groups", 1)
+    kernel = (2, 3, 2)
+    args = [rng.standard_normal((1, 3, 4, 5, 2)), rng.standard_normal(kernel + (2 // groups, 4)),
+            rng.standard_normal(4)]
+    torch_params = dict(params)
+    if params.get("padding") == "same":
+        torch_params["padding"] = same_pads(kernel, params.get("dilation", 1))
+    check(lambda x, w, b: nbconv.conv3d(x, w, b, **params),
+          lambda x, w, b: torch_conv(3, x, w, b, **torch_params), args, rng)
+
+
 def test_conv_without_bias_and_with_constant_weight(rng):
     x = rng.standard_normal((1, 5, 5, 2))
     w = rng.standard_normal((3, 3, 2, 3))
@@ -347,7 +473,7 @@ def test_conv_without_bias_and_with_constant_weight(rng):
 def torch_conv_transpose(nd, x, w, b, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
     """PyTorch's conv_transpose on channels-last x; w (*kernel, C_out // groups, C_in) -> (C_in, C_out // groups, *kernel)."""
     wt = w.permute(nd + 1, nd, *range(nd))
-    fn = F.conv_transpose1d if nd == 1 else F.conv_transpose2d
+    fn = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[nd]
     return nhwc(fn(nchw(x), wt, b, stride=stride, padding=padding, output_padding=output_padding, groups=groups,
                    dilation=dilation))
 
@@ -378,11 +504,95 @@ def test_conv_transpose1d(params, rng):
           lambda x, w, b: torch_conv_transpose(1, x, w, b, **params), args, rng)
 
 
+CONV_TRANSPOSE3D = [
+    dict(stride=2, padding=1, output_padding=1),
+    dict(stride=(1, 2, 1), dilation=(2, 1, 1), output_padding=(1, 1, 0), groups=2),  # output_padding >= stride
+]
+
+
+@pytest.mark.parametrize("params", CONV_TRANSPOSE3D, ids=str)
+def test_conv_transpose3d(params, rng):
+    groups = params.get("groups", 1)
+    args = [rng.standard_normal((1, 2, 3, 2, 4)), rng.standard_normal((2, 2, 2, 4 // groups, 4)),
+            rng.standard_normal(4)]
+    check(lambda x, w, b: nbconv.conv_transpose3d(x, w, b, **params),
+          lambda x, w, b: torch_conv_transpose(3, x, w, b, **params), args, rng)
+
+
+@pytest.mark.parametrize("params", [
+    dict(dilation=3, output_padding=2, padding=((1, 3),)),   # output_padding >= stride, <= pad after
+    dict(dilation=3, output_padding=2, padding=((2, 1),)),   # output_padding >= stride, > pad after
+    dict(stride=2, dilation=5, output_padding=4, padding=((0, 0),)),
+    dict(dilation=3, output_padding=2, padding=((7, 0),)),   # x reaches no element of the result
+], ids=str)
+def test_conv_transpose_gradients_where_output_padding_reaches_past_x(params, rng):
+    """Asymmetric pads, which PyTorch's conv_transpose lacks: finite differences only. The VJP runs
+    the adjoint convolution on the part of the gradient that x reaches, so the result is exact."""
+    args = [rng.standard_normal((2, 3, 2)), rng.standard_normal((3, 3, 2)), rng.standard_normal(3)]
+    assert gradcheck(lambda x, w, b: nbconv.conv_transpose1d(x, w, b, **params), args)
+    if params["padding"] == ((7, 0),):
+        x, w = Tensor(args[0][:, :1], requires_grad=True), Tensor(args[1], requires_grad=True)
+        y = nbconv.conv_transpose1d(x, w, **params)
+        y.backward(np.ones(y.shape))
+        np.testing.assert_array_equal(y.data, 0)
+        np.testing.assert_array_equal(x.grad, 0)
+        np.testing.assert_array_equal(w.grad, 0)
+
+
+def test_conv_on_tensors_parses_arguments_once_and_not_on_backward(monkeypatch, rng):
+    calls = []
+
+    def counting(name, real):
+        def parse(*args, **kwargs):
+            calls.append(name)
+            return real(*args, **kwargs)
+        return parse
+
+    for module in (ops, conv_arrays):
+        for name in ("conv_params", "transpose_params"):
+            monkeypatch.setattr(module, name, counting(name, getattr(module, name)))
+    x = Tensor(rng.standard_normal((1, 3, 3, 3, 2)), requires_grad=True)
+    w = Tensor(rng.standard_normal((2, 2, 2, 2, 2)), requires_grad=True)
+    y = nbconv.conv3d(x, w, stride=2, padding=1)
+    z = nbconv.conv_transpose3d(y, w, stride=2, padding=1, dilation=(2, 1, 1), output_padding=(1, 0, 0))
+    assert calls == ["conv_params", "transpose_params"]
+    z.backward(np.ones(z.shape))
+    assert calls == ["conv_params", "transpose_params"]
+    assert x.grad.shape == x.shape and w.grad.shape == w.shape
+
+
+CONV3D_ERRORS = [
+    dict(groups=3), dict(bias=np.ones(5)), dict(x=np.ones((1, 3, 3, 2))), dict(w=np.ones((2, 2, 2, 2, 4), np.float32)),
+    dict(out=np.empty((1, 1, 1, 1, 1))), dict(out=np.empty((1, 1, 1, 1, 1), np.float32)), dict(stride=0),
+    dict(padding="bogus"), dict(dilation=(1, 2)), dict(x=[[1.0]]),
+]
+
+
+@pytest.mark.parametrize("name", ["conv3d", "conv_transpose3d"])
+@pytest.mark.parametrize("change", CONV3D_ERRORS, ids=lambda c: ",".join(c))
+def test_conv_on_tensors_raises_the_array_functions_errors(name, change):
+    """The Tensor path validates before recording, with the errors of nbconv.conv's functions."""
+    if name == "conv3d":
+        args = dict(x=np.ones((1, 3, 3, 3, 2)), w=np.ones((2, 2, 2, 2, 4)), bias=np.ones(4))
+    else:
+        args = dict(x=np.ones((1, 2, 2, 2, 4)), w=np.ones((2, 2, 2, 2, 4)), bias=np.ones(2))
+    args.update(change)
+    x, w, bias = args.pop("x"), args.pop("w"), args.pop("bias")
+    with pytest.raises((ValueError, TypeError)) as array_error:
+        getattr(conv_arrays, name)(x, w, bias, **args)
+    tensor_x = Tensor(x, requires_grad=True) if isinstance(x, np.ndarray) else x
+    with pytest.raises(array_error.type) as tensor_error:
+        getattr(nbconv, name)(tensor_x, Tensor(w, requires_grad=True), bias, **args)
+    assert str(tensor_error.value) == str(array_error.value)
+
+
 @pytest.mark.parametrize("name, args, params", [
     ("conv2d", ((2, 5, 5, 3), (3, 3, 3, 4), (4,)), dict(stride=2, padding=1)),
     ("conv1d", ((2, 7, 3), (3, 3, 4), None), dict(dilation=2)),
     ("conv_transpose2d", ((2, 3, 3, 4), (2, 2, 3, 4), (3,)), dict(stride=2)),
     ("conv_transpose1d", ((2, 3, 4), (2, 3, 4), None), dict(stride=2, output_padding=1)),
+    ("conv3d", ((1, 3, 4, 3, 2), (2, 2, 2, 2, 4), (4,)), dict(stride=(2, 1, 1), padding=1)),
+    ("conv_transpose3d", ((1, 2, 2, 3, 4), (2, 2, 2, 3, 4), (3,)), dict(stride=2, output_padding=(1, 0, 1))),
 ])
 def test_conv_wrappers_on_arrays_are_the_array_functions(name, args, params, rng):
     arrays = [None if s is None else rng.standard_normal(s).astype(np.float32) for s in args]
@@ -450,3 +660,7 @@ def test_conv_backward_accepts_tensors_and_returns_arrays(rng):
         assert type(got) is np.ndarray and np.array_equal(got, want)
     ours1 = nbconv.conv1d_backward(Tensor(gy[:, 0]), x[:, 0], Tensor(w[0]), needs=("weight",))
     assert np.array_equal(ours1.weight, conv_arrays.conv1d_backward(gy[:, 0], x[:, 0], w[0]).weight)
+    ours3 = nbconv.conv3d_backward(Tensor(gy[:, None]), Tensor(x[:, None]), w[None], needs=("input", "bias"))
+    arrays3 = conv_arrays.conv3d_backward(gy[:, None], x[:, None], w[None], needs=("input", "bias"))
+    assert ours3.weight is None and np.array_equal(ours3.input, arrays3.input)
+    assert np.array_equal(ours3.bias, arrays3.bias)

@@ -337,7 +337,38 @@ def test_gradcheck_works_in_float64_for_float32_inputs(rng):
 
 
 def test_public_names():
-    for name in ("Tensor", "Function", "no_grad", "gradcheck", "GradcheckError", "relu", "max_pool2d",
-                 "avg_pool2d", "batch_norm", "linear", "log_softmax", "cross_entropy", "conv1d", "conv2d",
-                 "conv_transpose1d", "conv_transpose2d", "conv1d_backward", "conv2d_backward"):
+    for name in ("Tensor", "Function", "no_grad", "gradcheck", "GradcheckError", "relu", "max_pool1d", "max_pool2d",
+                 "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "batch_norm", "linear", "log_softmax",
+                 "cross_entropy", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
+                 "conv_transpose3d", "conv1d_backward", "conv2d_backward", "conv3d_backward", "ConvGrads",
+                 "Conv1dGrads", "Conv2dGrads", "Conv3dGrads", "cuda_available"):
         assert name in nbconv.__all__ and hasattr(nbconv, name)
+    assert set(nbconv.__all__) <= set(dir(nbconv))
+    assert nbconv.Conv3dGrads is nbconv.ConvGrads
+    from nbconv import _device
+    assert nbconv.cuda_available is _device.cuda_available
+
+
+def test_the_tape_and_the_ops_import_no_backend_by_name():
+    """Backends are reached through nbconv._backend.select; device arrays are recognised by nbconv._device."""
+    import ast
+    import pathlib
+
+    package = pathlib.Path(nbconv.__file__).parent
+    for module in ("tape.py", "ops.py"):
+        imported = set()
+        for node in ast.walk(ast.parse((package / module).read_text())):
+            if isinstance(node, ast.ImportFrom):
+                imported.add(node.module or "")
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+        assert not imported & {"_cpu", "_cuda", "_depthwise", "nbconv._cpu", "nbconv._cuda"}, (module, imported)
+
+
+def test_importing_nbconv_imports_neither_numba_nor_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, nbconv; print(sorted(m for m in ('numba', 'torch') if m in sys.modules))"
+    assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "[]"
