@@ -1,20 +1,30 @@
 """Compilation policy for every CPU kernel, in one place.
 
-- `cache=True`: compiled code is written beside the module and reused by later processes.
+- `cache=True`: compiled code is written to Numba's cache (``__pycache__`` beside the modules, or
+  NUMBA_CACHE_DIR) and reused by later processes. Where no cache location is writable (read-only
+  install, no writable home), kernels compile in memory and one warning says how to enable the
+  cache. A cache that fails to load (truncated or corrupted files) is discarded with a warning and
+  the kernels recompile.
 - fastmath is limited to `contract` (fused multiply-add). `reassoc` would let LLVM vectorize the
   reduction instead of the register tile, and `nnan`/`ninf` would break NaN/Inf propagation.
 - LLVM's SLP vectorizer packs the register tiles of `_micro.py` into vector registers. Numba ships
   with it off (numba issue #8705) and reads `numba.config.SLP_VECTORIZE` whenever it optimizes a
   module, so `call` turns it on only while one of our kernels compiles, under a lock, and restores
   the user's setting afterwards.
-- Numba's `workqueue` threading layer (chosen when neither TBB nor OpenMP is available, or forced with
-  NUMBA_THREADING_LAYER) aborts the process when two threads run parallel kernels at once, so under
-  it `call` runs one kernel at a time. TBB and OpenMP run concurrent calls unguarded.
+- Threading layers: Numba prefers TBB (installed with nbconv where wheels exist), which is thread-
+  and fork-safe. GNU OpenMP aborts a forked child that runs a parallel kernel after its parent did;
+  the `workqueue` layer aborts the process when two threads run parallel kernels at once, so under
+  it `call` runs one kernel at a time. nbconv's locks are re-created in a forked child, so a fork
+  while another thread holds one cannot deadlock the child.
 - A parallel launch costs tens of microseconds (milliseconds on an oversubscribed machine), so a
   call whose `work` (multiply-adds or elements touched) is below SERIAL_BELOW runs on the calling
   thread only. Every kernel's result is independent of the thread count, so this changes no bits.
+- With NUMBA_DISABLE_JIT=1 (Numba's debugging switch) the kernels run as plain Python: correct, and
+  orders of magnitude slower.
 """
+import os
 import threading
+import warnings
 
 import numba
 import numpy as np
@@ -29,6 +39,18 @@ _compile_lock = threading.Lock()
 _compiled = set()
 _workqueue_lock = threading.Lock()
 _layer = None  # numba's threading layer, known once a parallel kernel has run
+_kernels = []  # every dispatcher made by `kernel` (to discard their caches together)
+_warned_no_cache = False
+
+
+def _reinit_after_fork():
+    """In a forked child: fresh locks (a parent thread may have held one at the fork)."""
+    global _compile_lock, _workqueue_lock
+    _compile_lock = threading.Lock()
+    _workqueue_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reinit_after_fork)
 
 
 def _serialized():
@@ -42,10 +64,66 @@ def _serialized():
     return _layer == "workqueue"
 
 
+_NO_CACHE_WARNING = ("nbconv: no writable Numba cache location ({error}); kernels compile in memory in every "
+                     "process. Set NUMBA_CACHE_DIR to a writable directory to cache them.")
+
+
 def kernel(parallel=False, inline="never"):
     """Decorator for nbconv's CPU kernels (nothing is compiled until the first call)."""
-    return numba.njit(cache=True, parallel=parallel, fastmath=set(FASTMATH), nogil=True,
-                      error_model="numpy", boundscheck=False, inline=inline)
+    options = dict(parallel=parallel, fastmath=set(FASTMATH), nogil=True, error_model="numpy",
+                   boundscheck=False, inline=inline)
+
+    def decorate(fn):
+        try:
+            dispatcher = numba.njit(cache=True, **options)(fn)
+        except RuntimeError as error:  # numba: "cannot cache function ...: no locator available"
+            if "no locator available" not in str(error):
+                raise
+            global _warned_no_cache
+            if not _warned_no_cache:
+                _warned_no_cache = True
+                warnings.warn(_NO_CACHE_WARNING.format(error=error), RuntimeWarning, stacklevel=3)
+            dispatcher = numba.njit(cache=False, **options)(fn)
+        _kernels.append(dispatcher)
+        return dispatcher
+
+    return decorate
+
+
+def cache_dirs():
+    """The directories holding nbconv's compiled kernels (empty when nothing can be cached)."""
+    dirs = set()
+    for dispatcher in _kernels:
+        locator = getattr(getattr(getattr(dispatcher, "_cache", None), "_impl", None), "locator", None)
+        if locator is not None:
+            dirs.add(locator.get_cache_path())
+    return sorted(dirs)
+
+
+def _discard_caches():
+    """Empty the cache index of every nbconv kernel, so that the next compilation starts afresh."""
+    for dispatcher in _kernels:
+        cache = getattr(dispatcher, "_cache", None)
+        if cache is not None:
+            try:
+                cache.flush()
+            except OSError:
+                pass
+
+
+def _compile(dispatcher, args):
+    signature = tuple(numba.typeof(a) for a in args)
+    try:
+        dispatcher.compile(signature)
+    except Exception as error:
+        if not cache_dirs():
+            raise
+        # A cache entry that fails to load (truncated index, flipped bytes, an index naming the wrong
+        # object file) raises from pickle, LLVM or Numba: discard the caches and compile afresh once.
+        warnings.warn(f"nbconv: discarding its Numba cache in {', '.join(cache_dirs())} after it failed to load "
+                      f"({type(error).__name__}: {error}); recompiling the kernels", RuntimeWarning, stacklevel=4)
+        _discard_caches()
+        dispatcher.compile(signature)
 
 
 def _type_key(a):
@@ -59,13 +137,15 @@ def _type_key(a):
 def call(dispatcher, *args, work=None):
     """dispatcher(*args), compiling (or loading from cache) with SLP vectorization on the first time,
     on one thread when `work` is below SERIAL_BELOW."""
+    if not isinstance(dispatcher, numba.core.dispatcher.Dispatcher):  # NUMBA_DISABLE_JIT=1: plain Python
+        return dispatcher(*args)
     key = (dispatcher, tuple(_type_key(a) for a in args))
     if key not in _compiled:
         with _compile_lock:
             saved = numba.config.SLP_VECTORIZE
             numba.config.SLP_VECTORIZE = 1
             try:
-                dispatcher.compile(tuple(numba.typeof(a) for a in args))
+                _compile(dispatcher, args)
             finally:
                 numba.config.SLP_VECTORIZE = saved
             _compiled.add(key)

@@ -20,7 +20,7 @@ def source_index(t, n, mode):
     if mode == REFLECT:
         return (n - 1) - abs((n - 1) - abs(t))
     if mode == REPLICATE:
-        return min(max(t, 0), n - 1)
+        return 0 if t < 0 else n - 1
     if mode == CIRCULAR:
         return t % n
     return -1

@@ -1,0 +1,196 @@
+"""nbconv across processes and broken environments: forked and spawned workers after the parent used
+the kernels, a fork while another thread holds nbconv's locks, no writable cache, a corrupted cache,
+NUMBA_DISABLE_JIT. Each scenario runs in a fresh interpreter (bounded by a timeout) so that it cannot
+take the test process down with it."""
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import nbconv
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TIMEOUT = 240
+
+
+def run_script(code, env=None, timeout=TIMEOUT):
+    """Run `code` in a new interpreter; (returncode, stdout, stderr)."""
+    full_env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=ROOT)
+    return done.returncode, done.stdout, done.stderr
+
+
+PRELUDE = """
+    import numpy as np, nbconv
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 32, 32, 16)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 16, 32)).astype(np.float32)
+    def job(i):
+        return float(nbconv.conv2d(x, w, padding=1).astype(np.float64).sum())
+    expected = job(0)   # the parent runs the parallel kernels first
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_pool_after_parent_used_the_kernels(method):
+    code = PRELUDE + f"""
+    import multiprocessing as mp
+    if __name__ == "__main__":
+        with mp.get_context({method!r}).Pool(2) as pool:
+            results = pool.map_async(job, range(4)).get(timeout=200)
+        assert results == [expected] * 4, (results, expected)
+        print("OK")
+    """
+    rc, out, err = run_script(code if method == "fork" else _as_module(code))
+    assert rc == 0 and "OK" in out, err[-2000:]
+
+
+def _as_module(code):
+    """The script written to a temporary module and run from there (spawned children import it)."""
+    import tempfile
+    path = pathlib.Path(tempfile.mkdtemp()) / "nbconv_spawn_job.py"
+    path.write_text(textwrap.dedent(code).replace('if __name__ == "__main__":', "def main():"))
+    return f"import sys; sys.path.insert(0, {str(path.parent)!r}); import nbconv_spawn_job as m; m.main()"
+
+
+def test_process_pool_executor_with_fork():
+    code = PRELUDE + """
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(2, mp_context=mp.get_context("fork")) as ex:
+        results = list(ex.map(job, range(4), timeout=200))
+    assert results == [expected] * 4
+    print("OK")
+    """
+    rc, out, err = run_script(code)
+    assert rc == 0 and "OK" in out, err[-2000:]
+
+
+def test_torch_dataloader_workers_call_nbconv():
+    pytest.importorskip("torch")
+    code = PRELUDE + """
+    import torch
+    class Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+        def __getitem__(self, i):
+            return torch.tensor(job(i), dtype=torch.float64)
+    loader = torch.utils.data.DataLoader(Data(), batch_size=1, num_workers=2,
+                                         multiprocessing_context="fork", timeout=200)
+    assert [float(b) for b in loader] == [expected] * 4
+    print("OK")
+    """
+    rc, out, err = run_script(code)
+    assert rc == 0 and "OK" in out, err[-2000:]
+
+
+def test_fork_while_another_thread_holds_the_locks():
+    """A thread holds nbconv's compile and workqueue locks while the process forks: the child still
+    computes (its locks are fresh), including a kernel compiled for the first time in the child."""
+    code = PRELUDE + """
+    import os, threading
+    from nbconv import _jit
+    held, release = threading.Event(), threading.Event()
+    def holder():
+        with _jit._compile_lock, _jit._workqueue_lock:
+            held.set()
+            release.wait(60)
+    t = threading.Thread(target=holder); t.start(); held.wait(10)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ok = job(1) == expected
+            y = nbconv.conv1d(np.ones((1, 9, 2)), np.ones((3, 2, 5)), padding=1, padding_mode="circular")
+            os._exit(0 if ok and y.shape == (1, 9, 5) else 3)
+        except BaseException:
+            os._exit(4)
+    _, status = os.waitpid(pid, 0)
+    release.set(); t.join()
+    print("STATUS", os.waitstatus_to_exitcode(status))
+    """
+    rc, out, err = run_script(code)
+    assert rc == 0 and "STATUS 0" in out, (out, err[-2000:])
+
+
+def test_no_writable_cache_location_still_computes():
+    """No cache locator usable (as with a read-only install and no writable home): one warning that
+    names NUMBA_CACHE_DIR, then correct results compiled in memory."""
+    code = """
+    import warnings
+    warnings.simplefilter("always")
+    import numpy as np, nbconv
+    y = nbconv.conv2d(np.ones((1, 4, 4, 2)), np.ones((3, 3, 2, 3)), padding=1)
+    assert y[0, 1, 1, 0] == 18.0 and y[0, 0, 0, 0] == 8.0
+    from nbconv import _jit
+    assert _jit.cache_dirs() == []
+    print("OK")
+    """
+    rc, out, err = run_script(code, env={"NUMBA_CACHE_LOCATOR_CLASSES": "ZipCacheLocator"})
+    assert rc == 0 and "OK" in out, err[-2000:]
+    assert err.count("no writable Numba cache location") == 1 and "NUMBA_CACHE_DIR" in err
+
+
+def _corrupt(cache_dir, how):
+    files = list(pathlib.Path(cache_dir).rglob("*"))
+    assert any(p.suffix == ".nbi" for p in files)
+    for p in files:
+        if p.suffix == ".nbi" and how in ("truncate", "empty"):
+            data = p.read_bytes()
+            p.write_bytes(data[:len(data) // 2] if how == "truncate" else b"")
+        elif p.suffix == ".nbc" and how == "flip":
+            data = bytearray(p.read_bytes())
+            for i in range(64, len(data), 97):
+                data[i] ^= 0xFF
+            p.write_bytes(bytes(data))
+        elif p.suffix == ".nbi" and how == "swap":  # an index naming another function's object file
+            others = [q for q in files if q.suffix == ".nbc" and not q.name.startswith(p.name.split("-")[0])]
+            for q in pathlib.Path(cache_dir).rglob(p.name.replace(".nbi", ".*.nbc")):
+                q.write_bytes(others[0].read_bytes())
+
+
+CACHE_JOB = """
+    import warnings
+    warnings.simplefilter("always")
+    import numpy as np, nbconv
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((2, 6, 6, 3)), rng.standard_normal((3, 3, 3, 4))
+    print("SUM %.12f" % nbconv.conv2d(x, w, padding=1).sum())
+"""
+
+
+@pytest.mark.parametrize("how", ["truncate", "empty", "flip", "swap"])
+def test_corrupted_cache_is_discarded_and_rebuilt(tmp_path, how):
+    env = {"NUMBA_CACHE_DIR": str(tmp_path)}
+    rc, first, err = run_script(CACHE_JOB, env)
+    assert rc == 0, err[-2000:]
+    _corrupt(tmp_path, how)
+    rc, again, err = run_script(CACHE_JOB, env)
+    assert rc == 0 and again == first, err[-3000:]
+    if how != "swap" or "discarding" in err:   # numba itself may reject a swapped object file quietly
+        assert "discarding its Numba cache in " + str(tmp_path) in err
+    rc, third, err = run_script(CACHE_JOB, env)   # the rebuilt cache loads cleanly
+    assert rc == 0 and third == first and "discarding" not in err, err[-2000:]
+
+
+def test_disable_jit_runs_the_kernels_as_python():
+    code = """
+    import numpy as np, nbconv
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal((1, 5, 4, 3)), rng.standard_normal((3, 2, 3, 2))
+    y = nbconv.conv2d(x, w, padding=1, stride=(2, 1))
+    g = nbconv.conv2d_backward(np.ones_like(y), x, w, padding=1, stride=(2, 1))
+    print("VALUES", repr(np.concatenate([y.ravel(), g.input.ravel(), g.weight.ravel()]).tolist()))
+    """
+    rc, out, err = run_script(code, env={"NUMBA_DISABLE_JIT": "1"})
+    assert rc == 0, err[-2000:]
+    values = np.array(eval(out.split("VALUES", 1)[1]))
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal((1, 5, 4, 3)), rng.standard_normal((3, 2, 3, 2))
+    y = nbconv.conv2d(x, w, padding=1, stride=(2, 1))
+    g = nbconv.conv2d_backward(np.ones_like(y), x, w, padding=1, stride=(2, 1))
+    np.testing.assert_allclose(values, np.concatenate([y.ravel(), g.input.ravel(), g.weight.ravel()]), rtol=1e-12)
