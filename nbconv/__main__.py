@@ -1,7 +1,9 @@
-"""Command line: `python -m nbconv {bench,demo,lenet} [options]` (see --help of each)."""
+"""Command line: `python -m nbconv {bench,demo,lenet,compile,info,cache} [options]` (see --help of each)."""
 import argparse
 import importlib
 import sys
+
+from . import __version__
 
 # subcommand -> (module providing add_arguments(parser) and run(args), one-line help)
 COMMANDS = {
@@ -9,12 +11,16 @@ COMMANDS = {
                                "(and NumPy im2col for 2-D)"),
     "demo": ("nbconv._demo", "train a small CNN with nothing but nbconv and NumPy"),
     "lenet": ("nbconv._lenet", "LeNet on MNIST: torch.nn.Conv2d vs nbconv.torch.Conv2d (needs PyTorch)"),
+    "compile": ("nbconv._cli_compile", "compile the CPU kernels into Numba's on-disk cache ahead of time"),
+    "info": ("nbconv._cli_info", "versions, CPU, threading layer, kernel cache and CUDA availability"),
+    "cache": ("nbconv._cli_cache", "where the kernel cache lives and its size; --clear empties it"),
 }
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m nbconv", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"nbconv {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parsers = {name: sub.add_parser(name, help=help_text, description=help_text)
                for name, (_, help_text) in COMMANDS.items()}

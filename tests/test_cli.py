@@ -1,0 +1,141 @@
+"""The command line: --version, --help, and the compile / info / cache subcommands (bench, demo and
+lenet have their own test modules)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import nbconv
+from nbconv.__main__ import COMMANDS, main
+
+
+def _run(*args, env=None, timeout=600):
+    """`python -m nbconv ARGS` in a fresh process; CompletedProcess with text output."""
+    environment = dict(os.environ, **(env or {}))
+    return subprocess.run([sys.executable, "-m", "nbconv", *args], capture_output=True, text=True,
+                          env=environment, timeout=timeout)
+
+
+def test_version_flag_prints_the_package_version():
+    result = _run("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"nbconv {nbconv.__version__}"
+
+
+def test_version_is_one_string_that_packaging_metadata_agrees_with():
+    import importlib.metadata
+
+    assert isinstance(nbconv.__version__, str) and nbconv.__version__.count(".") >= 2
+    assert importlib.metadata.version("nbconv") == nbconv.__version__
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for name in ("bench", "demo", "lenet", "compile", "info", "cache"):
+        assert name in COMMANDS and name in text
+
+
+def test_no_subcommand_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compile", "--dims", "4"], "'4' is not a dimension count"),
+    (["compile", "--dims", ","], "give at least one dimension count"),
+    (["compile", "--dtypes", "float16"], "'float16' is not a dtype"),
+    (["compile", "--groups", "everything"], "'everything' is not a kernel group"),
+])
+def test_compile_rejects_bad_option_values_with_a_usage_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_compile_plan_covers_each_group_dim_and_dtype_once():
+    from nbconv._cli_compile import GROUPS, plan
+
+    steps = plan((1, 2, 3), ("float32", "float64"), GROUPS)
+    assert len(steps) == len(set(steps)) == 2 * (3 * (len(GROUPS) - 1) + 1)
+    assert plan((2,), ("float64",), ("forward",)) == [("2-D forward float64", "forward", 2, "float64")]
+
+
+def test_compile_runs_every_kernel_group_in_process(capsys):
+    """Every step runs against the current public functions (this compiles into the test process's cache)."""
+    assert main(["compile", "--dtypes", "float32", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    steps = [line for line in out.splitlines() if line.startswith("[")]
+    assert len(steps) == 3 * 5 + 1
+    assert steps[0].startswith("[ 1/16] 1-D forward float32") and steps[0].endswith(" s")
+    assert steps[-1].startswith("[16/16] batch_norm float32")
+    assert "the cache now holds" in out
+
+
+def test_compile_fills_a_fresh_cache_that_later_processes_reuse_and_cache_clear_empties(tmp_path):
+    env = {"NUMBA_CACHE_DIR": str(tmp_path)}
+    args = ("compile", "--dims", "1", "--dtypes", "float64", "--groups", "batch_norm,pooling")
+    first = _run(*args, env=env)
+    assert first.returncode == 0, first.stderr
+    assert str(tmp_path) in first.stdout and "0 file(s), 0 B" in first.stdout
+    files = sorted(p.name for p in tmp_path.rglob("*") if p.suffix in (".nbi", ".nbc"))
+    assert any(f.startswith("_pool.") for f in files), files
+
+    second = _run(*args, env=env)  # everything is loaded from the cache: nothing new is written
+    assert second.returncode == 0, second.stderr
+    assert f"the cache now holds {len(files)} file(s)" in second.stdout and "(+0 file(s))" in second.stdout
+
+    shown = _run("cache", env=env)
+    assert shown.returncode == 0 and str(tmp_path) in shown.stdout and f"{len(files)} file(s)" in shown.stdout
+
+    cleared = _run("cache", "--clear", env=env)
+    assert cleared.returncode == 0, cleared.stderr
+    assert f"removed {len(files)} file(s)" in cleared.stdout
+    assert not [p for p in tmp_path.rglob("*") if p.suffix in (".nbi", ".nbc")]
+
+
+def test_cache_directory_is_numbas_choice_for_the_kernels():
+    from nbconv import _cli_cache, _cpu
+
+    dirs = _cli_cache.cache_dirs()
+    assert _cpu._gather_conv._cache._cache_path in dirs
+    if not os.environ.get("NUMBA_CACHE_DIR"):
+        package = os.path.dirname(os.path.abspath(nbconv.__file__))
+        assert dirs == {os.path.join(package, "__pycache__"): "beside the package"} or \
+            all(how.startswith("per-user") for how in dirs.values())
+
+
+def test_human_sizes():
+    from nbconv._cli_cache import human
+
+    assert [human(n) for n in (0, 999, 1000, 1_234_567, 5 * 10 ** 12)] == \
+        ["0 B", "999 B", "1.0 kB", "1.2 MB", "5000.0 GB"]
+
+
+def test_info_json_describes_versions_cpu_threads_cache_and_cuda(capsys):
+    assert main(["info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["nbconv"]["version"] == nbconv.__version__
+    import numba
+    import numpy as np
+    assert info["versions"]["numpy"] == np.__version__ and info["versions"]["numba"] == numba.__version__
+    assert info["cpu"]["llvm_name"] and info["cpu"]["cpu_count"] >= 1
+    assert info["threading"]["layer"] in ("tbb", "omp", "workqueue"), info["threading"]
+    assert info["threading"]["threads"] >= 1
+    assert info["cache"]["dirs"] and info["cache"]["files"] >= 1   # the probe kernel is cached at least
+    assert info["cuda"]["available"] is nbconv.cuda_available()
+
+
+def test_info_text_names_each_section():
+    result = _run("info")
+    assert result.returncode == 0, result.stderr
+    for needle in (f"nbconv {nbconv.__version__}", "NumPy ", "Numba ", "CPU: ", "vector features:",
+                   "threading layer: ", "kernel cache", "python -m nbconv cache --clear", "CUDA: "):
+        assert needle in result.stdout, (needle, result.stdout)
