@@ -114,22 +114,29 @@ def parse_needs(needs):
     return needs
 
 
-def _forward(nd, x, w, bias, stride, padding, dilation, groups, padding_mode, out):
+def parse_forward(nd, x, w, bias, out, *, stride, padding, dilation, groups, padding_mode):
+    """Validate a conv{nd}d call, raising the errors users see: ((x, w, bias, out) as the backend's
+    arrays, ConvParams)."""
     backend = _backend.select(x=x, w=w, bias=bias, out=out)
-    x, w, bias, out_array = _on(backend, x, w, bias, out)
+    x, w, bias, out = _on(backend, x, w, bias, out)
     x_layout, w_layout = _layouts(nd)
     check_ndim(x, nd + 2, "x", x_layout)
     check_ndim(w, nd + 2, "w", w_layout)
-    dtype = check_dtypes(x=x, w=w, bias=bias, out=out_array)
+    dtype = check_dtypes(x=x, w=w, bias=bias, out=out)
     params = conv_params(tuple(x.shape), tuple(w.shape), stride=stride, padding=padding, dilation=dilation,
                          groups=groups, padding_mode=padding_mode)
     _check_bias(bias, tuple(w.shape)[-1])
-    if out_array is None:
-        return forward(x, w, bias, params)
-    _check_out(backend, out_array, conv_output_shape(tuple(x.shape), tuple(w.shape), params), dtype,
-               {"x": x, "w": w, "bias": bias})
-    forward(x, w, bias, params, out_array)
-    return out
+    if out is not None:
+        _check_out(backend, out, conv_output_shape(tuple(x.shape), tuple(w.shape), params), dtype,
+                   {"x": x, "w": w, "bias": bias})
+    return (x, w, bias, out), params
+
+
+def _forward(nd, x, w, bias, stride, padding, dilation, groups, padding_mode, out):
+    (x, w, bias, out_array), params = parse_forward(nd, x, w, bias, out, stride=stride, padding=padding,
+                                                    dilation=dilation, groups=groups, padding_mode=padding_mode)
+    result = forward(x, w, bias, params, out_array)
+    return result if out is None else out
 
 
 def _backward(nd, grad_out, x, w, stride, padding, dilation, groups, padding_mode, needs):
@@ -153,19 +160,28 @@ def _backward(nd, grad_out, x, w, stride, padding, dilation, groups, padding_mod
     return ConvGrads(gx, gw, gb)
 
 
-def _transpose(nd, x, w, bias, stride, padding, output_padding, dilation, groups, out):
+def parse_transpose(nd, x, w, bias, out, *, stride, padding, output_padding, dilation, groups):
+    """Validate a conv_transpose{nd}d call, raising the errors users see: ((x, w, bias, out) as the
+    backend's arrays, ConvParams, output_padding, result shape)."""
     backend = _backend.select(x=x, w=w, bias=bias, out=out)
-    x, w, bias, out_array = _on(backend, x, w, bias, out)
+    x, w, bias, out = _on(backend, x, w, bias, out)
     x_layout, w_layout = _layouts(nd, transposed=True)
     check_ndim(x, nd + 2, "x", x_layout)
     check_ndim(w, nd + 2, "w", w_layout)
-    dtype = check_dtypes(x=x, w=w, bias=bias, out=out_array)
+    dtype = check_dtypes(x=x, w=w, bias=bias, out=out)
     params, output_padding, shape = transpose_params(
         tuple(x.shape), tuple(w.shape), stride=stride, padding=padding, output_padding=output_padding,
         dilation=dilation, groups=groups)
     _check_bias(bias, shape[-1])
-    if out_array is not None:
-        _check_out(backend, out_array, shape, dtype, {"x": x, "w": w, "bias": bias})
+    if out is not None:
+        _check_out(backend, out, shape, dtype, {"x": x, "w": w, "bias": bias})
+    return (x, w, bias, out), params, output_padding, shape
+
+
+def _transpose(nd, x, w, bias, stride, padding, output_padding, dilation, groups, out):
+    (x, w, bias, out_array), params, output_padding, shape = parse_transpose(
+        nd, x, w, bias, out, stride=stride, padding=padding, output_padding=output_padding, dilation=dilation,
+        groups=groups)
     result = transpose(x, w, bias, params, output_padding, shape, out_array)
     return result if out is None else out
 

@@ -29,7 +29,7 @@ import numpy as np
 from . import _backend
 from . import conv as _conv
 from ._device import is_device_array as _is_device_array
-from ._shapes import check_dtypes, check_ndim, conv_output_shape, conv_params, spatial_tuple, transpose_params
+from ._shapes import check_dtypes, spatial_tuple
 from .tape import Tensor, _device_filled, is_grad_enabled, record
 
 _VJPS = {}
@@ -694,45 +694,6 @@ def batch_norm(x, weight, bias, running_mean=None, running_var=None, training=Tr
 _PUBLIC = {(kind, nd): getattr(_conv, f"{kind}{nd}d") for kind in ("conv", "conv_transpose") for nd in (1, 2, 3)}
 
 
-def _on_backend(x, w, bias, out):
-    """The backend for these arrays (TypeError on a non-array or a host/device mix) and the arrays as its own."""
-    backend = _backend.select(x=x, w=w, bias=bias, out=out)
-    return backend, tuple(None if a is None else backend.as_array(a) for a in (x, w, bias, out))
-
-
-def _parse_conv(nd, x, w, bias, out, *, stride, padding, dilation, groups, padding_mode):
-    """nbconv.conv.conv{nd}d's validation, raising the same errors: ((x, w, bias, out) on their
-    backend, ConvParams)."""
-    backend, (x, w, bias, out) = _on_backend(x, w, bias, out)
-    x_layout, w_layout = _conv._layouts(nd)
-    check_ndim(x, nd + 2, "x", x_layout)
-    check_ndim(w, nd + 2, "w", w_layout)
-    dtype = check_dtypes(x=x, w=w, bias=bias, out=out)
-    params = conv_params(tuple(x.shape), tuple(w.shape), stride=stride, padding=padding, dilation=dilation,
-                         groups=groups, padding_mode=padding_mode)
-    _conv._check_bias(bias, tuple(w.shape)[-1])
-    if out is not None:
-        _conv._check_out(backend, out, conv_output_shape(tuple(x.shape), tuple(w.shape), params), dtype,
-                         {"x": x, "w": w, "bias": bias})
-    return (x, w, bias, out), params
-
-
-def _parse_transpose(nd, x, w, bias, out, *, stride, padding, output_padding, dilation, groups):
-    """nbconv.conv.conv_transpose{nd}d's validation, raising the same errors: ((x, w, bias, out) on
-    their backend, ConvParams, output_padding, result shape)."""
-    backend, (x, w, bias, out) = _on_backend(x, w, bias, out)
-    x_layout, w_layout = _conv._layouts(nd, transposed=True)
-    check_ndim(x, nd + 2, "x", x_layout)
-    check_ndim(w, nd + 2, "w", w_layout)
-    dtype = check_dtypes(x=x, w=w, bias=bias, out=out)
-    params, output_padding, shape = transpose_params(tuple(x.shape), tuple(w.shape), stride=stride, padding=padding,
-                                                     output_padding=output_padding, dilation=dilation, groups=groups)
-    _conv._check_bias(bias, shape[-1])
-    if out is not None:
-        _conv._check_out(backend, out, shape, dtype, {"x": x, "w": w, "bias": bias})
-    return (x, w, bias, out), params, output_padding, shape
-
-
 @functools.partial(Primitive, on_device=True)
 def _convolution(x, w, bias, *, params, out):
     return _conv.forward(x, w, bias, params, out), (x, w)
@@ -818,14 +779,14 @@ def _with_tensors(args, arrays):
 def _conv_call(nd, x, w, bias, out, **params):
     if not (isinstance(x, Tensor) or isinstance(w, Tensor) or isinstance(bias, Tensor)):
         return _PUBLIC["conv", nd](x, w, bias, out=out, **params)
-    arrays, parsed = _parse_conv(nd, _unwrap(x), _unwrap(w), _unwrap(bias), _unwrap(out), **params)
+    arrays, parsed = _conv.parse_forward(nd, _unwrap(x), _unwrap(w), _unwrap(bias), _unwrap(out), **params)
     return apply(_convolution, *_with_tensors((x, w, bias), arrays), params=parsed, out=arrays[3])
 
 
 def _transpose_call(nd, x, w, bias, out, **params):
     if not (isinstance(x, Tensor) or isinstance(w, Tensor) or isinstance(bias, Tensor)):
         return _PUBLIC["conv_transpose", nd](x, w, bias, out=out, **params)
-    arrays, parsed, output_padding, shape = _parse_transpose(nd, _unwrap(x), _unwrap(w), _unwrap(bias),
+    arrays, parsed, output_padding, shape = _conv.parse_transpose(nd, _unwrap(x), _unwrap(w), _unwrap(bias),
                                                              _unwrap(out), **params)
     return apply(_convolution_transpose, *_with_tensors((x, w, bias), arrays), params=parsed,
                  output_padding=output_padding, shape=shape, out=arrays[3])
