@@ -1,6 +1,8 @@
 """A naive NumPy reference for channels-last convolutions, written for clarity, not speed.
 
 Independent of nbconv (no imports from it): every quantity is computed from its definition.
+Every function serves any number of spatial dims (1-D, 2-D and 3-D are what the tests use): loops run
+over `itertools.product` of the kernel taps and per-dim index maps, never over named axes.
 
 Layouts: x is (N, *spatial, C_in), w is (*kernel, C_in // groups, C_out), bias is (C_out,).
 `pads` is always explicit: one (before, after) pair per spatial dim. All arithmetic runs in float64
@@ -184,6 +186,46 @@ def conv_transpose(x, w, bias=None, stride=1, pads=0, output_padding=0, dilation
     return y
 
 
+def conv_transpose_grads(gy, x, w, stride=1, pads=0, output_padding=0, dilation=1, groups=1):
+    """(dL/dx, dL/dw, dL/dbias) of y = conv_transpose(x, w) + bias given gy = dL/dy (float64).
+
+    The scatter form read backwards: gy is put back into the uncropped buffer (zeros where the crop
+    dropped positions), then every input position o and tap k reads buffer position o * stride +
+    k * dilation: dL/dx[o] += gbuf[o*s + k*d] @ w[k], dL/dw[k] += gbuf[o*s + k*d]^T x[o]."""
+    nd = x.ndim - 2
+    stride, dilation = _norm(stride, nd), _norm(dilation, nd)
+    pads, output_padding = _norm_pads(pads, nd), _norm(output_padding, nd)
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    gy = np.asarray(gy, np.float64)
+    c_in = x.shape[-1]
+    cgi, cgo = c_in // groups, w.shape[-2]
+    assert w.shape[-1] == c_in
+    full = [(n - 1) * s + d * (k - 1) + op + 1
+            for n, k, s, d, op in zip(x.shape[1:-1], w.shape[:-2], stride, dilation, output_padding)]
+    crop = tuple(slice(b, f - a) for (b, a), f in zip(pads, full))
+    gbuf = np.zeros((x.shape[0], *full, cgo * groups))
+    gbuf[(slice(None),) + crop + (slice(None),)] = gy
+    gx = np.zeros_like(x)
+    gw = np.zeros_like(w)
+    for tap in itertools.product(*[range(k) for k in w.shape[:-2]]):
+        index = tuple(slice(t * d, t * d + (n - 1) * s + 1, s)
+                      for t, n, s, d in zip(tap, x.shape[1:-1], stride, dilation))
+        for g in range(groups):
+            g_slab = gbuf[(slice(None),) + index + (slice(g * cgo, (g + 1) * cgo),)]   # (N, *in, cgo)
+            w_g = w[tap][:, g * cgi:(g + 1) * cgi]                                    # (cgo, cgi)
+            gx[..., g * cgi:(g + 1) * cgi] += g_slab @ w_g
+            gw[tap][:, g * cgi:(g + 1) * cgi] += (g_slab.reshape(-1, cgo).T
+                                                  @ x[..., g * cgi:(g + 1) * cgi].reshape(-1, cgi))
+    gb = gy.reshape(-1, gy.shape[-1]).sum(axis=0)
+    return gx, gw, gb
+
+
+def transpose_out_size(n, before, after, k, s, d, op):
+    """PyTorch's ConvTranspose output size for one spatial dim."""
+    return (n - 1) * s - before - after + d * (k - 1) + op + 1
+
+
 # ---------------------------------------------------------------------------------------------------
 # finite differences
 # ---------------------------------------------------------------------------------------------------
@@ -205,15 +247,42 @@ def finite_difference(f, arrays, index, eps=1e-6):
     return grad
 
 
+def finite_difference_at(f, arrays, index, positions, eps=1e-6):
+    """Central differences of the scalar f(*arrays) w.r.t. arrays[index] at the given element
+    positions only (a list of index tuples): for 3-D problems, whose every element would cost two
+    calls each. Returns a float64 array, one value per position; `arrays` is not modified."""
+    arrays = [None if a is None else np.array(a, dtype=np.float64) for a in arrays]
+    target = arrays[index]
+    values = np.zeros(len(positions))
+    for j, i in enumerate(positions):
+        i = tuple(i)
+        saved = target[i]
+        target[i] = saved + eps
+        plus = f(*arrays)
+        target[i] = saved - eps
+        minus = f(*arrays)
+        target[i] = saved
+        values[j] = (plus - minus) / (2 * eps)
+    return values
+
+
 # ---------------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------------
 
 def _norm(v, nd):
-    return (int(v),) * nd if np.ndim(v) == 0 else tuple(int(e) for e in v)
+    """An int or one int per spatial dim -> a tuple of nd ints."""
+    if np.ndim(v) == 0:
+        return (int(v),) * nd
+    v = tuple(int(e) for e in v)
+    assert len(v) == nd, (v, nd)
+    return v
 
 
 def _norm_pads(pads, nd):
+    """An int, one int per dim, or one (before, after) pair per dim -> nd (before, after) pairs."""
     if np.ndim(pads) == 0:
         return ((int(pads), int(pads)),) * nd
-    return tuple((int(p), int(p)) if np.ndim(p) == 0 else (int(p[0]), int(p[1])) for p in pads)
+    pads = tuple((int(p), int(p)) if np.ndim(p) == 0 else (int(p[0]), int(p[1])) for p in pads)
+    assert len(pads) == nd, (pads, nd)
+    return pads

@@ -5,6 +5,11 @@ The parameter grids are pairwise coverings (every pair of values of any two fact
 case) built deterministically at collection time, plus small full products where interactions of
 three factors matter (padding kind x padding mode x dims). Shapes are tiny: the cost of this file is
 the JIT compilation of the kernels, not the arithmetic.
+
+1-D and 2-D share the original grids; 3-D has grids of its own (same factors, plus a C_in = 1 and a
+>= 16-channel group layout; the 1-D/2-D cases are unchanged by them) and joins the small full products
+through the `nd` parameter (ids nd1/nd2/nd3, so `-k nd3` selects the 3-D cases; every 3-D-only test
+has "3d" in its name).
 """
 import itertools
 import random
@@ -24,6 +29,32 @@ F = torch.nn.functional
 
 DTYPES = (np.float32, np.float64)
 TOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
+NDS = (1, 2, 3)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def torch_on_one_thread():
+    """The oracle's problems are tiny: torch's intra-op thread pool only adds synchronisation (on a
+    busy 2-core machine a float64 conv3d of a few hundred elements took 30 ms on 2 threads, 0.04 ms
+    on one). nbconv's own thread count is not touched."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def nd_id(nd):
+    return f"nd{nd}"
+
+
+def over_nd(nds=NDS):
+    """@pytest.mark.parametrize("nd", nds) with ids nd1, nd2, nd3."""
+    return pytest.mark.parametrize("nd", nds, ids=nd_id)
+
+
+def with_nd_ids(cases):
+    """Cases whose first entry is nd, as pytest.params with ids nd<nd>-<index>."""
+    return [pytest.param(*case, id=f"nd{case[0]}-{i}") for i, case in enumerate(cases)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -75,7 +106,8 @@ def test_pairwise_covers_every_pair():
         for pair in itertools.product(va, vb):
             assert any((c[a], c[b]) == pair for c in cases), (a, b, pair)
     assert len(cases) < 3 * 4 * 2 * 5           # far fewer than the full product
-    for grid in (FORWARD_CASES, BACKWARD_CASES, TRANSPOSE_CASES):
+    for grid in (FORWARD_CASES, BACKWARD_CASES, TRANSPOSE_CASES, FORWARD_CASES_3D, BACKWARD_CASES_3D,
+                 TRANSPOSE_CASES_3D):
         assert len({tuple(map(str, c.values())) for c in grid}) == len(grid)
 
 
@@ -88,17 +120,18 @@ def case_params(cases):
 # parameter kinds -> concrete arguments
 # ---------------------------------------------------------------------------------------------------
 
-X_SPATIAL = {1: (8,), 2: (7, 8)}      # reflect padding up to 3 stays below every input size
-K_SPATIAL = {1: (3,), 2: (3, 2)}
-STRIDES = {"1": {1: 1, 2: 1}, "2": {1: 2, 2: 2}, "mixed": {1: (3,), 2: (2, 1)}}
-DILATIONS = {"1": {1: 1, 2: 1}, "2": {1: 2, 2: 2}, "mixed": {1: (3,), 2: (1, 3)}}
+# reflect padding up to 3 (2 in 3-D) stays below every input size; every dilated kernel fits "valid"
+X_SPATIAL = {1: (8,), 2: (7, 8), 3: (4, 5, 6)}
+K_SPATIAL = {1: (3,), 2: (3, 2), 3: (2, 3, 2)}
+STRIDES = {"1": {1: 1, 2: 1, 3: 1}, "2": {1: 2, 2: 2, 3: 2}, "mixed": {1: (3,), 2: (2, 1), 3: (2, 1, 3)}}
+DILATIONS = {"1": {1: 1, 2: 1, 3: 1}, "2": {1: 2, 2: 2, 3: 2}, "mixed": {1: (3,), 2: (1, 3), 3: (1, 2, 3)}}
 PADDINGS = {  # nbconv's `padding` argument per dims
-    "int0": {1: 0, 2: 0},
-    "int": {1: 1, 2: 1},
-    "per_dim": {1: (2,), 2: (1, 0)},
-    "asym": {1: ((2, 1),), 2: ((1, 2), (2, 0))},
-    "valid": {1: "valid", 2: "valid"},
-    "same": {1: "same", 2: "same"},
+    "int0": {1: 0, 2: 0, 3: 0},
+    "int": {1: 1, 2: 1, 3: 1},
+    "per_dim": {1: (2,), 2: (1, 0), 3: (1, 0, 2)},
+    "asym": {1: ((2, 1),), 2: ((1, 2), (2, 0)), 3: ((1, 2), (0, 1), (2, 0))},
+    "valid": {1: "valid", 2: "valid", 3: "valid"},
+    "same": {1: "same", 2: "same", 3: "same"},
 }
 GROUPS = {  # (C_in, C_out, groups)
     "g1": (3, 4, 1),
@@ -106,6 +139,10 @@ GROUPS = {  # (C_in, C_out, groups)
     "depthwise": (3, 3, 3),
     "dw_mult": (3, 6, 3),
 }
+GROUPS_3D = dict(GROUPS, **{
+    "cin1": (1, 5, 1),        # a single input channel
+    "wide": (17, 20, 1),      # >= 16 channels: register tiles, a full and a partial channel block
+})
 LAYOUTS = ("C", "F", "negative", "slice", "readonly")
 
 
@@ -209,7 +246,7 @@ def n_weight(t):
 def torch_conv(x, w, bias, *, stride, padding, dilation, groups, mode, gy=None):
     """torch's y (and, given gy, autograd's (gx, gw, gb)) in nbconv layouts."""
     nd = x.ndim - 2
-    conv = (F.conv1d, F.conv2d)[nd - 1]
+    conv = (F.conv1d, F.conv2d, F.conv3d)[nd - 1]
     stride, dilation = R._norm(stride, nd), R._norm(dilation, nd)
     tx, tw = t_act(x, True), t_weight(w, True)
     tb = None if bias is None else torch.tensor(np.asarray(bias), requires_grad=True)
@@ -233,7 +270,7 @@ def torch_conv(x, w, bias, *, stride, padding, dilation, groups, mode, gy=None):
 def torch_conv_transpose(x, w, bias, *, stride, padding, output_padding, dilation, groups):
     """torch's conv_transpose in nbconv layouts; asymmetric pads by cropping an unpadded result."""
     nd = x.ndim - 2
-    convt = (F.conv_transpose1d, F.conv_transpose2d)[nd - 1]
+    convt = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[nd - 1]
     pads = R._norm_pads(0 if padding == "valid" else padding, nd)
     tb = None if bias is None else torch.tensor(np.asarray(bias))
     if all(b == a for b, a in pads):
@@ -266,10 +303,22 @@ FORWARD_CASES = pairwise({
     "layout": LAYOUTS,
 }, seed=1)
 
+FORWARD_CASES_3D = pairwise({
+    "nd": (3,),
+    "stride": tuple(STRIDES),
+    "padding": tuple(PADDINGS),
+    "dilation": tuple(DILATIONS),
+    "groups": tuple(GROUPS_3D),
+    "mode": R.MODES,
+    "dtype": DTYPES,
+    "bias": (True, False),
+    "layout": LAYOUTS,
+}, seed=31)
+
 
 def make_conv_case(rng, case, n=2):
     nd, dtype = case["nd"], case["dtype"]
-    c_in, c_out, groups = GROUPS[case["groups"]]
+    c_in, c_out, groups = GROUPS_3D[case["groups"]]
     x = randn(rng, (n, *X_SPATIAL[nd], c_in), dtype)
     w = randn(rng, (*K_SPATIAL[nd], c_in // groups, c_out), dtype)
     b = randn(rng, (c_out,), dtype) if case.get("bias", True) else None
@@ -309,7 +358,12 @@ def test_forward_pairwise(rng, case):
     run_forward_case(rng, case)
 
 
-@pytest.mark.parametrize("nd", (1, 2))
+@pytest.mark.parametrize("case", case_params(FORWARD_CASES_3D))
+def test_forward_pairwise_3d(rng, case):
+    run_forward_case(rng, case)
+
+
+@over_nd()
 @pytest.mark.parametrize("padding", tuple(PADDINGS))
 @pytest.mark.parametrize("mode", R.MODES)
 def test_forward_padding_kind_x_mode(rng, nd, padding, mode):
@@ -318,7 +372,7 @@ def test_forward_padding_kind_x_mode(rng, nd, padding, mode):
                                dtype=np.float64, bias=True, layout="C"))
 
 
-@pytest.mark.parametrize("nd", (1, 2))
+@over_nd()
 @pytest.mark.parametrize("stride", tuple(STRIDES))
 @pytest.mark.parametrize("dilation", tuple(DILATIONS))
 @pytest.mark.parametrize("groups", tuple(GROUPS))
@@ -327,8 +381,11 @@ def test_forward_stride_x_dilation_x_groups(rng, nd, stride, dilation, groups):
                                mode="zeros", dtype=np.float32, bias=False, layout="C"))
 
 
-@pytest.mark.parametrize("nd", (1, 2))
-@pytest.mark.parametrize("size", (1, 2, 3, 4, 5, 6, 7, 9))
+SAME_SIZES = {1: (1, 2, 3, 4, 5, 6, 7, 9), 2: (1, 2, 3, 4, 5, 6, 7, 9), 3: (1, 2, 3, 4, 5, 6)}
+
+
+@pytest.mark.parametrize("nd, size", [pytest.param(nd, size, id=f"nd{nd}-{size}")
+                                      for nd in NDS for size in SAME_SIZES[nd]])
 @pytest.mark.parametrize("stride", (1, 2, 3))
 def test_same_padding_sizes(rng, nd, size, stride):
     """"same" gives ceil(n / stride) outputs for every input size (odd and even totals)."""
@@ -346,7 +403,7 @@ def test_same_padding_sizes(rng, nd, size, stride):
 
 @pytest.mark.parametrize("mode", R.MODES)
 @pytest.mark.parametrize("groups", ("g1", "depthwise"))
-@pytest.mark.parametrize("nd", (1, 2))
+@over_nd()
 def test_fortran_order_with_padding_modes(rng, mode, groups, nd):
     """Fortran-ordered inputs with every padding mode (np.pad keeps Fortran order), forward and backward."""
     case = dict(nd=nd, stride="1", padding="asym", dilation="1", groups=groups, mode=mode, dtype=np.float64,
@@ -368,10 +425,20 @@ EDGE_CASES = [  # (nd, x spatial, k spatial, kwargs): boundaries of the shape ru
     (2, (2, 2), (3, 3), dict(padding=((2, 0), (0, 2)), padding_mode="replicate")),
     (2, (6, 5), (2, 3), dict(padding="same", stride=(3, 2), dilation=(2, 1), padding_mode="reflect")),
     (1, (0,), (1,), dict(padding=1)),                              # empty input, padding makes room
+    (3, (3, 3, 3), (3, 3, 3), dict()),                             # output 1x1x1
+    (3, (4, 3, 5), (1, 1, 1), dict(stride=(2, 3, 2))),             # 1x1x1 kernel, strides skipping planes
+    (3, (3, 4, 3), (2, 2, 2), dict(stride=5, padding=1)),          # stride > input
+    (3, (5, 4, 6), (2, 2, 2), dict(stride=(3, 1, 4))),             # stride > kernel: unread inputs
+    (3, (1, 4, 5), (1, 2, 3), dict(padding=((0, 0), (1, 1), (2, 2)), padding_mode="circular")),  # D = 1
+    (3, (3, 2, 3), (2, 2, 2), dict(padding=(3, 2, 3), padding_mode="circular")),  # circular pad == size
+    (3, (3, 3, 4), (3, 2, 3), dict(padding=2, padding_mode="reflect")),           # reflect pad == size - 1
+    (3, (2, 3, 2), (3, 3, 3), dict(padding=((2, 0), (1, 1), (0, 2)), padding_mode="replicate")),
+    (3, (5, 4, 6), (2, 3, 2), dict(padding="same", stride=(3, 2, 1), dilation=(2, 1, 3), padding_mode="reflect")),
+    (3, (0, 2, 2), (1, 1, 1), dict(padding=1)),                    # empty input, padding makes room
 ]
 
 
-@pytest.mark.parametrize("nd, xs, ks, kw", EDGE_CASES)
+@pytest.mark.parametrize("nd, xs, ks, kw", with_nd_ids(EDGE_CASES))
 @pytest.mark.parametrize("n", (2, 0))
 def test_forward_edge_shapes(rng, nd, xs, ks, kw, n):
     x = randn(rng, (n, *xs, 2), np.float64)
@@ -387,7 +454,7 @@ def test_forward_edge_shapes(rng, nd, xs, ks, kw, n):
         assert_close(y, t, magnitude, np.float64, "vs torch")
 
 
-@pytest.mark.parametrize("nd", (1, 2))
+@over_nd()
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_forward_out(rng, nd, dtype):
     x, w, b, kw = make_conv_case(rng, dict(nd=nd, dtype=dtype, groups="g2", stride="2", padding="asym",
@@ -401,11 +468,12 @@ def test_forward_out(rng, nd, dtype):
     np.testing.assert_array_equal(again, out)   # same kernels either way
 
 
-def test_forward_bias_is_added_per_channel(rng):
-    x, w, b, kw = make_conv_case(rng, dict(nd=2, dtype=np.float64, groups="dw_mult", stride="1",
+@over_nd((2, 3))
+def test_forward_bias_is_added_per_channel(rng, nd):
+    x, w, b, kw = make_conv_case(rng, dict(nd=nd, dtype=np.float64, groups="dw_mult", stride="1",
                                            padding="int", dilation="1", mode="zeros"))
-    with_bias = nbconv.conv2d(x, w, b, **kw)
-    without = nbconv.conv2d(x, w, None, **kw)
+    with_bias = fn("conv", nd)(x, w, b, **kw)
+    without = fn("conv", nd)(x, w, None, **kw)
     np.testing.assert_allclose(with_bias - without, np.broadcast_to(b, with_bias.shape), rtol=1e-12, atol=1e-12)
 
 
@@ -417,6 +485,17 @@ def test_forward_propagates_nan_and_inf(rng):
     y = nbconv.conv2d(x, w, padding=1)
     assert np.isnan(y[0, 1:4, 1:4]).all()
     assert not np.isnan(y[0, 4, 0]).any() and np.isfinite(y[0, 4, 0]).all()
+
+
+def test_forward_propagates_nan_and_inf_3d(rng):
+    x = randn(rng, (1, 5, 4, 5, 2), np.float64)
+    w = randn(rng, (3, 3, 3, 2, 2), np.float64)
+    x[0, 2, 2, 2, 0] = np.nan
+    x[0, 0, 0, 4, 1] = np.inf
+    y = nbconv.conv3d(x, w, padding=1)
+    assert np.isnan(y[0, 1:4, 1:4, 1:4]).all()
+    assert not np.isnan(y[0, 4, 3, 0]).any() and np.isfinite(y[0, 4, 3, 0]).all()
+    assert not np.isfinite(y[0, 0:2, 0:2, 3:5]).any()      # inf * w: +-inf (or nan where signs meet)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -433,6 +512,17 @@ BACKWARD_CASES = pairwise({
     "dtype": DTYPES,
     "layout": LAYOUTS,
 }, seed=2)
+
+BACKWARD_CASES_3D = pairwise({
+    "nd": (3,),
+    "stride": tuple(STRIDES),
+    "padding": tuple(PADDINGS),
+    "dilation": tuple(DILATIONS),
+    "groups": tuple(GROUPS_3D),
+    "mode": R.MODES,
+    "dtype": DTYPES,
+    "layout": LAYOUTS,
+}, seed=32)
 
 
 def reference_grads(gy, x, w, kw):
@@ -468,7 +558,12 @@ def test_backward_pairwise(rng, case):
     run_backward_case(rng, case)
 
 
-@pytest.mark.parametrize("nd", (1, 2))
+@pytest.mark.parametrize("case", case_params(BACKWARD_CASES_3D))
+def test_backward_pairwise_3d(rng, case):
+    run_backward_case(rng, case)
+
+
+@over_nd()
 @pytest.mark.parametrize("padding", tuple(PADDINGS))
 @pytest.mark.parametrize("mode", R.MODES)
 def test_backward_padding_kind_x_mode(rng, nd, padding, mode):
@@ -477,7 +572,7 @@ def test_backward_padding_kind_x_mode(rng, nd, padding, mode):
                                 dtype=np.float64, layout="C"))
 
 
-@pytest.mark.parametrize("nd", (1, 2))
+@over_nd()
 @pytest.mark.parametrize("stride", tuple(STRIDES))
 @pytest.mark.parametrize("dilation", tuple(DILATIONS))
 @pytest.mark.parametrize("groups", tuple(GROUPS))
@@ -487,7 +582,7 @@ def test_backward_stride_x_dilation_x_groups(rng, nd, stride, dilation, groups):
                                 mode="zeros", dtype=np.float32, layout="C"))
 
 
-@pytest.mark.parametrize("nd, xs, ks, kw", EDGE_CASES)
+@pytest.mark.parametrize("nd, xs, ks, kw", with_nd_ids(EDGE_CASES))
 @pytest.mark.parametrize("n", (2, 0))
 def test_backward_edge_shapes(rng, nd, xs, ks, kw, n):
     x = randn(rng, (n, *xs, 2), np.float64)
@@ -507,7 +602,7 @@ NEEDS = [("input",), ("weight",), ("bias",), ("input", "bias"), ("weight", "inpu
 
 
 @pytest.mark.parametrize("needs", NEEDS, ids=repr)
-@pytest.mark.parametrize("nd", (1, 2))
+@over_nd()
 def test_backward_needs(rng, needs, nd):
     x, w, b, kw = make_conv_case(rng, dict(nd=nd, dtype=np.float32, groups="g2", stride="2",
                                            padding="same", dilation="1", mode="circular"))
@@ -524,14 +619,15 @@ def test_backward_needs(rng, needs, nd):
             assert got is None, name
 
 
-def test_backward_is_deterministic(rng):
-    x, w, b, kw = make_conv_case(rng, dict(nd=2, dtype=np.float32, groups="g1", stride="1",
+@over_nd((2, 3))
+def test_backward_is_deterministic(rng, nd):
+    x, w, b, kw = make_conv_case(rng, dict(nd=nd, dtype=np.float32, groups="g1", stride="1",
                                            padding="int", dilation="1", mode="zeros"), n=4)
-    gy = randn(rng, nbconv.conv2d(x, w, **kw).shape, np.float32)
-    first = nbconv.conv2d_backward(gy, x, w, **kw)
-    second = nbconv.conv2d_backward(gy, x, w, **kw)
+    gy = randn(rng, fn("conv", nd)(x, w, **kw).shape, np.float32)
+    first = getattr(nbconv, f"conv{nd}d_backward")(gy, x, w, **kw)
+    second = getattr(nbconv, f"conv{nd}d_backward")(gy, x, w, **kw)
     for a, b_ in zip(first, second):
-        np.testing.assert_array_equal(a, b_)
+        assert a.tobytes() == b_.tobytes()
 
 
 # finite differences (float64, small shapes): the gradients are those of nbconv's own forward
@@ -564,13 +660,41 @@ def test_backward_finite_differences(rng, nd, kw):
                                    err_msg=grads._fields[index])
 
 
+FD_CASES_3D = [  # x (1, 4, 3, 4, 2), w (2, 3, 2, 2 // groups, 4): every element perturbed (~300 calls)
+    dict(stride=(2, 1, 1), padding=((1, 0), (0, 1), (1, 1)), dilation=(1, 1, 2), groups=2, padding_mode="reflect"),
+    dict(stride=1, padding="same", dilation=1, groups=1, padding_mode="circular"),
+    dict(stride=2, padding="same", dilation=(1, 1, 2), groups=2, padding_mode="replicate"),
+    dict(stride=(1, 2, 1), padding=(1, 0, 2), dilation=(2, 1, 1), groups=1, padding_mode="zeros"),
+]
+
+
+@pytest.mark.parametrize("kw", FD_CASES_3D)
+def test_backward_finite_differences_3d(rng, kw):
+    x = randn(rng, (1, 4, 3, 4, 2), np.float64)
+    w = randn(rng, (2, 3, 2, 2 // kw["groups"], 4), np.float64)
+    b = randn(rng, (4,), np.float64)
+    gy = randn(rng, nbconv.conv3d(x, w, b, **kw).shape, np.float64)
+
+    def loss(x_, w_, b_):
+        return float(np.sum(nbconv.conv3d(x_, w_, b_, **kw) * gy))
+
+    grads = nbconv.conv3d_backward(gy, x, w, **kw)
+    for index, got in enumerate(grads):
+        numeric = R.finite_difference(loss, [x, w, b], index)
+        np.testing.assert_allclose(got, numeric, rtol=1e-6, atol=1e-7 * (1 + np.abs(numeric).max()),
+                                   err_msg=grads._fields[index])
+
+
 # ---------------------------------------------------------------------------------------------------
 # transposed convolution
 # ---------------------------------------------------------------------------------------------------
 
-T_PADDINGS = {"int0": {1: 0, 2: 0}, "int": {1: 1, 2: 1}, "per_dim": {1: (2,), 2: (1, 0)},
-              "asym": {1: ((2, 0),), 2: ((0, 1), (2, 1))}, "valid": {1: "valid", 2: "valid"}}
+T_X_SPATIAL = {1: (4,), 2: (4, 3), 3: (3, 4, 3)}
+T_PADDINGS = {"int0": {1: 0, 2: 0, 3: 0}, "int": {1: 1, 2: 1, 3: 1}, "per_dim": {1: (2,), 2: (1, 0), 3: (1, 0, 1)},
+              "asym": {1: ((2, 0),), 2: ((0, 1), (2, 1)), 3: ((0, 1), (2, 1), (1, 0))},
+              "valid": {1: "valid", 2: "valid", 3: "valid"}}
 T_GROUPS = {"g1": (3, 4, 1), "g2": (4, 6, 2), "depthwise": (3, 3, 3), "dw_mult": (3, 6, 3)}  # (C_in, C_out, g)
+T_GROUPS_3D = dict(T_GROUPS, cin1=(1, 4, 1), wide=(20, 17, 1))
 
 TRANSPOSE_CASES = pairwise({
     "nd": (1, 2),
@@ -584,17 +708,29 @@ TRANSPOSE_CASES = pairwise({
     "layout": LAYOUTS,
 }, seed=3)
 
+TRANSPOSE_CASES_3D = pairwise({
+    "nd": (3,),
+    "stride": tuple(STRIDES),
+    "padding": tuple(T_PADDINGS),
+    "output_padding": ("zero", "max"),
+    "dilation": tuple(DILATIONS),
+    "groups": tuple(T_GROUPS_3D),
+    "dtype": DTYPES,
+    "bias": (True, False),
+    "layout": LAYOUTS,
+}, seed=33)
+
 
 def make_transpose_case(rng, case):
     nd, dtype = case["nd"], case["dtype"]
-    c_in, c_out, groups = T_GROUPS[case["groups"]]
+    c_in, c_out, groups = T_GROUPS_3D[case["groups"]]
     stride = R._norm(STRIDES[case["stride"]][nd], nd)
     dilation = R._norm(DILATIONS[case["dilation"]][nd], nd)
     if case["output_padding"] == "max":
         output_padding = tuple(max(s, d) - 1 for s, d in zip(stride, dilation))
     else:
         output_padding = 0
-    x = randn(rng, (2,) + (4, 3)[:nd] + (c_in,), dtype)
+    x = randn(rng, (2,) + T_X_SPATIAL[nd] + (c_in,), dtype)
     w = randn(rng, K_SPATIAL[nd] + (c_out // groups, c_in), dtype)
     b = randn(rng, (c_out,), dtype) if case["bias"] else None
     kw = dict(stride=STRIDES[case["stride"]][nd], padding=T_PADDINGS[case["padding"]][nd],
@@ -629,7 +765,12 @@ def test_transpose_pairwise(rng, case):
     run_transpose_case(rng, case)
 
 
-@pytest.mark.parametrize("nd", (1, 2))
+@pytest.mark.parametrize("case", case_params(TRANSPOSE_CASES_3D))
+def test_transpose_pairwise_3d(rng, case):
+    run_transpose_case(rng, case)
+
+
+@over_nd()
 @pytest.mark.parametrize("stride", tuple(STRIDES))
 @pytest.mark.parametrize("dilation", tuple(DILATIONS))
 @pytest.mark.parametrize("output_padding", ("zero", "max"))
@@ -638,7 +779,7 @@ def test_transpose_stride_x_dilation_x_output_padding(rng, nd, stride, dilation,
                                  dilation=dilation, groups="g2", dtype=np.float64, bias=True, layout="C"))
 
 
-@pytest.mark.parametrize("nd", (1, 2))
+@over_nd()
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_transpose_out(rng, nd, dtype):
     x, w, b, kw = make_transpose_case(rng, dict(nd=nd, dtype=dtype, groups="g2", stride="2", padding="int",
@@ -654,10 +795,12 @@ ADJOINT_CASES = [
     (2, (7, 8), (3, 2), dict(stride=(2, 3), padding=1, dilation=(1, 2), groups=2)),
     (2, (6, 5), (2, 3), dict(stride=3, padding=((2, 0), (0, 1)), dilation=1, groups=4)),
     (2, (5, 5), (3, 3), dict(stride=1, padding=0, dilation=2, groups=1)),
+    (3, (5, 4, 6), (2, 3, 2), dict(stride=(2, 1, 3), padding=((1, 0), (0, 2), (1, 1)), dilation=(1, 2, 1), groups=2)),
+    (3, (4, 4, 3), (3, 2, 2), dict(stride=2, padding=1, dilation=(2, 1, 1), groups=4)),
 ]
 
 
-@pytest.mark.parametrize("nd, xs, ks, kw", ADJOINT_CASES)
+@pytest.mark.parametrize("nd, xs, ks, kw", with_nd_ids(ADJOINT_CASES))
 def test_transpose_is_adjoint_of_conv(rng, nd, xs, ks, kw):
     """<conv(x, w), y> == <x, conv_transpose(y, w)> with the same weight tensor (zeros padding)."""
     groups = kw["groups"]
@@ -677,6 +820,28 @@ def test_transpose_is_adjoint_of_conv(rng, nd, xs, ks, kw):
     assert abs(lhs - rhs) <= 1e-11 * (np.abs(cx).sum() * np.abs(y).max() + 1)
 
 
+@over_nd()
+def test_reference_transpose_grads_match_torch(rng, nd):
+    """The oracle itself: R.conv_transpose_grads (used by test_fuzz for the tape's gradients) against
+    torch's autograd through conv_transpose, asymmetric pads cropped from an unpadded result."""
+    stride, dilation, op = (2, 1, 3)[:nd], (1, 2, 1)[:nd], (1, 1, 2)[:nd]
+    pads = ((1, 0), (0, 2), (2, 1))[:nd]
+    x = randn(rng, (2,) + (3, 4, 2)[:nd] + (4,), np.float64)
+    w = randn(rng, (2, 3, 2)[:nd] + (3, 4), np.float64)      # groups=2: C_out = 6
+    tx, tw = t_act(x, True), t_weight(w, True)
+    convt = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[nd - 1]
+    ty = convt(tx, tw, None, stride=stride, output_padding=op, dilation=dilation, groups=2)
+    ty = ty[(slice(None), slice(None)) + tuple(slice(b, n - a) for (b, a), n in zip(pads, ty.shape[2:]))]
+    args = dict(stride=stride, pads=pads, output_padding=op, dilation=dilation, groups=2)
+    np.testing.assert_allclose(n_act(ty), R.conv_transpose(x, w, None, **args), rtol=1e-12, atol=1e-12)
+    gy = randn(rng, tuple(n_act(ty).shape), np.float64)
+    ty.backward(t_act(gy))
+    gx, gw, gb = R.conv_transpose_grads(gy, x, w, **args)
+    np.testing.assert_allclose(gx, n_act(tx.grad), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gw, n_weight(tw.grad), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(gb, gy.reshape(-1, 6).sum(axis=0), rtol=1e-12, atol=1e-12)
+
+
 # ---------------------------------------------------------------------------------------------------
 # shapes past the kernels' blocking: > 16 output channels (several channel blocks and a partial one),
 # rows wider than the 5-pixel tile, more output pixels than the weight gradient's chunks and slots
@@ -689,11 +854,17 @@ MEDIUM_CASES = [  # (nd, x shape, w shape, kwargs)
     (2, (2, 9, 14, 17), (2, 3, 1, 17), dict(groups=17, stride=2, padding_mode="circular", padding=1)),
     (2, (3, 30, 30, 3), (3, 3, 3, 5), dict(padding=1, padding_mode="replicate")),
     (1, (2, 300, 5), (5, 5, 18), dict(dilation=2, stride=3, padding="same")),
+    # 3-D: > 16 channels both ways, a grouped 16+ channels-per-group layer, depthwise 17 with multiplier 2
+    # and C_in = 1; rows (W) wider than a tile, so tiles span row and plane ends
+    (3, (2, 4, 5, 11, 20), (3, 3, 3, 20, 33), dict(padding=1)),
+    (3, (1, 5, 6, 7, 34), (2, 3, 3, 17, 18), dict(groups=2, stride=(1, 2, 2), padding="same", padding_mode="reflect")),
+    (3, (2, 4, 6, 9, 17), (2, 3, 3, 1, 34), dict(groups=17, stride=2, padding=1, padding_mode="circular")),
+    (3, (2, 5, 6, 8, 1), (3, 3, 3, 1, 18), dict(padding="same", dilation=(1, 2, 1), padding_mode="replicate")),
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("nd, xs, ws, kw", MEDIUM_CASES)
+@pytest.mark.parametrize("nd, xs, ws, kw", with_nd_ids(MEDIUM_CASES))
 def test_medium_shapes(rng, dtype, nd, xs, ws, kw):
     kw = dict(dict(stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros"), **kw)
     x, w, b = randn(rng, xs, dtype), randn(rng, ws, dtype), randn(rng, ws[-1:], dtype)
@@ -713,6 +884,18 @@ def test_medium_shapes(rng, dtype, nd, xs, ws, kw):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_medium_transpose_3d(rng, dtype):
+    x = randn(rng, (2, 4, 5, 7, 20), dtype)
+    w = randn(rng, (3, 2, 3, 17, 20), dtype)
+    b = randn(rng, (17,), dtype)
+    kw = dict(stride=(1, 2, 2), padding=(1, 0, 1), output_padding=(0, 1, 1), dilation=1, groups=1)
+    y = nbconv.conv_transpose3d(x, w, b, **kw)
+    expected, magnitude = reference_transpose(x, w, b, kw)
+    assert_close(y, expected, magnitude, dtype, "vs reference")
+    assert_close(y, torch_conv_transpose(x, w, b, **kw), magnitude, dtype, "vs torch")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_medium_transpose(rng, dtype):
     x = randn(rng, (2, 9, 10, 20), dtype)
     w = randn(rng, (3, 3, 17, 20), dtype)
@@ -725,6 +908,78 @@ def test_medium_transpose(rng, dtype):
 
 
 # ---------------------------------------------------------------------------------------------------
+# 3-D determinism: bitwise identical across calls and across numba thread counts (1 vs 2). Every call
+# is above the kernels' serial threshold (2**18 multiply-adds, nbconv._jit.SERIAL_BELOW) so that 2
+# threads really split it.
+# ---------------------------------------------------------------------------------------------------
+
+def workload_3d():
+    """name -> zero-argument call returning a tuple of arrays (forward, the three gradients and the
+    transposed convolution on dense, grouped and depthwise 3-D problems, float32 and float64)."""
+    rng = np.random.default_rng(33)
+    f32, f64 = np.float32, np.float64
+    x = randn(rng, (2, 6, 8, 9, 16), f32)
+    w = randn(rng, (3, 3, 3, 16, 20), f32)
+    b = randn(rng, (20,), f32)
+    dense = dict(padding=1)
+    gy = randn(rng, (2, 6, 8, 9, 20), f32)
+    xg = randn(rng, (2, 8, 12, 12, 12), f64)
+    wg = randn(rng, (3, 2, 3, 4, 18), f64)         # 3 groups of 4 -> 6
+    grouped = dict(stride=(1, 2, 2), padding="same", groups=3, padding_mode="reflect", dilation=(2, 1, 1))
+    gyg = randn(rng, nbconv.conv3d(xg, wg, **grouped).shape, f64)
+    xd = randn(rng, (2, 6, 8, 9, 16), f32)
+    wd = randn(rng, (3, 3, 3, 1, 32), f32)         # depthwise, multiplier 2
+    depthwise = dict(padding=((1, 1), (2, 0), (0, 2)), groups=16, padding_mode="circular")
+    gyd = randn(rng, nbconv.conv3d(xd, wd, **depthwise).shape, f32)
+    return {
+        "forward": lambda: (nbconv.conv3d(x, w, b, **dense),),
+        "backward": lambda: tuple(nbconv.conv3d_backward(gy, x, w, **dense)),
+        "grouped_forward": lambda: (nbconv.conv3d(xg, wg, None, **grouped),),
+        "grouped_backward": lambda: tuple(nbconv.conv3d_backward(gyg, xg, wg, **grouped)),
+        "depthwise_forward": lambda: (nbconv.conv3d(xd, wd, None, **depthwise),),
+        "depthwise_backward": lambda: tuple(nbconv.conv3d_backward(gyd, xd, wd, **depthwise)),
+        "transpose": lambda: (nbconv.conv_transpose3d(x, np.ascontiguousarray(np.swapaxes(w, -1, -2)), None,
+                                                      stride=2, padding=1, output_padding=1),),
+        "depthwise_transpose": lambda: (nbconv.conv_transpose3d(xd, np.ascontiguousarray(wd[..., ::2]), None,
+                                                                stride=(1, 2, 2), groups=16),),
+    }
+
+
+def run_workload(calls):
+    out = {}
+    for name, call in calls.items():
+        out[name] = call()
+        assert all(isinstance(a, np.ndarray) and a.size and np.isfinite(a).all() for a in out[name]), name
+    return out
+
+
+def assert_bitwise(got, want, what):
+    assert got.keys() == want.keys()
+    for name in want:
+        assert len(got[name]) == len(want[name])
+        for i, (g, e) in enumerate(zip(got[name], want[name])):
+            assert g.dtype == e.dtype and g.shape == e.shape, (what, name, i)
+            assert g.tobytes() == e.tobytes(), f"{what}: {name}[{i}] differs"
+
+
+def test_3d_bitwise_identical_across_calls_and_thread_counts():
+    numba = pytest.importorskip("numba")
+    calls = workload_3d()
+    saved = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        single = run_workload(calls)
+        assert_bitwise(run_workload(calls), single, "second call, 1 thread")
+        if numba.config.NUMBA_NUM_THREADS >= 2:
+            numba.set_num_threads(2)
+            assert_bitwise(run_workload(calls), single, "2 threads vs 1")
+            assert_bitwise(run_workload(calls), single, "2 threads again vs 1")
+    finally:
+        numba.set_num_threads(saved)
+    assert numba.get_num_threads() == saved
+
+
+# ---------------------------------------------------------------------------------------------------
 # random configurations (hypothesis, derandomized): sizes and parameters the grids do not pick
 # ---------------------------------------------------------------------------------------------------
 
@@ -733,15 +988,15 @@ st = hypothesis.strategies
 
 
 @st.composite
-def conv_configs(draw):
-    nd = draw(st.sampled_from((1, 2)))
+def conv_configs(draw, nds=(1, 2), max_size=8):
+    nd = draw(st.sampled_from(nds))
     groups = draw(st.sampled_from((1, 1, 2, 3)))
     cg_in, cg_out = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     ks = tuple(draw(st.integers(1, 4)) for _ in range(nd))
     stride = tuple(draw(st.integers(1, 3)) for _ in range(nd))
     dilation = tuple(draw(st.integers(1, 3)) for _ in range(nd))
     mode = draw(st.sampled_from(R.MODES))
-    xs = tuple(draw(st.integers(1, 8)) for _ in range(nd))
+    xs = tuple(draw(st.integers(1, max_size)) for _ in range(nd))
     if draw(st.booleans()):
         padding = "same"
     else:
@@ -762,6 +1017,17 @@ def conv_configs(draw):
                      suppress_health_check=list(hypothesis.HealthCheck))
 @hypothesis.given(conv_configs())
 def test_random_configurations(cfg):
+    check_random_configuration(cfg)
+
+
+@hypothesis.settings(max_examples=15, deadline=None, derandomize=True, database=None,
+                     suppress_health_check=list(hypothesis.HealthCheck))
+@hypothesis.given(conv_configs(nds=(3,), max_size=5))
+def test_random_configurations_3d(cfg):
+    check_random_configuration(cfg)
+
+
+def check_random_configuration(cfg):
     rng = np.random.default_rng(cfg["seed"])
     nd, dtype, kw = cfg["nd"], cfg["dtype"], cfg["kw"]
     x = randn(rng, (cfg["n"], *cfg["xs"], cfg["c_in"]), dtype)

@@ -428,3 +428,346 @@ def test_nothing_is_written_to_out_before_a_late_error():
     out = np.full(GY2.shape, 3.0)
     check_raises(ValueError, r"bias must have shape", nbconv.conv2d, X2, W2, ones(5), groups=2, out=out)
     assert (out == 3.0).all()
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3-D: the same battery for conv3d, conv3d_backward and conv_transpose3d
+# ---------------------------------------------------------------------------------------------------
+
+X3, W3 = ones(2, 5, 4, 6, 4), ones(2, 3, 2, 2, 6)    # conv3d, groups=2
+GY3 = ones(2, 4, 2, 5, 6)                            # its output
+WT3 = ones(2, 2, 3, 3, 4)                            # conv_transpose3d of X3 (C_out = 3 * 2), groups=2
+YT3 = (2, 6, 5, 8, 6)                                # its output shape
+CALLS_3D = {"conv3d": (X3, W3), "conv3d_backward": (GY3, X3, W3), "conv_transpose3d": (X3, WT3)}
+
+
+def test_the_valid_3d_calls_are_valid():
+    assert nbconv.conv3d(X3, W3, ones(6), groups=2).shape == GY3.shape
+    grads = nbconv.conv3d_backward(GY3, X3, W3, groups=2)
+    assert (grads.input.shape, grads.weight.shape, grads.bias.shape) == (X3.shape, W3.shape, (6,))
+    assert nbconv.conv_transpose3d(X3, WT3, ones(6), groups=2).shape == YT3
+
+
+@pytest.mark.parametrize("func, args, match", [
+    (nbconv.conv3d, (ones(2, 5, 4, 4), W3), r"x must be 5-D .*\(N, D, H, W, C\).*\(2, 5, 4, 4\)"),
+    (nbconv.conv3d, (ones(1, 2, 5, 4, 6, 4), W3), r"x must be 5-D .*\(1, 2, 5, 4, 6, 4\)"),
+    (nbconv.conv3d, (X3, ones(3, 2, 2, 6)), r"w must be 5-D .*\(KD, KH, KW, C_in // groups, C_out\).*\(3, 2, 2, 6\)"),
+    (nbconv.conv3d, (X3, ones(1, 2, 3, 2, 2, 6)), r"w must be 5-D .*\(1, 2, 3, 2, 2, 6\)"),
+    (nbconv.conv2d, (X3, W2), r"x must be 4-D .*\(2, 5, 4, 6, 4\)"),
+    (nbconv.conv2d, (X2, W3), r"w must be 4-D .*\(2, 3, 2, 2, 6\)"),
+    (nbconv.conv3d_backward, (ones(2, 4, 2, 6), X3, W3), r"grad_out must be 5-D .*\(2, 4, 2, 6\)"),
+    (nbconv.conv3d_backward, (GY3, ones(2, 5, 4, 4), W3), r"x must be 5-D .*\(2, 5, 4, 4\)"),
+    (nbconv.conv3d_backward, (GY3, X3, ones(2, 3, 2, 6)), r"w must be 5-D"),
+    (nbconv.conv_transpose3d, (ones(2, 5, 4, 4), WT3), r"x must be 5-D .*\(N, D, H, W, C\)"),
+    (nbconv.conv_transpose3d, (X3, ones(2, 3, 3, 4)), r"w must be 5-D .*\(KD, KH, KW, C_out // groups, C_in\)"),
+])
+def test_wrong_ndim_3d(func, args, match):
+    check_raises(ValueError, match, func, *args, groups=2)
+
+
+@pytest.mark.parametrize("func, args, kwargs, match", [
+    (nbconv.conv3d, (ones(2, 5, 4, 6, 6), W3), dict(groups=2), r"x has 6 channels but w expects C_in // groups = 2"),
+    (nbconv.conv3d, (X3, ones(2, 3, 2, 3, 6)), dict(),
+     r"x has 4 channels but w expects C_in // groups = 3 with groups=1"),
+    (nbconv.conv3d_backward, (GY3, X3, ones(2, 3, 2, 4, 6)), dict(groups=2),
+     r"x has 4 channels .*w.shape=\(2, 3, 2, 4, 6\)"),
+    (nbconv.conv_transpose3d, (X3, ones(2, 2, 3, 3, 5)), dict(groups=2), r"x has 4 channels but w expects C_in = 5"),
+])
+def test_channel_mismatch_3d(func, args, kwargs, match):
+    check_raises(ValueError, match, func, *args, **kwargs)
+
+
+@pytest.mark.parametrize("func, args, kwargs, match", [
+    (nbconv.conv3d, (X3, ones(2, 3, 2, 1, 6)), dict(groups=3), r"groups=3 does not divide the 4 channels of x"),
+    (nbconv.conv3d, (X3, ones(2, 3, 2, 2, 5)), dict(groups=2), r"groups=2 does not divide the 5 output channels of w"),
+    (nbconv.conv3d_backward, (ones(2, 4, 2, 5, 5), X3, ones(2, 3, 2, 2, 5)), dict(groups=2),
+     r"groups=2 does not divide the 5 output channels of w"),
+    (nbconv.conv_transpose3d, (X3, ones(2, 2, 3, 3, 4)), dict(groups=3),
+     r"groups=3 does not divide the 4 channels of x"),
+])
+def test_groups_not_dividing_3d(func, args, kwargs, match):
+    check_raises(ValueError, match, func, *args, **kwargs)
+
+
+@pytest.mark.parametrize("name, value", [("stride", 0), ("stride", (1, 1, 0)), ("dilation", -1),
+                                         ("dilation", (1, -2, 1)), ("groups", 0)])
+@pytest.mark.parametrize("func", list(CALLS_3D))
+def test_non_positive_parameters_3d(name, value, func):
+    kwargs = dict(groups=2)
+    kwargs[name] = value
+    check_raises(ValueError, rf"{name} must be >= 1, got {re.escape(repr(value))}", getattr(nbconv, func),
+                 *CALLS_3D[func], **kwargs)
+
+
+@pytest.mark.parametrize("name, value", [("stride", 1.0), ("stride", (1, 1, 1.5)), ("dilation", "2"),
+                                         ("groups", 2.0), ("dilation", (1, True, 1))])
+@pytest.mark.parametrize("func", list(CALLS_3D))
+def test_non_integer_parameters_3d(name, value, func):
+    kwargs = dict(groups=2)
+    kwargs[name] = value
+    check_raises(TypeError, rf"^{name} must ", getattr(nbconv, func), *CALLS_3D[func], **kwargs)
+
+
+@pytest.mark.parametrize("padding", [-1, (1, -1, 0), ((0, 1), (0, 0), (-1, 0))])
+@pytest.mark.parametrize("func", list(CALLS_3D))
+def test_negative_padding_3d(padding, func):
+    check_raises(ValueError, r"padding must be non-negative, got " + re.escape(repr(padding)),
+                 getattr(nbconv, func), *CALLS_3D[func], padding=padding, groups=2)
+
+
+@pytest.mark.parametrize("func, name, value, match", [
+    ("conv3d", "stride", (1, 1), r"stride must be an int or 3 ints .*\(1, 1\)"),
+    ("conv3d", "stride", (1, 1, 1, 1), r"stride must be an int or 3 ints"),
+    ("conv3d", "dilation", [1, 1], r"dilation must be an int or 3 ints"),
+    ("conv3d", "padding", (1, 2), r"padding must be an int, 3 ints, 3 \(before, after\) pairs.*\(1, 2\)"),
+    ("conv3d", "padding", (1, 2, 3, 4), r"padding must be an int, 3 ints, 3 \(before, after\) pairs"),
+    ("conv3d", "padding", ((1, 2), (1, 2)), r"padding must be an int, 3 ints, 3 \(before, after\) pairs"),
+    ("conv3d", "padding", ((1, 2, 3), (1, 1), (0, 0)), r"padding entries must be ints or \(before, after\) pairs"),
+    ("conv3d", "padding", ((1,), (1, 1), (0, 0)), r"padding entries must be ints or \(before, after\) pairs"),
+    ("conv3d_backward", "dilation", (1, 1), r"dilation must be an int or 3 ints"),
+    ("conv3d_backward", "padding", ((0, 0),), r"padding must be an int, 3 ints, 3 \(before, after\) pairs"),
+    ("conv_transpose3d", "output_padding", (0, 0), r"output_padding must be an int or 3 ints"),
+    ("conv_transpose3d", "stride", (1, 1), r"stride must be an int or 3 ints"),
+    ("conv_transpose3d", "padding", (1, 1), r"padding must be an int, 3 ints, 3 \(before, after\) pairs"),
+])
+def test_wrong_length_tuples_3d(func, name, value, match):
+    check_raises(ValueError, match, getattr(nbconv, func), *CALLS_3D[func], groups=2, **{name: value})
+
+
+@pytest.mark.parametrize("padding", ["full", "SAME", "causal"])
+@pytest.mark.parametrize("func", ["conv3d", "conv3d_backward"])
+def test_unknown_padding_string_3d(padding, func):
+    check_raises(ValueError, r"padding must be 'same', 'valid'.*" + repr(padding), getattr(nbconv, func),
+                 *CALLS_3D[func], groups=2, padding=padding)
+
+
+@pytest.mark.parametrize("padding", [None, 1.5, np.array([1, 1, 1])])
+def test_padding_of_the_wrong_type_3d(padding):
+    check_raises(TypeError, r"^padding must be an int, a tuple, 'same' or 'valid'", nbconv.conv3d, X3, W3,
+                 groups=2, padding=padding)
+
+
+def test_transposed_3d_rejects_same_and_padding_mode():
+    check_raises(ValueError, r"padding for a transposed convolution must be 'valid', an int or a tuple, got 'same'",
+                 nbconv.conv_transpose3d, X3, WT3, groups=2, padding="same")
+    with pytest.raises(TypeError, match="padding_mode"):
+        nbconv.conv_transpose3d(X3, WT3, groups=2, padding_mode="zeros")
+
+
+@pytest.mark.parametrize("mode", ["Reflect", "constant", "wrap", None])
+@pytest.mark.parametrize("func", ["conv3d", "conv3d_backward"])
+def test_unknown_padding_mode_3d(mode, func):
+    check_raises(ValueError, r"padding_mode must be one of \('zeros', 'reflect', 'replicate', 'circular'\), got "
+                 + re.escape(repr(mode)), getattr(nbconv, func), *CALLS_3D[func], groups=2, padding_mode=mode)
+
+
+@pytest.mark.parametrize("mode, padding, match", [
+    ("reflect", 4, r"reflect padding \(4, 4\) must be smaller than the input size 4 in spatial dim 0 "
+                   r".*x.shape=\(1, 4, 5, 6, 2\)"),
+    ("reflect", ((0, 0), (5, 0), (0, 0)),
+     r"reflect padding \(5, 0\) must be smaller than the input size 5 in spatial dim 1"),
+    ("reflect", ((0, 0), (0, 0), (1, 6)),
+     r"reflect padding \(1, 6\) must be smaller than the input size 6 in spatial dim 2"),
+    ("reflect", "same", r"reflect padding \(\d, \d\) must be smaller than the input size 4 in spatial dim 0"),
+    ("circular", 5, r"circular padding \(5, 5\) must not exceed the input size 4 in spatial dim 0"),
+    ("circular", ((0, 0), (0, 0), (0, 7)),
+     r"circular padding \(0, 7\) must not exceed the input size 6 in spatial dim 2"),
+])
+def test_padding_mode_too_wide_3d(mode, padding, match):
+    x, w = ones(1, 4, 5, 6, 2), ones(3, 3, 3, 2, 2)
+    kwargs = dict(padding=padding, padding_mode=mode, dilation=(5, 1, 1) if padding == "same" else 1)
+    check_raises(ValueError, match, nbconv.conv3d, x, w, **kwargs)
+    check_raises(ValueError, match, nbconv.conv3d_backward, ones(1, 1, 1, 1, 2), x, w, **kwargs)
+
+
+def test_padding_mode_limits_3d():
+    """reflect: pad == size - 1 is accepted; circular: pad == size; replicate: any width (as PyTorch)."""
+    x, w = ones(1, 3, 4, 2, 1), ones(1, 1, 1, 1, 1)
+    assert nbconv.conv3d(x, w, padding=((2, 2), (3, 0), (0, 1)), padding_mode="reflect").shape == (1, 7, 7, 3, 1)
+    assert nbconv.conv3d(x, w, padding=((3, 3), (0, 4), (2, 2)), padding_mode="circular").shape == (1, 9, 8, 6, 1)
+    assert nbconv.conv3d(x, w, padding=9, padding_mode="replicate").shape == (1, 21, 22, 20, 1)
+    check_raises(ValueError, r"replicate padding needs a non-empty input, got x.shape=\(1, 2, 0, 2, 1\)",
+                 nbconv.conv3d, ones(1, 2, 0, 2, 1), ones(1, 1, 1, 1, 1), padding=1, padding_mode="replicate")
+
+
+@pytest.mark.parametrize("x_shape, w_shape, kwargs, dim", [
+    ((1, 4, 5, 6, 2), (5, 1, 1, 2, 3), dict(), 0),                        # kernel deeper than the input
+    ((1, 4, 5, 6, 2), (1, 1, 7, 2, 3), dict(padding=((0, 0), (0, 0), (0, 0))), 2),
+    ((1, 4, 5, 6, 2), (1, 3, 1, 2, 3), dict(dilation=(1, 3, 1)), 1),      # dilated extent 7 > 5
+    ((1, 4, 5, 6, 2), (2, 2, 3, 2, 3), dict(dilation=(1, 1, 4), padding=(0, 0, 1)), 2),   # extent 9 > 6 + 2
+    ((1, 4, 2, 6, 2), (1, 3, 1, 2, 3), dict(padding="valid"), 1),
+])
+def test_kernel_larger_than_padded_input_3d(x_shape, w_shape, kwargs, dim):
+    x, w = ones(*x_shape), ones(*w_shape)
+    match = rf"kernel of size {w_shape[dim]} .* larger than the padded input size .* spatial dim {dim} .*w.shape="
+    check_raises(ValueError, match, nbconv.conv3d, x, w, **kwargs)
+    check_raises(ValueError, match, nbconv.conv3d_backward, ones(1, 1, 1, 1, 3), x, w, **kwargs)
+
+
+UNSUPPORTED_3D = [np.int32, np.int64, np.bool_, np.complex128, object]   # float16 is a storage type per the API
+
+
+@pytest.mark.parametrize("dtype", UNSUPPORTED_3D)
+@pytest.mark.parametrize("which", ["x", "w", "bias"])
+def test_unsupported_dtypes_3d(dtype, which):
+    arrays = dict(x=X3, w=W3, bias=ones(6))
+    arrays[which] = arrays[which].astype(dtype)
+    check_raises(TypeError, rf"{which} has dtype {np.dtype(dtype)}; ", nbconv.conv3d, arrays["x"], arrays["w"],
+                 arrays["bias"], groups=2)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.complex128])
+def test_unsupported_dtypes_backward_and_transpose_3d(dtype):
+    name = np.dtype(dtype).name
+    check_raises(TypeError, rf"grad_out has dtype {name}; ", nbconv.conv3d_backward, GY3.astype(dtype), X3, W3,
+                 groups=2)
+    check_raises(TypeError, rf"x has dtype {name}; ", nbconv.conv3d_backward, GY3, X3.astype(dtype), W3, groups=2)
+    check_raises(TypeError, rf"w has dtype {name}; ", nbconv.conv3d_backward, GY3, X3, W3.astype(dtype), groups=2)
+    check_raises(TypeError, rf"x has dtype {name}; ", nbconv.conv_transpose3d, X3.astype(dtype), WT3, groups=2)
+    check_raises(TypeError, rf"w has dtype {name}; ", nbconv.conv_transpose3d, X3, WT3.astype(dtype), groups=2)
+
+
+@pytest.mark.parametrize("func, args, match", [
+    ("conv3d", (X3, W3.astype(F32)), r"w has dtype float32 but x has dtype float64; all arrays must share one dtype"),
+    ("conv3d", (X3.astype(F32), W3), r"w has dtype float64 but x has dtype float32"),
+    ("conv3d", (X3, W3, ones(6, dtype=F32)), r"bias has dtype float32 but x has dtype float64"),
+    ("conv3d_backward", (GY3.astype(F32), X3, W3), r"x has dtype float64 but grad_out has dtype float32"),
+    ("conv3d_backward", (GY3, X3, W3.astype(F32)), r"w has dtype float32 but grad_out has dtype float64"),
+    ("conv_transpose3d", (X3, WT3.astype(F32)), r"w has dtype float32 but x has dtype float64"),
+    ("conv_transpose3d", (X3, WT3, ones(6, dtype=F32)), r"bias has dtype float32 but x has dtype float64"),
+])
+def test_dtype_mismatch_3d(func, args, match):
+    check_raises(TypeError, match, getattr(nbconv, func), *args, groups=2)
+
+
+@pytest.mark.parametrize("func, args, which", [
+    ("conv3d", (X3.tolist(), W3), "x"),
+    ("conv3d", (X3, W3.tolist()), "w"),
+    ("conv3d", (X3, W3, [1.0] * 6), "bias"),
+    ("conv3d_backward", (GY3.tolist(), X3, W3), "grad_out"),
+    ("conv_transpose3d", (X3, WT3.tolist()), "w"),
+])
+def test_non_array_inputs_3d(func, args, which):
+    check_raises(TypeError, rf"^{which} must be a NumPy array or a CUDA device array, got \w+",
+                 getattr(nbconv, func), *args, groups=2)
+
+
+@pytest.mark.parametrize("func, args, bias, match", [
+    ("conv3d", (X3, W3), ones(4), r"bias must have shape \(6,\) \(C_out\), got \(4,\)"),
+    ("conv3d", (X3, W3), ones(1, 6), r"bias must have shape \(6,\) \(C_out\), got \(1, 6\)"),
+    ("conv_transpose3d", (X3, WT3), ones(3), r"bias must have shape \(6,\) \(C_out\), got \(3,\)"),
+])
+def test_wrong_bias_shape_3d(func, args, bias, match):
+    check_raises(ValueError, match, getattr(nbconv, func), *args, bias, groups=2)
+
+
+def _bad_outs_3d():
+    shape = GY3.shape
+    readonly = np.zeros(shape)
+    readonly.setflags(write=False)
+    return [
+        ("shape", np.zeros((2, 4, 2, 5, 5)), ValueError,
+         r"out has shape \(2, 4, 2, 5, 5\) but the result has shape \(2, 4, 2, 5, 6\)"),
+        ("shape 4-D", np.zeros((2, 8, 5, 6)), ValueError, r"out has shape \(2, 8, 5, 6\)"),
+        ("dtype", np.zeros(shape, np.float32), TypeError, r"out has dtype float32 but x has dtype float64"),
+        ("int dtype", np.zeros(shape, np.int64), TypeError, r"out has dtype int64; "),
+        ("fortran", np.zeros(shape, order="F"), ValueError, r"out must be C-contiguous \(out.strides="),
+        ("strided", np.zeros((2, 4, 2, 5, 12))[..., ::2], ValueError, r"out must be C-contiguous"),
+        ("negative", np.zeros(shape)[:, ::-1], ValueError, r"out must be C-contiguous"),
+        ("readonly", readonly, ValueError, r"out must be writeable"),
+        ("list", np.zeros(shape).tolist(), TypeError, r"out must be a NumPy array"),
+    ]
+
+
+@pytest.mark.parametrize("label, out, exc, match", _bad_outs_3d(), ids=[c[0] for c in _bad_outs_3d()])
+def test_bad_out_3d(label, out, exc, match):
+    if isinstance(out, np.ndarray) and out.flags.writeable:
+        out[...] = 7.0           # sentinel: a failed call must not write to out
+    check_raises(exc, match, nbconv.conv3d, X3, W3, groups=2, out=out)
+
+
+def test_bad_out_transpose_3d():
+    check_raises(ValueError, r"out has shape \(2, 6, 5, 8, 5\) but the result has shape \(2, 6, 5, 8, 6\)",
+                 nbconv.conv_transpose3d, X3, WT3, groups=2, out=np.zeros((2, 6, 5, 8, 5)))
+    check_raises(ValueError, r"out must be C-contiguous", nbconv.conv_transpose3d, X3, WT3, groups=2,
+                 out=np.zeros(YT3, order="F"))
+    check_raises(TypeError, r"out has dtype float32", nbconv.conv_transpose3d, X3, WT3, groups=2,
+                 out=np.zeros(YT3, np.float32))
+
+
+def test_out_overlapping_an_input_3d():
+    x = np.arange(2 * 3 * 4 * 5 * 4, dtype=F64).reshape(2, 3, 4, 5, 4)
+    w = np.eye(4).reshape(1, 1, 1, 4, 4)
+    check_raises(ValueError, r"out overlaps x", nbconv.conv3d, x, w, out=x)
+    buf = np.zeros(x.size)
+    out = buf.reshape(x.shape)
+    check_raises(ValueError, r"out overlaps bias", nbconv.conv3d, x, w, buf[:4], out=out)
+    check_raises(ValueError, r"out overlaps w", nbconv.conv3d, x, buf[:16].reshape(1, 1, 1, 4, 4), out=out)
+    check_raises(ValueError, r"out overlaps x", nbconv.conv_transpose3d, x, w, out=x)
+
+
+@pytest.mark.parametrize("bad_shape, expected", [
+    ((2, 4, 2, 6, 6), (2, 4, 2, 5, 6)),
+    ((1, 4, 2, 5, 6), (2, 4, 2, 5, 6)),
+    ((2, 4, 2, 5, 3), (2, 4, 2, 5, 6)),
+    ((2, 2, 4, 5, 6), (2, 4, 2, 5, 6)),
+])
+def test_wrong_grad_out_shape_3d(bad_shape, expected):
+    match = (rf"grad_out has shape {re.escape(str(bad_shape))} but the convolution's output has shape "
+             rf"{re.escape(str(expected))}")
+    check_raises(ValueError, match, nbconv.conv3d_backward, ones(*bad_shape), X3, W3, groups=2)
+    check_raises(ValueError, r"grad_out has shape \(2, 4, 2, 5, 6\) but the convolution's output has shape "
+                 r"\(2, 3, 2, 4, 6\)", nbconv.conv3d_backward, GY3, X3, W3, groups=2, stride=2, padding=1)
+
+
+@pytest.mark.parametrize("needs, exc, match", [
+    (("input", "grad"), ValueError, r"needs may only contain \('input', 'weight', 'bias'\), got \('input', 'grad'\)"),
+    ("inputs", ValueError, r"needs may only contain"),
+    ((None,), ValueError, r"needs may only contain"),
+    (None, TypeError, r"needs must be a tuple of names from"),
+    (5, TypeError, r"needs must be a tuple of names from .* got 5"),
+])
+def test_bad_needs_3d(needs, exc, match):
+    check_raises(exc, match, nbconv.conv3d_backward, GY3, X3, W3, groups=2, needs=needs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(output_padding=1), r"output_padding \(1, 1, 1\) must be smaller than max\(stride, dilation\) = 1 "
+                             r"in spatial dim 0"),
+    (dict(output_padding=2, stride=2), r"output_padding \(2, 2, 2\) must be smaller than max\(stride, dilation\) = 2"),
+    (dict(output_padding=(0, 0, 2), stride=(3, 3, 2)), r"output_padding \(0, 0, 2\) .* = 2 in spatial dim 2"),
+    (dict(output_padding=(0, 2, 0), dilation=(1, 2, 3)), r"output_padding \(0, 2, 0\) .* = 2 in spatial dim 1"),
+])
+def test_output_padding_too_large_3d(kwargs, match):
+    check_raises(ValueError, match, nbconv.conv_transpose3d, X3, WT3, groups=2, **kwargs)
+
+
+def test_output_padding_limits_3d():
+    y = nbconv.conv_transpose3d(X3, WT3, groups=2, stride=(3, 1, 2), dilation=(1, 2, 1), output_padding=(2, 1, 1))
+    # (in - 1) * stride + dilation * (k - 1) + output_padding + 1 per dim
+    assert y.shape == (2, (5 - 1) * 3 + 1 * (2 - 1) + 2 + 1, (4 - 1) * 1 + 2 * (2 - 1) + 1 + 1,
+                       (6 - 1) * 2 + 1 * (3 - 1) + 1 + 1, 6)
+    check_raises(ValueError, r"output_padding must be >= 0, got -1", nbconv.conv_transpose3d, X3, WT3, groups=2,
+                 stride=2, output_padding=-1)
+
+
+def test_transposed_output_would_be_empty_3d():
+    check_raises(ValueError, r"transposed convolution output size would be -2 in spatial dim 2 .*padding=\(5, 5\)",
+                 nbconv.conv_transpose3d, X3, WT3, groups=2, padding=(0, 0, 5))
+    check_raises(ValueError, r"transposed convolution output size would be 0 in spatial dim 1",
+                 nbconv.conv_transpose3d, ones(1, 1, 1, 1, 2), ones(1, 1, 1, 1, 2), padding=((0, 0), (1, 0), (0, 0)))
+
+
+@pytest.mark.parametrize("x, w, match", [
+    (ones(2, 3, 5, 5, 0), ones(1, 3, 3, 0, 6), r"channel counts must be positive, got x channels 0"),
+    (X3, ones(1, 3, 3, 4, 0), r"channel counts must be positive.*w.shape=\(1, 3, 3, 4, 0\)"),
+    (X3, ones(1, 0, 3, 4, 6), r"kernel sizes must be positive, got w.shape=\(1, 0, 3, 4, 6\)"),
+])
+def test_empty_channels_or_kernel_3d(x, w, match):
+    check_raises(ValueError, match, nbconv.conv3d, x, w)
+
+
+def test_nothing_is_written_to_out_before_a_late_error_3d():
+    out = np.full(GY3.shape, 3.0)
+    check_raises(ValueError, r"bias must have shape", nbconv.conv3d, X3, W3, ones(5), groups=2, out=out)
+    assert (out == 3.0).all()

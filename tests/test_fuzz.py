@@ -2,14 +2,16 @@
 the naive reference (tests/reference.py) on the forward result, all three gradients, the transposed
 convolution and the transposed convolution's tape gradients.
 
-Every parameter kind is drawn: dims 1/2, per-dim stride and dilation, padding as an int, per-dim
-ints, (before, after) pairs, "same" and "valid", the four padding modes within their limits
-(reflect < size, circular <= size), dense/grouped/depthwise (with multipliers) channel layouts
+Every parameter kind is drawn: dims 1/2 (and 3, in tests of their own), per-dim stride and dilation,
+padding as an int, per-dim ints, (before, after) pairs, "same" and "valid", the four padding modes
+within their limits (reflect < size, circular <= size), dense/grouped/depthwise (with multipliers) channel layouts
 including >= 16 input channels per group, an empty batch, float32/float64, and memory layouts
 (C, Fortran, negative strides, strided views, read-only).
 
 The example budget is fixed and the search derandomized, so CI runs the same examples every time:
-FORWARD_EXAMPLES + TRANSPOSE_EXAMPLES examples on tiny shapes (the reference is the slow side).
+FORWARD_EXAMPLES + TRANSPOSE_EXAMPLES examples on tiny shapes (the reference is the slow side), plus
+FORWARD_EXAMPLES_3D + TRANSPOSE_EXAMPLES_3D 3-D examples with smaller kernels, strides, dilations,
+paddings and sizes (a 3-D example costs the reference a cube of what a 1-D one does).
 """
 import numpy as np
 import pytest
@@ -27,6 +29,9 @@ except ImportError:   # tests/ is not a package: pytest puts it on sys.path
 
 FORWARD_EXAMPLES = 600
 TRANSPOSE_EXAMPLES = 400
+FORWARD_EXAMPLES_3D = 80
+TRANSPOSE_EXAMPLES_3D = 50
+SMALL_3D = dict(nds=(3,), k_max=3, s_max=2, d_max=2, pad_max=2, extra=2)   # limits of the 3-D draws
 TOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
 LAYOUTS = ("C", "F", "negative", "step", "readonly")
 
@@ -98,23 +103,23 @@ def per_dim(draw, nd, values):
 
 
 @st.composite
-def conv_configs(draw):
-    nd = draw(st.sampled_from((1, 2)))
+def conv_configs(draw, nds=(1, 2), k_max=4, s_max=3, d_max=3, pad_max=3, extra=4):
+    nd = draw(st.sampled_from(nds))
     c_in, c_out, groups = draw(channels())
     mode = draw(st.sampled_from(R.MODES))
-    stride = per_dim(draw, nd, st.integers(1, 3))
-    dilation = per_dim(draw, nd, st.integers(1, 3))
+    stride = per_dim(draw, nd, st.integers(1, s_max))
+    dilation = per_dim(draw, nd, st.integers(1, d_max))
     strides, dilations = R._norm(stride, nd), R._norm(dilation, nd)
-    kernel = tuple(draw(st.integers(1, 4)) for _ in range(nd))
+    kernel = tuple(draw(st.integers(1, k_max)) for _ in range(nd))
     kind = draw(st.sampled_from(("int", "per_dim", "pairs", "same", "valid")))
     if kind == "int":
-        value = draw(st.integers(0, 3))
+        value = draw(st.integers(0, pad_max))
         padding, pads = value, ((value, value),) * nd
     elif kind == "per_dim":
-        padding = tuple(draw(st.integers(0, 3)) for _ in range(nd))
+        padding = tuple(draw(st.integers(0, pad_max)) for _ in range(nd))
         pads = tuple((p, p) for p in padding)
     elif kind == "pairs":
-        pads = tuple((draw(st.integers(0, 3)), draw(st.integers(0, 3))) for _ in range(nd))
+        pads = tuple((draw(st.integers(0, pad_max)), draw(st.integers(0, pad_max))) for _ in range(nd))
         padding = pads
     else:
         padding, pads = kind, None
@@ -130,7 +135,7 @@ def conv_configs(draw):
                 low = max(low, before + 1, after + 1)
             elif mode == "circular":
                 low = max(low, before, after)
-        sizes.append(draw(st.integers(low, low + 4)))
+        sizes.append(draw(st.integers(low, low + extra)))
     if kind == "same":
         pads = R.same_pads(sizes, kernel, strides, dilations)
         if mode == "reflect":
@@ -148,19 +153,19 @@ def conv_configs(draw):
 
 
 @st.composite
-def transpose_configs(draw):
-    nd = draw(st.sampled_from((1, 2)))
+def transpose_configs(draw, nds=(1, 2), k_max=4, s_max=3, d_max=3, pad_max=3, extra=4):
+    nd = draw(st.sampled_from(nds))
     c_in, c_out, groups = draw(channels())      # of the convolution whose adjoint this is
-    stride = per_dim(draw, nd, st.integers(1, 3))
-    dilation = per_dim(draw, nd, st.integers(1, 3))
+    stride = per_dim(draw, nd, st.integers(1, s_max))
+    dilation = per_dim(draw, nd, st.integers(1, d_max))
     strides, dilations = R._norm(stride, nd), R._norm(dilation, nd)
-    kernel = tuple(draw(st.integers(1, 4)) for _ in range(nd))
+    kernel = tuple(draw(st.integers(1, k_max)) for _ in range(nd))
     if draw(st.booleans()):
         output_padding = 0
     else:
         output_padding = tuple(draw(st.integers(0, max(s, d) - 1)) for s, d in zip(strides, dilations))
     ops = R._norm(output_padding, nd)
-    sizes = tuple(draw(st.integers(1, 5)) for _ in range(nd))
+    sizes = tuple(draw(st.integers(1, 1 + extra)) for _ in range(nd))
     room = [(m - 1) * s + d * (k - 1) + op for m, s, d, k, op in zip(sizes, strides, dilations, kernel, ops)]
     kind = draw(st.sampled_from(("int", "per_dim", "pairs", "valid")))
     if kind == "valid":
@@ -168,16 +173,16 @@ def transpose_configs(draw):
     elif kind == "pairs":
         pads = []
         for r in room:
-            before = draw(st.integers(0, min(3, r)))
-            pads.append((before, draw(st.integers(0, min(3, r - before)))))
+            before = draw(st.integers(0, min(pad_max, r)))
+            pads.append((before, draw(st.integers(0, min(pad_max, r - before)))))
         padding = pads = tuple(pads)
     else:
-        limit = min(3, min(r // 2 for r in room))
+        limit = min(pad_max, min(r // 2 for r in room))
         if kind == "int":
             value = draw(st.integers(0, limit))
             padding, pads = value, ((value, value),) * nd
         else:
-            padding = tuple(draw(st.integers(0, min(3, r // 2))) for r in room)
+            padding = tuple(draw(st.integers(0, min(pad_max, r // 2))) for r in room)
             pads = tuple((p, p) for p in padding)
     n = draw(st.sampled_from((0, 1, 2, 3)))
     dtype = np.dtype(draw(st.sampled_from((np.float32, np.float64))))
@@ -194,6 +199,16 @@ def transpose_configs(draw):
 @settings(FUZZ, max_examples=FORWARD_EXAMPLES)
 @given(conv_configs())
 def test_conv_forward_and_gradients_match_reference(cfg):
+    check_conv(cfg)
+
+
+@settings(FUZZ, max_examples=FORWARD_EXAMPLES_3D)
+@given(conv_configs(**SMALL_3D))
+def test_conv3d_forward_and_gradients_match_reference(cfg):
+    check_conv(cfg)
+
+
+def check_conv(cfg):
     nd, kw, dtype, groups = cfg["nd"], cfg["kw"], cfg["dtype"], cfg["kw"]["groups"]
     rng = np.random.default_rng(cfg["seed"])
     x = rng.standard_normal((cfg["n"], *cfg["sizes"], cfg["c_in"])).astype(dtype)
@@ -220,8 +235,19 @@ def test_conv_forward_and_gradients_match_reference(cfg):
 @settings(FUZZ, max_examples=TRANSPOSE_EXAMPLES)
 @given(transpose_configs())
 def test_conv_transpose_and_its_tape_gradients_match_reference(cfg):
+    check_transpose(cfg)
+
+
+@settings(FUZZ, max_examples=TRANSPOSE_EXAMPLES_3D)
+@given(transpose_configs(**SMALL_3D))
+def test_conv_transpose3d_and_its_tape_gradients_match_reference(cfg):
+    check_transpose(cfg)
+
+
+def check_transpose(cfg):
     """y = conv_transpose(x, w) + b against the reference's scatter form; its tape gradients against the
-    adjoint identities <g, conv_transpose(x, w)> = <conv(g, w), x> evaluated with the reference."""
+    adjoint identities <g, conv_transpose(x, w)> = <conv(g, w), x> evaluated with the reference, and
+    (independently) against the reference's own transposed-convolution gradients."""
     nd, kw, dtype, groups = cfg["nd"], cfg["kw"], cfg["dtype"], cfg["kw"]["groups"]
     rng = np.random.default_rng(cfg["seed"])
     x = rng.standard_normal((cfg["n"], *cfg["sizes"], cfg["c_out"])).astype(dtype)
@@ -257,4 +283,9 @@ def test_conv_transpose_and_its_tape_gradients_match_reference(cfg):
         axes = tuple(range(g.ndim - 1))
         assert_close(tb.grad, g.astype(np.float64).sum(axis=axes), np.abs(g.astype(np.float64)).sum(axis=axes),
                      dtype, "tape grad bias", contiguous=False)
+    if nd == 3:   # the scatter-form gradients too (the 1-D/2-D examples stay as they were)
+        gx, gw, _ = R.conv_transpose_grads(g, x, w, **ref)
+        mx, mw, _ = R.conv_transpose_grads(np.abs(g), np.abs(x), np.abs(w), **ref)
+        assert_close(tx.grad, gx, mx, dtype, "tape grad x (scatter form)", contiguous=False)
+        assert_close(tw.grad, gw, mw, dtype, "tape grad w (scatter form)", contiguous=False)
     assert_unchanged((lx, lw, lb), copies)
