@@ -104,33 +104,41 @@ def _scatter_conv(gy, reduce_offsets, wpk, offsets, dst, dst_pix, cg_src, cg_dst
 
 
 @kernel(parallel=True)
-def _weight_grad(flat, rows, pix, gpk, partial, cg_src, chunk):
+def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk):
     """partial[t, g, nb, r, b] = sum over pixels s of chunks t, t+T, ... (chunk pixels each) of
-    flat[rows[min(r, R-1)] + g*cg_src + pix[s]] * gpk[g, nb, s, b]; partial zeroed, rows padded to P."""
+    flat[rows[min(r, R-1)] + g*cg_src + pix[s]] * gy[s, g*cg_dst + nb*B + b] (zero for nb*B + b >= cg_dst);
+    gy (S, C_out) C-contiguous, partial zeroed with rows padded to P; one (t, g, nb) block per iteration."""
     n_slots, groups, n_blocks = partial.shape[0], partial.shape[1], partial.shape[2]
     n_rows = rows.shape[0]
     n_pix = pix.shape[0]
     n_chunks = (n_pix + chunk - 1) // chunk
     last = n_rows - 1
-    for t in prange(n_slots):
+    for item in prange(n_slots * groups * n_blocks):
+        t = item // (groups * n_blocks)
+        g = item // n_blocks - t * groups
+        nb = item - (t * groups + g) * n_blocks
+        c0 = g * cg_dst + nb * B
+        n_valid = min(B, cg_dst - nb * B)
         tile = np.empty((P, B), dtype=partial.dtype)
         bases = np.empty(P, dtype=np.uint64)
+        gy_chunk = np.zeros((chunk, B), dtype=partial.dtype)  # B lanes of grad_out; lanes past cg_dst stay 0
+        acc = partial[t, g, nb]
         for ck in range(t, n_chunks, n_slots):
             s0 = ck * chunk
             s1 = min(s0 + chunk, n_pix)
-            pix_chunk = pix[s0:s1]
-            for g in range(groups):
-                for nb in range(n_blocks):  # this block of grad_out stays in L1 across the rows of w
-                    gy_chunk = gpk[g, nb, s0:s1]
-                    acc = partial[t, g, nb]
-                    for r0 in range(0, n_rows, P):
-                        for p in range(P):
-                            bases[p] = rows[min(r0 + p, last)] + np.uint64(g * cg_src)
-                        micro_tile(flat, bases, pix_chunk, gy_chunk, tile)
-                        for p in range(P):
-                            acc_row = acc[r0 + p]
-                            for b in range(B):
-                                acc_row[b] += tile[p, b]
+            for s in range(s1 - s0):
+                gy_row = gy[s0 + s]
+                lanes = gy_chunk[s]
+                for b in range(n_valid):
+                    lanes[b] = gy_row[c0 + b]
+            for r0 in range(0, n_rows, P):  # this block of grad_out stays in L1 across the rows of w
+                for p in range(P):
+                    bases[p] = rows[min(r0 + p, last)] + np.uint64(g * cg_src)
+                micro_tile(flat, bases, pix[s0:s1], gy_chunk[:s1 - s0], tile)
+                for p in range(P):
+                    acc_row = acc[r0 + p]
+                    for b in range(B):
+                        acc_row[b] += tile[p, b]
 
 
 @kernel(parallel=True)
@@ -449,14 +457,22 @@ def grad_weight(gy, x, w_shape, params):
     rows = _tap_offsets(kernel, params.dilation, xp.shape, cg_in)
     pix = _grid([np.arange(gy.shape[0])] + [np.arange(o) * s for o, s in zip(gy.shape[1:-1], params.stride)],
                 _strides(xp.shape)[:-1])
-    gpk = _pack(gy.reshape(-1, groups, cg_out).transpose(1, 0, 2))
-    n_rows = rows.shape[0]
-    # At least as many equal chunks as slots, so that the slots (and the threads) share the work evenly.
+    n_rows, n_blocks = rows.shape[0], -(-cg_out // B)
+    block = groups * n_blocks * -(-n_rows // P) * P * B  # one slot of partial sums
+    # At least as many equal chunks as slots, so that the slots (and the threads) share the work evenly;
+    # fewer slots when the workspace (padded copy of x and partial sums) would outgrow twice the largest
+    # operand (a large weight on a small image): the slot count depends on the shapes only, so results
+    # stay the same for any number of threads.
+    budget = 2 * max(x.size, gy.size, math.prod(w_shape)) - (xp.size if xp is not x else 0)
     chunk = min(_WEIGHT_GRAD_CHUNK, -(-pix.shape[0] // SLOTS))
-    n_slots = min(SLOTS, -(-pix.shape[0] // chunk))
-    partial = np.zeros((n_slots, groups, gpk.shape[1], -(-n_rows // P) * P, B), dtype=gy.dtype)
-    call(_weight_grad, xp.reshape(-1), rows, pix, gpk, partial, cg_in, chunk, work=gy.size * n_rows)
-    total = partial.sum(axis=0)[:, :, :n_rows]                 # (G, NB, R, B)
+    n_slots = max(1, min(SLOTS, -(-pix.shape[0] // chunk), budget // block))
+    partial = np.zeros((n_slots, groups, n_blocks, -(-n_rows // P) * P, B), dtype=gy.dtype)
+    call(_weight_grad, xp.reshape(-1), rows, pix, _c(gy).reshape(-1, c_out), partial, cg_in, cg_out, chunk,
+         work=gy.size * n_rows)
+    total = partial[0]
+    for t in range(1, n_slots):  # the slots in a fixed order, in place (no second copy of the sums)
+        total += partial[t]
+    total = total[:, :, :n_rows]                                # (G, NB, R, B)
     total = total.transpose(0, 2, 1, 3).reshape(groups, n_rows, -1)[:, :, :cg_out]
     return np.ascontiguousarray(total.transpose(1, 0, 2)).reshape(w_shape)
 

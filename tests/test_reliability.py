@@ -1357,3 +1357,29 @@ def test_tape_from_eight_threads():
         for grads in per_thread:
             for g, e in zip(grads, serial):
                 assert g.tobytes() == e.tobytes()
+
+
+WORKSPACE_CASES = {  # (x shape, w shape, groups): lane padding of grad_out, a weight larger than the images
+    "one_output_channel_per_group": ((16, 16, 16, 64), (3, 3, 2, 32), 32),
+    "large_weight_small_map": ((1, 4, 4, 256), (3, 3, 256, 256), 1),
+    "dense": ((8, 12, 12, 32), (3, 3, 32, 48), 1),
+}
+
+
+@pytest.mark.parametrize("case", list(WORKSPACE_CASES))
+def test_weight_gradient_workspace_is_bounded_by_the_operands(rng, case):
+    """Memory allocated while computing the weight gradient (tracemalloc sees NumPy's allocations):
+    at most twice the largest operand plus the result, whatever the channel grouping."""
+    import tracemalloc
+    xs, ws, groups = WORKSPACE_CASES[case]
+    x, w = randn(rng, xs, np.float32), randn(rng, ws, np.float32)
+    gy = randn(rng, nbconv.conv2d(x, w, padding=1, groups=groups).shape, np.float32)
+    nbconv.conv2d_backward(gy, x, w, padding=1, groups=groups, needs=("weight",))  # compile outside the trace
+    tracemalloc.start()
+    try:
+        nbconv.conv2d_backward(gy, x, w, padding=1, groups=groups, needs=("weight",))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    largest = max(x.nbytes, w.nbytes, gy.nbytes)
+    assert peak <= 2 * largest + w.nbytes + (1 << 16), (peak, largest)
