@@ -46,15 +46,17 @@ def _locator_name(locator):
 
 
 def cache_dirs():
-    """{directory: how numba chose it} for nbconv's kernels, in a stable order."""
+    """{directory: how numba chose it} for nbconv's kernels, in a stable order; empty when no cache
+    location is writable (the kernels then compile in memory in every process)."""
     dirs = {}
-    for dispatcher in _dispatchers():
+    dispatchers = _dispatchers()
+    for dispatcher in dispatchers:
         cache = getattr(dispatcher, "_cache", None)
         impl = getattr(cache, "_impl", None)
         if impl is None:  # caching off for this dispatcher
             continue
-        dirs.setdefault(cache._cache_path, _locator_name(impl.locator))
-    if not dirs:  # no kernel could be imported: numba's default, beside the package
+        dirs.setdefault(impl.locator.get_cache_path(), _locator_name(impl.locator))
+    if not dispatchers:  # no kernel module could be imported: numba's default, beside the package
         dirs[os.path.join(os.path.dirname(os.path.abspath(__file__)), "__pycache__")] = "beside the package"
     return dict(sorted(dirs.items()))
 
@@ -110,6 +112,9 @@ def human(n_bytes):
 
 def describe(info):
     """Lines describing `summary()`'s result."""
+    if not info["dirs"]:
+        return ["none: no cache location is writable, so the kernels compile in memory in every process "
+                "(set NUMBA_CACHE_DIR to a writable directory)"]
     lines = [f"{path}  ({how})" for path, how in info["dirs"].items()]
     lines.append(f"{info['files']} file(s), {human(info['bytes'])}")
     return lines

@@ -1,0 +1,143 @@
+"""Sphinx configuration: the user guide (hand-written pages) and the API reference, generated from the
+docstrings of every name each public module exports (``__all__``), so that a new public function
+appears without editing the docs.
+
+Build: ``python -m pip install -e ".[docs]" && python -m sphinx -W --keep-going -b html docs docs/_build/html``.
+"""
+import importlib
+import os
+import re
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")  # importing nbconv's CUDA helpers needs no GPU
+
+import nbconv  # noqa: E402
+
+project = "nbconv"
+author = "the nbconv developers"
+copyright = "2026, the nbconv developers"
+release = version = nbconv.__version__
+
+extensions = ["sphinx.ext.autodoc", "sphinx.ext.intersphinx", "sphinx.ext.viewcode", "numpydoc"]
+exclude_patterns = ["_build"]
+templates_path = []
+default_role = "code"          # `x` in a docstring is inline code, as in the README
+autodoc_member_order = "bysource"
+autodoc_default_options = {"members": False}
+numpydoc_show_class_members = False
+numpydoc_class_members_toctree = False
+numpydoc_xref_param_type = False
+add_module_names = True
+nitpicky = False
+suppress_warnings = []
+intersphinx_mapping = {}       # no network when building: no cross-project links
+try:
+    import furo  # noqa: F401
+    html_theme = "furo"
+except ImportError:
+    html_theme = "alabaster"
+html_title = f"nbconv {release}"
+html_static_path = []
+
+# ---------------------------------------------------------------- the API reference, from __all__
+
+# Public modules: (module, title, description, [(section title, predicate on a name)])
+_CONV = [("Convolutions", lambda n: n.startswith("conv") and "backward" not in n and "transpose" not in n),
+         ("Gradients of convolutions", lambda n: n.endswith("_backward") or n.endswith("Grads")),
+         ("Transposed convolutions", lambda n: n.startswith("conv_transpose")),
+         ("The tape", lambda n: n in {"Tensor", "Function", "no_grad", "enable_grad", "grad", "gradcheck",
+                                      "gradgradcheck", "GradcheckError"}),
+         ("Devices", lambda n: "cuda" in n)]
+MODULES = [
+    ("nbconv", "nbconv", "Convolutions and operations on NumPy arrays, CUDA device arrays and tape Tensors.",
+     _CONV + [("Operations", lambda n: True)]),
+    ("nbconv.optim", "nbconv.optim", "Optimizers for tape Tensors.", [("Optimizers", lambda n: True)]),
+    ("nbconv.torch", "nbconv.torch", "PyTorch adapter: drop-ins for ``torch.nn.functional`` and ``torch.nn`` "
+     "(needs PyTorch; ``import nbconv`` never imports torch).",
+     [("Functions", lambda n: n[0].islower()), ("Modules", lambda n: True)]),
+    ("nbconv.dask", "nbconv.dask", "Convolutions on Dask arrays (needs the ``dask`` extra).",
+     [("Functions", lambda n: True)]),
+]
+
+
+def _directive(module, name):
+    obj = getattr(module, name)
+    if isinstance(obj, type):
+        if issubclass(obj, BaseException):
+            return f".. autoexception:: {module.__name__}.{name}\n"
+        if issubclass(obj, tuple) and hasattr(obj, "_fields"):   # named tuples: the fields are the docs
+            return f".. autoclass:: {module.__name__}.{name}\n"
+        return f".. autoclass:: {module.__name__}.{name}\n   :members:\n"
+    return f".. autofunction:: {module.__name__}.{name}\n"
+
+
+def _write_api_pages(app):
+    """docs/api/<module>.rst for each public module that imports here (the others get a short note)."""
+    out = os.path.join(HERE, "api")
+    os.makedirs(out, exist_ok=True)
+    pages = []
+    seen = {}  # id(object) -> the name it is documented under (aliases and re-exports are documented once)
+    for name, title, description, sections in MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as error:
+            if name in ("nbconv.optim", "nbconv.dask") and error.name == name:
+                continue   # not part of this version of nbconv
+            text = f"{title}\n{'=' * len(title)}\n\n{description}\n\n.. note::\n\n   Not documented in this " \
+                   f"build: importing ``{name}`` failed ({error}).\n"
+        else:
+            names = list(getattr(module, "__all__", []))
+            text = f"{title}\n{'=' * len(title)}\n\n.. module:: {name}\n   :no-index:\n\n{description}\n"
+            left = names
+            for section, keep in sections:
+                chosen = [n for n in left if keep(n)]
+                left = [n for n in left if n not in chosen]
+                if not chosen:
+                    continue
+                text += f"\n{section}\n{'-' * len(section)}\n\n"
+                # aliases (Conv2dGrads = ConvGrads) are documented once, under their first name
+                for n in chosen:
+                    obj = getattr(module, n)
+                    if id(obj) in seen and isinstance(obj, type):
+                        text += f".. class:: {name}.{n}\n   :no-index:\n\n   The same class as " \
+                                f":class:`{seen[id(obj)]}`.\n\n"
+                        continue
+                    seen[id(obj)] = f"{name}.{n}"
+                    text += _directive(module, n) + "\n"
+        page = name.replace(".", "_")
+        pages.append(page)
+        path = os.path.join(out, page + ".rst")
+        old = open(path).read() if os.path.exists(path) else None
+        if text != old:  # rewrite only on change, so incremental builds stay incremental
+            with open(path, "w") as f:
+                f.write(text)
+    index = "API reference\n=============\n\nGenerated from the docstrings of each module's public names " \
+            "(``__all__``).\n\n.. toctree::\n   :maxdepth: 2\n\n" + "".join(f"   {p}\n" for p in pages)
+    path = os.path.join(out, "index.rst")
+    if not os.path.exists(path) or open(path).read() != index:
+        with open(path, "w") as f:
+            f.write(index)
+
+
+# ---------------------------------------------------------------- plain-text docstrings
+
+_LITERAL = re.compile(r"(``.*?``)")
+
+
+def _escape_plain_text(app, what, name, obj, options, lines):
+    """Docstrings are written to read well as plain text (``help()``), where |x| is an absolute
+    value, not a reStructuredText substitution: escape such bars outside literals, doctest lines
+    and tables."""
+    for i, line in enumerate(lines):
+        stripped = line.lstrip()
+        if "|" not in line or stripped.startswith(("|", "+", ">>>", "...")):
+            continue
+        parts = _LITERAL.split(line)
+        lines[i] = "".join(p if p.startswith("``") else p.replace("|", "\\|") for p in parts)
+
+
+def setup(app):
+    app.connect("builder-inited", _write_api_pages)
+    app.connect("autodoc-process-docstring", _escape_plain_text)
