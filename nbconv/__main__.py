@@ -1,4 +1,4 @@
-"""Command line: `python -m nbconv {bench,demo,lenet,compile,info,cache} [options]` (see --help of each)."""
+"""Command line: `python -m nbconv {bench,demo,lenet,compile,info,cache,plot} [options]` (see --help of each)."""
 import argparse
 import importlib
 import sys
@@ -14,6 +14,7 @@ COMMANDS = {
     "compile": ("nbconv._cli_compile", "compile the CPU kernels into Numba's on-disk cache ahead of time"),
     "info": ("nbconv._cli_info", "versions, CPU, threading layer, kernel cache and CUDA availability"),
     "cache": ("nbconv._cli_cache", "where the kernel cache lives and its size; --clear empties it"),
+    "plot": ("nbconv._cli_plot", "chart of `bench --json` results or of a training history (needs matplotlib)"),
 }
 
 

@@ -139,3 +139,69 @@ def test_info_text_names_each_section():
     for needle in (f"nbconv {nbconv.__version__}", "NumPy ", "Numba ", "CPU: ", "vector features:",
                    "threading layer: ", "kernel cache", "python -m nbconv cache --clear", "CUDA: "):
         assert needle in result.stdout, (needle, result.stdout)
+
+
+# ---------------------------------------------------------------- plot
+
+def _png_size(path):
+    """(width, height) of a PNG file, after checking its signature and header chunk."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", "not a PNG file"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+BENCH_ROWS = [  # the fields `bench --json` writes that the chart reads (one row without references)
+    {"dims": 2, "shape": [10, 32, 32, 8, 16, 3, 1, 0, 1], "nbconv_forward_ms": 0.3, "nbconv_backward_ms": 0.8,
+     "torch_forward_ms": 0.2, "torch_backward_ms": 0.7, "im2col_forward_ms": 0.65},
+    {"dims": 3, "shape": [2, 8, 8, 8, 8, 8, 3, 1, 1, 1], "nbconv_forward_ms": 0.1, "nbconv_backward_ms": 0.3},
+]
+
+
+@pytest.mark.parametrize("kind", ["bench", "history", "history-dict"])
+def test_plot_saves_a_png_of_the_expected_size(kind, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from nbconv._cli_plot import DPI, SIZE
+
+    history = [{"epoch": e, "loss": 1.0 / e, "train_acc": 1 - 0.5 / e, "test_acc": 1 - 0.6 / e} for e in (1, 2, 3)]
+    data = {"bench": {"config": {"dtype": "float32", "threads": 2, "cpu": "test"}, "rows": BENCH_ROWS},
+            "history": history, "history-dict": {"history": history, "title": "digits"}}[kind]
+    source, out = tmp_path / "data.json", tmp_path / "chart.png"
+    source.write_text(json.dumps(data))
+    assert main(["plot", str(source), "--out", str(out)]) == 0
+    assert _png_size(out) == (round(SIZE[0] * DPI), round(SIZE[1] * DPI))
+    assert f"saved {out}" in capsys.readouterr().out
+
+
+def test_plot_of_real_bench_json(tmp_path):
+    """The chart reads what `bench --json` writes (a tiny shape, nbconv only)."""
+    pytest.importorskip("matplotlib")
+    source, out = tmp_path / "bench.json", tmp_path / "bench.png"
+    assert main(["bench", "--shape", "1,6,6,4,4,3,1,1,1", "--repeats", "1", "--no-torch", "--threads", "1",
+                 "--json", str(source)]) == 0
+    assert main(["plot", str(source), "-o", str(out)]) == 0
+    assert _png_size(out)[0] > 0
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "cannot read"),
+    ("{not json", "cannot read"),
+    ('{"something": 1}', "neither bench results nor a training history"),
+    ('{"rows": [{"shape": [1]}]}', "not in the expected form"),
+    ("[]", "not in the expected form"),
+])
+def test_plot_reports_unusable_input_without_a_traceback(content, message, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    source = tmp_path / "data.json"
+    if content is not None:
+        source.write_text(content)
+    assert main(["plot", str(source), "-o", str(tmp_path / "x.png")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
+    for name in ("matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"):
+        monkeypatch.setitem(sys.modules, name, None)   # makes importing them raise ImportError
+    source = tmp_path / "history.json"
+    source.write_text(json.dumps([{"epoch": 1, "loss": 1.0}]))
+    assert main(["plot", str(source), "-o", str(tmp_path / "x.png")]) == 2
+    assert 'pip install "nbconv[plot]"' in capsys.readouterr().err
