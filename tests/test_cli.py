@@ -205,3 +205,33 @@ def test_plot_without_matplotlib_names_the_extra(tmp_path, capsys, monkeypatch):
     source.write_text(json.dumps([{"epoch": 1, "loss": 1.0}]))
     assert main(["plot", str(source), "-o", str(tmp_path / "x.png")]) == 2
     assert 'pip install "nbconv[plot]"' in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- option validators
+
+@pytest.mark.parametrize("validator, text, expected", [
+    ("positive_int", "3", 3), ("positive_int", "0", "must be at least 1, got 0"),
+    ("positive_int", "x", "'x' is not an integer"), ("positive_int", "1.5", "'1.5' is not an integer"),
+    ("nonnegative_int", "0", 0), ("nonnegative_int", "-1", "must be at least 0, got -1"),
+    ("positive_float", "0.5", 0.5), ("positive_float", "0", "must be greater than 0"),
+    ("positive_float", "nan", "'nan' is not a finite number"),
+    ("open_fraction", "0.2", 0.2), ("open_fraction", "1.0", "must be between 0 and 1 (exclusive), got 1.0"),
+    ("open_fraction", "0", "must be between 0 and 1"),
+    ("thread_count", "1", 1), ("thread_count", "0", "must be in 1.."),
+    ("thread_count", "100000", "(NUMBA_NUM_THREADS), got 100000"),
+])
+def test_option_validators_give_usage_errors(validator, text, expected, capsys):
+    import argparse
+
+    from nbconv import _cli_args
+
+    parser = argparse.ArgumentParser(prog="nbconv-test")
+    parser.add_argument("--value", type=getattr(_cli_args, validator))
+    if not isinstance(expected, str):
+        assert parser.parse_args(["--value", text]).value == expected
+        return
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--value", text])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: nbconv-test" in err and expected in err and "Traceback" not in err
