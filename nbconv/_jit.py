@@ -111,10 +111,18 @@ def _discard_caches():
                 pass
 
 
+def _foreign_overloads(dispatcher):
+    """Whether an overload of `dispatcher` is another function's code (a cache index naming the wrong file)."""
+    own = (dispatcher.py_func.__module__, dispatcher.py_func.__qualname__)
+    return any((cres.fndesc.modname, cres.fndesc.qualname) != own for cres in dispatcher.overloads.values())
+
+
 def _compile(dispatcher, args):
     signature = tuple(numba.typeof(a) for a in args)
     try:
         dispatcher.compile(signature)
+        if _foreign_overloads(dispatcher):
+            raise RuntimeError(f"the cache entry of {dispatcher.py_func.__qualname__} holds another function's code")
     except Exception as error:
         if not cache_dirs():
             raise
@@ -123,6 +131,9 @@ def _compile(dispatcher, args):
         warnings.warn(f"nbconv: discarding its Numba cache in {', '.join(cache_dirs())} after it failed to load "
                       f"({type(error).__name__}: {error}); recompiling the kernels", RuntimeWarning, stacklevel=4)
         _discard_caches()
+        if _foreign_overloads(dispatcher):  # drop what was loaded (as numba's own recompile() does)
+            dispatcher._make_finalizer()()
+            dispatcher._reset_overloads()
         dispatcher.compile(signature)
 
 

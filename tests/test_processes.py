@@ -159,7 +159,10 @@ CACHE_JOB = """
     import numpy as np, nbconv
     rng = np.random.default_rng(1)
     x, w = rng.standard_normal((2, 6, 6, 3)), rng.standard_normal((3, 3, 3, 4))
-    print("SUM %.12f" % nbconv.conv2d(x, w, padding=1).sum())
+    gy = rng.standard_normal((2, 6, 6, 4))
+    # the bias gradient and average pooling: small kernels, so that the cold compilations stay short
+    print("SUM %.12f" % nbconv.conv2d_backward(gy, x, w, padding=1, needs=("bias",)).bias.sum())
+    print("MAX %.12f" % nbconv.avg_pool2d(x, 2).sum())
 """
 
 
