@@ -167,13 +167,20 @@ def run(args):
     write = bar.write if bar is not None else print
     rng = np.random.default_rng(0)
     start = time.perf_counter()
+    failed = []
+    width = len(str(len(steps)))
     try:
         for i, (label, group, nd, dtype) in enumerate(steps, 1):
             if bar is not None:
                 bar.set_description(label)
             step_start = time.perf_counter()
-            STEPS[group](nbconv, rng, nd, np.dtype(dtype))
-            write(f"[{i:{len(str(len(steps)))}d}/{len(steps)}] {label:<28s} {time.perf_counter() - step_start:7.2f} s")
+            try:
+                STEPS[group](nbconv, rng, nd, np.dtype(dtype))
+            except Exception as error:  # report it, go on with the other groups
+                failed.append(label)
+                write(f"[{i:{width}d}/{len(steps)}] {label:<28s} FAILED: {type(error).__name__}: {error}")
+            else:
+                write(f"[{i:{width}d}/{len(steps)}] {label:<28s} {time.perf_counter() - step_start:7.2f} s")
             sys.stdout.flush()
             if bar is not None:
                 bar.update()
@@ -183,4 +190,7 @@ def run(args):
     after = _cli_cache.summary()
     print(f"done in {time.perf_counter() - start:.1f} s; the cache now holds {after['files']} file(s), "
           f"{_cli_cache.human(after['bytes'])} ({after['files'] - before['files']:+d} file(s))")
+    if failed:
+        print(f"{len(failed)} step(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0

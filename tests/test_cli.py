@@ -235,3 +235,18 @@ def test_option_validators_give_usage_errors(validator, text, expected, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "usage: nbconv-test" in err and expected in err and "Traceback" not in err
+
+
+def test_compile_reports_a_failing_step_and_goes_on(capsys, monkeypatch):
+    from nbconv import _cli_compile
+
+    def broken(nbconv, rng, nd, dtype):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(_cli_compile.STEPS, "forward", broken)
+    assert main(["compile", "--dims", "1", "--dtypes", "float64", "--groups", "forward,batch_norm",
+                 "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "[1/2] 1-D forward float64" in captured.out and "FAILED: RuntimeError: boom" in captured.out
+    assert "[2/2] batch_norm float64" in captured.out and "FAILED" not in captured.out.splitlines()[-2]
+    assert "1 step(s) failed: 1-D forward float64" in captured.err
