@@ -23,10 +23,26 @@ nbconv's ValueError/TypeError messages naming the argument) and calls nbconv.con
 points, which take the parsed ConvParams and shapes: `forward`, `transpose`, `input_grad` and
 `weight_grad`. 1, 2 and 3 spatial dims share every line of this module.
 
+Transforms. The ops carry `register_autograd` (reverse mode, used by torch.compile/torch.export and
+by direct `torch.ops.nbconv` calls) and `register_vmap`. The public functions call them through
+three `torch.autograd.Function`s (`_Conv`, `_ConvTranspose`, `_WeightGrad`) with `setup_context`,
+`backward`, `jvp` and `vmap` staticmethods whose rules are written with the same Functions, so
+every torch.func transform (grad, vjp, jvp, vmap, jacrev, jacfwd, hessian) and
+`torch.autograd.forward_ad` compose at any depth. Each op is bilinear in its two tensor operands, so
+its jvp is the op applied to (tangent, other) plus (other, tangent), plus the bias tangent. Batching
+rules: a batch of inputs is a bigger N; a batch of weights (or of weight-gradient operands) is a
+grouped convolution with groups * B groups. Dynamo cannot trace an autograd.Function with a custom
+jvp, so while torch.compile/torch.export trace (`torch.compiler.is_compiling()`) the functions call
+the ops directly; forward-mode AD through the ops themselves raises (a custom op has no jvp hook).
+
 CUDA tensors go to nbconv's CUDA kernels through `__cuda_array_interface__` (no host copies).
 """
+import warnings
+from typing import NamedTuple
+
 import torch
 from torch import Tensor, nn
+from torch.autograd import forward_ad as fwAD
 
 from nbconv import conv as core
 from nbconv._shapes import check_dtypes, conv_output_shape, conv_params, parse_padding, spatial_tuple, transpose_params
@@ -80,14 +96,15 @@ def _hwio(w, name):
 
 
 def _from_channels_last(a, like):
-    """(N, *spatial, C) array -> (N, C, *spatial) tensor view (channels_last strides)."""
-    return _tensor(a, like).movedim(-1, 1)
+    """(N, *spatial, C) array -> (N, C, *spatial) tensor (channels_last strides) on its memory. Detached, so
+    not a view of the array's tensor: forward-mode AD wants a result with no view base."""
+    return _tensor(a, like).movedim(-1, 1).detach()
 
 
 def _from_hwio(a, like):
-    """(*kernel, B, A) array -> (A, B, *kernel) tensor view."""
+    """(*kernel, B, A) array -> (A, B, *kernel) tensor on its memory (not a view, see _from_channels_last)."""
     nd = a.ndim - 2
-    return _tensor(a, like).permute(nd + 1, nd, *range(nd))
+    return _tensor(a, like).permute(nd + 1, nd, *range(nd)).detach()
 
 
 def _empty_channels_last(like, n, channels, spatial):
@@ -228,8 +245,16 @@ def _(grad_output, input, weight_shape, stride, padding, dilation, groups, paddi
 
 
 # ---------------------------------------------------------------------------------------------
-# Autograd: every gradient is one of the three ops (or a sum), so it is differentiable again.
+# Autograd. The rules are written once over a set of three callables (`_Ops`): the custom ops
+# themselves (`_RAW`, registered on the ops) or the autograd.Functions below (`_DIFF`), so that what
+# a rule computes is differentiable again by whichever mechanism called it.
 # ---------------------------------------------------------------------------------------------
+class _Ops(NamedTuple):
+    conv: object
+    conv_transpose: object
+    weight_grad: object
+
+
 def _bias_grad(grad):
     return grad.sum(dim=(0, *range(2, grad.dim())))
 
@@ -256,6 +281,17 @@ def _adjoint_operand(g, padding, output_padding, stride):
     return g, padding
 
 
+def _add(a, b):
+    """a + b where either may be None (a missing tangent)."""
+    return b if a is None else a if b is None else a + b
+
+
+def _bias_tangent(db, shape):
+    """The tangent of `+ bias` alone: db broadcast over an (N, C, *spatial) output of `shape`."""
+    return db.reshape(1, -1, *(1,) * (len(shape) - 2)).expand(shape).contiguous()
+
+
+# conv(input, weight, bias, stride, padding, dilation, groups, padding_mode)
 def _conv_setup(ctx, inputs, output):
     input, weight, bias, stride, padding, dilation, groups, padding_mode = inputs
     ctx.save_for_backward(input, weight)
@@ -263,20 +299,44 @@ def _conv_setup(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
-def _conv_backward(ctx, grad):
+def _conv_backward(ops, ctx, grad):
     input, weight = ctx.saved_tensors
     stride, padding, dilation, groups, padding_mode = ctx.params
     gx = gw = gb = None
     if ctx.needs_input_grad[0]:
         output_padding = _forward_output_padding(input.shape[2:], weight.shape[2:], stride, padding, dilation)
-        gx = _conv_transpose_op(grad, weight, None, stride, padding, output_padding, dilation, groups, padding_mode)
+        gx = ops.conv_transpose(grad, weight, None, stride, padding, output_padding, dilation, groups, padding_mode)
     if ctx.needs_input_grad[1]:
-        gw = _conv_weight_grad_op(grad, input, list(weight.shape), stride, padding, dilation, groups, padding_mode)
+        gw = ops.weight_grad(grad, input, list(weight.shape), stride, padding, dilation, groups, padding_mode)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         gb = _bias_grad(grad)
     return gx, gw, gb, None, None, None, None, None
 
 
+def _conv_jvp(ops, ctx, dx, dw, db, *_):
+    input, weight = ctx.saved_tensors
+    params = ctx.params
+    t = None if dx is None else ops.conv(dx, weight, db, *params)
+    t = _add(t, None if dw is None else ops.conv(input, dw, db if t is None else None, *params))
+    return _bias_tangent(db, ctx.out_shape) if t is None else t
+
+
+def _conv_vmap(ops, info, in_dims, input, weight, bias, stride, padding, dilation, groups, padding_mode):
+    x_dim, w_dim, b_dim = in_dims[:3]
+    size = info.batch_size
+    if w_dim is None:  # the same weights for every batch entry: a bigger N
+        y = ops.conv(_fold_batch(input, x_dim), weight, bias if b_dim is None else None, stride, padding,
+                     dilation, groups, padding_mode)
+        y = _unfold_batch(y, x_dim, size)
+        return (y, 0 if x_dim is not None else None) if b_dim is None else _add_batched_bias(y, x_dim, bias, b_dim)
+    # a batch of weights: one grouped convolution with groups * B groups, the batch beside the channels
+    y = ops.conv(_channels_batch(input, x_dim, size), _front(weight, w_dim, size).flatten(0, 1),
+                 None if bias is None else _front(bias, b_dim, size).flatten(), stride, padding, dilation,
+                 groups * size, padding_mode)
+    return y.unflatten(1, (size, -1)), 1
+
+
+# conv_transpose(input, weight, bias, stride, padding, output_padding, dilation, groups, padding_mode)
 def _conv_transpose_setup(ctx, inputs, output):
     input, weight, bias, stride, padding, output_padding, dilation, groups, padding_mode = inputs
     ctx.save_for_backward(input, weight)
@@ -284,43 +344,202 @@ def _conv_transpose_setup(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
-def _conv_transpose_backward(ctx, grad):
+def _conv_transpose_backward(ops, ctx, grad):
     input, weight = ctx.saved_tensors
     stride, padding, output_padding, dilation, groups, padding_mode = ctx.params
     g, pads = _adjoint_operand(grad, padding, output_padding, stride)
     gx = gw = gb = None
     if ctx.needs_input_grad[0]:
-        gx = _conv_op(g, weight, None, stride, pads, dilation, groups, padding_mode)
+        gx = ops.conv(g, weight, None, stride, pads, dilation, groups, padding_mode)
     if ctx.needs_input_grad[1]:
-        gw = _conv_weight_grad_op(input, g, list(weight.shape), stride, pads, dilation, groups, padding_mode)
+        gw = ops.weight_grad(input, g, list(weight.shape), stride, pads, dilation, groups, padding_mode)
     if ctx.has_bias and ctx.needs_input_grad[2]:
         gb = _bias_grad(grad)
     return gx, gw, gb, None, None, None, None, None, None
 
 
+def _conv_transpose_jvp(ops, ctx, dx, dw, db, *_):
+    input, weight = ctx.saved_tensors
+    params = ctx.params
+    t = None if dx is None else ops.conv_transpose(dx, weight, db, *params)
+    t = _add(t, None if dw is None else ops.conv_transpose(input, dw, db if t is None else None, *params))
+    return _bias_tangent(db, ctx.out_shape) if t is None else t
+
+
+def _conv_transpose_vmap(ops, info, in_dims, input, weight, bias, stride, padding, output_padding, dilation,
+                         groups, padding_mode):
+    x_dim, w_dim, b_dim = in_dims[:3]
+    size = info.batch_size
+    if w_dim is None:
+        y = ops.conv_transpose(_fold_batch(input, x_dim), weight, bias if b_dim is None else None, stride, padding,
+                               output_padding, dilation, groups, padding_mode)
+        y = _unfold_batch(y, x_dim, size)
+        return (y, 0 if x_dim is not None else None) if b_dim is None else _add_batched_bias(y, x_dim, bias, b_dim)
+    y = ops.conv_transpose(_channels_batch(input, x_dim, size), _front(weight, w_dim, size).flatten(0, 1),
+                           None if bias is None else _front(bias, b_dim, size).flatten(), stride, padding,
+                           output_padding, dilation, groups * size, padding_mode)
+    return y.unflatten(1, (size, -1)), 1
+
+
+# conv_weight_grad(grad_output, input, weight_shape, stride, padding, dilation, groups, padding_mode)
 def _weight_grad_setup(ctx, inputs, output):
     grad_output, input, weight_shape, stride, padding, dilation, groups, padding_mode = inputs
     ctx.save_for_backward(grad_output, input)
     ctx.params = stride, padding, dilation, groups, padding_mode
 
 
-def _weight_grad_backward(ctx, grad):
+def _weight_grad_backward(ops, ctx, grad):
     grad_output, input = ctx.saved_tensors
     stride, padding, dilation, groups, padding_mode = ctx.params
     g_grad_output = g_input = None
     if ctx.needs_input_grad[0]:
-        g_grad_output = _conv_op(input, grad, None, stride, padding, dilation, groups, padding_mode)
+        g_grad_output = ops.conv(input, grad, None, stride, padding, dilation, groups, padding_mode)
     if ctx.needs_input_grad[1]:
         output_padding = _forward_output_padding(input.shape[2:], grad.shape[2:], stride, padding, dilation)
-        g_input = _conv_transpose_op(grad_output, grad, None, stride, padding, output_padding, dilation, groups,
+        g_input = ops.conv_transpose(grad_output, grad, None, stride, padding, output_padding, dilation, groups,
                                      padding_mode)
     return g_grad_output, g_input, None, None, None, None, None, None
 
 
-torch.library.register_autograd("nbconv::conv", _conv_backward, setup_context=_conv_setup)
-torch.library.register_autograd("nbconv::conv_transpose", _conv_transpose_backward,
-                                setup_context=_conv_transpose_setup)
-torch.library.register_autograd("nbconv::conv_weight_grad", _weight_grad_backward, setup_context=_weight_grad_setup)
+def _weight_grad_jvp(ops, ctx, dg, dx, *_):
+    grad_output, input = ctx.saved_tensors
+    shape, params = list(ctx.out_shape), ctx.params
+    return _add(None if dg is None else ops.weight_grad(dg, input, shape, *params),
+                None if dx is None else ops.weight_grad(grad_output, dx, shape, *params))
+
+
+def _weight_grad_vmap(ops, info, in_dims, grad_output, input, weight_shape, stride, padding, dilation, groups,
+                      padding_mode):
+    g_dim, x_dim = in_dims[:2]
+    size = info.batch_size
+    # per batch entry a different operand pair: a grouped weight gradient with groups * B groups
+    shape = [weight_shape[0] * size, *weight_shape[1:]]
+    gw = ops.weight_grad(_channels_batch(grad_output, g_dim, size), _channels_batch(input, x_dim, size), shape,
+                         stride, padding, dilation, groups * size, padding_mode)
+    return gw.unflatten(0, (size, -1)), 0
+
+
+# batching helpers: physical tensors with the vmapped dim `dim` (None: not batched)
+def _front(t, dim, size):
+    """t with its batch dim first (expanded to `size` entries when it has none)."""
+    return t.expand(size, *t.shape) if dim is None else t.movedim(dim, 0)
+
+
+def _fold_batch(t, dim):
+    """(B, N, ...) -> (B * N, ...) (unbatched t unchanged)."""
+    return t if dim is None else t.movedim(dim, 0).flatten(0, 1)
+
+
+def _unfold_batch(y, dim, size):
+    return y if dim is None else y.unflatten(0, (size, -1))
+
+
+def _channels_batch(t, dim, size):
+    """(B, N, C, *spatial) -> (N, B * C, *spatial): the batch entries side by side as channel groups."""
+    return _front(t, dim, size).movedim(0, 1).flatten(1, 2)
+
+
+def _add_batched_bias(y, y_dim, bias, b_dim):
+    """y (batched at 0 when y_dim is not None) + a batched bias (B, C): (result, its batch dim 0)."""
+    b = bias.movedim(b_dim, 0)
+    nd = y.dim() - 2 - (y_dim is not None)
+    return y + b.reshape(b.shape[0], 1, b.shape[1], *(1,) * nd), 0
+
+
+_RAW = _Ops(_conv_op, _conv_transpose_op, _conv_weight_grad_op)
+
+
+def _refusing_tangents(op, autograd_kernel):
+    """`op`'s autograd kernel, refusing forward-mode tangents. A torch.library custom op has no jvp hook:
+    its autograd kernel runs the op without the tangent, so torch.func.jvp / forward_ad would get zeros
+    or None. This kernel is where every tangent is still visible (plain forward_ad, torch.func.jvp and
+    jacfwd, and torch.compile tracing them), so it raises there instead."""
+    def kernel(keyset, *args, **kwargs):
+        if any(isinstance(a, Tensor) and fwAD.unpack_dual(a).tangent is not None for a in args):
+            raise RuntimeError(
+                f"{op._qualname}: forward-mode AD (torch.func.jvp/jacfwd/hessian, torch.autograd.forward_ad) is not "
+                "supported through the custom op itself, nor under torch.compile/torch.export; call nbconv.torch's "
+                "functions or modules in eager mode, whose autograd.Functions carry jvp rules")
+        return autograd_kernel(keyset, *args, **kwargs)
+    return kernel
+
+
+def _register(op, setup, backward, vmap):
+    op.register_autograd(lambda ctx, grad: backward(_RAW, ctx, grad), setup_context=setup)
+    if hasattr(op, "register_vmap"):  # torch >= 2.5
+        op.register_vmap(lambda info, in_dims, *args: vmap(_RAW, info, in_dims, *args))
+    # Wrap the autograd kernel that custom_op registered (rebuilt from the op's registration by the torch
+    # function custom_op itself uses) with the tangent check. Replacing a kernel warns, as expected here.
+    try:
+        from torch._library.autograd import make_autograd_impl
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            op._lib.impl(op._name, _refusing_tangents(op, make_autograd_impl(op._opoverload, op)), "Autograd",
+                         with_keyset=True, allow_override=True)
+    except (ImportError, TypeError):  # a torch without these internals (tested with 2.13): no check
+        pass
+
+
+_register(_conv_op, _conv_setup, _conv_backward, _conv_vmap)
+_register(_conv_transpose_op, _conv_transpose_setup, _conv_transpose_backward, _conv_transpose_vmap)
+_register(_conv_weight_grad_op, _weight_grad_setup, _weight_grad_backward, _weight_grad_vmap)
+
+
+class _Function(torch.autograd.Function):
+    """One custom op as an autograd.Function whose rules call the Functions (`_DIFF`): what the public
+    functions call outside torch.compile. Subclasses name the op and its rules (the same rule functions
+    the op registers, there over `_RAW`). forward/setup_context/backward/jvp/vmap are classmethods so
+    that the subclasses share them; torch.autograd.Function calls them as it calls staticmethods."""
+
+    _op = _setup = _backward = _jvp = _vmap = None
+    generate_vmap_rule = False
+
+    @classmethod
+    def forward(cls, *args):
+        return cls._op(*args)
+
+    @classmethod
+    def setup_context(cls, ctx, inputs, output):
+        cls._setup(ctx, inputs, output)
+        ctx.save_for_forward(*inputs[:2])
+        ctx.out_shape = tuple(output.shape)
+
+    @classmethod
+    def backward(cls, ctx, grad):
+        return cls._backward(_DIFF, ctx, grad)
+
+    @classmethod
+    def jvp(cls, ctx, *tangents):
+        return cls._jvp(_DIFF, ctx, *tangents)
+
+    @classmethod
+    def vmap(cls, info, in_dims, *args):
+        return cls._vmap(_DIFF, info, in_dims, *args)
+
+
+class _Conv(_Function):
+    _op, _setup, _backward, _jvp, _vmap = map(staticmethod, (
+        _conv_op, _conv_setup, _conv_backward, _conv_jvp, _conv_vmap))
+
+
+class _ConvTranspose(_Function):
+    _op, _setup, _backward, _jvp, _vmap = map(staticmethod, (
+        _conv_transpose_op, _conv_transpose_setup, _conv_transpose_backward, _conv_transpose_jvp,
+        _conv_transpose_vmap))
+
+
+class _WeightGrad(_Function):
+    _op, _setup, _backward, _jvp, _vmap = map(staticmethod, (
+        _conv_weight_grad_op, _weight_grad_setup, _weight_grad_backward, _weight_grad_jvp, _weight_grad_vmap))
+
+
+_DIFF = _Ops(_Conv.apply, _ConvTranspose.apply, _WeightGrad.apply)
+
+
+def _ops():
+    """The Functions in eager mode; the custom ops while torch.compile/torch.export trace (Dynamo
+    cannot trace an autograd.Function with a custom jvp; the ops' registered autograd serves there)."""
+    return _RAW if torch.compiler.is_compiling() else _DIFF
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,7 +573,7 @@ def _convnd(nd, input, weight, bias, stride, padding, dilation, groups, padding_
     _check_weight(nd, weight, f"conv{nd}d", f"(C_out, C_in // groups, {_KERNEL[nd]})")
     stride, dilation = spatial_tuple(stride, nd, "stride"), spatial_tuple(dilation, nd, "dilation")
     pads = _flat_pads(padding, input, weight, stride, dilation)
-    y = _conv_op(input, weight, bias, list(stride), pads, list(dilation), groups, padding_mode)
+    y = _ops().conv(input, weight, bias, list(stride), pads, list(dilation), groups, padding_mode)
     return y.squeeze(0) if unbatched else y
 
 
@@ -366,8 +585,8 @@ def _conv_transposend(nd, input, weight, bias, stride, padding, output_padding, 
     if isinstance(padding, str):
         raise ValueError(f"conv_transpose{nd}d: padding must be an int or a tuple of ints, got {padding!r}")
     pads = _flat_pads(padding, input, weight, stride, dilation)
-    y = _conv_transpose_op(input, weight, bias, list(stride), pads, list(output_padding), list(dilation), groups,
-                           "zeros")
+    y = _ops().conv_transpose(input, weight, bias, list(stride), pads, list(output_padding), list(dilation), groups,
+                              "zeros")
     return y.squeeze(0) if unbatched else y
 
 
