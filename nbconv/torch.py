@@ -1,10 +1,16 @@
-"""PyTorch adapter: nbconv's kernels as `torch.library` custom ops, and drop-in modules.
+"""PyTorch adapter: nbconv's kernels as `torch.library` custom ops, and drop-in functions and modules.
 
 Layouts are PyTorch's: activations (N, C, *spatial), conv weights (C_out, C_in // groups, *kernel),
 transposed-conv weights (C_in, C_out // groups, *kernel). The kernels see channels-last views of
 the same memory: `t.movedim(1, -1)` of a channels_last tensor is contiguous, and any other layout is
-converted once inside nbconv (which accepts any strides). Results come back without a copy as
-channels-last-strided (N, C, *spatial) tensors built on nbconv's (N, *spatial, C) arrays.
+converted once inside nbconv (which accepts any strides).
+
+Results follow the input's memory format, as torch.nn's convolutions do: a channels-last-strided
+input (channels_last, channels_last_3d, or the same strides in 1-D) gives a channels-last result
+that is nbconv's own (N, *spatial, C) array, without a copy; any other input gives a contiguous
+(N, C, *spatial) result (one copy). Weight gradients are contiguous (C_out, C_in // groups, *kernel).
+
+dtypes: float32 or float64, shared by every tensor argument, as is the device.
 
 Three custom ops (namespace "nbconv"), each differentiable through the others, so double
 backward works. With J_w v = conv(v, w) (linear in v, whatever the padding mode) and
@@ -16,27 +22,31 @@ K_x u = conv(x, u) (linear in u)::
 
 (b's gradient is g summed over all but the channel axis). With padding_mode "zeros" conv_transpose
 is PyTorch's transposed convolution; with the other modes it also folds the gradient of the padded
-border back onto the input positions it copies.
-
-Each op call validates its arguments once (nbconv._shapes.conv_params / transpose_params, with
-nbconv's ValueError/TypeError messages naming the argument) and calls nbconv.conv's internal entry
-points, which take the parsed ConvParams and shapes: `forward`, `transpose`, `input_grad` and
-`weight_grad`. 1, 2 and 3 spatial dims share every line of this module.
+border back onto the input positions it copies. Each op is bilinear in its two tensor operands, so
+its forward-mode derivative (jvp) is the op applied to (tangent, other) plus (other, tangent), plus
+the bias tangent.
 
 Transforms. The ops carry `register_autograd` (reverse mode, used by torch.compile/torch.export and
 by direct `torch.ops.nbconv` calls) and `register_vmap`. The public functions call them through
 three `torch.autograd.Function`s (`_Conv`, `_ConvTranspose`, `_WeightGrad`) with `setup_context`,
 `backward`, `jvp` and `vmap` staticmethods whose rules are written with the same Functions, so
 every torch.func transform (grad, vjp, jvp, vmap, jacrev, jacfwd, hessian) and
-`torch.autograd.forward_ad` compose at any depth. Each op is bilinear in its two tensor operands, so
-its jvp is the op applied to (tangent, other) plus (other, tangent), plus the bias tangent. Batching
-rules: a batch of inputs is a bigger N; a batch of weights (or of weight-gradient operands) is a
-grouped convolution with groups * B groups. Dynamo cannot trace an autograd.Function with a custom
-jvp, so while torch.compile/torch.export trace (`torch.compiler.is_compiling()`) the functions call
-the ops directly; forward-mode AD through the ops themselves raises (a custom op has no jvp hook).
+`torch.autograd.forward_ad` compose at any depth. Batching rules: a batch of inputs is a bigger N; a
+batch of weights (or of weight-gradient operands) is a grouped convolution with groups * B groups.
+Dynamo cannot trace an autograd.Function with a custom jvp, so while torch.compile/torch.export
+trace (`torch.compiler.is_compiling()`) the functions call the ops directly; forward-mode AD through
+the ops themselves, or under torch.compile, raises (a custom op has no jvp hook).
 
-CUDA tensors go to nbconv's CUDA kernels through `__cuda_array_interface__` (no host copies).
+Each op call validates its arguments once (nbconv._shapes.conv_params / transpose_params, with
+nbconv's ValueError/TypeError messages naming the argument) and calls nbconv.conv's internal entry
+points, which take the parsed ConvParams and shapes: `forward`, `transpose`, `input_grad` and
+`weight_grad`. 1, 2 and 3 spatial dims share every line of this module.
+
+CUDA tensors go to nbconv's CUDA kernels through `__cuda_array_interface__` (no host copies), in
+numba's context for the tensor's GPU, ordered with PyTorch's current stream (see `_on_device`);
+forward and transposed-convolution results are allocated by PyTorch (its caching allocator).
 """
+import contextlib
 import warnings
 from typing import NamedTuple
 
@@ -45,71 +55,124 @@ from torch import Tensor, nn
 from torch.autograd import forward_ad as fwAD
 
 from nbconv import conv as core
-from nbconv._shapes import check_dtypes, conv_output_shape, conv_params, parse_padding, spatial_tuple, transpose_params
+from nbconv._shapes import conv_output_shape, conv_params, parse_padding, spatial_tuple, transpose_params
 
 __all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d",
            "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
 
 _KERNEL = {1: "K", 2: "KH, KW", 3: "KD, KH, KW"}
 _SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
+_DTYPES = (torch.float32, torch.float64)
+_DTYPE_NAMES = "float32 or float64"
 
 
 # ---------------------------------------------------------------------------------------------
-# Tensors <-> arrays, without copies
+# dtypes, devices, layouts: tensors <-> arrays
 # ---------------------------------------------------------------------------------------------
-def _array(t, name):
-    """A NumPy array (CPU) or numba device array (CUDA) sharing `t`'s memory and strides.
+def _check_tensors(**tensors):
+    """TypeError naming the argument for an unsupported dtype, a dtype mismatch or a device mismatch."""
+    dtype = device = first = None
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"{name} has dtype {t.dtype}; nbconv supports {_DTYPE_NAMES}")
+        if first is None:
+            dtype, device, first = t.dtype, t.device, name
+        elif t.dtype != dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but {first} has dtype {dtype}; "
+                            "all tensors must share one dtype")
+        elif t.device != device:
+            raise TypeError(f"{name} is on {t.device} but {first} is on {device}; all tensors must be on one device")
 
-    TypeError naming `name` for a dtype with no NumPy equivalent (bfloat16); every other dtype is
-    checked by nbconv (`check_dtypes`)."""
+
+def _array(t):
+    """A NumPy array (CPU) or numba device array (CUDA) sharing `t`'s memory and strides."""
     t = t.detach()
-    try:
-        if t.device.type == "cuda":
-            from numba import cuda
-            return cuda.as_cuda_array(t)
-        return t.numpy()
-    except TypeError:
-        raise TypeError(f"{name} has dtype {t.dtype}; nbconv supports float32 or float64") from None
+    if t.device.type == "cuda":
+        from numba import cuda
+        return cuda.as_cuda_array(t)
+    return t.numpy()
+
+
+def _arrays(*tensors):
+    return tuple(None if t is None else _array(t) for t in tensors)
+
+
+def _operand(t, perm):
+    """`t.permute(perm)`, a view of `t` (None stays None)."""
+    return None if t is None else t.detach().permute(perm)
+
+
+def _cl(nd):
+    """The permutation (N, C, *spatial) -> (N, *spatial, C)."""
+    return (0, *range(2, nd + 2), 1)
+
+
+def _hwio(nd):
+    """The permutation (A, B, *kernel) -> (*kernel, B, A) (OIHW -> HWIO)."""
+    return (*range(2, nd + 2), 1, 0)
 
 
 def _tensor(a, like):
     """The array `a` (from nbconv) as a tensor on `like`'s device, sharing its memory."""
     if like.device.type == "cuda":
-        # nbconv launches on the default stream (numba synchronizes the inputs' stream when it
-        # reads their __cuda_array_interface__); PyTorch's current stream must wait for the result.
-        current, default = torch.cuda.current_stream(like.device), torch.cuda.default_stream(like.device)
-        if current != default:
-            current.wait_stream(default)
         return torch.as_tensor(a, device=like.device)
     return torch.from_numpy(a)
 
 
-def _channels_last(t, name):
-    """(N, C, *spatial) tensor -> (N, *spatial, C) array view."""
-    return _array(t.movedim(1, -1), name)
+def _channels_last_like(t):
+    """Whether (N, C, *spatial) `t` is laid out channels-last: not contiguous, more than one channel, and
+    the channel stride below every spatial stride (dims of size 1 aside). channels_last and
+    channels_last_3d tensors and their slices are; contiguous tensors (also when C == 1) are not."""
+    if t.is_contiguous() or t.shape[1] == 1:
+        return False
+    c = t.stride(1)
+    return all(c < s for n, s in zip(t.shape[2:], t.stride()[2:]) if n != 1)
 
 
-def _hwio(w, name):
-    """(A, B, *kernel) weight -> (*kernel, B, A) array view (OIHW -> HWIO)."""
-    nd = w.dim() - 2
-    return _array(w.permute(*range(2, nd + 2), 1, 0), name)
+def _result(t, channels_last):
+    """nbconv's (N, *spatial, C) result `t` as the (N, C, *spatial) tensor: the channels-last view itself, or
+    a contiguous copy."""
+    t = t.movedim(-1, 1)
+    t = t if channels_last else t.contiguous()
+    return t.detach()  # not a view (of nbconv's array): forward-mode AD wants a result with no view base
 
 
-def _from_channels_last(a, like):
-    """(N, *spatial, C) array -> (N, C, *spatial) tensor (channels_last strides) on its memory. Detached, so
-    not a view of the array's tensor: forward-mode AD wants a result with no view base."""
-    return _tensor(a, like).movedim(-1, 1).detach()
+def _empty_result(like, n, channels, spatial, channels_last):
+    """A fake result with the strides the real one has (see `_result`)."""
+    if channels_last:
+        return like.new_empty((n, *spatial, channels)).movedim(-1, 1)
+    return like.new_empty((n, channels, *spatial))
 
 
-def _from_hwio(a, like):
-    """(*kernel, B, A) array -> (A, B, *kernel) tensor on its memory (not a view, see _from_channels_last)."""
-    nd = a.ndim - 2
-    return _tensor(a, like).permute(nd + 1, nd, *range(nd)).detach()
-
-
-def _empty_channels_last(like, n, channels, spatial):
-    """A fake result with the strides the real one has: (N, *spatial, C) contiguous, viewed as (N, C, *spatial)."""
-    return like.new_empty((n, *spatial, channels)).movedim(-1, 1)
+@contextlib.contextmanager
+def _on_device(t):
+    """Around nbconv's kernels (and the wrapping of tensors as arrays) for tensors on `t`'s device; every
+    PyTorch operation on the operands (float32 copies, result allocation) comes before it. Nothing to
+    arrange on the CPU. On CUDA: numba's context for that GPU (a cuda:1 tensor runs on GPU 1, not on the
+    current device), and ordering with PyTorch's current stream. nbconv launches on the legacy default
+    stream, which PyTorch's side streams do not synchronize with: the default stream first waits for the
+    work queued on the current stream (the inputs' producers, the float32 copies), and the current stream
+    then waits for nbconv's kernels (the results' consumers, and any reuse of the operands' memory by the
+    caching allocator, which reuses a block in the order of the stream that allocated it). Both waits are
+    GPU-side: the host never blocks. (PyTorch's default stream is the legacy one unless PyTorch was built
+    with per-thread default streams.)"""
+    if t.device.type != "cuda":
+        yield
+        return
+    from numba import cuda
+    index = t.device.index if t.device.index is not None else torch.cuda.current_device()
+    current, default = torch.cuda.current_stream(index), torch.cuda.default_stream(index)
+    side = current != default
+    with cuda.gpus[index]:
+        if side:
+            default.wait_stream(current)
+        try:
+            yield
+        finally:
+            if side:
+                current.wait_stream(default)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,20 +221,23 @@ def _conv_op(input: Tensor, weight: Tensor, bias: Tensor | None, stride: list[in
              dilation: list[int], groups: int, padding_mode: str) -> Tensor:
     nd = _check_rank("conv", input)
     _check_same_rank("conv", nd, "weight", weight.shape, f"(C_out, C_in // groups, {_KERNEL[nd]})")
-    x, w = _channels_last(input, "input"), _hwio(weight, "weight")
-    b = None if bias is None else _array(bias, "bias")
-    check_dtypes(input=x, weight=w, bias=b)
+    _check_tensors(input=input, weight=weight, bias=bias)
+    x, w, b = _operand(input, _cl(nd)), _operand(weight, _hwio(nd)), _operand(bias, (0,))
     params = conv_params(tuple(x.shape), tuple(w.shape), stride=stride, padding=_pairs(padding, nd),
                          dilation=dilation, groups=groups, padding_mode=padding_mode)
     _check_bias(b, w.shape[-1])
-    return _from_channels_last(core.forward(x, w, b, params), input)
+    out = x.new_empty(conv_output_shape(tuple(x.shape), tuple(w.shape), params))  # by PyTorch's allocator
+    with _on_device(input):
+        x, w, b, out_array = _arrays(x, w, b, out)
+        core.forward(x, w, b, params, out_array)
+    return _result(out, _channels_last_like(input))
 
 
 @_conv_op.register_fake
 def _(input, weight, bias, stride, padding, dilation, groups, padding_mode):
     spatial = [(n + padding[2 * i] + padding[2 * i + 1] - d * (k - 1) - 1) // s + 1
                for i, (n, k, s, d) in enumerate(zip(input.shape[2:], weight.shape[2:], stride, dilation))]
-    return _empty_channels_last(input, input.shape[0], weight.shape[0], spatial)
+    return _empty_result(input, input.shape[0], weight.shape[0], spatial, _channels_last_like(input))
 
 
 @torch.library.custom_op("nbconv::conv_transpose", mutates_args=())
@@ -179,15 +245,18 @@ def _conv_transpose_op(input: Tensor, weight: Tensor, bias: Tensor | None, strid
                        output_padding: list[int], dilation: list[int], groups: int, padding_mode: str) -> Tensor:
     nd = _check_rank("conv_transpose", input)
     _check_same_rank("conv_transpose", nd, "weight", weight.shape, f"(C_in, C_out // groups, {_KERNEL[nd]})")
-    x, w = _channels_last(input, "input"), _hwio(weight, "weight")
-    b = None if bias is None else _array(bias, "bias")
-    check_dtypes(input=x, weight=w, bias=b)
+    _check_tensors(input=input, weight=weight, bias=bias)
+    x, w, b = _operand(input, _cl(nd)), _operand(weight, _hwio(nd)), _operand(bias, (0,))
     params, output_padding, out_shape = transpose_params(
         tuple(x.shape), tuple(w.shape), stride=stride, padding=_pairs(padding, nd), output_padding=output_padding,
         dilation=dilation, groups=groups)
     _check_bias(b, out_shape[-1])
     if padding_mode == "zeros":
-        return _from_channels_last(core.transpose(x, w, b, params, output_padding, out_shape), input)
+        out = x.new_empty(out_shape)  # by PyTorch's allocator
+        with _on_device(input):
+            x, w, b, out_array = _arrays(x, w, b, out)
+            core.transpose(x, w, b, params, output_padding, out_shape, out_array)
+        return _result(out, _channels_last_like(input))
     # Other modes: the input gradient of the forward conv (same weight array) whose input has this op's
     # output shape; that conv's output has x's shape exactly when every output_padding < stride.
     params = conv_params(out_shape, tuple(w.shape), stride=params.stride, padding=params.pads,
@@ -195,12 +264,12 @@ def _conv_transpose_op(input: Tensor, weight: Tensor, bias: Tensor | None, strid
     if any(op >= s for op, s in zip(output_padding, params.stride)):
         raise ValueError(f"output_padding {list(output_padding)} must be smaller than stride "
                          f"{list(params.stride)} with padding_mode {padding_mode!r}")
-    if bias is not None and bias.device != input.device:  # (the kernels never see this bias)
-        raise TypeError(f"bias is on {bias.device} but input is on {input.device}")
-    result = _from_channels_last(core.input_grad(x, w, out_shape, params), input)
-    if bias is not None:
-        result.add_(bias.view(-1, *(1,) * nd))
-    return result
+    with _on_device(input):
+        x, w = _arrays(x, w)
+        out = _tensor(core.input_grad(x, w, out_shape, params), input)
+    if b is not None:
+        out.add_(b)
+    return _result(out, _channels_last_like(input))
 
 
 def _conv_transpose_output_shape(input, weight, stride, padding, output_padding, dilation, groups):
@@ -213,7 +282,7 @@ def _conv_transpose_output_shape(input, weight, stride, padding, output_padding,
 @_conv_transpose_op.register_fake
 def _(input, weight, bias, stride, padding, output_padding, dilation, groups, padding_mode):
     n, c, *spatial = _conv_transpose_output_shape(input, weight, stride, padding, output_padding, dilation, groups)
-    return _empty_channels_last(input, n, c, spatial)
+    return _empty_result(input, n, c, spatial, _channels_last_like(input))
 
 
 @torch.library.custom_op("nbconv::conv_weight_grad", mutates_args=())
@@ -224,24 +293,26 @@ def _conv_weight_grad_op(grad_output: Tensor, input: Tensor, weight_shape: list[
     _check_same_rank("conv_weight_grad", nd, "grad_output", grad_output.shape, f"(N, C_out, {_SPATIAL[nd]})")
     if any(size < 1 for size in weight_shape):
         raise ValueError(f"weight_shape must be positive sizes, got {list(weight_shape)}")
+    _check_tensors(grad_output=grad_output, input=input)
     c_out, cg_in, *kernel = weight_shape
     w_shape = (*kernel, cg_in, c_out)
-    gy, x = _channels_last(grad_output, "grad_output"), _channels_last(input, "input")
-    check_dtypes(grad_output=gy, input=x)
+    gy, x = _operand(grad_output, _cl(nd)), _operand(input, _cl(nd))
     params = conv_params(tuple(x.shape), w_shape, stride=stride, padding=_pairs(padding, nd), dilation=dilation,
                          groups=groups, padding_mode=padding_mode)
     y_shape = conv_output_shape(tuple(x.shape), w_shape, params)
     if tuple(gy.shape) != y_shape:
         raise ValueError(f"grad_output has shape {tuple(grad_output.shape)} but the convolution's output has shape "
                          f"{_nchw(y_shape)} (input.shape={tuple(input.shape)}, weight_shape={list(weight_shape)})")
-    return _from_hwio(core.weight_grad(gy, x, w_shape, params), input)
+    with _on_device(input):
+        gy, x = _arrays(gy, x)
+        gw = _tensor(core.weight_grad(gy, x, w_shape, params), input)
+    # (*kernel, C_in // groups, C_out) -> contiguous (C_out, C_in // groups, *kernel), like a weight
+    return gw.permute(nd + 1, nd, *range(nd)).contiguous().detach()
 
 
 @_conv_weight_grad_op.register_fake
 def _(grad_output, input, weight_shape, stride, padding, dilation, groups, padding_mode):
-    c_out, cg_in, *kernel = weight_shape
-    nd = len(kernel)
-    return input.new_empty((*kernel, cg_in, c_out)).permute(nd + 1, nd, *range(nd))
+    return input.new_empty(weight_shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -602,8 +673,8 @@ def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """`torch.nn.functional.conv2d` on nbconv's kernels: input (N, C_in, H, W), weight (C_out, C_in // groups, KH, KW).
 
-    padding: an int, a pair, "valid" or "same" (see `conv1d` for strided "same"). Returns a
-    channels_last-strided tensor.
+    padding: an int, a pair, "valid" or "same" (see `conv1d` for strided "same"). The result has the
+    input's memory format (channels_last or contiguous).
 
     >>> import torch, nbconv.torch
     >>> x = torch.arange(16.).reshape(1, 1, 4, 4)
@@ -618,8 +689,8 @@ def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """`torch.nn.functional.conv3d` on nbconv's kernels: input (N, C_in, D, H, W), weight
     (C_out, C_in // groups, KD, KH, KW).
 
-    padding: an int, a triple, "valid" or "same" (see `conv1d` for strided "same"). Returns a
-    channels_last_3d-strided tensor.
+    padding: an int, a triple, "valid" or "same" (see `conv1d` for strided "same"). The result has the
+    input's memory format (channels_last_3d or contiguous).
 
     >>> import torch, nbconv.torch
     >>> x = torch.ones(1, 1, 3, 3, 3)
@@ -662,7 +733,7 @@ class Conv1d(nn.Conv1d):
 
 
 class Conv2d(nn.Conv2d):
-    """Drop-in `torch.nn.Conv2d` computed by nbconv (outputs are channels_last-strided)."""
+    """Drop-in `torch.nn.Conv2d` computed by nbconv."""
 
     def _conv_forward(self, input, weight, bias):
         return _convnd(2, input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
@@ -670,7 +741,7 @@ class Conv2d(nn.Conv2d):
 
 
 class Conv3d(nn.Conv3d):
-    """Drop-in `torch.nn.Conv3d` computed by nbconv (outputs are channels_last_3d-strided)."""
+    """Drop-in `torch.nn.Conv3d` computed by nbconv."""
 
     def _conv_forward(self, input, weight, bias):
         return _convnd(3, input, weight, bias, self.stride, self.padding, self.dilation, self.groups,

@@ -1,5 +1,6 @@
 """The PyTorch adapter nbconv.torch: custom ops, gradients (also second order), torch.compile and
 drop-in equivalence with torch.nn's convolutions. PyTorch's own convolutions are the oracle."""
+import contextlib
 import subprocess
 import sys
 
@@ -182,7 +183,9 @@ def test_errors_name_the_problem():
         nt.conv2d(x, torch.randn(2, 4, 3, 3))
     with pytest.raises(ValueError, match="padding"):
         nt.conv2d(x, torch.randn(2, 3, 3, 3), padding="full")
-    with pytest.raises(TypeError, match="float16"):
+    with pytest.raises(TypeError, match=r"input has dtype torch.int64; nbconv supports float32 or float64"):
+        nt.conv2d(x.long(), torch.randn(2, 3, 3, 3).long())
+    with pytest.raises(TypeError, match=r"input has dtype torch.float16"):
         nt.conv2d(x.half(), torch.randn(2, 3, 3, 3).half())
     with pytest.raises(ValueError, match="3-D"):
         nt.conv1d(x, torch.randn(2, 3, 3))
@@ -213,6 +216,77 @@ def test_channels_last_reaches_kernels_as_view(monkeypatch):
     assert seen["w"].shape == (2, 2, 5, 3) and np.shares_memory(seen["w"], w.numpy())
     assert y.is_contiguous(memory_format=torch.channels_last)
     assert y.data_ptr() == seen["y"].ctypes.data
+
+
+# ------------------------------------------------------------------------------------------------
+# Memory format: the result follows the input's, as torch.nn's convolutions do
+# ------------------------------------------------------------------------------------------------
+# nd -> (ours, torch's, weight shape, kwargs) for a convolution and a transposed one
+LAYOUT_OPS = {
+    (1, False): (nt.conv1d, F.conv1d, (6, 2, 3), dict(stride=2, padding=1, groups=2)),
+    (2, False): (nt.conv2d, F.conv2d, (6, 2, 3, 2), dict(stride=(2, 1), padding=(1, 0), groups=2)),
+    (3, False): (nt.conv3d, F.conv3d, (6, 4, 2, 3, 2), dict(stride=(1, 2, 1), padding=1)),
+    (1, True): (nt.conv_transpose1d, F.conv_transpose1d, (4, 3, 3), dict(stride=2, padding=1, output_padding=1)),
+    (2, True): (nt.conv_transpose2d, F.conv_transpose2d, (4, 2, 2, 3), dict(stride=(2, 1), groups=2)),
+    (3, True): (nt.conv_transpose3d, F.conv_transpose3d, (4, 3, 2, 2, 3), dict(stride=2, padding=(1, 0, 1))),
+}
+SPATIAL_SHAPES = {1: (9,), 2: (7, 6), 3: (5, 4, 6)}
+
+
+def _laid_out(base, layout):
+    """base (N, C, *spatial) in `layout`: contiguous, channels-last (channels_last / channels_last_3d, and
+    the same strides in 1-D), or a slice of a twice-as-large tensor in either layout."""
+    def channels_last(t):
+        return t.movedim(1, -1).contiguous().movedim(-1, 1)
+    if layout == "contiguous":
+        return base.contiguous()
+    if layout == "channels_last":
+        return channels_last(base)
+    big = torch.repeat_interleave(base, 2, dim=1)  # channels 2c, 2c + 1 hold base's channel c
+    big = torch.cat([big, big[..., :1]], dim=-1)
+    big = channels_last(big) if layout == "sliced_channels_last" else big.contiguous()
+    return big[:, ::2, ..., :-1]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced_contiguous", "sliced_channels_last"])
+@pytest.mark.parametrize("nd,transposed", list(LAYOUT_OPS), ids=[f"{nd}d{'-transposed' if t else ''}"
+                                                                    for nd, t in LAYOUT_OPS])
+def test_result_memory_format_follows_input(nd, transposed, layout, serial_numba):
+    """channels-last input -> channels-last result (nbconv's own array, see the next test); any other input
+    -> contiguous result. In 2-D and 3-D exactly torch.nn.functional's strides (contiguous weights);
+    torch has no channels-last format for 3-D tensors, so a channels-last-strided 1-D input is the one case
+    where nbconv (channels-last result) and torch (contiguous) differ."""
+    ours, ref, w_shape, kwargs = LAYOUT_OPS[nd, transposed]
+    torch.manual_seed(19)
+    c_in = w_shape[0] if transposed else w_shape[1] * kwargs.get("groups", 1)
+    base = torch.randn(2, c_in, *SPATIAL_SHAPES[nd], dtype=torch.float64)
+    x = _laid_out(base, layout)
+    assert torch.equal(x, base)
+    w = torch.randn(w_shape, dtype=torch.float64)
+    y, want = ours(x, w, **kwargs), ref(x, w, **kwargs)
+    _close(y, want, torch.float64)
+    if layout.endswith("channels_last"):
+        assert y.movedim(1, -1).is_contiguous() and not y.is_contiguous()
+    else:
+        assert y.is_contiguous()
+    if nd > 1:  # (torch's float64 3-D path returns contiguous results whatever the input: compare in float32)
+        assert y.stride() == ref(x.float(), w.float(), **kwargs).stride()
+    # gradients: the input's has torch's layout (its layout contract), the weight's is contiguous
+    grads = []
+    for conv in (ours, ref):
+        x, w = x.detach().requires_grad_(), w.detach().requires_grad_()
+        conv(x, w, **kwargs).backward(torch.ones_like(y))
+        grads.append((x.grad, w.grad))
+    _close(grads[0], grads[1], torch.float64)
+    assert grads[0][0].stride() == grads[1][0].stride() and grads[0][1].is_contiguous()
+
+
+def test_nchw_model_flattens_with_view():
+    """conv -> relu -> pool -> .view(N, -1), the common classifier head, works on NCHW inputs."""
+    torch.manual_seed(20)
+    net = nn.Sequential(nt.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2))
+    y = net(torch.randn(5, 3, 10, 10))
+    assert y.is_contiguous() and y.view(5, -1).shape == (5, 4 * 4 * 4)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -274,9 +348,13 @@ OPCHECK_PARAMS = [
 
 @pytest.mark.parametrize("stride,padding,dilation,groups,mode", OPCHECK_PARAMS)
 def test_opcheck(stride, padding, dilation, groups, mode, serial_numba):
+    """Schema, fake kernels (shapes and strides: channels_last inputs for two modes), autograd registration."""
     torch.manual_seed(6)
     ops = torch.ops.nbconv
-    x = torch.randn(2, 4, 7, 6, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 4, 7, 6, dtype=torch.float64)
+    if mode in ("reflect", "circular"):
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
     w = torch.randn(6, 4 // groups, 3, 2, dtype=torch.float64, requires_grad=True)
     b = torch.randn(6, dtype=torch.float64, requires_grad=True)
     torch.library.opcheck(ops.conv.default, (x, w, b, stride, padding, dilation, groups, mode))
@@ -500,7 +578,10 @@ OPCHECK_PARAMS_3D = [
 def test_opcheck_3d(stride, padding, dilation, groups, mode, serial_numba):
     torch.manual_seed(17)
     ops = torch.ops.nbconv
-    x = torch.randn(2, 4, 4, 5, 4, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 4, 4, 5, 4, dtype=torch.float64)
+    if mode == "reflect":
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x.requires_grad_()
     w = torch.randn(6, 4 // groups, 2, 3, 2, dtype=torch.float64, requires_grad=True)
     b = torch.randn(6, dtype=torch.float64, requires_grad=True)
     torch.library.opcheck(ops.conv.default, (x, w, b, stride, padding, dilation, groups, mode))
@@ -588,8 +669,8 @@ def test_errors_3d():
         nt.conv3d(x, w, torch.randn(3))
     with pytest.raises(ValueError, match="reflect padding"):
         nt.Conv3d(3, 2, 3, padding=4, padding_mode="reflect")(x)
-    with pytest.raises(TypeError, match="float16"):
-        nt.conv3d(x.half(), w.half())
+    with pytest.raises(TypeError, match="weight has dtype torch.complex64"):
+        nt.conv3d(x, w.to(torch.complex64))
     with pytest.raises(TypeError, match="bfloat16"):
         nt.conv3d(x.bfloat16(), w.bfloat16())
     with pytest.raises(TypeError, match="dtype"):
@@ -622,6 +703,102 @@ def test_import_nbconv_does_not_import_torch():
     code = ("import sys, numpy as np, nbconv; nbconv.conv2d(np.ones((1, 3, 3, 1)), np.ones((2, 2, 1, 1))); "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cuda_device_and_stream_ordering(monkeypatch):
+    """The CUDA path's device and stream handling, without a GPU (PyTorch's streams and numba's device list
+    replaced by recorders): numba runs in the context of the tensor's GPU (cuda:1 -> GPU 1); on a side
+    stream the legacy default stream, where nbconv launches, waits for the current stream before the
+    kernels and the current stream waits for it after, also when a kernel raises; on the default stream
+    nothing waits (one stream orders everything)."""
+    from numba import cuda
+    events = []
+
+    class Stream:
+        def __init__(self, name):
+            self.name = name
+
+        def wait_stream(self, other):
+            events.append(f"{self.name} waits for {other.name}")
+
+    class Gpus:
+        def __getitem__(self, index):
+            events.append(f"gpu {index}")
+            return contextlib.nullcontext()
+
+    class CudaTensor:  # what _on_device reads of a tensor
+        device = torch.device("cuda", 1)
+
+    default, side = Stream("default"), Stream("side")
+    current = {"stream": side}
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current["stream"])
+    monkeypatch.setattr(torch.cuda, "default_stream", lambda device=None: default)
+    monkeypatch.setattr(cuda, "gpus", Gpus(), raising=False)
+    with nt._on_device(CudaTensor()):
+        events.append("kernels")
+    assert events == ["gpu 1", "default waits for side", "kernels", "side waits for default"]
+    events.clear()
+    with pytest.raises(ValueError), nt._on_device(CudaTensor()):
+        raise ValueError("a kernel failed")
+    assert events == ["gpu 1", "default waits for side", "side waits for default"]
+    events.clear()
+    current["stream"] = default
+    with nt._on_device(CudaTensor()):
+        events.append("kernels")
+    assert events == ["gpu 1", "kernels"]
+    events.clear()
+    with nt._on_device(torch.zeros(1)):  # CPU tensors: nothing to arrange
+        events.append("kernels")
+    assert events == ["kernels"]
+
+
+def test_forward_results_come_from_torch_allocator(monkeypatch):
+    """The forward and transposed-convolution kernels write into a tensor PyTorch allocated (on CUDA: its
+    caching allocator), handed to nbconv as `out`; a channels_last result is that tensor itself."""
+    seen = {}
+    real_forward, real_transpose = nt.core.forward, nt.core.transpose
+
+    def forward(x, w, bias, params, out=None):
+        seen["forward"] = out
+        return real_forward(x, w, bias, params, out)
+
+    def transpose(x, w, bias, params, output_padding, out_shape, out=None):
+        seen["transpose"] = out
+        return real_transpose(x, w, bias, params, output_padding, out_shape, out)
+
+    monkeypatch.setattr(nt.core, "forward", forward)
+    monkeypatch.setattr(nt.core, "transpose", transpose)
+    x = torch.randn(2, 3, 5, 5).contiguous(memory_format=torch.channels_last)
+    y = nt.conv2d(x, torch.randn(4, 3, 2, 2))
+    assert seen["forward"] is not None and y.data_ptr() == seen["forward"].ctypes.data
+    y = nt.conv_transpose2d(x, torch.randn(3, 2, 2, 2), stride=2)
+    assert seen["transpose"] is not None and y.data_ptr() == seen["transpose"].ctypes.data
+
+
+_NEEDS_GPU = pytest.mark.skipif(not (torch.cuda.is_available() and nbconv.cuda_available()),
+                                reason="needs a CUDA GPU and NUMBA_ENABLE_CUDASIM=0")
+
+
+@_NEEDS_GPU
+def test_cuda_side_stream_and_allocator():
+    """On a side stream: inputs produced there are read after they are written and the result is usable
+    there at once; results are PyTorch allocations; a cuda:1 tensor stays on cuda:1."""
+    torch.manual_seed(24)
+    w = torch.randn(8, 4, 3, 3, device="cuda")
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        x = torch.randn(16, 4, 64, 64, device="cuda").contiguous(memory_format=torch.channels_last) * 3
+        before = torch.cuda.memory_allocated()
+        y = nt.conv2d(x, w, padding=1)
+        assert torch.cuda.memory_allocated() - before >= y.numel() * 4
+        z = y * 2
+    stream.synchronize()
+    _close(z, 2 * F.conv2d(x, w, padding=1), torch.float32)
+    if torch.cuda.device_count() > 1:
+        x1, w1 = x.to("cuda:1"), w.to("cuda:1")
+        y1 = nt.conv2d(x1, w1, padding=1)
+        assert y1.device == x1.device
+        _close(y1.cpu(), F.conv2d(x, w, padding=1).cpu(), torch.float32)
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and nbconv.cuda_available()),
