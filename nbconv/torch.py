@@ -10,7 +10,11 @@ input (channels_last, channels_last_3d, or the same strides in 1-D) gives a chan
 that is nbconv's own (N, *spatial, C) array, without a copy; any other input gives a contiguous
 (N, C, *spatial) result (one copy). Weight gradients are contiguous (C_out, C_in // groups, *kernel).
 
-dtypes: float32 or float64, shared by every tensor argument, as is the device.
+dtypes: float32 and float64 compute in their own precision; float16 and bfloat16 are storage types
+(each operand becomes one channels-last float32 copy, the kernels accumulate in float32, the result
+is rounded to the input dtype). All tensor arguments share one dtype and one device. Under
+`torch.autocast` the public functions cast their floating inputs (not float64) to the autocast dtype,
+as torch.nn.functional's convolutions do.
 
 Three custom ops (namespace "nbconv"), each differentiable through the others, so double
 backward works. With J_w v = conv(v, w) (linear in v, whatever the padding mode) and
@@ -62,15 +66,17 @@ __all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
 
 _KERNEL = {1: "K", 2: "KH, KW", 3: "KD, KH, KW"}
 _SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
-_DTYPES = (torch.float32, torch.float64)
-_DTYPE_NAMES = "float32 or float64"
+_STORAGE_DTYPES = (torch.float16, torch.bfloat16)   # computed in float32
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_DTYPE_NAMES = "float16, bfloat16, float32 or float64"
 
 
 # ---------------------------------------------------------------------------------------------
 # dtypes, devices, layouts: tensors <-> arrays
 # ---------------------------------------------------------------------------------------------
 def _check_tensors(**tensors):
-    """TypeError naming the argument for an unsupported dtype, a dtype mismatch or a device mismatch."""
+    """The dtype every (non-None) tensor shares; TypeError naming the argument for an unsupported dtype,
+    a dtype mismatch or a device mismatch."""
     dtype = device = first = None
     for name, t in tensors.items():
         if t is None:
@@ -84,6 +90,7 @@ def _check_tensors(**tensors):
                             "all tensors must share one dtype")
         elif t.device != device:
             raise TypeError(f"{name} is on {t.device} but {first} is on {device}; all tensors must be on one device")
+    return dtype
 
 
 def _array(t):
@@ -100,8 +107,13 @@ def _arrays(*tensors):
 
 
 def _operand(t, perm):
-    """`t.permute(perm)`, a view of `t` (None stays None)."""
-    return None if t is None else t.detach().permute(perm)
+    """`t.permute(perm)`, a view of `t` (None stays None); float16/bfloat16 become one C-contiguous float32 copy."""
+    if t is None:
+        return None
+    v = t.detach().permute(perm)
+    if v.dtype in _STORAGE_DTYPES:
+        v = v.to(torch.float32, memory_format=torch.contiguous_format)
+    return v
 
 
 def _cl(nd):
@@ -131,11 +143,12 @@ def _channels_last_like(t):
     return all(c < s for n, s in zip(t.shape[2:], t.stride()[2:]) if n != 1)
 
 
-def _result(t, channels_last):
-    """nbconv's (N, *spatial, C) result `t` as the (N, C, *spatial) tensor: the channels-last view itself, or
-    a contiguous copy."""
+def _result(t, dtype, channels_last):
+    """nbconv's (N, *spatial, C) result `t` (compute dtype) as the (N, C, *spatial) tensor in `dtype`: the
+    channels-last view itself, or a contiguous copy (the conversion to float16/bfloat16 is that copy)."""
     t = t.movedim(-1, 1)
-    t = t if channels_last else t.contiguous()
+    # (`to` may return its input when only the memory format differs: contiguous() makes sure, at no extra copy)
+    t = t.to(dtype) if channels_last else t.to(dtype, memory_format=torch.contiguous_format).contiguous()
     return t.detach()  # not a view (of nbconv's array): forward-mode AD wants a result with no view base
 
 
@@ -221,7 +234,7 @@ def _conv_op(input: Tensor, weight: Tensor, bias: Tensor | None, stride: list[in
              dilation: list[int], groups: int, padding_mode: str) -> Tensor:
     nd = _check_rank("conv", input)
     _check_same_rank("conv", nd, "weight", weight.shape, f"(C_out, C_in // groups, {_KERNEL[nd]})")
-    _check_tensors(input=input, weight=weight, bias=bias)
+    dtype = _check_tensors(input=input, weight=weight, bias=bias)
     x, w, b = _operand(input, _cl(nd)), _operand(weight, _hwio(nd)), _operand(bias, (0,))
     params = conv_params(tuple(x.shape), tuple(w.shape), stride=stride, padding=_pairs(padding, nd),
                          dilation=dilation, groups=groups, padding_mode=padding_mode)
@@ -230,7 +243,7 @@ def _conv_op(input: Tensor, weight: Tensor, bias: Tensor | None, stride: list[in
     with _on_device(input):
         x, w, b, out_array = _arrays(x, w, b, out)
         core.forward(x, w, b, params, out_array)
-    return _result(out, _channels_last_like(input))
+    return _result(out, dtype, _channels_last_like(input))
 
 
 @_conv_op.register_fake
@@ -245,7 +258,7 @@ def _conv_transpose_op(input: Tensor, weight: Tensor, bias: Tensor | None, strid
                        output_padding: list[int], dilation: list[int], groups: int, padding_mode: str) -> Tensor:
     nd = _check_rank("conv_transpose", input)
     _check_same_rank("conv_transpose", nd, "weight", weight.shape, f"(C_in, C_out // groups, {_KERNEL[nd]})")
-    _check_tensors(input=input, weight=weight, bias=bias)
+    dtype = _check_tensors(input=input, weight=weight, bias=bias)
     x, w, b = _operand(input, _cl(nd)), _operand(weight, _hwio(nd)), _operand(bias, (0,))
     params, output_padding, out_shape = transpose_params(
         tuple(x.shape), tuple(w.shape), stride=stride, padding=_pairs(padding, nd), output_padding=output_padding,
@@ -256,7 +269,7 @@ def _conv_transpose_op(input: Tensor, weight: Tensor, bias: Tensor | None, strid
         with _on_device(input):
             x, w, b, out_array = _arrays(x, w, b, out)
             core.transpose(x, w, b, params, output_padding, out_shape, out_array)
-        return _result(out, _channels_last_like(input))
+        return _result(out, dtype, _channels_last_like(input))
     # Other modes: the input gradient of the forward conv (same weight array) whose input has this op's
     # output shape; that conv's output has x's shape exactly when every output_padding < stride.
     params = conv_params(out_shape, tuple(w.shape), stride=params.stride, padding=params.pads,
@@ -269,7 +282,7 @@ def _conv_transpose_op(input: Tensor, weight: Tensor, bias: Tensor | None, strid
         out = _tensor(core.input_grad(x, w, out_shape, params), input)
     if b is not None:
         out.add_(b)
-    return _result(out, _channels_last_like(input))
+    return _result(out, dtype, _channels_last_like(input))
 
 
 def _conv_transpose_output_shape(input, weight, stride, padding, output_padding, dilation, groups):
@@ -293,7 +306,7 @@ def _conv_weight_grad_op(grad_output: Tensor, input: Tensor, weight_shape: list[
     _check_same_rank("conv_weight_grad", nd, "grad_output", grad_output.shape, f"(N, C_out, {_SPATIAL[nd]})")
     if any(size < 1 for size in weight_shape):
         raise ValueError(f"weight_shape must be positive sizes, got {list(weight_shape)}")
-    _check_tensors(grad_output=grad_output, input=input)
+    dtype = _check_tensors(grad_output=grad_output, input=input)
     c_out, cg_in, *kernel = weight_shape
     w_shape = (*kernel, cg_in, c_out)
     gy, x = _operand(grad_output, _cl(nd)), _operand(input, _cl(nd))
@@ -307,7 +320,7 @@ def _conv_weight_grad_op(grad_output: Tensor, input: Tensor, weight_shape: list[
         gy, x = _arrays(gy, x)
         gw = _tensor(core.weight_grad(gy, x, w_shape, params), input)
     # (*kernel, C_in // groups, C_out) -> contiguous (C_out, C_in // groups, *kernel), like a weight
-    return gw.permute(nd + 1, nd, *range(nd)).contiguous().detach()
+    return gw.permute(nd + 1, nd, *range(nd)).to(dtype, memory_format=torch.contiguous_format).contiguous().detach()
 
 
 @_conv_weight_grad_op.register_fake
@@ -613,6 +626,17 @@ def _ops():
     return _RAW if torch.compiler.is_compiling() else _DIFF
 
 
+def _autocast(input, *tensors):
+    """`tensors` as torch.autocast casts a convolution's arguments: floating tensors other than float64 to the
+    autocast dtype of input's device type, when autocast is enabled there."""
+    device = input.device.type
+    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
+        return tensors
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
+                 for t in tensors)
+
+
 # ---------------------------------------------------------------------------------------------
 # torch.nn.functional-style functions
 # ---------------------------------------------------------------------------------------------
@@ -644,6 +668,7 @@ def _convnd(nd, input, weight, bias, stride, padding, dilation, groups, padding_
     _check_weight(nd, weight, f"conv{nd}d", f"(C_out, C_in // groups, {_KERNEL[nd]})")
     stride, dilation = spatial_tuple(stride, nd, "stride"), spatial_tuple(dilation, nd, "dilation")
     pads = _flat_pads(padding, input, weight, stride, dilation)
+    input, weight, bias = _autocast(input, input, weight, bias)
     y = _ops().conv(input, weight, bias, list(stride), pads, list(dilation), groups, padding_mode)
     return y.squeeze(0) if unbatched else y
 
@@ -656,6 +681,7 @@ def _conv_transposend(nd, input, weight, bias, stride, padding, output_padding, 
     if isinstance(padding, str):
         raise ValueError(f"conv_transpose{nd}d: padding must be an int or a tuple of ints, got {padding!r}")
     pads = _flat_pads(padding, input, weight, stride, dilation)
+    input, weight, bias = _autocast(input, input, weight, bias)
     y = _ops().conv_transpose(input, weight, bias, list(stride), pads, list(output_padding), list(dilation), groups,
                               "zeros")
     return y.squeeze(0) if unbatched else y

@@ -183,10 +183,10 @@ def test_errors_name_the_problem():
         nt.conv2d(x, torch.randn(2, 4, 3, 3))
     with pytest.raises(ValueError, match="padding"):
         nt.conv2d(x, torch.randn(2, 3, 3, 3), padding="full")
-    with pytest.raises(TypeError, match=r"input has dtype torch.int64; nbconv supports float32 or float64"):
+    with pytest.raises(TypeError, match=r"input has dtype torch.int64; nbconv supports float16, bfloat16"):
         nt.conv2d(x.long(), torch.randn(2, 3, 3, 3).long())
-    with pytest.raises(TypeError, match=r"input has dtype torch.float16"):
-        nt.conv2d(x.half(), torch.randn(2, 3, 3, 3).half())
+    with pytest.raises(TypeError, match=r"weight has dtype torch.float32 but input has dtype torch.float16"):
+        nt.conv2d(x.half(), torch.randn(2, 3, 3, 3))
     with pytest.raises(ValueError, match="3-D"):
         nt.conv1d(x, torch.randn(2, 3, 3))
     with pytest.raises(ValueError, match="zeros"):
@@ -287,6 +287,93 @@ def test_nchw_model_flattens_with_view():
     net = nn.Sequential(nt.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2))
     y = net(torch.randn(5, 3, 10, 10))
     assert y.is_contiguous() and y.view(5, -1).shape == (5, 4 * 4 * 4)
+
+
+# ------------------------------------------------------------------------------------------------
+# float16 / bfloat16 tensors and torch.autocast
+# ------------------------------------------------------------------------------------------------
+# dtype -> eps (2**-mantissa bits): one rounding of the same float32 sum, done twice in two orders, can
+# land one unit in the last place apart, i.e. at most eps relative.
+HALF_EPS = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
+
+
+@pytest.mark.parametrize("dtype", list(HALF_EPS), ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("nd,transposed", list(LAYOUT_OPS), ids=[f"{nd}d{'-transposed' if t else ''}"
+                                                                    for nd, t in LAYOUT_OPS])
+def test_half_precision(nd, transposed, dtype, serial_numba):
+    """float16/bfloat16 operands: the result, and the gradients, are the float32 computation on the same
+    (exactly representable) values rounded once to the input dtype: equal to
+    `F.conv(x.float(), w.float(), b.float()).to(dtype)` within rtol eps (2**-10 float16, 2**-7 bfloat16),
+    atol 1e-4 (differently ordered float32 sums near zero)."""
+    ours, ref, w_shape, kwargs = LAYOUT_OPS[nd, transposed]
+    torch.manual_seed(21)
+    c_in = w_shape[0] if transposed else w_shape[1] * kwargs.get("groups", 1)
+    c_out = w_shape[1] * kwargs.get("groups", 1) if transposed else w_shape[0]
+    x = torch.randn(2, c_in, *SPATIAL_SHAPES[nd]).to(dtype).requires_grad_()
+    w, b = torch.randn(w_shape).to(dtype).requires_grad_(), torch.randn(c_out).to(dtype).requires_grad_()
+    x32, w32, b32 = (t.detach().float().requires_grad_() for t in (x, w, b))
+    y, want = ours(x, w, b, **kwargs), ref(x32, w32, b32, **kwargs)
+    assert y.dtype == dtype and y.stride() == want.stride()
+    g = torch.randn(want.shape).to(dtype)
+    y.backward(g)
+    want.backward(g.float())
+    tol = dict(rtol=HALF_EPS[dtype], atol=1e-4)
+    torch.testing.assert_close(y.float(), want.detach().to(dtype).float(), **tol)
+    for got, expected in ((x.grad, x32.grad), (w.grad, w32.grad), (b.grad, b32.grad)):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got.float(), expected.to(dtype).float(), **tol)
+
+
+def test_half_precision_channels_last_and_modules(serial_numba):
+    """A channels_last bfloat16 input keeps its format; float16 modules (a padding mode) compute like
+    float32 ones on the same values."""
+    torch.manual_seed(22)
+    x = torch.randn(2, 4, 6, 7).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(3, 4, 3, 3).to(torch.bfloat16)
+    y = nt.conv2d(x, w, padding=1)
+    assert y.dtype == torch.bfloat16 and y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y.float(), F.conv2d(x.float(), w.float(), padding=1).bfloat16().float(),
+                               rtol=HALF_EPS[torch.bfloat16], atol=1e-4)
+    ours = nt.Conv3d(2, 3, 2, padding=1, padding_mode="circular", dtype=torch.float16)
+    ref = nn.Conv3d(2, 3, 2, padding=1, padding_mode="circular")
+    ref.load_state_dict({k: v.float() for k, v in ours.state_dict().items()})
+    x = torch.randn(1, 2, 3, 4, 3).half()
+    torch.testing.assert_close(ours(x).float(), ref(x.float()).half().float(), rtol=HALF_EPS[torch.float16],
+                               atol=1e-4)
+
+
+def _mixed_net(conv, conv_t):
+    return nn.Sequential(conv(3, 6, 3, padding=1), nn.ReLU(), conv_t(6, 4, 2, stride=2), nn.Flatten(),
+                         nn.Linear(4 * 12 * 12, 5))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_autocast_matches_nn(dtype, serial_numba):
+    """torch.autocast("cpu", dtype) around a model mixing nbconv.torch modules and nn.Linear: every layer's
+    output dtype is the nn.Conv2d model's, the outputs agree within 8 eps (the layers' roundings to the
+    autocast dtype compound), and the float32 parameters get float32 gradients that agree likewise."""
+    torch.manual_seed(23)
+    ref, ours = _mixed_net(nn.Conv2d, nn.ConvTranspose2d), _mixed_net(nt.Conv2d, nt.ConvTranspose2d)
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 6, 6)
+    dtypes = {"ref": [], "ours": []}
+    for name, net in (("ref", ref), ("ours", ours)):
+        for layer in net:
+            layer.register_forward_hook(lambda m, i, o, name=name: dtypes[name].append(o.dtype))
+    with torch.autocast("cpu", dtype=dtype):
+        y_ref, y_ours = ref(x), ours(x)
+    assert dtypes["ours"] == dtypes["ref"] and y_ours.dtype == y_ref.dtype == dtype
+    tol = dict(rtol=8 * HALF_EPS[dtype], atol=8 * HALF_EPS[dtype] * y_ref.abs().max().item())
+    torch.testing.assert_close(y_ours.float(), y_ref.float(), **tol)
+    y_ref.float().square().sum().backward()
+    y_ours.float().square().sum().backward()
+    for (name, p_ours), p_ref in zip(ours.named_parameters(), ref.parameters()):
+        assert p_ours.grad.dtype == p_ref.grad.dtype == torch.float32, name
+        torch.testing.assert_close(p_ours.grad, p_ref.grad, rtol=8 * HALF_EPS[dtype],
+                                   atol=8 * HALF_EPS[dtype] * p_ref.grad.abs().max().item(), msg=name)
+    with torch.autocast("cpu", dtype=dtype):  # float64 is not autocast, as in torch
+        x64, w64 = torch.randn(1, 2, 4, 4, dtype=torch.float64), torch.randn(3, 2, 2, 2, dtype=torch.float64)
+        assert nt.conv2d(x64, w64).dtype == F.conv2d(x64, w64).dtype == torch.float64
 
 
 # ------------------------------------------------------------------------------------------------
@@ -671,8 +758,8 @@ def test_errors_3d():
         nt.Conv3d(3, 2, 3, padding=4, padding_mode="reflect")(x)
     with pytest.raises(TypeError, match="weight has dtype torch.complex64"):
         nt.conv3d(x, w.to(torch.complex64))
-    with pytest.raises(TypeError, match="bfloat16"):
-        nt.conv3d(x.bfloat16(), w.bfloat16())
+    with pytest.raises(TypeError, match="bias has dtype torch.bfloat16 but input has dtype torch.float16"):
+        nt.conv3d(x.half(), w.half(), torch.zeros(2, dtype=torch.bfloat16))
     with pytest.raises(TypeError, match="dtype"):
         nt.conv3d(x, w.double())
     with pytest.raises(ValueError, match="output_padding"):
@@ -780,9 +867,9 @@ _NEEDS_GPU = pytest.mark.skipif(not (torch.cuda.is_available() and nbconv.cuda_a
 
 
 @_NEEDS_GPU
-def test_cuda_side_stream_and_allocator():
+def test_cuda_side_stream_half_and_allocator():
     """On a side stream: inputs produced there are read after they are written and the result is usable
-    there at once; results are PyTorch allocations; a cuda:1 tensor stays on cuda:1."""
+    there at once; results are PyTorch allocations; float16 works; a cuda:1 tensor stays on cuda:1."""
     torch.manual_seed(24)
     w = torch.randn(8, 4, 3, 3, device="cuda")
     stream = torch.cuda.Stream()
@@ -794,6 +881,9 @@ def test_cuda_side_stream_and_allocator():
         z = y * 2
     stream.synchronize()
     _close(z, 2 * F.conv2d(x, w, padding=1), torch.float32)
+    y16 = nt.conv2d(x.half(), w.half(), padding=1)
+    assert y16.dtype == torch.float16
+    torch.testing.assert_close(y16.float(), F.conv2d(x, w, padding=1), rtol=2e-3, atol=2e-2)
     if torch.cuda.device_count() > 1:
         x1, w1 = x.to("cuda:1"), w.to("cuda:1")
         y1 = nt.conv2d(x1, w1, padding=1)
