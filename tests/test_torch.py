@@ -1,6 +1,7 @@
 """The PyTorch adapter nbconv.torch: custom ops, gradients (also second order), torch.compile and
 drop-in equivalence with torch.nn's convolutions. PyTorch's own convolutions are the oracle."""
 import contextlib
+import os
 import subprocess
 import sys
 
@@ -781,6 +782,81 @@ def test_errors_3d():
     with pytest.raises(ValueError, match="output_padding"):
         ops.conv_transpose(torch.randn(1, 3, 3, 3, 3), torch.randn(3, 2, 2, 2, 2), None, [1, 1, 1], [0] * 6,
                            [1, 0, 0], [2, 1, 1], 1, "reflect")
+
+
+# ------------------------------------------------------------------------------------------------
+# Deployment routes: DistributedDataParallel, torch.export; torch.jit.script is not one
+# ------------------------------------------------------------------------------------------------
+DDP_SCRIPT = r'''
+import sys
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import nbconv.torch as nt
+
+
+def net(conv):
+    torch.manual_seed(0)
+    return nn.Sequential(conv(1, 4, 3, padding=1, padding_mode="reflect"), nn.ReLU(), conv(4, 4, 3, stride=2),
+                         nn.Flatten(), nn.Linear(4 * 3 * 3, 3)).double()
+
+
+def train(rank, port, out):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    for name, conv in (("nn", nn.Conv2d), ("nbconv", nt.Conv2d)):
+        model = nn.parallel.DistributedDataParallel(net(conv))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        gen = torch.Generator().manual_seed(rank)  # each rank its own data
+        for _ in range(3):
+            x = torch.randn(4, 1, 8, 8, dtype=torch.float64, generator=gen)
+            labels = torch.randint(0, 3, (4,), generator=gen)
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), labels).backward()
+            opt.step()
+        torch.save(model.module.state_dict(), f"{out}.{name}.{rank}")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    torch.multiprocessing.spawn(train, args=(int(sys.argv[1]), sys.argv[2]), nprocs=2)
+'''
+
+
+def test_ddp_trains_like_nn(tmp_path):
+    """DistributedDataParallel (gloo, 2 processes on 127.0.0.1): three SGD steps on different data per rank
+    give the nn.Conv2d model's parameters, identical on both ranks."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    env = dict(os.environ, NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, str(script), str(port), str(tmp_path / "state")], check=True, env=env,
+                   timeout=300)
+    states = {(name, rank): torch.load(tmp_path / f"state.{name}.{rank}")
+              for name in ("nn", "nbconv") for rank in (0, 1)}
+    for key, value in states["nn", 0].items():
+        for other in (("nn", 1), ("nbconv", 0), ("nbconv", 1)):
+            torch.testing.assert_close(states[other][key], value, rtol=1e-10, atol=1e-12, msg=f"{key} {other}")
+
+
+def test_export_is_the_deployment_route():
+    """torch.export captures the custom ops (torch.ops.nbconv.*) and the exported program computes what the
+    model does; torch.jit.script (deprecated by PyTorch) cannot compile the modules' Python forward."""
+    torch.manual_seed(25)
+    model = nn.Sequential(nt.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), nn.ReLU(),
+                          nt.ConvTranspose2d(4, 2, 2, stride=2))
+    x = torch.randn(2, 3, 6, 6)
+    program = torch.export.export(model, (x,))
+    targets = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
+    assert {"nbconv.conv.default", "nbconv.conv_transpose.default"} <= targets
+    _close(program.module()(x), model(x), torch.float32)
+    with pytest.raises(RuntimeError):
+        torch.jit.script(model)
 
 
 # ------------------------------------------------------------------------------------------------
