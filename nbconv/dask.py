@@ -31,6 +31,7 @@ The same calls as :mod:`nbconv.conv`, on chunked arrays::
   messages of the in-memory functions; ``out=`` is not supported (store the result with
   ``dask.array.store`` or ``Array.to_zarr``).
 """
+import itertools
 import math
 from functools import partial
 from typing import NamedTuple
@@ -61,29 +62,36 @@ FAN_IN = 8  # partial weight/bias gradients summed per reduction task
 # ---------------------------------------------------------------- tasks (run on the workers)
 
 def _take(block, index):
-    """A piece of a chunk: `index` is a tuple of slices (a halo, or a border element to be repeated)."""
-    return block[index]
+    """A piece of a chunk (a halo, or a border element to be repeated): `index` is a tuple of slices. A
+    copy, so that the chunk can be released while the piece waits for the task that reads it."""
+    return block[index].copy()
 
 
-def _assemble(pieces, grid, lengths):
+def _assemble(pieces, grid, lengths, pads=None):
     """The window a task reads, from its pieces in C order over `grid` (pieces per axis, the channel axis
     included); lengths[axis][i] is the size of the i-th piece along axis (a piece of size 1 there is
-    repeated to it: replicate borders)."""
-    if len(pieces) == 1 and tuple(pieces[0].shape) == tuple(ln[0] for ln in lengths):
-        return pieces[0]
-    cells = []
-    for flat, cell in enumerate(np.ndindex(*grid)):
-        piece = pieces[flat]
-        shape = tuple(lengths[axis][i] for axis, i in enumerate(cell))
-        cells.append(piece if piece.shape == shape else np.broadcast_to(piece, shape))
+    repeated to it: replicate borders). `pads` ((before, after) per spatial axis) adds zero padding."""
+    pads = ((0, 0),) + tuple(pads or ((0, 0),) * (len(grid) - 2)) + ((0, 0),)
+    shape = tuple(before + sum(ln) + after for ln, (before, after) in zip(lengths, pads))
+    out = (np.zeros if any(before or after for before, after in pads) else np.empty)(shape, dtype=pieces[0].dtype)
+    starts = [np.cumsum((before,) + ln[:-1]).tolist() for ln, (before, _) in zip(lengths, pads)]
+    for piece, cell in zip(pieces, itertools.product(*(range(g) for g in grid))):
+        out[tuple(slice(starts[axis][i], starts[axis][i] + lengths[axis][i]) for axis, i in enumerate(cell))] = piece
+    return out
 
-    def nest(start, axis):  # the nested lists np.block takes: depth = ndim
-        if axis == len(grid) - 1:
-            return cells[start:start + grid[axis]]
-        inner = math.prod(grid[axis + 1:])
-        return [nest(start + i * inner, axis + 1) for i in range(grid[axis])]
 
-    return np.block(nest(0, 0))
+def _one_piece(pieces, window):
+    """True when the window is exactly its only piece (nothing to assemble)."""
+    return len(pieces) == 1 and tuple(pieces[0].shape) == tuple(ln[0] for ln in window.lengths)
+
+
+def _input(pieces, window, params):
+    """(the array the kernel reads, its ConvParams): a window that is one whole piece goes to the kernel as
+    it is, with the padding in params; any other is assembled into one array with its zero padding."""
+    if _one_piece(pieces, window):
+        return pieces[0], params
+    x = _assemble(pieces, window.grid, window.lengths, params.pads)
+    return x, params._replace(pads=((0, 0),) * len(params.pads))
 
 
 class _Window(NamedTuple):
@@ -107,7 +115,8 @@ def _forward_task(spec, pieces, w, bias):
         if bias is not None:
             out += bias
         return out
-    return _core.forward(_assemble(pieces, spec.window.grid, spec.window.lengths), w, bias, spec.params)
+    x, params = _input(pieces, spec.window, spec.params)
+    return _core.forward(x, w, bias, params)
 
 
 class _ScatterSub(NamedTuple):
@@ -134,8 +143,9 @@ def _scatter_task(spec, pieces, w, bias):
     out = None
     start = 0
     for sub in spec.subs:
-        gy = _assemble(pieces[start:start + sub.window.count], sub.window.grid, sub.window.lengths)
+        mine = pieces[start:start + sub.window.count]
         start += sub.window.count
+        gy = mine[0] if _one_piece(mine, sub.window) else _assemble(mine, sub.window.grid, sub.window.lengths)
         if spec.transposed:
             g = _core.transpose(gy, w, None, sub.params, (0,) * len(sub.params.stride), sub.x_shape)
         else:
@@ -170,8 +180,8 @@ def _partial_task(spec, gy, pieces):
         if spec.window is None or gy.size == 0:
             gw = np.zeros(spec.w_shape)
         else:
-            x = _assemble(pieces, spec.window.grid, spec.window.lengths)
-            gw = np.asarray(_core.weight_grad(gy, x, spec.w_shape, spec.params), dtype=np.float64)
+            x, params = _input(pieces, spec.window, spec.params)
+            gw = np.asarray(_core.weight_grad(gy, x, spec.w_shape, params), dtype=np.float64)
     if spec.bias:
         gb = np.asarray(_core.bias_grad(gy), dtype=np.float64) if gy.size else np.zeros(gy.shape[-1])
     return gw, gb
@@ -254,45 +264,41 @@ class _Graph:
         self.dsk[key] = value
         return key
 
-    def piece(self, arr, chunk, slices):
-        """The key of chunk `chunk` of dask array `arr`, cut by per-axis (start, length, step) `slices`."""
-        source = (arr.name, *chunk)
-        index, whole = [], True
-        for axis, (start, length, step) in enumerate(slices):
-            size = arr.chunks[axis][chunk[axis]]
-            if step == 1:
-                index.append(slice(start, start + length))
-                whole = whole and start == 0 and length == size
-            elif step == -1:
-                stop = start - length
-                index.append(slice(start, None if stop < 0 else stop, -1))
-                whole = False
-            else:
-                index.append(slice(start, start + 1))
-                whole = whole and size == 1
-        if whole:
-            return source
-        memo = (source, tuple(index_key(s) for s in index))
-        key = self._pieces.get(memo)
-        if key is None:
-            key = (self.halo, len(self._pieces))
-            self._pieces[memo] = key
-            self.dsk[key] = (partial(_take, index=tuple(index)), source)
-        return key
-
     def window(self, arr, axis_pieces):
-        """(piece keys, _Window) for per-axis piece lists [(chunk, start, length, step), ...] of `arr`."""
+        """(piece keys, _Window) for per-axis piece lists [(chunk, start, length, step), ...] of dask array
+        `arr`: a piece that is a whole chunk is the chunk's own key, any other a slicing task (one per
+        distinct piece)."""
+        per_axis = [[_axis_index(arr.chunks[axis], *p) for p in pieces] for axis, pieces in enumerate(axis_pieces)]
         keys = []
+        for cell in itertools.product(*per_axis):
+            source = (arr.name, *(c[0] for c in cell))
+            if all(c[2] for c in cell):
+                keys.append(source)
+                continue
+            memo = (source, tuple(c[3] for c in cell))
+            key = self._pieces.get(memo)
+            if key is None:
+                key = self._pieces[memo] = (self.halo, len(self._pieces))
+                self.dsk[key] = (partial(_take, index=tuple(c[1] for c in cell)), source)
+            keys.append(key)
         grid = tuple(len(p) for p in axis_pieces)
-        for cell in np.ndindex(*grid):
-            chosen = [axis_pieces[axis][i] for axis, i in enumerate(cell)]
-            keys.append(self.piece(arr, tuple(c[0] for c in chosen), [c[1:] for c in chosen]))
         lengths = tuple(tuple(p[2] for p in pieces) for pieces in axis_pieces)
         return keys, _Window(len(keys), grid, lengths)
 
 
-def index_key(s):
-    return s.start, s.stop, s.step
+def _axis_index(chunks, chunk, start, length, step):
+    """(chunk, slice, whole chunk?, hashable form) of a piece along one axis: step 1 or -1 cuts `length`
+    elements from `start`; step 0 cuts the one element at `start` (repeated later)."""
+    if step == 1:
+        index = slice(start, start + length)
+        whole = start == 0 and length == chunks[chunk]
+    elif step == -1:
+        index = slice(start, None if start - length < 0 else start - length, -1)
+        whole = False
+    else:
+        index = slice(start, start + 1)
+        whole = chunks[chunk] == 1
+    return chunk, index, whole, (index.start, index.stop, index.step)
 
 
 def _meta(ndim, dtype):
@@ -311,21 +317,27 @@ def _batch_pieces(ja, jb, offsets):
     return halo.split_runs(((ja, jb - ja, 1),), offsets) if jb > ja else []
 
 
-def _forward_source_pieces(axes, x, out_ranges, batch_range):
-    """Per-axis pieces of x and the kernel's pads for the outputs out_ranges (one (ja, jb) per spatial axis);
-    None when the window holds no input element."""
-    axis_pieces = [_batch_pieces(*batch_range, halo.bounds(x.chunks[0]))]
-    pads = []
-    for a, (ax, (ja, jb)) in enumerate(zip(axes, out_ranges)):
-        source = halo.forward_source(ax, ja, jb)
-        if not source.runs:
-            return None, None
-        axis_pieces.append(halo.split_runs(source.runs, halo.bounds(x.chunks[1 + a])))
-        pads.append(source.pads)
-    if not axis_pieces[0]:
+def _source_plans(axes, x, out_chunks):
+    """What each block of outputs reads from x: per axis, per output chunk (out_chunks: batch and spatial),
+    the pieces of x [(chunk, start, length, step), ...] and the kernel's pads; None where the block reads
+    zero padding only (or is empty)."""
+    offsets = [halo.bounds(c) for c in x.chunks]
+    plans = [[(_batch_pieces(b0, b1, offsets[0]), None) if b1 > b0 else None for b0, b1 in _ranges(out_chunks[0])]]
+    for a, (ax, chunks) in enumerate(zip(axes, out_chunks[1:])):
+        row = []
+        for ja, jb in _ranges(chunks):
+            source = halo.forward_source(ax, ja, jb)
+            row.append((halo.split_runs(source.runs, offsets[1 + a]), source.pads) if source.runs else None)
+        plans.append(row)
+    return plans
+
+
+def _block_source(plans, cell, channels):
+    """(per-axis pieces incl. the channel axis, kernel pads) of the block at `cell`, or (None, None)."""
+    chosen = [plans[axis][i] for axis, i in enumerate(cell)]
+    if any(c is None for c in chosen):
         return None, None
-    axis_pieces.append([(0, 0, x.shape[-1], 1)])
-    return axis_pieces, tuple(pads)
+    return [c[0] for c in chosen] + [[(0, 0, channels, 1)]], tuple(c[1] for c in chosen[1:])
 
 
 def _ranges(chunks):
@@ -344,10 +356,10 @@ def _forward_graph(nd, x, w, bias, params):
     g = _Graph(name)
     w_key, b_key = g.constant(w, "nbconv-w"), g.constant(bias, "nbconv-bias")
     per_axis = [_ranges(c) for c in out_chunks[:-1]]
-    for cell in np.ndindex(*(len(r) for r in per_axis)):
-        rng = [per_axis[axis][i] for axis, i in enumerate(cell)]
-        axis_pieces, pads = _forward_source_pieces(axes, x, rng[1:], rng[0])
-        shape = tuple(b - a for a, b in rng) + (out_shape[-1],)
+    plans = _source_plans(axes, x, out_chunks[:-1])
+    for cell in itertools.product(*(range(len(r)) for r in per_axis)):
+        axis_pieces, pads = _block_source(plans, cell, x.shape[-1])
+        shape = tuple(per_axis[axis][i][1] - per_axis[axis][i][0] for axis, i in enumerate(cell)) + (out_shape[-1],)
         local = params._replace(pads=pads, mode="zeros")
         if axis_pieces is None:
             dsk_task = (partial(_forward_task, _ForwardSpec(None, local, shape, dtype.str)), [], w_key, b_key)
@@ -379,8 +391,9 @@ def _scatter_graph(name, gy, w, bias, params, axes, x_chunks, c_x, transposed):
     # per axis, per chunk: the boxes (memoized: the block's boxes are their product)
     subs = [[halo.input_grad_subs(ax, b0, b1) for b0, b1 in r] for ax, r in zip(axes, spatial_ranges)]
     gy_offsets = [halo.bounds(c) for c in gy.chunks]
-    for cell in np.ndindex(*(len(c) for c in chunks[:-1])):
-        b0, b1 = _ranges(chunks[0])[cell[0]]
+    batch_ranges = _ranges(chunks[0])
+    for cell in itertools.product(*(range(len(c)) for c in chunks[:-1])):
+        b0, b1 = batch_ranges[cell[0]]
         shape = (b1 - b0, *(r[i][1] - r[i][0] for r, i in zip(spatial_ranges, cell[1:])), c_x)
         batch = _batch_pieces(b0, b1, gy_offsets[0])
         keys, block_subs = [], []
@@ -418,12 +431,11 @@ def _weight_bias_grads(nd, gy, x, w_shape, params, axes, weight, bias):
     name = f"nbconv-conv{nd}d-backward-weight-" + tokenize("weight", gy.name, x.name, w_shape, params, weight, bias)
     g = _Graph(name)
     partials = []
-    per_axis = [_ranges(c) for c in gy.chunks[:-1]]
-    for cell in np.ndindex(*(len(r) for r in per_axis)):
-        rng = [per_axis[axis][i] for axis, i in enumerate(cell)]
+    plans = _source_plans(axes, x, gy.chunks[:-1]) if weight else None
+    for cell in itertools.product(*(range(len(c)) for c in gy.chunks[:-1])):
         window, keys, pads = None, [], tuple((0, 0) for _ in axes)
         if weight:
-            axis_pieces, source_pads = _forward_source_pieces(axes, x, rng[1:], rng[0])
+            axis_pieces, source_pads = _block_source(plans, cell, x.shape[-1])
             if axis_pieces is not None:
                 keys, window = g.window(x, axis_pieces)
                 pads = source_pads

@@ -441,3 +441,12 @@ def test_distributed_local_cluster(rng):
         wt = rng.standard_normal((3, 2, 3, 4)).astype(np.float32)
         close(client.compute(nbd.conv_transpose2d(xd, wt, stride=2)).result(timeout=180),
               nbconv.conv_transpose2d(x, wt, stride=2))
+
+
+def test_bench_command_at_a_small_size(capsys):
+    """The benchmark (python -m nbconv._dask_bench) at a tiny size, without the distributed runs."""
+    from nbconv import _dask_bench
+    _dask_bench.main(["--shape", "1,12,12,12,2", "--chunks", "1,6,6,6,2", "--workers", "", "--repeats", "1"])
+    out = capsys.readouterr().out
+    assert "| in-memory nbconv.conv3d, slice (1, 3, 12, 12, 2)" in out
+    assert "| nbconv.dask.conv3d, whole array, 8 chunks (threads)" in out
