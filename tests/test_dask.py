@@ -388,9 +388,12 @@ def test_clear_errors_for_wrong_array_types(rng):
         nbd.conv2d(xd.astype(np.float32), w)
     with pytest.raises(ValueError, match="x must be 4-D"):
         nbd.conv2d(xd[0], w)
-    unknown = xd[xd[:, 0, 0, 0] > -10]  # boolean indexing: unknown chunk sizes
-    with pytest.raises(ValueError, match="unknown chunk sizes.*compute_chunk_sizes"):
-        nbd.conv2d(unknown, w)
+    # a channel axis in chunks of unknown size cannot be merged (nor can halos be planned)
+    channels = xd.rechunk({3: 1})[..., da.from_array(np.array([True, True]), chunks=1)]
+    with pytest.raises(ValueError, match="unknown chunk sizes.*cannot be merged.*compute_chunk_sizes"):
+        nbd.conv2d(channels, w)
+    with pytest.raises(ValueError, match="grad_out has unknown chunk sizes"):
+        nbd.conv2d_backward(da.zeros((2, 6, 6, 4), chunks=3)[da.arange(2) < 5], xd, w)
 
 
 def test_importing_nbconv_does_not_import_dask():
