@@ -531,58 +531,160 @@ def _transpose(nd, x, w, bias, stride, padding, output_padding, dilation, groups
 
 # ---------------------------------------------------------------- public functions
 
+_SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
+_KERNEL = {1: "K", 2: "KH, KW", 3: "KD, KH, KW"}
+_OUT = {1: "L_out", 2: "H_out, W_out", 3: "D_out, H_out, W_out"}
+_COMMON = """\
+stride, padding, dilation, groups
+    As in :func:`nbconv.conv{nd}d` (ints or one per spatial dim; padding also (before, after) pairs,
+    "same" or "valid")."""
+_X = """\
+x : dask.array.Array
+    (N, {spatial}, C_in) of float32 or float64 NumPy blocks, any chunks of the batch and spatial axes
+    (the channel axis is merged into one chunk)."""
+
+
+def _doc(kind, nd):
+    """The docstring of nbconv.dask.<kind>{nd}d (numpydoc, one template per kind)."""
+    spatial, kernel, out = _SPATIAL[nd], _KERNEL[nd], _OUT[nd]
+    x_doc = _X.format(spatial=spatial)
+    example_x = f"da.ones((1, {', '.join(['4'] * nd)}, 1), chunks=2)"
+    example_w = f"np.ones(({', '.join(['3'] * nd)}, 1, 1))"
+    if kind == "conv":
+        return f"""nbconv.conv{nd}d on a dask array: lazy, chunk by chunk, with halos between chunks.
+
+Parameters
+----------
+{x_doc}
+w : numpy.ndarray
+    ({kernel}, C_in // groups, C_out), the dtype of x.
+bias : numpy.ndarray, optional
+    (C_out,).
+{_COMMON.format(nd=nd)}
+padding_mode : {{"zeros", "reflect", "replicate", "circular"}}
+    Applies at the array's outer boundary only; chunk boundaries exchange halos.
+out : None
+    Not supported (dask arrays are immutable): write the result with ``dask.array.store`` or
+    ``Array.to_zarr``.
+
+Returns
+-------
+dask.array.Array
+    (N, {out}, C_out), equal to the in-memory call. Batch chunks are x's; along each spatial axis an
+    output element goes with the input chunk that holds the centre of its window (a stride-1 "same"
+    convolution keeps x's chunks); the channel axis is one chunk.
+
+Examples
+--------
+>>> import dask.array as da, numpy as np, nbconv.dask as nbd
+>>> y = nbd.conv{nd}d({example_x}, {example_w}, padding="same")
+>>> y.chunks[1], float(y.sum().compute())
+((2, 2), {float(10 ** nd)})
+"""
+    if kind == "backward":
+        return f"""Gradients of nbconv.dask.conv{nd}d: the input gradient lazily, the weight and bias gradients now.
+
+Parameters
+----------
+grad_out : dask.array.Array
+    (N, {out}, C_out): dL/dy, any chunks (they need not match x's).
+{x_doc}
+w : numpy.ndarray
+    ({kernel}, C_in // groups, C_out), the dtype of x.
+{_COMMON.format(nd=nd)}
+padding_mode : {{"zeros", "reflect", "replicate", "circular"}}
+    As in the forward call.
+needs : tuple of {{"input", "weight", "bias"}}
+    The gradients to compute (a single name is accepted); the others are None.
+
+Returns
+-------
+ConvGrads
+    (input, weight, bias): ``input`` a lazy dask array chunked like x; ``weight`` and ``bias`` NumPy
+    arrays, computed by this call on the active scheduler from per-block partial sums (float64) in a
+    fixed tree order (reproducible for a given chunking).
+
+Examples
+--------
+>>> import dask.array as da, numpy as np, nbconv.dask as nbd
+>>> x = {example_x}
+>>> gy = da.ones((1, {', '.join(['4'] * nd)}, 1), chunks=3)
+>>> g = nbd.conv{nd}d_backward(gy, x, {example_w}, padding=1)
+>>> g.input.chunks == x.chunks, g.weight.shape, float(g.bias[0])
+(True, ({', '.join(['3'] * nd)}, 1, 1), {float(4 ** nd)})
+"""
+    return f"""nbconv.conv_transpose{nd}d on a dask array: the adjoint of nbconv.dask.conv{nd}d, chunk by chunk.
+
+Parameters
+----------
+{x_doc}
+w : numpy.ndarray
+    ({kernel}, C_out // groups, C_in), the dtype of x.
+bias : numpy.ndarray, optional
+    (C_out,).
+{_COMMON.format(nd=nd)}
+output_padding : int or tuple of ints
+    As in :func:`nbconv.conv_transpose{nd}d`: 0 <= output_padding < max(stride, dilation).
+out : None
+    Not supported (write the result with ``dask.array.store`` or ``Array.to_zarr``).
+
+Returns
+-------
+dask.array.Array
+    (N, {out}, C_out), out = (in - 1) * stride - pad_before - pad_after + dilation * (k - 1) +
+    output_padding + 1 per spatial dim, equal to the in-memory call. Batch chunks are x's; along each
+    spatial axis about stride times x's chunks.
+
+Examples
+--------
+>>> import dask.array as da, numpy as np, nbconv.dask as nbd
+>>> t = nbd.conv_transpose{nd}d({example_x}, np.ones(({', '.join(['2'] * nd)}, 1, 1)), stride=2)
+>>> t.shape, float(t.sum().compute())
+((1, {', '.join(['8'] * nd)}, 1), {float(8 ** nd)})
+"""
+
+
 def conv1d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
-    """nbconv.conv1d on a dask array x (N, L, C_in); w (K, C_in // groups, C_out) and bias are NumPy.
-    Returns a lazy dask array (N, L_out, C_out)."""
     return _forward(1, x, w, bias, stride, padding, dilation, groups, padding_mode, out, "conv1d")
 
 
 def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
-    """nbconv.conv2d on a dask array x (N, H, W, C_in); w (KH, KW, C_in // groups, C_out) and bias are
-    NumPy. Returns a lazy dask array (N, H_out, W_out, C_out)."""
     return _forward(2, x, w, bias, stride, padding, dilation, groups, padding_mode, out, "conv2d")
 
 
 def conv3d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
-    """nbconv.conv3d on a dask array x (N, D, H, W, C_in); w (KD, KH, KW, C_in // groups, C_out) and bias
-    are NumPy. Returns a lazy dask array (N, D_out, H_out, W_out, C_out)."""
     return _forward(3, x, w, bias, stride, padding, dilation, groups, padding_mode, out, "conv3d")
 
 
 def conv1d_backward(grad_out, x, w, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
                     needs=NEEDS):
-    """Gradients of conv1d for dask grad_out and x: ConvGrads(input: dask array chunked like x,
-    weight: NumPy, bias: NumPy); entries not named in `needs` are None."""
     return _backward(1, grad_out, x, w, stride, padding, dilation, groups, padding_mode, needs, "conv1d_backward")
 
 
 def conv2d_backward(grad_out, x, w, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
                     needs=NEEDS):
-    """Gradients of conv2d for dask grad_out and x: ConvGrads(input: dask array chunked like x,
-    weight: NumPy, bias: NumPy); entries not named in `needs` are None."""
     return _backward(2, grad_out, x, w, stride, padding, dilation, groups, padding_mode, needs, "conv2d_backward")
 
 
 def conv3d_backward(grad_out, x, w, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
                     needs=NEEDS):
-    """Gradients of conv3d for dask grad_out and x: ConvGrads(input: dask array chunked like x,
-    weight: NumPy, bias: NumPy); entries not named in `needs` are None."""
     return _backward(3, grad_out, x, w, stride, padding, dilation, groups, padding_mode, needs, "conv3d_backward")
 
 
 def conv_transpose1d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, out=None):
-    """nbconv.conv_transpose1d on a dask array x (N, L, C_in); w (K, C_out // groups, C_in) and bias are
-    NumPy. Returns a lazy dask array (N, L_out, C_out)."""
     return _transpose(1, x, w, bias, stride, padding, output_padding, dilation, groups, out, "conv_transpose1d")
 
 
 def conv_transpose2d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, out=None):
-    """nbconv.conv_transpose2d on a dask array x (N, H, W, C_in); w (KH, KW, C_out // groups, C_in) and bias
-    are NumPy. Returns a lazy dask array (N, H_out, W_out, C_out)."""
     return _transpose(2, x, w, bias, stride, padding, output_padding, dilation, groups, out, "conv_transpose2d")
 
 
 def conv_transpose3d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, out=None):
-    """nbconv.conv_transpose3d on a dask array x (N, D, H, W, C_in); w (KD, KH, KW, C_out // groups, C_in)
-    and bias are NumPy. Returns a lazy dask array (N, D_out, H_out, W_out, C_out)."""
     return _transpose(3, x, w, bias, stride, padding, output_padding, dilation, groups, out, "conv_transpose3d")
+
+
+for _nd in (1, 2, 3):
+    globals()[f"conv{_nd}d"].__doc__ = _doc("conv", _nd)
+    globals()[f"conv{_nd}d_backward"].__doc__ = _doc("backward", _nd)
+    globals()[f"conv_transpose{_nd}d"].__doc__ = _doc("transpose", _nd)
+del _nd
