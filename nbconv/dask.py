@@ -31,6 +31,8 @@ The same calls as :mod:`nbconv.conv`, on chunked arrays::
   messages of the in-memory functions; ``out=`` is not supported (store the result with
   ``dask.array.store`` or ``Array.to_zarr``).
 """
+import functools
+import gc
 import itertools
 import math
 from functools import partial
@@ -301,6 +303,21 @@ def _axis_index(chunks, chunk, start, length, step):
     return chunk, index, whole, (index.start, index.stop, index.step)
 
 
+def _gc_paused(build):
+    """Run a graph builder with the cyclic garbage collector paused: a graph is ~10**5 small tuples and no
+    cycles, and collections triggered while it grows scan all of them again and again."""
+    @functools.wraps(build)
+    def wrapper(*args, **kwargs):
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return build(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+    return wrapper
+
+
 def _meta(ndim, dtype):
     return np.empty((0,) * ndim, dtype=dtype)
 
@@ -345,6 +362,7 @@ def _ranges(chunks):
     return list(zip(b, b[1:]))
 
 
+@_gc_paused
 def _forward_graph(nd, x, w, bias, params):
     """Lazy conv(x, w) + bias for a validated dask x (one channel chunk) and NumPy w, bias."""
     dtype = np.dtype(x.dtype)
@@ -380,6 +398,7 @@ def _dest_index(sub):
     return slice(sub.dest0, sub.dest0 + 1)
 
 
+@_gc_paused
 def _scatter_graph(name, gy, w, bias, params, axes, x_chunks, c_x, transposed):
     """Lazy input gradient (or transposed convolution) chunked as x_chunks, from the dask array gy (the
     convolution's output side, one channel chunk); axes describe the convolution from x to gy."""
@@ -389,8 +408,10 @@ def _scatter_graph(name, gy, w, bias, params, axes, x_chunks, c_x, transposed):
     chunks = (tuple(x_chunks[0]), *(tuple(c) for c in x_chunks[1:-1]), (c_x,))
     spatial_ranges = [_ranges(c) for c in chunks[1:-1]]
     # per axis, per chunk: the boxes (memoized: the block's boxes are their product)
-    subs = [[halo.input_grad_subs(ax, b0, b1) for b0, b1 in r] for ax, r in zip(axes, spatial_ranges)]
     gy_offsets = [halo.bounds(c) for c in gy.chunks]
+    subs = [[[(sub, halo.split_runs(((sub.ja, sub.jb - sub.ja, 1),), gy_offsets[1 + a]))
+              for sub in halo.input_grad_subs(ax, b0, b1)] for b0, b1 in r]
+            for a, (ax, r) in enumerate(zip(axes, spatial_ranges))]
     batch_ranges = _ranges(chunks[0])
     for cell in itertools.product(*(range(len(c)) for c in chunks[:-1])):
         b0, b1 = batch_ranges[cell[0]]
@@ -398,11 +419,9 @@ def _scatter_graph(name, gy, w, bias, params, axes, x_chunks, c_x, transposed):
         batch = _batch_pieces(b0, b1, gy_offsets[0])
         keys, block_subs = [], []
         if batch:
-            for combo in _product([subs[a][i] for a, i in enumerate(cell[1:])]):
-                axis_pieces = [batch]
-                for a, sub in enumerate(combo):
-                    axis_pieces.append(halo.split_runs(((sub.ja, sub.jb - sub.ja, 1),), gy_offsets[1 + a]))
-                axis_pieces.append([(0, 0, gy.shape[-1], 1)])
+            for planned in itertools.product(*(subs[a][i] for a, i in enumerate(cell[1:]))):
+                combo = [sub for sub, _ in planned]
+                axis_pieces = [batch, *(pieces for _, pieces in planned), [(0, 0, gy.shape[-1], 1)]]
                 sub_keys, window = g.window(gy, axis_pieces)
                 keys.extend(sub_keys)
                 local = params._replace(pads=tuple(s.pads for s in combo), mode="zeros")
@@ -417,16 +436,15 @@ def _scatter_graph(name, gy, w, bias, params, axes, x_chunks, c_x, transposed):
     return da.Array(graph, name, chunks, meta=_meta(gy.ndim, dtype))
 
 
-def _product(lists):
-    out = [()]
-    for options in lists:
-        out = [prefix + (o,) for prefix in out for o in options]
-    return out
-
-
 def _weight_bias_grads(nd, gy, x, w_shape, params, axes, weight, bias):
     """NumPy (weight gradient, bias gradient) (None where not asked), from per-block partials of gy reduced
-    in a fixed tree order."""
+    in a fixed tree order, computed on the active scheduler."""
+    return dask.compute(_weight_bias_graph(nd, gy, x, w_shape, params, axes, weight, bias))[0]
+
+
+@_gc_paused
+def _weight_bias_graph(nd, gy, x, w_shape, params, axes, weight, bias):
+    """The Delayed (weight gradient, bias gradient) of _weight_bias_grads."""
     dtype = np.dtype(gy.dtype)
     name = f"nbconv-conv{nd}d-backward-weight-" + tokenize("weight", gy.name, x.name, w_shape, params, weight, bias)
     g = _Graph(name)
@@ -454,7 +472,7 @@ def _weight_bias_grads(nd, gy, x, w_shape, params, axes, weight, bias):
         level = nxt
     g.dsk[name] = (partial(_finish, dtype=dtype), level[0])
     graph = HighLevelGraph.from_collections(name, g.dsk, dependencies=[gy, x])
-    return dask.compute(Delayed(name, graph))[0]
+    return Delayed(name, graph)
 
 
 # ---------------------------------------------------------------- the three operations
