@@ -188,100 +188,203 @@ def _transpose(nd, x, w, bias, stride, padding, output_padding, dilation, groups
 
 # ---------------------------------------------------------------- public functions
 
+_COMMON_PARAMETERS = """\
+stride : int or tuple of {nd} ints, default 1
+    Step between windows, per spatial dim; each >= 1.
+padding : int, tuple of {nd} ints, tuple of {nd} (before, after) pairs, "same" or "valid", default 0
+    Padding per spatial dim: an int pads every side alike; a pair pads before and after differently;
+    "valid" is none; "same" gives ``ceil(size / stride)`` outputs with the total padding split as
+    TensorFlow/JAX do (the odd element after).
+dilation : int or tuple of {nd} ints, default 1
+    Spacing between kernel taps, per spatial dim; each >= 1.
+groups : int, default 1
+    Channel groups: divides C_in and C_out; ``groups == C_in`` is a depthwise convolution."""
+
+_MODE = """\
+padding_mode : {"zeros", "reflect", "replicate", "circular"}, default "zeros"
+    What the padding holds, as in PyTorch: zeros, the mirror image without the edge, copies of the
+    edge, or the other end of the axis."""
+
+_OUT = """\
+out : ndarray, optional
+    A C-contiguous array of the result's exact shape and dtype, sharing no memory with the inputs;
+    the result is written there and it is returned."""
+
+_ERRORS = """\
+Raises
+------
+ValueError
+    Shapes or parameters that do not fit, naming the argument and quoting the values.
+TypeError
+    Non-arrays, unsupported or mixed dtypes (float32 and float64 are supported), host and CUDA
+    arrays mixed. Errors are raised before any kernel runs; inputs are never modified."""
+
+_ARRAYS = """\
+Arrays may have any strides (Fortran order, negative strides, read-only views). NumPy arrays run the
+CPU kernels; CUDA device arrays (numba, or anything with ``__cuda_array_interface__``) run the CUDA
+kernels and give numba device arrays. Accepts nbconv Tensors too (see nbconv.ops)."""
+
+
+def _out_axes(nd):
+    return ", ".join(f"{axis}_out" for axis in _SPATIAL[nd].split(", "))
+
+
+def _forward_doc(nd, example):
+    x, k = _SPATIAL[nd], _KERNEL[nd]
+    return f"""{nd}-D cross-correlation of x (N, {x}, C_in) with w ({k}, C_in // groups, C_out), plus bias.
+
+Each output size is ``(size + pad_before + pad_after - dilation * (k - 1) - 1) // stride + 1``.
+
+Parameters
+----------
+x : ndarray, shape (N, {x}, C_in)
+    Activations, channels-last.
+w : ndarray, shape ({k}, C_in // groups, C_out)
+    Weights: spatial axes, then input channels per group, then output channels.
+bias : ndarray, shape (C_out,), optional
+{_COMMON_PARAMETERS.format(nd=nd)}
+{_MODE}
+{_OUT}
+
+Returns
+-------
+ndarray, shape (N, {_out_axes(nd)}, C_out)
+    In the dtype of the inputs.
+
+{_ERRORS}
+
+Notes
+-----
+{_ARRAYS}
+
+Examples
+--------
+{example}"""
+
+
+def _backward_doc(nd):
+    x, k = _SPATIAL[nd], _KERNEL[nd]
+    return f"""Gradients of conv{nd}d w.r.t. x, w and bias, given grad_out = dL/dy.
+
+Parameters
+----------
+grad_out : ndarray, shape (N, {_out_axes(nd)}, C_out)
+    The gradient of a loss w.r.t. the convolution's output.
+x : ndarray, shape (N, {x}, C_in)
+w : ndarray, shape ({k}, C_in // groups, C_out)
+{_COMMON_PARAMETERS.format(nd=nd)}
+{_MODE}
+needs : tuple of {{"input", "weight", "bias"}}, default all three
+    The gradients to compute; the others are returned as None.
+
+Returns
+-------
+ConvGrads
+    Named tuple (input, weight, bias) of arrays shaped like x, w and (C_out,). The weight and bias
+    gradients are fixed-order sums: bitwise identical for any number of threads.
+
+{_ERRORS}
+
+Examples
+--------
+>>> import numpy as np, nbconv
+>>> x, w = np.ones((1, {', '.join(['4'] * nd)}, 2)), np.ones(({', '.join(['3'] * nd)}, 2, 1))
+>>> g = nbconv.conv{nd}d_backward(np.ones((1, {', '.join(['2'] * nd)}, 1)), x, w)
+>>> g.weight.shape, float(g.bias[0])
+(({', '.join(['3'] * nd)}, 2, 1), {float(2 ** nd)})"""
+
+
+def _transpose_doc(nd):
+    x, k = _SPATIAL[nd], _KERNEL[nd]
+    return f"""Transposed {nd}-D convolution: the adjoint of conv{nd}d with the same weight tensor.
+
+``conv_transpose{nd}d(y, w)`` is the input gradient of ``conv{nd}d(x, w)`` for grad_out y (TensorFlow's
+filter order; PyTorch's ConvTranspose output sizes): each output size is
+``(size - 1) * stride - pad_before - pad_after + dilation * (k - 1) + output_padding + 1``.
+
+Parameters
+----------
+x : ndarray, shape (N, {x}, C_in)
+w : ndarray, shape ({k}, C_out // groups, C_in)
+    The weight of the convolution this one is the adjoint of (its C_in is this result's C_out).
+bias : ndarray, shape (C_out,), optional
+{_COMMON_PARAMETERS.format(nd=nd).replace(', "same" or "valid"', ' or "valid"')}
+output_padding : int or tuple of {nd} ints, default 0
+    Extra positions at the end of each spatial dim; ``0 <= output_padding < max(stride, dilation)``.
+{_OUT}
+
+Returns
+-------
+ndarray, shape (N, {_out_axes(nd)}, C_out)
+
+{_ERRORS}
+
+Examples
+--------
+>>> import numpy as np, nbconv
+>>> nbconv.conv_transpose{nd}d(np.ones((1, {', '.join(['2'] * nd)}, 1)), np.ones(({', '.join(['2'] * nd)}, 1, 1)), stride=2).shape
+(1, {', '.join(['4'] * nd)}, 1)"""
+
+
+_EXAMPLES = {
+    1: """>>> import numpy as np, nbconv
+>>> nbconv.conv1d(np.ones((1, 5, 2)), np.ones((3, 2, 1)), padding="same")[0, :, 0]
+array([4., 6., 6., 6., 4.])""",
+    2: """>>> import numpy as np, nbconv
+>>> x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+>>> nbconv.conv2d(x, np.ones((2, 2, 1, 1), np.float32), stride=2)[0, :, :, 0]
+array([[10., 18.],
+       [42., 50.]], dtype=float32)""",
+    3: """>>> import numpy as np, nbconv
+>>> nbconv.conv3d(np.ones((1, 3, 3, 3, 1)), np.ones((2, 2, 2, 1, 1)), stride=2, padding=1)[0, :, :, :, 0]
+array([[[1., 2.],
+        [2., 4.]],
+<BLANKLINE>
+       [[2., 4.],
+        [4., 8.]]])""",
+}
+
+
 def conv1d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
-    """1-D cross-correlation of x (N, L, C_in) with w (K, C_in // groups, C_out), plus bias (C_out,).
-
-    Returns (N, L_out, C_out), L_out = (L + pad_before + pad_after - dilation * (K - 1) - 1) // stride + 1.
-    See the module docstring (``help(nbconv.conv)``) for the padding forms, modes and dtypes.
-
-    >>> import numpy as np, nbconv
-    >>> nbconv.conv1d(np.ones((1, 5, 2)), np.ones((3, 2, 1)), padding="same")[0, :, 0]
-    array([4., 6., 6., 6., 4.])
-    """
     return _forward(1, x, w, bias, stride, padding, dilation, groups, padding_mode, out)
 
 
 def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
-    """2-D cross-correlation of x (N, H, W, C_in) with w (KH, KW, C_in // groups, C_out), plus bias.
-
-    Returns (N, H_out, W_out, C_out) with H_out = (H + pad_top + pad_bottom - dilation_h * (KH - 1) - 1)
-    // stride_h + 1 (and likewise W_out). See the module docstring (``help(nbconv.conv)``) for the
-    padding forms, modes and dtypes.
-
-    >>> import numpy as np, nbconv
-    >>> x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
-    >>> nbconv.conv2d(x, np.ones((2, 2, 1, 1), np.float32), stride=2)[0, :, :, 0]
-    array([[10., 18.],
-           [42., 50.]], dtype=float32)
-    """
     return _forward(2, x, w, bias, stride, padding, dilation, groups, padding_mode, out)
 
 
 def conv3d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
-    """3-D cross-correlation of x (N, D, H, W, C_in) with w (KD, KH, KW, C_in // groups, C_out), plus bias.
-
-    Returns (N, D_out, H_out, W_out, C_out), each size as in conv1d. See the module docstring
-    (``help(nbconv.conv)``) for the padding forms, modes and dtypes.
-
-    >>> import numpy as np, nbconv
-    >>> nbconv.conv3d(np.ones((1, 3, 3, 3, 1)), np.ones((2, 2, 2, 1, 1)), stride=2, padding=1)[0, :, :, :, 0]
-    array([[[1., 2.],
-            [2., 4.]],
-    <BLANKLINE>
-           [[2., 4.],
-            [4., 8.]]])
-    """
     return _forward(3, x, w, bias, stride, padding, dilation, groups, padding_mode, out)
 
 
 def conv1d_backward(grad_out, x, w, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
                     needs=NEEDS):
-    """Gradients of conv1d w.r.t. x, w and bias given grad_out (N, L_out, C_out).
-
-    Returns ConvGrads(input, weight, bias); entries not named in `needs` are None.
-    """
     return _backward(1, grad_out, x, w, stride, padding, dilation, groups, padding_mode, needs)
 
 
 def conv2d_backward(grad_out, x, w, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
                     needs=NEEDS):
-    """Gradients of conv2d w.r.t. x, w and bias given grad_out (N, H_out, W_out, C_out).
-
-    Returns ConvGrads(input, weight, bias); entries not named in `needs` are None.
-    """
     return _backward(2, grad_out, x, w, stride, padding, dilation, groups, padding_mode, needs)
 
 
 def conv3d_backward(grad_out, x, w, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
                     needs=NEEDS):
-    """Gradients of conv3d w.r.t. x, w and bias given grad_out (N, D_out, H_out, W_out, C_out).
-
-    Returns ConvGrads(input, weight, bias); entries not named in `needs` are None.
-    """
     return _backward(3, grad_out, x, w, stride, padding, dilation, groups, padding_mode, needs)
 
 
 def conv_transpose1d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, out=None):
-    """Transposed 1-D convolution of x (N, L, C_in) with w (K, C_out // groups, C_in): the adjoint of conv1d.
-
-    L_out = (L - 1) * stride - pad_before - pad_after + dilation * (K - 1) + output_padding + 1.
-    """
     return _transpose(1, x, w, bias, stride, padding, output_padding, dilation, groups, out)
 
 
 def conv_transpose2d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, out=None):
-    """Transposed 2-D convolution of x (N, H, W, C_in) with w (KH, KW, C_out // groups, C_in).
-
-    The adjoint of conv2d with the same weight tensor (TensorFlow's conv2d_transpose filter order);
-    output sizes follow PyTorch's ConvTranspose2d, with 0 <= output_padding < max(stride, dilation).
-    """
     return _transpose(2, x, w, bias, stride, padding, output_padding, dilation, groups, out)
 
 
 def conv_transpose3d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, out=None):
-    """Transposed 3-D convolution of x (N, D, H, W, C_in) with w (KD, KH, KW, C_out // groups, C_in).
-
-    The adjoint of conv3d with the same weight tensor; output sizes follow PyTorch's ConvTranspose3d,
-    with 0 <= output_padding < max(stride, dilation) per spatial dim.
-    """
     return _transpose(3, x, w, bias, stride, padding, output_padding, dilation, groups, out)
+
+
+for _nd in (1, 2, 3):
+    globals()[f"conv{_nd}d"].__doc__ = _forward_doc(_nd, _EXAMPLES[_nd])
+    globals()[f"conv{_nd}d_backward"].__doc__ = _backward_doc(_nd)
+    globals()[f"conv_transpose{_nd}d"].__doc__ = _transpose_doc(_nd)
