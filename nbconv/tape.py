@@ -1,8 +1,8 @@
-"""Reverse-mode automatic differentiation: Tensor, Function, no_grad, gradcheck.
+"""Reverse-mode automatic differentiation: Tensor, Function, no_grad, grad, gradcheck, gradgradcheck.
 
 A Tensor wraps an array. An operation whose inputs require gradients records a :class:`Node` on
-its result(s); the recorded nodes form a graph that :meth:`Tensor.backward` walks in reverse
-topological order, iteratively (no recursion, so chains of any depth work). The operations
+its result(s); the recorded nodes form a graph that :meth:`Tensor.backward` and :func:`grad` walk in
+reverse topological order, iteratively (no recursion, so chains of any depth work). The operations
 themselves (arithmetic, reductions, convolutions, pooling, ...) live in :mod:`nbconv.ops`, which
 also installs the Tensor operators and methods; this module never touches a kernel.
 
@@ -11,23 +11,50 @@ across ``backward()`` calls until :meth:`Tensor.zero_grad`; a non-leaf keeps ``.
 :meth:`Tensor.retain_grad`. The graph is kept as long as its output Tensors are alive, so
 ``backward()`` may be called more than once on the same graph.
 
+Higher-order gradients. With ``create_graph=True`` the backward pass runs the operations' VJPs on
+Tensors, so the pass is itself recorded: the gradients are Tensors with a graph of their own, which
+can be differentiated again (every VJP in :mod:`nbconv.ops` is written with differentiable
+operations). A Node's ``backward_fn(node, grads, needed, create_graph)`` gets the output gradients
+as arrays (plain pass) or Tensors (``create_graph``), ``needed`` (None, or one flag per parent: the
+gradients :func:`grad` actually asks for) and returns one gradient (array, Tensor or None) per parent.
+
+Threads. Grad mode (:class:`no_grad`) is per thread; concurrent ``backward()`` calls may share
+leaves: accumulation into ``.grad`` is serialized by a lock (in the order the threads reach it).
+
+Saved arrays. An operation that keeps one of its inputs (or its result) for backward *guards* that
+array until its node has run backward (or is freed): the array -- the Tensor's ``.data`` or a plain
+ndarray argument, and the array owning its memory when it is a view -- is made read-only, so an
+in-place write is refused by NumPy ("assignment destination is read-only") instead of silently
+changing the gradient; the previous flags are restored afterwards. Kernels keep reading the data
+through writeable aliases (:func:`kernel_view`), so nothing is copied. Writes through nbconv's own
+in-place paths (the optimizers, :func:`modify_in_place`) are allowed at any time and bump a version
+counter; a backward that reaches an operation whose saved array changed since its forward pass
+raises RuntimeError naming the operation (PyTorch's version-counter behaviour). Not detected: writes
+through a view that existed before the array was saved, and raw writes made after the node's first
+backward (a second backward over a kept graph then sees the new values). Device arrays have no
+read-only flag: only the version counter covers them.
+
 A Tensor may hold a CUDA device array (a numba device array, or a zero-copy numba view of any
 object exposing ``__cuda_array_interface__``). Its gradients are then device arrays too, built,
 accumulated and cast on the device by the backend that :func:`nbconv._backend.select` picks for
 them (imported only once a device array is seen; this module names no backend);
 only ``numpy()`` and ``item()`` copy to the host. Which operations accept device arrays is up to
-:mod:`nbconv.ops` (the convolutions).
+:mod:`nbconv.ops` (the convolutions). Higher-order gradients are computed on the host only.
 """
 import contextlib
+import copy
 import threading
 import weakref
 
 import numpy as np
 
 from . import _backend
-from ._device import as_device_array, is_device_array as _is_device_array
+from ._device import as_device_array, is_device_array as _device_check
 
-__all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "gradcheck", "GradcheckError"]
+__all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "grad", "gradcheck", "gradgradcheck",
+           "GradcheckError", "modify_in_place"]
+
+# ---------------------------------------------------------------------------------------------- grad mode
 
 _mode = threading.local()
 
@@ -38,20 +65,48 @@ def is_grad_enabled():
 
 
 class no_grad(contextlib.ContextDecorator):
-    """Context manager (and decorator) that stops recording operations in this thread."""
+    """Context manager (and decorator) that stops recording operations in this thread.
+
+    Re-entrant and per thread: one instance may be used by several threads at once and by recursive
+    calls of a decorated function; each exit restores the mode its own entry found (a stack per thread).
+    """
 
     def __enter__(self):
-        self._previous = is_grad_enabled()
+        _stack().append(is_grad_enabled())
         _mode.enabled = False
         return self
 
     def __exit__(self, *exc):
-        _mode.enabled = self._previous
+        _mode.enabled = _stack().pop()
         return False
 
 
+def _stack():
+    stack = getattr(_mode, "stack", None)
+    if stack is None:
+        stack = _mode.stack = []
+    return stack
+
+
+@contextlib.contextmanager
+def _grad_mode(enabled):
+    """Recording on or off in this thread for the duration (the backward pass's own mode)."""
+    previous = is_grad_enabled()
+    _mode.enabled = enabled
+    try:
+        yield
+    finally:
+        _mode.enabled = previous
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
 def _is_float(dtype):
-    return np.issubdtype(np.dtype(dtype), np.floating)
+    return np.dtype(dtype).kind == "f"
+
+
+def _is_device_array(a):
+    return not isinstance(a, np.ndarray) and _device_check(a)
 
 
 def _where(a):
@@ -79,12 +134,145 @@ def _device_contiguous(backend, a):
 
 
 def _sum(a, b):
-    """a + b for two gradients of one shape and dtype, on the device when they are device arrays."""
+    """a + b for two gradients of one shape (arrays on one side, or Tensors under create_graph)."""
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return a + b
     if _is_device_array(a):
         backend = _backend.select(a=a, b=b)
         return backend.add(_device_contiguous(backend, a), _device_contiguous(backend, b))
     return a + b
 
+
+# ---------------------------------------------------------------------------------------------- saved arrays
+
+_lock = threading.RLock()   # guards and versions; re-entrant: a Node freed by the garbage collector inside a
+                            # guarded region releases its guards from the same thread
+_grad_lock = threading.Lock()  # serializes gradient accumulation into .grad
+_guards = {}                # id(memory owner) -> _Guard
+_aliases = {}               # id(guarded array) -> writeable alias (what kernels read)
+_versions = {}              # id(array) -> [weakref, version, who]
+
+
+class _Guard:
+    """The arrays made read-only over one memory owner, and how many saves hold them."""
+
+    __slots__ = ("count", "flipped")
+
+    def __init__(self):
+        self.count = 0
+        self.flipped = []  # arrays this guard made read-only, the owner first when it is one of them
+
+
+def _owner(a):
+    base = a.base
+    return base if isinstance(base, np.ndarray) else a
+
+
+def kernel_view(a):
+    """`a` itself, or a writeable alias of it while it is guarded (read-only because the tape saved
+    it): what kernels and the operations' forward passes read, so that guarding copies nothing.
+    (An entry exists only while its array is alive -- the guard holds it -- so ids are unambiguous.)"""
+    return _aliases.get(id(a), a)
+
+
+def _flip(guard, a):
+    flags = a.flags
+    if flags.writeable and id(a) not in _aliases:
+        _aliases[id(a)] = a.view()
+        flags.writeable = False
+        guard.flipped.append(a)
+
+
+def _guard(arrays):
+    """Make host arrays (and the arrays owning their memory) read-only until _unguard(arrays)."""
+    with _lock:
+        for a in arrays:
+            base = a.base
+            owner = base if isinstance(base, np.ndarray) else a
+            guard = _guards.get(id(owner))
+            if guard is None:
+                guard = _guards[id(owner)] = _Guard()
+            guard.count += 1
+            if owner is not a:
+                _flip(guard, owner)
+            _flip(guard, a)
+
+
+def _unguard(arrays):
+    with _lock:
+        for a in arrays:
+            owner = _owner(a)
+            guard = _guards.get(id(owner))
+            if guard is None:
+                continue
+            guard.count -= 1
+            if guard.count:
+                continue
+            del _guards[id(owner)]
+            for b in guard.flipped:  # the owner (when flipped) comes first: views need a writeable base
+                _aliases.pop(id(b), None)
+                try:
+                    b.flags.writeable = True
+                except ValueError:  # its base was made read-only by someone else meanwhile: leave it
+                    pass
+
+
+def _version(a):
+    if not _versions:
+        return 0
+    entry = _versions.get(id(a))
+    return 0 if entry is None or entry[0]() is not a else entry[1]
+
+
+def _versions_of(a):
+    """The versions of host array `a` and of the array owning its memory (itself when it owns it)."""
+    if not _versions:
+        return (0, 0)
+    return (_version(a), _version(_owner(a)))
+
+
+def _forget(key, ref):
+    entry = _versions.get(key)
+    if entry is not None and entry[0] is ref:
+        del _versions[key]
+
+
+def _bump(a, who):
+    with _lock:
+        for b in {id(a): a, id(_owner(a)): _owner(a)}.values() if isinstance(a, np.ndarray) else (a,):
+            entry = _versions.get(id(b))
+            if entry is None or entry[0]() is not b:
+                try:
+                    ref = weakref.ref(b, lambda r, key=id(b): _forget(key, r))
+                except TypeError:  # not weak-referenceable: untracked
+                    continue
+                _versions[id(b)] = [ref, 1, who]
+            else:
+                entry[1] += 1
+                entry[2] = who
+
+
+@contextlib.contextmanager
+def modify_in_place(tensor, who="an in-place update"):
+    """Yield an array through which `tensor`'s data (a Tensor or an array) may be written in place,
+    even while the tape guards it; afterwards its version is bumped, so a backward through an
+    operation that saved it before the write raises RuntimeError naming that operation and `who`.
+    The optimizers update parameters this way. ValueError for an array that was read-only before
+    nbconv saw it."""
+    a = tensor.data if isinstance(tensor, Tensor) else tensor
+    if isinstance(a, np.ndarray):
+        target = kernel_view(a)
+        if not target.flags.writeable:
+            raise ValueError(f"{who}: the array (shape {a.shape}) is read-only")
+    else:
+        target = a
+    try:
+        yield target
+    finally:
+        _bump(a, who)
+
+
+# ---------------------------------------------------------------------------------------------- Tensor
 
 class Tensor:
     """An array (``.data``) with an optional gradient (``.grad``) recorded on the tape.
@@ -93,10 +281,13 @@ class Tensor:
     converted with ``np.asarray``; a CUDA device array stays on the device, as a numba device
     array: objects exposing ``__cuda_array_interface__`` are viewed without a copy). Only
     floating-point Tensors can require gradients.
+
+    ``.grad`` is an array after a plain ``backward()``; after ``backward(create_graph=True)`` it is a
+    Tensor with a graph of its own (as in PyTorch, where it then has a grad_fn).
     """
 
     __slots__ = ("data", "grad", "_requires_grad", "_node", "_index", "__weakref__")
-    __array_ufunc__ = None  # ndarray (op) Tensor defers to Tensor's reflected operator
+    __array_ufunc__ = None  # replaced by nbconv.ops: NumPy ufuncs dispatch to the tape or raise TypeError
 
     def __init__(self, data, requires_grad=False):
         if isinstance(data, Tensor):
@@ -141,6 +332,11 @@ class Tensor:
         """The single element as a Python scalar (copied from the device for a device array)."""
         return self.numpy().item()
 
+    def __float__(self):
+        if self.size != 1:
+            raise TypeError(f"only single-element Tensors can be converted to a Python float, got shape {self.shape}")
+        return float(self.item())
+
     def __array__(self, dtype=None, copy=None):
         if _is_device_array(self.data):
             raise TypeError("a Tensor holding a CUDA device array cannot be converted to a NumPy array implicitly; "
@@ -171,160 +367,340 @@ class Tensor:
         if self._node is not None:
             self._node.retained[self._index] = weakref.ref(self)
 
-    def backward(self, gradient=None):
+    def backward(self, gradient=None, create_graph=False):
         """Accumulate d(self)/d(leaf) . gradient into every leaf's ``.grad`` that requires grad.
 
         ``gradient`` (same shape as self, cast to its dtype) is required unless self has exactly one
         element. It must be on the same side as self: a device array for a Tensor holding one (the
         implicit one-element seed is then made on the device), a host array otherwise (TypeError).
+        With ``create_graph=True`` the backward pass is recorded: ``.grad`` becomes a Tensor that can
+        be differentiated again (a ``gradient`` Tensor that requires grad is part of that graph).
         """
         if not self._requires_grad:
             raise RuntimeError("backward() on a Tensor that does not require grad (it has no recorded graph)")
-        if gradient is None:
-            if self.size != 1:
-                raise RuntimeError(f"backward() needs a gradient argument for a Tensor of shape {self.shape}; "
-                                   "it can be omitted only for single-element Tensors")
-            if _is_device_array(self.data):
-                gradient = _device_filled(_device_backend(self.data), self.shape, self.dtype, 1)
-            else:
-                gradient = np.ones(self.shape, self.dtype)
+        seed = _seed(self, gradient, "gradient", create_graph)
+        _run_backward([self], [seed], create_graph)
+
+
+def _seed(tensor, gradient, what, create_graph):
+    """The validated output gradient for `tensor`: an array (a Tensor under create_graph)."""
+    if gradient is None:
+        if tensor.size != 1:
+            raise RuntimeError(f"backward() needs a {what} argument for a Tensor of shape {tensor.shape}; "
+                               "it can be omitted only for single-element Tensors")
+        if _is_device_array(tensor.data):
+            gradient = _device_filled(_device_backend(tensor.data), tensor.shape, tensor.dtype, 1)
         else:
-            if isinstance(gradient, Tensor):
-                gradient = gradient.data
-            if _is_device_array(gradient) != _is_device_array(self.data):
-                raise TypeError(f"gradient is {_where(gradient)} but the Tensor's data is {_where(self.data)}; "
-                                "they must both be on the host or both on a CUDA device")
-            if not _is_device_array(gradient):
-                gradient = np.asarray(gradient)
-            if tuple(gradient.shape) != self.shape:
-                raise ValueError(f"gradient has shape {tuple(gradient.shape)} but the Tensor has shape {self.shape}")
-            if _is_device_array(gradient):
-                if np.dtype(gradient.dtype) != self.dtype:
-                    gradient = _device_filled(_device_backend(gradient), self.shape, self.dtype, gradient)
-            else:
-                gradient = gradient.astype(self.dtype, copy=False)
-        _run_backward(self, gradient)
+            gradient = np.ones(tensor.shape, tensor.dtype)
+    else:
+        graph = gradient if isinstance(gradient, Tensor) and create_graph else None
+        if isinstance(gradient, Tensor):
+            gradient = gradient.data
+        if _is_device_array(gradient) != _is_device_array(tensor.data):
+            raise TypeError(f"{what} is {_where(gradient)} but the Tensor's data is {_where(tensor.data)}; "
+                            "they must both be on the host or both on a CUDA device")
+        if not _is_device_array(gradient):
+            gradient = np.asarray(gradient)
+        if tuple(gradient.shape) != tensor.shape:
+            raise ValueError(f"{what} has shape {tuple(gradient.shape)} but the Tensor has shape {tensor.shape}")
+        if graph is not None:
+            return graph if graph.dtype == tensor.dtype else graph.astype(tensor.dtype)
+        if _is_device_array(gradient):
+            if np.dtype(gradient.dtype) != tensor.dtype:
+                gradient = _device_filled(_device_backend(gradient), tensor.shape, tensor.dtype, gradient)
+        else:
+            gradient = gradient.astype(tensor.dtype, copy=False)
+    if create_graph:
+        if _is_device_array(gradient):
+            raise NotImplementedError("create_graph=True (higher-order gradients) is supported on the host only; "
+                                      "this Tensor holds a CUDA device array")
+        return Tensor(gradient)
+    return gradient
 
 
 def _accumulate(tensor, grad):
-    """tensor.grad += grad, starting from a private copy (on the device for a device gradient, where
-    each accumulation makes a new array)."""
-    if _is_device_array(grad):
-        tensor.grad = (_device_filled(_device_backend(grad), tensor.shape, tensor.dtype, grad) if tensor.grad is None
-                       else _sum(tensor.grad, grad))
-    elif tensor.grad is None:
-        tensor.grad = np.array(grad, dtype=tensor.dtype, copy=True)
-    else:
-        tensor.grad += grad
+    """tensor.grad += grad under the tape's lock (concurrent backward calls into shared leaves lose
+    nothing), starting from a private copy; out of place when .grad is a Tensor, grad is one
+    (create_graph), .grad is read-only (an op saved it) or a device array."""
+    with _grad_lock:
+        old = tensor.grad
+        if old is None:
+            if isinstance(grad, Tensor):
+                tensor.grad = grad
+            elif _is_device_array(grad):
+                tensor.grad = _device_filled(_device_backend(grad), tensor.shape, tensor.dtype, grad)
+            else:
+                tensor.grad = np.array(grad, dtype=tensor.dtype, copy=True)
+        elif (isinstance(old, np.ndarray) and not isinstance(grad, Tensor) and old.flags.writeable
+              and old.dtype == tensor.dtype):
+            old += grad
+        else:
+            tensor.grad = _sum(old, grad)
 
+
+# ---------------------------------------------------------------------------------------------- graph
 
 class Node:
     """One recorded operation: maps its outputs' gradients to its inputs' gradients.
 
-    ``backward_fn(grads)`` receives one array per output (zeros, on the output's side, for outputs
-    that got no gradient)
-    and returns one gradient or None per entry of ``parents`` (the input Tensors that require
-    grad, None for the other inputs).
+    ``backward_fn(node, grads, needed, create_graph)`` receives one gradient per output (zeros, on
+    the output's side, for outputs that got none) and returns one gradient or None per entry of
+    ``parents`` (the input Tensors that require grad, None for the other inputs). ``saved`` holds the
+    arrays the operation keeps (guarded until its backward runs), ``sources`` what each one is
+    (("input", i) or ("output", k)) and ``versions`` their versions then, for the error that names an
+    in-place write.
     """
 
-    __slots__ = ("name", "backward_fn", "parents", "outputs", "retained")
+    __slots__ = ("name", "backward_fn", "parents", "outputs", "retained", "saved", "sources", "versions",
+                 "_guarded", "__weakref__")
 
-    def __init__(self, name, backward_fn, parents, outputs):
+    def __init__(self, name, backward_fn, parents, outputs, saved=(), sources=()):
         self.name = name
         self.backward_fn = backward_fn
         self.parents = parents
         self.outputs = outputs  # ((shape, dtype, device backend or None on the host), ...) per output
         self.retained = {}  # output index -> weakref to the Tensor that asked for retain_grad
+        self.saved = saved
+        self.sources = sources
+        self.versions = self._guarded = None
+        if saved:
+            if _versions:
+                self.versions = tuple(_versions_of(a) if isinstance(a, np.ndarray) else (_version(a), 0)
+                                      for a in saved)
+            guarded = [a for a in saved if type(a) is np.ndarray]
+            if guarded:
+                _guard(guarded)
+                self._guarded = guarded
+
+    def release(self):
+        """Give back the saved arrays' write permission (after backward, or when the node dies); once,
+        also when several threads backpropagate through the node at the same time."""
+        if self._guarded is None:
+            return
+        with _lock:
+            guarded, self._guarded = self._guarded, None
+            if guarded:
+                _unguard(guarded)
+
+    def __del__(self):
+        try:
+            self.release()
+        except Exception:  # interpreter shutdown
+            pass
+
+    def check_versions(self):
+        """RuntimeError naming the operation when an array it saved was written through nbconv since."""
+        if not self.saved or not _versions:
+            return
+        before_all = self.versions or ((0, 0),) * len(self.saved)
+        for position, (a, before) in enumerate(zip(self.saved, before_all)):
+            now = _versions_of(a) if isinstance(a, np.ndarray) else (_version(a), 0)
+            if now != before:
+                owner = _owner(a) if isinstance(a, np.ndarray) else a
+                entry = _versions.get(id(a)) or _versions.get(id(owner))
+                who = entry[2] if entry else "an in-place update"
+                kind, i = self.sources[position] if position < len(self.sources) else ("saved array", position)
+                label = "its result" if (kind, i) == ("output", 0) and len(self.outputs) == 1 else f"{kind} {i}"
+                raise RuntimeError(f"{self.name}: {label} (shape {tuple(a.shape)}), which it saved for backward, was "
+                                   f"modified in place by {who} after the forward pass (version {max(before)} -> "
+                                   f"{max(now)}); its gradient would be wrong. Run the forward pass again after "
+                                   "the update")
 
 
-def record(name, backward_fn, inputs, results):
+def output_tensor(node, index, data):
+    """A Tensor on `data` that stands for output `index` of `node` (a saved result under create_graph:
+    gradients that flow into it reach the node's inputs)."""
+    t = Tensor.__new__(Tensor)
+    t.data, t.grad, t._node, t._index, t._requires_grad = data, None, node, index, True
+    return t
+
+
+def record(name, backward_fn, inputs, results, saved=(), sources=()):
     """Wrap `results` (an array or a tuple of arrays) in Tensors, recording a Node when grad mode
-    is on and some Tensor in `inputs` requires grad; returns a Tensor or a tuple of Tensors."""
+    is on and some Tensor in `inputs` requires grad; returns a Tensor or a tuple of Tensors.
+    `saved` are the arrays the operation keeps for backward (inputs or results), guarded until it
+    runs; `sources` say what each is (("input", i) or ("output", k)), for errors."""
     single = not isinstance(results, tuple)
     arrays = (results,) if single else results
     parents = tuple(a if isinstance(a, Tensor) and a._requires_grad else None for a in inputs)
-    outs = tuple(Tensor(a) for a in arrays)
     if is_grad_enabled() and any(p is not None for p in parents):
-        node = Node(name, backward_fn, parents,
-                    tuple((tuple(a.shape), np.dtype(a.dtype), _device_backend(a) if _is_device_array(a) else None)
-                          for a in arrays))
-        for i, t in enumerate(outs):
-            if _is_float(t.data.dtype):
-                t._node, t._index, t._requires_grad = node, i, True
+        return record_node(name, backward_fn, parents, results, saved, sources)
+    outs = tuple(_wrap(a) for a in arrays)
     return outs[0] if single else outs
+
+
+def record_node(name, backward_fn, parents, results, saved=(), sources=()):
+    """record() once it is known that a Node is recorded, with its `parents` (one per input: the
+    Tensor when it requires grad, else None)."""
+    single = not isinstance(results, tuple)
+    arrays = (results,) if single else results
+    outs = tuple(_wrap(a) for a in arrays)
+    node = Node(name, backward_fn, parents,
+                tuple((a.shape, a.dtype, None) if type(a) is np.ndarray else
+                      (tuple(a.shape), np.dtype(a.dtype), _device_backend(a) if _is_device_array(a) else None)
+                      for a in arrays), saved, sources)
+    for i, t in enumerate(outs):
+        if t.data.dtype.kind == "f":
+            t._node, t._index, t._requires_grad = node, i, True
+    return outs[0] if single else outs
+
+
+def _wrap(a):
+    """Tensor(a) (a fast path for the ndarrays operations produce)."""
+    if type(a) is not np.ndarray:
+        return Tensor(a)
+    t = Tensor.__new__(Tensor)
+    t.data, t.grad, t._node, t._index, t._requires_grad = a, None, None, 0, False
+    return t
 
 
 def _check_grad(grad, tensor, node, position):
     """`grad` for input `position` of `node`, cast to the input's dtype; RuntimeError when its shape
-    differs or when it is not on the input's side (host or device)."""
-    if _is_device_array(grad) != _is_device_array(tensor.data):
-        raise RuntimeError(f"{node.name} backward returned a gradient {_where(grad)} for input {position}, "
-                           f"which is {_where(tensor.data)}")
-    if not _is_device_array(grad):
-        grad = np.asarray(grad)
-    if tuple(grad.shape) != tensor.shape:
-        raise RuntimeError(f"{node.name} backward returned a gradient of shape {tuple(grad.shape)} for input "
-                           f"{position}, which has shape {tensor.shape}")
-    if np.dtype(grad.dtype) == tensor.dtype:
+    differs or when it is not on the input's side (host or device), TypeError when it is no array."""
+    if type(grad) is np.ndarray and grad.shape == tensor.data.shape and grad.dtype == tensor.data.dtype \
+            and type(tensor.data) is np.ndarray:
         return grad
-    if _is_device_array(grad):
-        return _device_filled(_device_backend(grad), tensor.shape, tensor.dtype, grad)
-    return grad.astype(tensor.dtype)
+    data = grad.data if isinstance(grad, Tensor) else grad
+    if isinstance(data, np.generic):
+        data = grad = np.asarray(data)
+    if not (isinstance(data, np.ndarray) or _is_device_array(data)):
+        raise TypeError(f"{node.name} backward returned {type(grad).__name__} as the gradient of input {position}; "
+                        "expected an array (or None)")
+    if _is_device_array(data) != _is_device_array(tensor.data):
+        raise RuntimeError(f"{node.name} backward returned a gradient {_where(data)} for input {position}, "
+                           f"which is {_where(tensor.data)}")
+    if tuple(data.shape) != tensor.shape:
+        raise RuntimeError(f"{node.name} backward returned a gradient of shape {tuple(data.shape)} for input "
+                           f"{position}, which has shape {tensor.shape}")
+    if isinstance(grad, Tensor):
+        return grad if grad.dtype == tensor.dtype else grad.astype(tensor.dtype)
+    if np.dtype(data.dtype).kind not in "fiub":
+        raise TypeError(f"{node.name} backward returned a gradient of dtype {data.dtype} for input {position}")
+    if np.dtype(data.dtype) == tensor.dtype:
+        return data
+    if _is_device_array(data):
+        return _device_filled(_device_backend(data), tensor.shape, tensor.dtype, data)
+    return data.astype(tensor.dtype)
 
 
-def _run_backward(root, gradient):
-    """Propagate `gradient` from `root` through the graph, in reverse topological order, iteratively."""
-    if root._node is None:
-        _accumulate(root, gradient)
-        return
-    # Count, for every node reachable from the root, the edges that will deliver gradients to it.
-    consumers = {}
-    stack = [root._node]
-    seen = {root._node}
-    while stack:
-        node = stack.pop()
-        for parent in node.parents:
-            if parent is not None and parent._node is not None:
-                producer = parent._node
-                consumers[producer] = consumers.get(producer, 0) + 1
-                if producer not in seen:
-                    seen.add(producer)
-                    stack.append(producer)
-    pending = {root._node: [None] * len(root._node.outputs)}
-    pending[root._node][root._index] = gradient
-    ready = [root._node]
-    while ready:
-        node = ready.pop()
-        grads = pending.pop(node, None)
-        input_grads = (None,) * len(node.parents) if grads is None else _node_backward(node, grads)
-        for position, (parent, grad) in enumerate(zip(node.parents, input_grads)):
-            if parent is None:
+def _zeros(shape, dtype, device, create_graph):
+    z = np.zeros(shape, dtype) if device is None else _device_filled(device, shape, dtype, 0)
+    return Tensor(z) if create_graph else z
+
+
+def _run_backward(roots, seeds, create_graph, targets=None):
+    """Propagate `seeds` (one per root) through the graph, in reverse topological order, iteratively.
+
+    targets None: accumulate into the leaves' .grad (and retained non-leaf gradients). Otherwise a
+    list of Tensors: their gradients are returned (None where no gradient reached), nothing else is
+    touched, and only the operations that lead to a target run their VJPs.
+    """
+    captured = None if targets is None else [None] * len(targets)
+    leaf_targets, slot_targets = {}, {}
+    if targets is not None:
+        for k, t in enumerate(targets):
+            if t._node is None:
+                leaf_targets.setdefault(id(t), []).append(k)
+            else:
+                slot_targets.setdefault((t._node, t._index), []).append(k)
+
+    def deliver_leaf(leaf, grad):
+        if targets is None:
+            _accumulate(leaf, grad)
+        else:
+            for k in leaf_targets.get(id(leaf), ()):
+                captured[k] = grad if captured[k] is None else _sum(captured[k], grad)
+
+    with _grad_mode(create_graph):
+        pending, start = {}, []
+        for root, seed in zip(roots, seeds):
+            if root._node is None:
+                deliver_leaf(root, seed)
                 continue
-            producer = parent._node
-            if grad is not None:
-                grad = _check_grad(grad, parent, node, position)
-                if producer is None:
-                    _accumulate(parent, grad)
-                else:
-                    slots = pending.setdefault(producer, [None] * len(producer.outputs))
-                    previous = slots[parent._index]
-                    slots[parent._index] = grad if previous is None else _sum(previous, grad)
-            if producer is not None:
-                consumers[producer] -= 1
-                if consumers[producer] == 0:
-                    ready.append(producer)  # processed even without gradients, to release its inputs
+            slots = pending.get(root._node)
+            if slots is None:
+                slots = pending[root._node] = [None] * len(root._node.outputs)
+                start.append(root._node)
+            previous = slots[root._index]
+            slots[root._index] = seed if previous is None else _sum(previous, seed)
+        # Count, for every node reachable from the roots, the edges that will deliver gradients to it.
+        consumers, users = {}, {}
+        stack = list(start)
+        seen = set(start)
+        while stack:
+            node = stack.pop()
+            for parent in node.parents:
+                if parent is not None and parent._node is not None:
+                    producer = parent._node
+                    consumers[producer] = consumers.get(producer, 0) + 1
+                    if targets is not None:
+                        users.setdefault(producer, []).append(node)
+                    if producer not in seen:
+                        seen.add(producer)
+                        stack.append(producer)
+        useful = None
+        if targets is not None:  # the nodes that lead to a target: from the targets, toward the roots
+            useful = {node for node, _ in slot_targets if node in seen}
+            useful.update(node for node in seen if any(p is not None and p._node is None and id(p) in leaf_targets
+                                                       for p in node.parents))
+            stack = list(useful)
+            while stack:
+                for user in users.get(stack.pop(), ()):
+                    if user not in useful:
+                        useful.add(user)
+                        stack.append(user)
+        ready = [node for node in start if node not in consumers]
+        while ready:
+            node = ready.pop()
+            grads = pending.pop(node, None)
+            if useful is not None:
+                if node not in useful:
+                    continue
+                for index in range(len(node.outputs)):
+                    for k in slot_targets.get((node, index), ()):
+                        if grads is not None and grads[index] is not None:
+                            captured[k] = grads[index]
+            if grads is None:
+                input_grads = (None,) * len(node.parents)
+            else:
+                needed = None if useful is None else tuple(
+                    p is not None and (id(p) in leaf_targets if p._node is None else p._node in useful)
+                    for p in node.parents)
+                input_grads = _node_backward(node, grads, needed, create_graph, targets is None)
+            node.release()
+            for position, (parent, grad) in enumerate(zip(node.parents, input_grads)):
+                if parent is None:
+                    continue
+                producer = parent._node
+                if grad is not None:
+                    grad = _check_grad(grad, parent, node, position)
+                    if create_graph and not isinstance(grad, Tensor):
+                        grad = Tensor(grad)
+                    if producer is None:
+                        deliver_leaf(parent, grad)
+                    else:
+                        slots = pending.setdefault(producer, [None] * len(producer.outputs))
+                        previous = slots[parent._index]
+                        slots[parent._index] = grad if previous is None else _sum(previous, grad)
+                if producer is not None:
+                    consumers[producer] -= 1
+                    if consumers[producer] == 0:
+                        ready.append(producer)  # processed even without gradients, to release its inputs
+    return captured
 
 
-def _node_backward(node, grads):
+def _node_backward(node, grads, needed, create_graph, retain):
     """The input gradients of `node` given its (partly None) output gradients; fills retained .grad."""
-    for index, ref in node.retained.items():
-        tensor = ref()
-        if tensor is not None and grads[index] is not None:
-            _accumulate(tensor, grads[index])
-    grads = tuple(g if g is not None else np.zeros(shape, dtype) if device is None
-                  else _device_filled(device, shape, dtype, 0)
-                  for g, (shape, dtype, device) in zip(grads, node.outputs))
-    input_grads = node.backward_fn(grads)
+    node.check_versions()
+    if retain:
+        for index, ref in node.retained.items():
+            tensor = ref()
+            if tensor is not None and grads[index] is not None:
+                _accumulate(tensor, grads[index])
+    if any(g is None for g in grads):
+        grads = [g if g is not None else _zeros(shape, dtype, device, create_graph)
+                 for g, (shape, dtype, device) in zip(grads, node.outputs)]
+    input_grads = node.backward_fn(node, grads, needed, create_graph)
     if not isinstance(input_grads, (tuple, list)):
         input_grads = (input_grads,)
     if len(input_grads) != len(node.parents):
@@ -332,6 +708,65 @@ def _node_backward(node, grads):
                            f"{len(node.parents)} inputs")
     return input_grads
 
+
+def _as_tensors(values, what):
+    if isinstance(values, Tensor):
+        return [values]
+    try:
+        values = list(values)
+    except TypeError:
+        raise TypeError(f"{what} must be a Tensor or a sequence of Tensors, got {type(values).__name__}") from None
+    for i, v in enumerate(values):
+        if not isinstance(v, Tensor):
+            raise TypeError(f"{what}[{i}] must be a Tensor, got {type(v).__name__}")
+    return values
+
+
+def grad(outputs, inputs, grad_outputs=None, create_graph=False, allow_unused=False):
+    """The gradients of `outputs` with respect to `inputs`, as a tuple of Tensors (one per input).
+
+    ``outputs`` and ``inputs`` are Tensors or sequences of Tensors; ``grad_outputs`` one gradient per
+    output (an array or Tensor of its shape, or None for a single-element output, meaning 1).
+    Computes sum_k d(outputs[k])/d(input) . grad_outputs[k] like ``torch.autograd.grad``: leaves'
+    ``.grad`` are not touched. Inputs may be non-leaf Tensors. An input that no output depends on
+    raises RuntimeError unless ``allow_unused=True`` (its entry is then None). With
+    ``create_graph=True`` the results are recorded, so they can be differentiated again (they
+    require grad when they depend on something that does); otherwise they are plain Tensors.
+    """
+    outputs = _as_tensors(outputs, "outputs")
+    inputs = _as_tensors(inputs, "inputs")
+    if grad_outputs is None:
+        grad_outputs = [None] * len(outputs)
+    else:
+        single = isinstance(grad_outputs, Tensor) or not isinstance(grad_outputs, (list, tuple))
+        grad_outputs = [grad_outputs] if single else list(grad_outputs)
+    if len(grad_outputs) != len(outputs):
+        raise ValueError(f"grad_outputs has {len(grad_outputs)} entries for {len(outputs)} outputs")
+    for i, o in enumerate(outputs):
+        if not o.requires_grad:
+            raise RuntimeError(f"outputs[{i}] does not require grad (it has no recorded graph)")
+    for i, t in enumerate(inputs):
+        if not t.requires_grad:
+            raise RuntimeError(f"inputs[{i}] does not require grad")
+    seeds = [_seed(o, g, f"grad_outputs[{i}]", create_graph) for i, (o, g) in enumerate(zip(outputs, grad_outputs))]
+    captured = _run_backward(outputs, seeds, create_graph, targets=inputs)
+    results = []
+    for i, (t, g) in enumerate(zip(inputs, captured)):
+        if g is None:
+            if not allow_unused:
+                raise RuntimeError(f"inputs[{i}] (shape {t.shape}) is not used to compute the outputs; pass "
+                                   "allow_unused=True to get None for it")
+            results.append(None)
+        elif isinstance(g, Tensor):
+            results.append(g)
+        elif _is_device_array(g):
+            results.append(Tensor(_device_filled(_device_backend(g), t.shape, t.dtype, g)))
+        else:
+            results.append(Tensor(np.array(g, dtype=t.dtype, copy=True)))
+    return tuple(results)
+
+
+# ---------------------------------------------------------------------------------------------- Function
 
 class Context:
     """What a Function's forward leaves for its backward: ``save_for_backward`` and any attribute."""
@@ -348,6 +783,74 @@ class Context:
         return self._saved
 
 
+def _is_array(a):
+    return isinstance(a, np.ndarray) or _is_device_array(a)
+
+
+def _function_outputs(name, results):
+    """forward's results as a tuple of arrays; TypeError naming the Function and the output otherwise."""
+    single = not isinstance(results, (tuple, list))
+    items = (results,) if single else tuple(results)
+    if not items:
+        raise TypeError(f"{name}.forward returned an empty {type(results).__name__}; it must return an array "
+                        "or a tuple of arrays")
+    arrays = []
+    for i, r in enumerate(items):
+        where = "" if single else f" as output {i}"
+        if isinstance(r, Tensor):
+            r = r.data
+        elif isinstance(r, np.generic):
+            r = np.asarray(r)
+        elif not _is_array(r):
+            raise TypeError(f"{name}.forward returned {type(r).__name__}{where}; forward must return a NumPy array "
+                            "(or a CUDA device array), or a tuple of them (wrap a Python number in np.asarray)")
+        arrays.append(r)
+    return single, tuple(arrays)
+
+
+def _function_grads(name, result, count):
+    """backward's result as a tuple of `count` gradients (arrays or None); errors name the Function
+    and the input position."""
+    if result is None or _is_array(result) or isinstance(result, (np.generic, Tensor)):
+        result = (result,)
+    elif isinstance(result, (tuple, list)):
+        result = tuple(result)
+    else:
+        raise TypeError(f"{name}.backward returned {type(result).__name__}; it must return one gradient (an array "
+                        f"or None) per input of {name}.forward ({count} input{'s' if count != 1 else ''}), as a "
+                        "tuple when there are several")
+    if len(result) != count:
+        raise RuntimeError(f"{name} backward returned {len(result)} gradients for {count} inputs "
+                           f"({name}.backward must return one gradient or None per input of forward)")
+    for i, g in enumerate(result):
+        if not (g is None or _is_array(g) or isinstance(g, (np.generic, Tensor))):
+            raise TypeError(f"{name}.backward returned {type(g).__name__} as the gradient of input {i}; "
+                            "expected an array (or None)")
+    return result
+
+
+def _saved_sources(entries, arrays, results):
+    """Per entry of `entries`: ('input', i) when it is arrays[i] (in order, each input once while
+    possible), ('output', k) when it is results[k], else None."""
+    sources, used = [], set()
+    for e in entries:
+        source = None
+        if isinstance(e, np.ndarray) or (e is not None and not isinstance(e, (tuple, int, float)) and _is_array(e)):
+            for k, r in enumerate(results):
+                if e is r:
+                    source = ("output", k)
+                    break
+            if source is None:
+                matches = [i for i, a in enumerate(arrays) if a is e]
+                if matches:
+                    free = [i for i in matches if i not in used]
+                    i = free[0] if free else matches[0]
+                    used.add(i)
+                    source = ("input", i)
+        sources.append(source)
+    return sources
+
+
 class Function:
     """Base class for custom differentiable operations.
 
@@ -356,7 +859,13 @@ class Function:
     arrays inside Tensor arguments (other arguments unchanged) and returns an array or a tuple of
     arrays; ``backward`` receives one gradient array per output (zeros for an output that did not
     get one) and returns one gradient (or None) per positional input. ``ctx.needs_input_grad`` tells
-    which inputs need one.
+    which inputs need one. Misuse (a forward returning no array, a backward returning the wrong
+    number, shape or kind of gradients) raises an error naming the Function and the position.
+
+    Inputs and results passed to ``ctx.save_for_backward`` are guarded like the built-in operations'
+    saved arrays (read-only until backward, see the module docstring). ``backward`` computes on
+    arrays, so it is differentiable once: under ``create_graph=True`` its gradients are recorded,
+    and differentiating them again raises RuntimeError naming the Function.
     """
 
     @staticmethod
@@ -369,19 +878,92 @@ class Function:
 
     @classmethod
     def apply(cls, *inputs, **kwargs):
+        name = cls.__name__
+        if cls.forward is Function.forward:
+            raise NotImplementedError(f"{name} must define a static forward(ctx, *inputs)")
+        if cls.backward is Function.backward:
+            raise NotImplementedError(f"{name} must define a static backward(ctx, *grad_outputs)")
         ctx = Context(tuple(isinstance(a, Tensor) and a.requires_grad for a in inputs))
-        arrays = [a.data if isinstance(a, Tensor) else a for a in inputs]
+        arrays = [kernel_view(a.data if isinstance(a, Tensor) else a) for a in inputs]
         with no_grad():
             results = cls.forward(ctx, *arrays, **kwargs)
-        if isinstance(results, (tuple, list)):
-            results = tuple(r.data if isinstance(r, Tensor) else r for r in results)
-        elif isinstance(results, Tensor):
-            results = results.data
-        return record(cls.__name__, lambda grads: cls.backward(ctx, *grads), inputs, results)
+        single, results = _function_outputs(name, results)
+        entries = ctx._saved
+        sources = _saved_sources(entries, arrays, results)
+        saved, kept = [], []
+        for source in sources:
+            if source is not None:
+                kind, i = source
+                saved.append(results[i] if kind == "output" else
+                             inputs[i].data if isinstance(inputs[i], Tensor) else inputs[i])
+                kept.append(source)
+        count = len(inputs)
 
+        def backward_fn(node, grads, needed, create_graph):
+            context = ctx
+            if needed is not None:
+                context = copy.copy(ctx)
+                context.needs_input_grad = tuple(a and b for a, b in zip(ctx.needs_input_grad, needed))
+            arrays_in = tuple(g.data if isinstance(g, Tensor) else g for g in grads)
+            with no_grad():
+                result = _function_grads(name, cls.backward(context, *arrays_in), count)
+            result = tuple(g.data if isinstance(g, Tensor) else np.asarray(g) if isinstance(g, np.generic) else g
+                           for g in result)
+            if not create_graph:
+                return result
+            return _once_differentiable(name, node, grads, result)
+
+        out = record(name, backward_fn, inputs, results[0] if single else results, saved=tuple(saved),
+                     sources=tuple(kept))
+        if saved:  # kernels read guarded inputs through writeable aliases (no copies)
+            ctx._saved = tuple(kernel_view(e) if s is not None else e for e, s in zip(entries, sources))
+        return out
+
+
+def _once_differentiable(name, node, grads, result):
+    """`result` (a Function's input gradients, arrays) as Tensors recorded as depending on the
+    output gradients and the Function's inputs, through a node whose backward raises: a Function's
+    backward computes on arrays, so its gradients cannot be differentiated again."""
+    def refuse(*_):
+        raise RuntimeError(f"{name}.backward computes on arrays, so its gradients cannot be differentiated again "
+                           "(create_graph=True reached it); write the operation with nbconv's differentiable "
+                           "operations instead of a Function to get higher-order gradients through it")
+
+    inputs = tuple(grads) + tuple(p for p in node.parents if p is not None)
+    present = tuple(g for g in result if g is not None)
+    if not present:
+        return result
+    wrapped = iter(record(f"{name}.backward", refuse, inputs, present) if len(present) > 1
+                   else (record(f"{name}.backward", refuse, inputs, present[0]),))
+    return tuple(None if g is None else next(wrapped) for g in result)
+
+
+# ---------------------------------------------------------------------------------------------- checks
 
 class GradcheckError(RuntimeError):
     """The tape's gradient disagrees with finite differences."""
+
+
+def _float64_args(inputs):
+    args, checked = [], []
+    for a in inputs:
+        if _is_device_array(a.data if isinstance(a, Tensor) else a):
+            raise NotImplementedError("gradcheck runs on the host: pass host copies of device arrays (Tensor.numpy())")
+        if isinstance(a, Tensor) and _is_float(a.dtype):
+            a = Tensor(np.array(a.data, dtype=np.float64), requires_grad=a.requires_grad)
+        elif isinstance(a, np.ndarray) and _is_float(a.dtype):
+            a = Tensor(np.array(a, dtype=np.float64), requires_grad=True)
+        if isinstance(a, Tensor) and a.requires_grad:
+            checked.append(len(args))
+        args.append(a)
+    if not checked:
+        raise ValueError("gradcheck needs at least one floating-point input to check")
+    return args, checked
+
+
+def _float_outputs(out):
+    out = out if isinstance(out, (tuple, list)) else (out,)
+    return [o for o in out if isinstance(o, Tensor) and _is_float(o.dtype)]
 
 
 def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3):
@@ -397,26 +979,8 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3):
     """
     if not isinstance(inputs, (tuple, list)):
         inputs = (inputs,)
-    args, checked = [], []
-    for a in inputs:
-        if _is_device_array(a.data if isinstance(a, Tensor) else a):
-            raise NotImplementedError("gradcheck runs on the host: pass host copies of device arrays (Tensor.numpy())")
-        if isinstance(a, Tensor) and _is_float(a.dtype):
-            a = Tensor(np.array(a.data, dtype=np.float64), requires_grad=a.requires_grad)
-        elif isinstance(a, np.ndarray) and _is_float(a.dtype):
-            a = Tensor(np.array(a, dtype=np.float64), requires_grad=True)
-        if isinstance(a, Tensor) and a.requires_grad:
-            checked.append(len(args))
-        args.append(a)
-    if not checked:
-        raise ValueError("gradcheck needs at least one floating-point input to check")
-
-    def outputs():
-        out = fn(*args)
-        out = out if isinstance(out, (tuple, list)) else (out,)
-        return [o for o in out if isinstance(o, Tensor) and _is_float(o.dtype)]
-
-    outs = outputs()
+    args, checked = _float64_args(inputs)
+    outs = _float_outputs(fn(*args))
     if not outs:
         raise ValueError("gradcheck: fn returned no floating-point Tensor to check")
     rng = np.random.default_rng(0)
@@ -424,16 +988,18 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3):
     for o, v in zip(outs, projections):
         if o.requires_grad:
             o.backward(v.astype(o.dtype))
+    del outs, o  # free the graph: its saved arrays become writeable again for the perturbations below
 
     def projected():
         with no_grad():
             return sum(float(np.sum(np.asarray(o.data, dtype=np.float64) * v))
-                       for o, v in zip(outputs(), projections))
+                       for o, v in zip(_float_outputs(fn(*args)), projections))
 
     worst = None
     for k in checked:
         t = args[k]
-        analytic = np.zeros(t.shape) if t.grad is None else np.asarray(t.grad, dtype=np.float64)
+        analytic = np.zeros(t.shape) if t.grad is None else np.asarray(
+            t.grad.data if isinstance(t.grad, Tensor) else t.grad, dtype=np.float64)
         numeric = np.empty(t.shape)
         flat, num_flat = t.data.reshape(-1), numeric.reshape(-1)
         for i in range(flat.size):
@@ -454,3 +1020,50 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3):
                              f"{tuple(int(j) for j in i)} the tape gives {float(a)!r} but finite differences give {float(n)!r} "
                              f"({bad} of {total} entries exceed atol={atol} + rtol={rtol} * |numeric|)")
     return True
+
+
+def gradgradcheck(fn, inputs, grad_outputs=None, eps=1e-6, atol=1e-5, rtol=1e-3):
+    """Check second derivatives of ``fn(*inputs)``: gradcheck of the function
+    ``(inputs, v) -> grad(fn(*inputs), inputs, grad_outputs=v, create_graph=True)``, i.e. the tape's
+    gradients of the first-order gradients (computed with create_graph=True) against central finite
+    differences of the first-order gradients, in float64, with respect to the inputs and to the output
+    gradients v (random, or ``grad_outputs``: one array per floating-point output of fn).
+
+    Inputs are as for :func:`gradcheck`. Returns True or raises GradcheckError; a failing entry is
+    reported as an input of the first-order function: the checked inputs of fn come first, then one
+    entry per output gradient v.
+    """
+    if not isinstance(inputs, (tuple, list)):
+        inputs = (inputs,)
+    args, checked = _float64_args(inputs)
+    outs = _float_outputs(fn(*args))
+    if not outs:
+        raise ValueError("gradgradcheck: fn returned no floating-point Tensor to check")
+    if grad_outputs is None:
+        rng = np.random.default_rng(1)
+        grad_outputs = [rng.standard_normal(o.shape) for o in outs]
+    else:
+        grad_outputs = [grad_outputs] if not isinstance(grad_outputs, (list, tuple)) else list(grad_outputs)
+        if len(grad_outputs) != len(outs):
+            raise ValueError(f"gradgradcheck: {len(grad_outputs)} grad_outputs for {len(outs)} floating-point outputs")
+        grad_outputs = [np.array(g.data if isinstance(g, Tensor) else g, dtype=np.float64) for g in grad_outputs]
+    del outs
+
+    def first_order(*values):
+        xs, vs = values[:len(checked)], values[len(checked):]
+        call = list(args)
+        for k, x in zip(checked, xs):
+            call[k] = x
+        graph = is_grad_enabled()
+        with _grad_mode(True):
+            outs = _float_outputs(fn(*call))
+            pairs = [(o, v) for o, v in zip(outs, vs) if o.requires_grad]
+            if not pairs:
+                return tuple(Tensor(np.zeros(x.shape)) for x in xs)
+            grads = grad([o for o, _ in pairs], list(xs), [v for _, v in pairs], create_graph=graph,
+                         allow_unused=True)
+        return tuple(Tensor(np.zeros(x.shape)) if g is None else g for x, g in zip(xs, grads))
+
+    values = [Tensor(args[k].data, requires_grad=True) for k in checked]
+    values += [Tensor(v, requires_grad=True) for v in grad_outputs]
+    return gradcheck(first_order, values, eps=eps, atol=atol, rtol=rtol)

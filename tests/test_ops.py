@@ -663,3 +663,363 @@ def test_conv_backward_accepts_tensors_and_returns_arrays(rng):
     arrays3 = conv_arrays.conv3d_backward(gy[:, None], x[:, None], w[None], needs=("input", "bias"))
     assert ours3.weight is None and np.array_equal(ours3.input, arrays3.input)
     assert np.array_equal(ours3.bias, arrays3.bias)
+
+
+# ------------------------------------------------------------------------------------ new Tensor methods and functions
+
+def test_getitem_basic_and_advanced_with_repeats(rng):
+    x = rng.standard_normal((4, 5, 3))
+    rows = np.array([0, 2, 2, 3, 0, 0])                         # repeats: their gradients add up
+    mask = rng.standard_normal((4, 5)) > 0
+    for index in [(1,), (slice(1, None, 2), ..., 0), (rows,), (rows, 1), (slice(None), [4, 4, 1], [0, 2, 0]),
+                  (mask,), (..., [2, 2])]:
+        check(lambda t: t[index], lambda t: t[index], [x], rng)
+    check(lambda t: t[None, 2, ::-1], lambda t: t[None, 2].flip(1), [x], rng)  # PyTorch has no negative steps
+    t = Tensor(x, requires_grad=True)
+    t[rows, 1].sum().backward()
+    expected = np.zeros_like(x)
+    np.add.at(expected, (rows, 1), 1)
+    np.testing.assert_array_equal(t.grad, expected)
+    assert expected[0, 1, 0] == 3                               # row 0 taken three times
+    assert np.shares_memory(Tensor(x)[1:].data, x)              # basic indexing gives a view, like NumPy
+    with pytest.raises(IndexError):
+        Tensor(x)[4]
+    with pytest.raises(IndexError, match="must be integers"):
+        Tensor(x)[np.array([0.5])]
+
+
+def test_getitem_with_tensor_indices_and_iteration(rng):
+    x = Tensor(rng.standard_normal((3, 2)), requires_grad=True)
+    picked = x[Tensor(np.array([2, 0]))]
+    np.testing.assert_array_equal(picked.data, x.data[[2, 0]])
+    rows = list(x)                                              # iteration indexes row by row
+    assert len(rows) == 3 and all(r.requires_grad for r in rows)
+
+
+@pytest.mark.parametrize("name", ["abs", "sqrt", "tanh", "sigmoid", "clip", "clip_low", "T"])
+def test_new_unary_methods(name, rng):
+    ours, theirs, positive = {
+        "abs": (lambda x: x.abs(), torch.abs, False),
+        "sqrt": (lambda x: x.sqrt(), torch.sqrt, True),
+        "tanh": (lambda x: x.tanh(), torch.tanh, False),
+        "sigmoid": (lambda x: x.sigmoid(), torch.sigmoid, False),
+        "clip": (lambda x: x.clip(-0.5, 0.7), lambda x: x.clamp(-0.5, 0.7), False),
+        "clip_low": (lambda x: x.clip(min=0.3), lambda x: x.clamp(min=0.3), False),
+        "T": (lambda x: x.T * 2, lambda x: x.T * 2, False),
+    }[name]
+    x = away_from_zero(rng, (3, 4))
+    x = np.where(np.abs(x - 0.7) < 0.05, 0.8, np.where(np.abs(x + 0.5) < 0.05, -0.6, x))  # not on the clip edges
+    check(ours, theirs, [np.abs(x) if positive else x], rng)
+
+
+def test_astype_converts_the_gradient_back(rng):
+    x = Tensor(rng.standard_normal(3), requires_grad=True)
+    y = x.astype(np.float32)
+    assert y.dtype == np.float32 and y.requires_grad
+    (y * np.float32(2)).sum().backward()
+    assert x.grad.dtype == np.float64
+    np.testing.assert_array_equal(x.grad, 2.0)
+
+
+def test_sigmoid_does_not_overflow():
+    x = Tensor(np.array([-1000.0, 0.0, 1000.0]), requires_grad=True)
+    with np.errstate(over="raise"):
+        y = x.sigmoid()
+    np.testing.assert_array_equal(y.data, [0.0, 0.5, 1.0])
+
+
+def test_clip_errors():
+    with pytest.raises(ValueError, match="min, max or both"):
+        Tensor(np.ones(2)).clip()
+    with pytest.raises(TypeError, match="constant"):
+        Tensor(np.ones(2)).clip(Tensor(np.zeros(2)))
+
+
+@pytest.mark.parametrize("axis", [-1, 0, 1])
+def test_softmax(axis, rng):
+    check(lambda x: nbconv.softmax(x, axis=axis), lambda x: F.softmax(x, dim=axis),
+          [rng.standard_normal((3, 4, 2)) * 3], rng)
+    assert np.all(np.isfinite(nbconv.softmax(np.array([1000.0, 0.0]))))
+
+
+def test_dropout_is_inverted_and_reproducible(rng):
+    x = rng.standard_normal((50, 40))
+    a = nbconv.dropout(Tensor(x, requires_grad=True), 0.3, rng=np.random.default_rng(7))
+    b = nbconv.dropout(x, 0.3, rng=np.random.default_rng(7))
+    np.testing.assert_array_equal(a.data, b)                     # same generator seed, same mask
+    keep = np.random.default_rng(7).random(x.shape) >= 0.3
+    np.testing.assert_array_equal(b, x * (keep / 0.7))             # PyTorch's form: x * (mask / (1 - p))
+    assert 0.25 < 1 - keep.mean() < 0.35
+    mask = torch.tensor(np.random.default_rng(7).random((4, 5)) >= 0.3, dtype=torch.float64)
+    check(lambda t: nbconv.dropout(t, 0.3, rng=np.random.default_rng(7)), lambda t: t * (mask / 0.7), [x[:4, :5]], rng)
+    t = Tensor(x)
+    assert nbconv.dropout(t, 0.5, training=False) is t and nbconv.dropout(t, 0.0) is t
+    np.testing.assert_array_equal(nbconv.dropout(x, 1.0), 0)
+    y = nbconv.dropout(x.astype(np.float32), 0.5)
+    assert y.dtype == np.float32
+    with pytest.raises(ValueError, match=r"p must be a probability in \[0, 1\], got 1.5"):
+        nbconv.dropout(x, 1.5)
+    with pytest.raises(TypeError, match="numpy.random.Generator"):
+        nbconv.dropout(x, 0.5, rng=0)
+
+
+def test_concatenate_and_stack(rng):
+    a, b, c = rng.standard_normal((2, 3)), rng.standard_normal((2, 1)), rng.standard_normal((2, 3))
+    check(lambda x, y: nbconv.concatenate([x, y, x * 2], axis=1), lambda x, y: torch.cat([x, y, x * 2], dim=1),
+          [a, b], rng)
+    check(lambda x, y: nbconv.concatenate((x, y), axis=-2), lambda x, y: torch.cat([x, y], dim=-2), [a, c], rng)
+    check(lambda x, y: nbconv.stack([x, y, x]), lambda x, y: torch.stack([x, y, x]), [a, c], rng)
+    check(lambda x, y: nbconv.stack([x, y], axis=-1), lambda x, y: torch.stack([x, y], dim=-1), [a, c], rng)
+    mixed = nbconv.concatenate([Tensor(a, requires_grad=True), c])  # arrays and Tensors together
+    assert isinstance(mixed, Tensor) and mixed.shape == (4, 3)
+    assert type(nbconv.stack([a, c])) is np.ndarray
+    with pytest.raises(ValueError, match=r"shapes \[\(2, 3\), \(2, 1\)\] differ outside axis 0"):
+        nbconv.concatenate([a, b])
+    with pytest.raises(ValueError, match="same shape"):
+        nbconv.stack([a, b])
+    with pytest.raises(ValueError, match="axis 3 is out of bounds for 3 dimensions"):
+        nbconv.stack([a, c], axis=3)
+    with pytest.raises(ValueError, match="at least one"):
+        nbconv.concatenate([])
+    with pytest.raises(TypeError, match="list or tuple"):
+        nbconv.concatenate(Tensor(a))
+
+
+PADS = [(1, "constant"), (((0, 0), (2, 1), (1, 2), (0, 0)), "reflect"), (((0, 0), (1, 3), (0, 2), (0, 0)), "edge"),
+        (((0, 0), (3, 1), (2, 0), (0, 0)), "wrap"), (((0, 0), (1, 1), (2, 2), (0, 0)), "replicate"),
+        (((0, 0), (2, 0), (0, 1), (0, 0)), "circular")]
+
+
+@pytest.mark.parametrize("pad_width, mode", PADS, ids=str)
+def test_pad_matches_numpy_and_torch(pad_width, mode, rng):
+    """np.pad's values; gradients against PyTorch's F.pad (spatial dims of an NCHW view)."""
+    x = rng.standard_normal((2, 4, 3, 2))
+    torch_mode = {"constant": "constant", "reflect": "reflect", "edge": "replicate", "replicate": "replicate",
+                  "wrap": "circular", "circular": "circular"}[mode]
+    pairs = ((pad_width,) * 2,) * 4 if isinstance(pad_width, int) else pad_width
+    np_mode = {"replicate": "edge", "circular": "wrap"}.get(mode, mode)
+    np.testing.assert_array_equal(nbconv.pad(x, pad_width, mode), np.pad(x, pairs, mode=np_mode))
+
+    def theirs(t):
+        if torch_mode == "constant":
+            return F.pad(t, [p for pair in reversed(pairs) for p in pair])
+        spatial = [p for pair in reversed(pairs[1:3]) for p in pair]
+        return nhwc(F.pad(nchw(t), spatial, mode=torch_mode))
+
+    check(lambda t: nbconv.pad(t, pad_width, mode), theirs, [x], rng)
+
+
+def test_pad_width_forms_and_errors(rng):
+    x = rng.standard_normal((3, 4))
+    for width in (2, (1, 2), ((1, 2),), ((1, 0), (0, 3)), [[2], [1]]):
+        for mode in ("constant", "reflect", "edge", "wrap"):
+            np.testing.assert_array_equal(nbconv.pad(x, width, mode), np.pad(x, width, mode=mode))
+            assert gradcheck(lambda t: nbconv.pad(t, width, mode) ** 2, [x])
+    wide = nbconv.pad(Tensor(x, requires_grad=True), 7, "reflect")  # wider than the array: repeated reflection
+    np.testing.assert_array_equal(wide.data, np.pad(x, 7, mode="reflect"))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        nbconv.pad(x, 1, "mirror")
+    with pytest.raises(ValueError, match="non-negative"):
+        nbconv.pad(x, -1)
+    with pytest.raises(TypeError, match="pad_width must be an int"):
+        nbconv.pad(x, 1.5)
+    with pytest.raises(ValueError, match="does not fit an array of 2 dimensions"):
+        nbconv.pad(x, ((1, 1), (1, 1), (1, 1)))
+    with pytest.raises(ValueError, match="cannot pad an empty axis"):
+        nbconv.pad(np.ones((0, 2)), 1, "edge")
+
+
+# ------------------------------------------------------------------------------------ second derivatives
+
+def check_double(fn, torch_fn, arrays, rng, rtol=1e-8, atol=1e-9, gradgrad=True):
+    """gradgradcheck fn in float64, then compare its first and second derivatives with PyTorch's
+    (torch.autograd.grad with create_graph=True): with an output gradient v and one direction u_i per
+    input, the gradients g_i = d<v, fn>/dx_i and the gradient of sum_i <u_i, g_i> with respect to the
+    inputs and to v."""
+    arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
+    if gradgrad:
+        assert nbconv.gradgradcheck(fn, arrays)
+    xs = [Tensor(a.copy(), requires_grad=True) for a in arrays]
+    out = fn(*xs)
+    v0 = rng.standard_normal(out.shape)
+    us = [rng.standard_normal(a.shape) for a in arrays]
+    v = Tensor(v0, requires_grad=True)
+    firsts = nbconv.grad(out, xs, v, create_graph=True, allow_unused=True)
+    total = sum((g * u).sum() for g, u in zip(firsts, us) if g is not None)
+    seconds = nbconv.grad(total, xs + [v], allow_unused=True)
+
+    txs = [torch.tensor(a, requires_grad=True) for a in arrays]
+    tout = torch_fn(*txs)
+    tv = torch.tensor(v0, requires_grad=True)
+    tfirsts = torch.autograd.grad(tout, txs, tv, create_graph=True, allow_unused=True)
+    ttotal = sum((g * torch.tensor(u)).sum() for g, u in zip(tfirsts, us) if g is not None)
+    tseconds = torch.autograd.grad(ttotal, txs + [tv], allow_unused=True)
+
+    np.testing.assert_allclose(out.data, tout.detach().numpy(), rtol=rtol, atol=atol)
+    for ours, theirs, like in zip(list(firsts) + list(seconds), list(tfirsts) + list(tseconds),
+                                  arrays + arrays + [v0]):
+        ours = np.zeros(like.shape) if ours is None else ours.data
+        theirs = np.zeros(like.shape) if theirs is None else theirs.detach().numpy()
+        np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=atol)
+
+
+SECOND_ORDER = {
+    "add": (lambda a, b: a + b * a, [(2, 3), (3,)]),
+    "subtract": (lambda a, b: (a - b) * a, [(2, 1), (1, 3)]),
+    "multiply": (lambda a, b: a * b * a, [(2, 3), (2, 3)]),
+    "divide": (lambda a, b: a / (b * b + 1), [(2, 1), (2, 3)]),
+    "power": (lambda a: (a * a + 1) ** -1.5 + a ** 3, [(4,)]),
+    "exp_log": (lambda a: (a.exp() + 1).log() * a, [(2, 3)]),
+    "relu": (lambda a: (a.relu() * a).relu(), [(2, 3)]),
+    "abs": (lambda a: a.abs() * a, [(2, 3)]),
+    "sqrt": (lambda a: ((a * a) + 1).sqrt(), [(2, 3)]),
+    "tanh": (lambda a: a.tanh() * a, [(2, 3)]),
+    "sigmoid": (lambda a: a.sigmoid() * a, [(2, 3)]),
+    "clip": (lambda a: (a * a).clip(0.1, 1.5) * a, [(2, 3)]),
+    "matmul": (lambda a, b: (a @ b) * (a @ b), [(2, 3, 4), (4, 2)]),
+    "matmul_vector": (lambda a, b: (a @ b) ** 2, [(4,), (3, 4, 2)]),
+    "sum": (lambda a: a.sum(axis=1) ** 2, [(2, 3, 2)]),
+    "mean": (lambda a: a.mean(axis=(0, 2), keepdims=True) * a, [(2, 3, 2)]),
+    "max": (lambda a: a.max(axis=1) * a.max(), [(3, 4)]),
+    "reshape_transpose": (lambda a: a.reshape(3, 4).T @ a.reshape(4, 3).transpose(1, 0), [(2, 6)]),
+    "getitem": (lambda a: a[[0, 0, 2], 1:] * a[2, [1, 1, 0]], [(3, 4)]),
+    "concatenate_stack": (lambda a, b: nbconv.stack([a * b, nbconv.concatenate([a, b], axis=0)[1:3]]) ** 2,
+                          [(2, 3), (2, 3)]),
+    "pad_reflect": (lambda a: nbconv.pad(a, ((1, 2), (2, 1)), "reflect") ** 2, [(3, 4)]),
+    "pad_wrap": (lambda a: nbconv.pad(a * a, 2, "wrap"), [(3, 2)]),
+    "pad_constant": (lambda a: nbconv.pad(a, 1) ** 3, [(2, 2)]),
+    "softmax": (lambda a: nbconv.softmax(a, axis=0) * a, [(3, 4)]),
+    "log_softmax": (lambda a: nbconv.log_softmax(a) ** 2, [(3, 4)]),
+    "linear": (lambda x, w, b: nbconv.linear(x, w, b).tanh(), [(2, 3, 4), (4, 2), (2,)]),
+}
+
+TORCH_SECOND_ORDER = {
+    "concatenate_stack": lambda a, b: torch.stack([a * b, torch.cat([a, b], dim=0)[1:3]]) ** 2,
+    "pad_reflect": lambda a: F.pad(a[None], (2, 1, 1, 2), mode="reflect")[0] ** 2,
+    "pad_wrap": lambda a: F.pad((a * a)[None, None], (2, 2, 2, 2), mode="circular")[0, 0],
+    "pad_constant": lambda a: F.pad(a, (1, 1, 1, 1)) ** 3,
+    "softmax": lambda a: F.softmax(a, dim=0) * a,
+    "log_softmax": lambda a: F.log_softmax(a, dim=-1) ** 2,
+    "linear": lambda x, w, b: torch.tanh(x @ w + b),
+    "relu": lambda a: torch.relu(torch.relu(a) * a),
+    "clip": lambda a: (a * a).clamp(0.1, 1.5) * a,
+    "max": lambda a: a.amax(dim=1) * a.amax(),
+    "reshape_transpose": lambda a: a.reshape(3, 4).T @ a.reshape(4, 3).permute(1, 0),
+}
+
+
+@pytest.mark.parametrize("name", SECOND_ORDER)
+def test_second_derivatives_match_torch(name, rng):
+    fn, shapes = SECOND_ORDER[name]
+    arrays = [away_from_zero(rng, s, 0.2) for s in shapes]
+    if name == "clip":  # keep a * a away from the clip edges (kinks)
+        arrays = [np.where(np.abs(np.abs(a) - 1.2) < 0.1, 1.0, np.where(np.abs(a) < 0.4, 0.6, a)) for a in arrays]
+    check_double(fn, TORCH_SECOND_ORDER.get(name, fn), arrays, rng)
+
+
+@pytest.mark.parametrize("kind, nd", [("max", 1), ("avg", 2), ("max", 3), ("avg", 3)])
+def test_pooling_second_derivatives(kind, nd, rng):
+    shape = {1: (2, 7, 2), 2: (1, 5, 4, 2), 3: (1, 3, 4, 3, 2)}[nd]
+    x = rng.permutation(int(np.prod(shape))).reshape(shape) / 10.0
+    ours, theirs = getattr(nbconv, f"{kind}_pool{nd}d"), getattr(F, f"{kind}_pool{nd}d")
+    check_double(lambda t: ours(t * t, 2, 1, 1) * t.sum(), lambda t: nhwc(theirs(nchw(t * t), 2, 1, 1)) * t.sum(),
+                 [x], rng)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_second_derivatives(training, rng):
+    x, g, b = rng.standard_normal((3, 2, 2, 2)), rng.standard_normal(2), rng.standard_normal(2)
+    mean, var = rng.standard_normal(2), rng.random(2) + 0.5
+    check_double(lambda t, w, c: nbconv.batch_norm(t, w, c, mean.copy(), var.copy(), training=training) ** 2,
+                 lambda t, w, c: torch_batch_norm(t, w, c, torch.tensor(mean), torch.tensor(var),
+                                                  training=training) ** 2,
+                 [x, g, b], rng, rtol=1e-7)
+
+
+def test_cross_entropy_second_derivatives(rng):
+    labels = rng.integers(0, 4, 5)
+    check_double(lambda t: nbconv.cross_entropy(t * t, labels), lambda t: F.cross_entropy(t * t, torch.tensor(labels)),
+                 [rng.standard_normal((5, 4))], rng)
+
+
+SECOND_ORDER_CONV = [
+    (1, dict(stride=2, padding=1, dilation=2)),
+    (1, dict(padding=2, padding_mode="reflect", groups=2)),
+    (1, dict(padding=((2, 1),), padding_mode="circular", stride=2)),
+    (2, dict(stride=(2, 1), padding=1, groups=2)),
+    (2, dict(padding=((1, 2), (0, 1)), dilation=(1, 2), padding_mode="replicate")),
+    (2, dict(padding=1, padding_mode="reflect", stride=2)),
+    (2, dict(groups=4, padding="same", padding_mode="circular")),   # depthwise
+    (3, dict(stride=(1, 2, 1), padding=1, padding_mode="reflect")),
+    (3, dict(groups=2, padding=((1, 0), (0, 1), (1, 1)), padding_mode="replicate", dilation=(1, 1, 2))),
+    (3, dict(padding=1, padding_mode="circular")),
+]
+
+
+@pytest.mark.parametrize("nd, params", SECOND_ORDER_CONV, ids=str)
+def test_conv_second_derivatives(nd, params, rng):
+    """gradgradcheck and PyTorch's double backward for x, w and bias together (the products make the
+    second derivatives non-zero: conv(x, w) is bilinear)."""
+    groups = params.get("groups", 1)
+    spatial = {1: (7,), 2: (5, 4), 3: (3, 4, 3)}[nd]
+    kernel = {1: (3,), 2: (3, 2), 3: (2, 2, 2)}[nd]
+    args = [rng.standard_normal((1, *spatial, 4)), rng.standard_normal(kernel + (4 // groups, 4)) * 0.5,
+            rng.standard_normal(4)]
+    conv = getattr(nbconv, f"conv{nd}d")
+    torch_params = dict(params)
+    if params.get("padding") == "same":
+        torch_params["padding"] = same_pads(kernel, params.get("dilation", 1))
+    check_double(lambda x, w, b: conv(x, w, b, **params) ** 2,
+                 lambda x, w, b: torch_conv(nd, x, w, b, **torch_params) ** 2, args, rng)
+
+
+SECOND_ORDER_TRANSPOSE = [
+    (1, dict(stride=3, padding=1, output_padding=2)),
+    (2, dict(stride=(2, 1), padding=(1, 0), output_padding=(1, 0), groups=2)),
+    (2, dict(dilation=3, output_padding=2, padding=1)),   # output_padding >= stride: the adjoint is cropped
+    (3, dict(stride=2, padding=1, output_padding=1)),
+]
+
+
+@pytest.mark.parametrize("nd, params", SECOND_ORDER_TRANSPOSE, ids=str)
+def test_conv_transpose_second_derivatives(nd, params, rng):
+    groups = params.get("groups", 1)
+    spatial = {1: (4,), 2: (3, 3), 3: (2, 2, 2)}[nd]
+    kernel = {1: (3,), 2: (3, 2), 3: (2, 2, 2)}[nd]
+    args = [rng.standard_normal((1, *spatial, 4)), rng.standard_normal(kernel + (4 // groups, 4)) * 0.5,
+            rng.standard_normal(4)]
+    conv = getattr(nbconv, f"conv_transpose{nd}d")
+    check_double(lambda x, w, b: conv(x, w, b, **params) ** 2,
+                 lambda x, w, b: torch_conv_transpose(nd, x, w, b, **params) ** 2, args, rng)
+
+
+@pytest.mark.parametrize("params", [dict(dilation=3, output_padding=2, padding=((2, 1),)),
+                                    dict(dilation=3, output_padding=2, padding=((7, 0),))], ids=str)
+def test_conv_transpose_gradgradcheck_with_asymmetric_pads(params, rng):
+    """Asymmetric pads, which PyTorch's conv_transpose lacks: finite differences only."""
+    args = [rng.standard_normal((1, 3, 2)), rng.standard_normal((3, 3, 2)), rng.standard_normal(3)]
+    assert nbconv.gradgradcheck(lambda x, w, b: nbconv.conv_transpose1d(x, w, b, **params) ** 2, args)
+
+
+def test_conv_second_derivatives_through_a_chain_of_convolutions(rng):
+    """conv -> conv_transpose -> conv with one weight reused: the closed algebra (input_grad and
+    weight_grad differentiated again) to third order against finite differences of the second."""
+    x, w = rng.standard_normal((1, 5, 5, 2)), rng.standard_normal((3, 3, 2, 2)) * 0.5
+
+    def f(a, k):
+        h = nbconv.conv2d(a, k, stride=2, padding=1, padding_mode="reflect")
+        h = nbconv.conv_transpose2d(h, k, stride=2, padding=1)
+        return nbconv.conv2d(h.tanh(), k, padding=1, padding_mode="circular")
+
+    assert nbconv.gradgradcheck(f, [x, w])
+    weight = Tensor(w)                                         # third order: the second derivative's gradient
+    assert nbconv.gradgradcheck(lambda a: nbconv.grad(f(a, weight).sum(), a, create_graph=True)[0], [x])
+
+
+def test_conv_first_order_path_records_nothing_extra(rng):
+    """A plain backward runs one kernel per gradient: the VJPs on arrays record no nodes."""
+    x, w, b = (Tensor(rng.standard_normal(s), requires_grad=True) for s in ((1, 5, 5, 2), (3, 3, 2, 3), (3,)))
+    y = nbconv.conv2d(x, w, b, padding=1, padding_mode="reflect")
+    y.backward(np.ones(y.shape))
+    for t in (x, w, b):
+        assert type(t.grad) is np.ndarray
