@@ -6,9 +6,11 @@ the same memory: `t.movedim(1, -1)` of a channels_last tensor is contiguous, and
 converted once inside nbconv (which accepts any strides).
 
 Results follow the input's memory format, as torch.nn's convolutions do: a channels-last-strided
-input (channels_last, channels_last_3d, or the same strides in 1-D) gives a channels-last result
-that is nbconv's own (N, *spatial, C) array, without a copy; any other input gives a contiguous
-(N, C, *spatial) result (one copy). Weight gradients are contiguous (C_out, C_in // groups, *kernel).
+input (channels_last, channels_last_3d, or the same strides in 1-D) gives a channels-last result,
+the very tensor the kernel wrote (no copy); any other input gives a contiguous (N, C, *spatial)
+result (one copy). Weight gradients are contiguous (C_out, C_in // groups, *kernel). The backward
+converts an incoming NCHW gradient to channels-last once (for both of its ops) and returns the
+input gradient channels-last (see `_backward_layout`); autograd lays a leaf's .grad out like the leaf.
 
 dtypes: float32 and float64 compute in their own precision; float16 and bfloat16 are storage types
 (each operand becomes one channels-last float32 copy, the kernels accumulate in float32, the result
@@ -339,6 +341,20 @@ class _Ops(NamedTuple):
     weight_grad: object
 
 
+def _backward_layout(grad):
+    """The incoming gradient laid out channels-last (one copy) unless it already is: the backward's two ops then
+    share that one conversion (nbconv's kernels work channels-last) instead of converting it twice, and the
+    input gradient comes out channels-last, without a copy back to NCHW, for the ops before to take as is.
+    (A leaf's .grad is laid out like the leaf by autograd in any case.) Unchanged where strides cannot be
+    queried (inside torch.func.vmap) and for a single channel."""
+    try:
+        if grad.shape[1] == 1 or _channels_last_like(grad):
+            return grad
+    except RuntimeError:
+        return grad
+    return grad.movedim(1, -1).contiguous().movedim(-1, 1)
+
+
 def _bias_grad(grad):
     return grad.sum(dim=(0, *range(2, grad.dim())))
 
@@ -387,6 +403,8 @@ def _conv_backward(ops, ctx, grad):
     input, weight = ctx.saved_tensors
     stride, padding, dilation, groups, padding_mode = ctx.params
     gx = gw = gb = None
+    if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        grad = _backward_layout(grad)
     if ctx.needs_input_grad[0]:
         output_padding = _forward_output_padding(input.shape[2:], weight.shape[2:], stride, padding, dilation)
         gx = ops.conv_transpose(grad, weight, None, stride, padding, output_padding, dilation, groups, padding_mode)
@@ -431,6 +449,8 @@ def _conv_transpose_setup(ctx, inputs, output):
 def _conv_transpose_backward(ops, ctx, grad):
     input, weight = ctx.saved_tensors
     stride, padding, output_padding, dilation, groups, padding_mode = ctx.params
+    if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        grad = _backward_layout(grad)
     g, pads = _adjoint_operand(grad, padding, output_padding, stride)
     gx = gw = gb = None
     if ctx.needs_input_grad[0]:

@@ -282,6 +282,24 @@ def test_result_memory_format_follows_input(nd, transposed, layout, serial_numba
     assert grads[0][0].stride() == grads[1][0].stride() and grads[0][1].is_contiguous()
 
 
+def test_backward_works_channels_last():
+    """The backward converts an NCHW incoming gradient to channels-last once and hands the input gradient back
+    channels-last (no copy to NCHW); a leaf's .grad still has the leaf's layout, and the values are torch's."""
+    torch.manual_seed(26)
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64, requires_grad=True)
+    w1, w2 = torch.randn(4, 3, 3, 3, dtype=torch.float64), torch.randn(5, 4, 2, 2, dtype=torch.float64)
+    grads = {}
+    for name, conv in (("ours", nt.conv2d), ("ref", F.conv2d)):
+        y1 = conv(x, w1, padding=1)
+        y1.register_hook(lambda g, name=name: grads.setdefault(name, g))
+        x.grad = None
+        conv(y1, w2).sin().sum().backward()
+        grads[name, "x"] = x.grad
+    assert grads["ours"].movedim(1, -1).is_contiguous() and grads["ours", "x"].is_contiguous()
+    _close(grads["ours"], grads["ref"], torch.float64)
+    _close(grads["ours", "x"], grads["ref", "x"], torch.float64)
+
+
 def test_nchw_model_flattens_with_view():
     """conv -> relu -> pool -> .view(N, -1), the common classifier head, works on NCHW inputs."""
     torch.manual_seed(20)
