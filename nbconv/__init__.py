@@ -1,5 +1,6 @@
 """nbconv: Numba-accelerated channels-last convolutions, forward and backward, on NumPy arrays."""
 __version__ = "0.1.0"
+from . import optim
 from ._device import cuda_available
 from .conv import Conv1dGrads, Conv2dGrads, Conv3dGrads, ConvGrads
 from .ops import (avg_pool1d, avg_pool2d, avg_pool3d, batch_norm, concatenate, conv1d, conv1d_backward, conv2d,
@@ -14,4 +15,4 @@ __all__ = ["conv1d", "conv2d", "conv3d", "conv1d_backward", "conv2d_backward", "
            "Tensor", "Function", "no_grad", "grad", "gradcheck", "gradgradcheck", "GradcheckError",
            "relu", "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
            "batch_norm", "linear", "log_softmax", "softmax", "cross_entropy", "dropout", "concatenate", "stack", "pad",
-           "cuda_available"]
+           "optim", "cuda_available"]

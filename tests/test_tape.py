@@ -342,7 +342,7 @@ def test_public_names():
                  "linear", "log_softmax", "softmax", "cross_entropy", "dropout", "concatenate", "stack", "pad",
                  "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
                  "conv_transpose3d", "conv1d_backward", "conv2d_backward", "conv3d_backward", "ConvGrads",
-                 "Conv1dGrads", "Conv2dGrads", "Conv3dGrads", "cuda_available"):
+                 "Conv1dGrads", "Conv2dGrads", "Conv3dGrads", "cuda_available", "optim"):
         assert name in nbconv.__all__ and hasattr(nbconv, name)
     assert set(nbconv.__all__) <= set(dir(nbconv))
     assert nbconv.Conv3dGrads is nbconv.ConvGrads
@@ -356,7 +356,7 @@ def test_the_tape_and_the_ops_import_no_backend_by_name():
     import pathlib
 
     package = pathlib.Path(nbconv.__file__).parent
-    modules = ["tape.py"] + sorted(p.name for p in package.glob("ops*.py"))
+    modules = ["tape.py", "optim.py"] + sorted(p.name for p in package.glob("ops*.py"))
     assert {"ops.py", "ops_core.py", "ops_math.py", "ops_nn.py", "ops_conv.py"} <= set(modules)
     for module in modules:
         imported = set()
