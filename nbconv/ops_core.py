@@ -99,6 +99,25 @@ def apply(prim, *args, **params):
     return _record(prim, vjp, args, arrays, result, residuals, needs, params)
 
 
+class _Backward:
+    """A recorded primitive's backward_fn: its VJP with the residuals and static parameters."""
+
+    __slots__ = ("vjp", "stored", "sources", "needs", "params", "single")
+
+    def __init__(self, vjp, stored, sources, needs, params, single):
+        self.vjp, self.stored, self.sources, self.needs, self.params, self.single = \
+            vjp, stored, sources, needs, params, single
+
+    def __call__(self, node, grads, needed, create_graph):
+        needs = self.needs if needed is None else tuple(a and b for a, b in zip(self.needs, needed))
+        res = self.stored
+        if create_graph and self.sources is not None:  # the saved inputs and result as Tensors (see above)
+            res = tuple(e if s is None else output_tensor(node, 0, e) if s[0] == "output"
+                        else e if node.parents[s[1]] is None else node.parents[s[1]]
+                        for e, s in zip(res, self.sources))
+        return self.vjp(grads[0], res[0] if self.single else res, needs, **self.params)
+
+
 def _record(prim, vjp, args, arrays, result, residuals, needs, params):
     single = type(residuals) is not tuple
     entries = (residuals,) if single else residuals
@@ -119,21 +138,11 @@ def _record(prim, vjp, args, arrays, result, residuals, needs, params):
                 saved.append(result if source[0] == "output" else unwrap(args[source[1]]))
                 kept.append(source)
         sources.append(source)
-    stored = entries
-
-    def backward_fn(node, grads, needed, create_graph):
-        n = needs if needed is None else tuple(a and b for a, b in zip(needs, needed))
-        res = stored
-        if create_graph and saved:
-            res = tuple(e if s is None else output_tensor(node, 0, e) if s[0] == "output"
-                        else e if node.parents[s[1]] is None else node.parents[s[1]]
-                        for e, s in zip(stored, sources))
-        return vjp(grads[0], res[0] if single else res, n, **params)
-
+    backward = _Backward(vjp, entries, tuple(sources) if saved else None, needs, params, single)
     parents = tuple(a if n else None for a, n in zip(args, needs))
-    out = record_node(prim.name, backward_fn, parents, result, tuple(saved), tuple(kept))
+    out = record_node(prim.name, backward, parents, result, tuple(saved), tuple(kept))
     if saved:  # now guarded (read-only): the VJP reads them through writeable aliases
-        stored = tuple(e if s is None else _aliases.get(id(e), e) for e, s in zip(entries, sources))
+        backward.stored = tuple(e if s is None else _aliases.get(id(e), e) for e, s in zip(entries, sources))
     return out
 
 

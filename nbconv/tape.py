@@ -148,19 +148,9 @@ def _sum(a, b):
 _lock = threading.RLock()   # guards and versions; re-entrant: a Node freed by the garbage collector inside a
                             # guarded region releases its guards from the same thread
 _grad_lock = threading.Lock()  # serializes gradient accumulation into .grad
-_guards = {}                # id(memory owner) -> _Guard
+_guards = {}                # id(memory owner) -> [count of saves, arrays made read-only (the owner first)...]
 _aliases = {}               # id(guarded array) -> writeable alias (what kernels read)
 _versions = {}              # id(array) -> [weakref, version, who]
-
-
-class _Guard:
-    """The arrays made read-only over one memory owner, and how many saves hold them."""
-
-    __slots__ = ("count", "flipped")
-
-    def __init__(self):
-        self.count = 0
-        self.flipped = []  # arrays this guard made read-only, the owner first when it is one of them
 
 
 def _owner(a):
@@ -180,7 +170,7 @@ def _flip(guard, a):
     if flags.writeable and id(a) not in _aliases:
         _aliases[id(a)] = a.view()
         flags.writeable = False
-        guard.flipped.append(a)
+        guard.append(a)
 
 
 def _guard(arrays):
@@ -191,8 +181,8 @@ def _guard(arrays):
             owner = base if isinstance(base, np.ndarray) else a
             guard = _guards.get(id(owner))
             if guard is None:
-                guard = _guards[id(owner)] = _Guard()
-            guard.count += 1
+                guard = _guards[id(owner)] = [0]
+            guard[0] += 1
             if owner is not a:
                 _flip(guard, owner)
             _flip(guard, a)
@@ -205,11 +195,11 @@ def _unguard(arrays):
             guard = _guards.get(id(owner))
             if guard is None:
                 continue
-            guard.count -= 1
-            if guard.count:
+            guard[0] -= 1
+            if guard[0]:
                 continue
             del _guards[id(owner)]
-            for b in guard.flipped:  # the owner (when flipped) comes first: views need a writeable base
+            for b in guard[1:]:  # the owner (when flipped) comes first: views need a writeable base
                 _aliases.pop(id(b), None)
                 try:
                     b.flags.writeable = True
@@ -365,6 +355,8 @@ class Tensor:
         if not self._requires_grad:
             raise RuntimeError("retain_grad() on a Tensor that does not require grad")
         if self._node is not None:
+            if self._node.retained is None:
+                self._node.retained = {}
             self._node.retained[self._index] = weakref.ref(self)
 
     def backward(self, gradient=None, create_graph=False):
@@ -459,7 +451,7 @@ class Node:
         self.backward_fn = backward_fn
         self.parents = parents
         self.outputs = outputs  # ((shape, dtype, device backend or None on the host), ...) per output
-        self.retained = {}  # output index -> weakref to the Tensor that asked for retain_grad
+        self.retained = None  # {output index: weakref to the Tensor that asked for retain_grad}
         self.saved = saved
         self.sources = sources
         self.versions = self._guarded = None
@@ -692,7 +684,7 @@ def _run_backward(roots, seeds, create_graph, targets=None):
 def _node_backward(node, grads, needed, create_graph, retain):
     """The input gradients of `node` given its (partly None) output gradients; fills retained .grad."""
     node.check_versions()
-    if retain:
+    if retain and node.retained:
         for index, ref in node.retained.items():
             tensor = ref()
             if tensor is not None and grads[index] is not None:
