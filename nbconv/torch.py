@@ -35,7 +35,7 @@ the bias tangent.
 Transforms. The ops carry `register_autograd` (reverse mode, used by torch.compile/torch.export and
 by direct `torch.ops.nbconv` calls) and `register_vmap`. The public functions call them through
 three `torch.autograd.Function`s (`_Conv`, `_ConvTranspose`, `_WeightGrad`) with `setup_context`,
-`backward`, `jvp` and `vmap` staticmethods whose rules are written with the same Functions, so
+`backward`, `jvp` and `vmap` (generate_vmap_rule=False) whose rules are written with the same Functions, so
 every torch.func transform (grad, vjp, jvp, vmap, jacrev, jacfwd, hessian) and
 `torch.autograd.forward_ad` compose at any depth. Batching rules: a batch of inputs is a bigger N; a
 batch of weights (or of weight-gradient operands) is a grouped convolution with groups * B groups.
