@@ -580,7 +580,7 @@ def _register(op, setup, backward, vmap):
             warnings.simplefilter("ignore", UserWarning)
             op._lib.impl(op._name, _refusing_tangents(op, make_autograd_impl(op._opoverload, op)), "Autograd",
                          with_keyset=True, allow_override=True)
-    except (ImportError, TypeError):  # a torch without these internals (tested with 2.13): no check
+    except (ImportError, TypeError, AttributeError):  # a torch without these internals (tested with 2.13): no check
         pass
 
 
