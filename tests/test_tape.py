@@ -824,3 +824,23 @@ def test_a_graph_collected_by_the_garbage_collector_inside_a_guarded_region_does
         del cycle
         gc.collect()
     assert x.data.flags.writeable
+
+
+def test_grad_on_device_tensors_and_create_graph_refused_there(rng):
+    """nbconv.grad works for Tensors holding CUDA device arrays (first order, results on the device);
+    higher-order gradients are host-only and say so (CUDA simulator unless a GPU is present)."""
+    import numba
+    if not (numba.config.ENABLE_CUDASIM or nbconv.cuda_available()):
+        pytest.skip("no CUDA GPU and the CUDA simulator is off")
+    from numba import cuda
+
+    x0, w0 = rng.standard_normal((1, 4, 4, 2)), rng.standard_normal((3, 3, 2, 2))
+    x, w = Tensor(cuda.to_device(x0), requires_grad=True), Tensor(cuda.to_device(w0), requires_grad=True)
+    y = nbconv.conv2d(x, w, padding=1, padding_mode="reflect")
+    gx, gw = nbconv.grad(y, [x, w], cuda.to_device(np.ones(y.shape)))
+    hx, hw = leaf(x0), leaf(w0)
+    expected = nbconv.grad(nbconv.conv2d(hx, hw, padding=1, padding_mode="reflect"), [hx, hw], np.ones(y.shape))
+    np.testing.assert_allclose(gx.numpy(), expected[0].data, rtol=1e-10)
+    np.testing.assert_allclose(gw.numpy(), expected[1].data, rtol=1e-10)
+    with pytest.raises(NotImplementedError, match="create_graph=True .* host only"):
+        y.backward(cuda.to_device(np.ones(y.shape)), create_graph=True)
