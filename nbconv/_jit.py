@@ -111,17 +111,19 @@ def _discard_caches():
                 pass
 
 
-def _foreign_overloads(dispatcher):
-    """Whether an overload of `dispatcher` is another function's code (a cache index naming the wrong file)."""
+def _foreign_overloads(dispatcher, signature):
+    """Whether `dispatcher` lacks `signature` or holds another function's code after compiling it (a cache
+    index naming the wrong object file: another function's, or another overload's of the same one)."""
     own = (dispatcher.py_func.__module__, dispatcher.py_func.__qualname__)
-    return any((cres.fndesc.modname, cres.fndesc.qualname) != own for cres in dispatcher.overloads.values())
+    return signature not in dispatcher.overloads or any(
+        (cres.fndesc.modname, cres.fndesc.qualname) != own for cres in dispatcher.overloads.values())
 
 
 def _compile(dispatcher, args):
     signature = tuple(numba.typeof(a) for a in args)
     try:
         dispatcher.compile(signature)
-        if _foreign_overloads(dispatcher):
+        if _foreign_overloads(dispatcher, signature):
             raise RuntimeError(f"the cache entry of {dispatcher.py_func.__qualname__} holds another function's code")
     except Exception as error:
         if not cache_dirs():
@@ -131,7 +133,7 @@ def _compile(dispatcher, args):
         warnings.warn(f"nbconv: discarding its Numba cache in {', '.join(cache_dirs())} after it failed to load "
                       f"({type(error).__name__}: {error}); recompiling the kernels", RuntimeWarning, stacklevel=4)
         _discard_caches()
-        if _foreign_overloads(dispatcher):  # drop what was loaded (as numba's own recompile() does)
+        if _foreign_overloads(dispatcher, signature):  # drop what was loaded (as numba's own recompile() does)
             dispatcher._make_finalizer()()
             dispatcher._reset_overloads()
         dispatcher.compile(signature)

@@ -147,10 +147,11 @@ def _corrupt(cache_dir, how):
             for i in range(64, len(data), 97):
                 data[i] ^= 0xFF
             p.write_bytes(bytes(data))
-        elif p.suffix == ".nbi" and how == "swap":  # an index naming another function's object file
-            others = [q for q in files if q.suffix == ".nbc" and not q.name.startswith(p.name.split("-")[0])]
-            for q in pathlib.Path(cache_dir).rglob(p.name.replace(".nbi", ".*.nbc")):
-                q.write_bytes(others[0].read_bytes())
+        elif p.suffix == ".nbi" and how == "swap":  # an index naming its other overload's object file
+            first, second = sorted(pathlib.Path(cache_dir).rglob(p.name.replace(".nbi", ".*.nbc")))
+            data = first.read_bytes()
+            first.write_bytes(second.read_bytes())
+            second.write_bytes(data)
 
 
 CACHE_JOB = """
@@ -160,9 +161,10 @@ CACHE_JOB = """
     rng = np.random.default_rng(1)
     x, w = rng.standard_normal((2, 6, 6, 3)), rng.standard_normal((3, 3, 3, 4))
     gy = rng.standard_normal((2, 6, 6, 4))
-    # the bias gradient and average pooling: small kernels, so that the cold compilations stay short
+    # the bias gradient in float64 and float32: one small kernel (short cold compilations), two overloads
     print("SUM %.12f" % nbconv.conv2d_backward(gy, x, w, padding=1, needs=("bias",)).bias.sum())
-    print("MAX %.12f" % nbconv.avg_pool2d(x, 2).sum())
+    print("SUM %.6f" % nbconv.conv2d_backward(*(a.astype(np.float32) for a in (gy, x, w)), padding=1,
+                                              needs=("bias",)).bias.sum())
 """
 
 
