@@ -227,6 +227,53 @@ def _nchw(shape):
     return (shape[0], shape[-1], *shape[1:-1])
 
 
+def _symbolic(*int_lists):
+    """Whether some parameter is a symbolic int (torch.compile with dynamic shapes): the fake implementations
+    then give the output size without validating (nbconv's validation wants concrete ints)."""
+    return any(not isinstance(v, int) for values in int_lists for v in values)
+
+
+def _permuted(shape, perm):
+    return tuple(shape[i] for i in perm)
+
+
+def _conv_plan(input, weight, bias, stride, padding, dilation, groups, padding_mode):
+    """Validate an nbconv::conv call from shapes and dtypes alone (the op and its fake implementation
+    share it, so fake tensors get the real op's errors): (nd, dtype, ConvParams, x and w shapes
+    channels-last, result shape channels-last)."""
+    nd = _check_rank("conv", input)
+    _check_same_rank("conv", nd, "weight", weight.shape, f"(C_out, C_in // groups, {_KERNEL[nd]})")
+    dtype = _check_tensors(input=input, weight=weight, bias=bias)
+    x_shape, w_shape = _permuted(input.shape, _cl(nd)), _permuted(weight.shape, _hwio(nd))
+    params = conv_params(x_shape, w_shape, stride=stride, padding=_pairs(padding, nd), dilation=dilation,
+                         groups=groups, padding_mode=padding_mode)
+    _check_bias(bias, w_shape[-1])
+    return nd, dtype, params, x_shape, w_shape, conv_output_shape(x_shape, w_shape, params)
+
+
+def _conv_transpose_plan(input, weight, bias, stride, padding, output_padding, dilation, groups, padding_mode):
+    """Validate an nbconv::conv_transpose call from shapes and dtypes alone (shared with its fake):
+    (nd, dtype, ConvParams, output_padding, result shape channels-last); with a padding mode other than
+    "zeros", the ConvParams are the forward convolution's (whose input gradient this op is)."""
+    nd = _check_rank("conv_transpose", input)
+    _check_same_rank("conv_transpose", nd, "weight", weight.shape, f"(C_in, C_out // groups, {_KERNEL[nd]})")
+    dtype = _check_tensors(input=input, weight=weight, bias=bias)
+    x_shape, w_shape = _permuted(input.shape, _cl(nd)), _permuted(weight.shape, _hwio(nd))
+    params, output_padding, out_shape = transpose_params(
+        x_shape, w_shape, stride=stride, padding=_pairs(padding, nd), output_padding=output_padding,
+        dilation=dilation, groups=groups)
+    _check_bias(bias, out_shape[-1])
+    if padding_mode != "zeros":
+        # the input gradient of the forward conv (same weight) whose input has this op's output shape; that
+        # conv's output has x's shape exactly when every output_padding < stride
+        params = conv_params(out_shape, w_shape, stride=params.stride, padding=params.pads,
+                             dilation=params.dilation, groups=params.groups, padding_mode=padding_mode)
+        if any(op >= s for op, s in zip(output_padding, params.stride)):
+            raise ValueError(f"output_padding {list(output_padding)} must be smaller than stride "
+                             f"{list(params.stride)} with padding_mode {padding_mode!r}")
+    return nd, dtype, params, output_padding, out_shape
+
+
 # ---------------------------------------------------------------------------------------------
 # Custom ops. `padding` is the flat list of (before, after) pairs. The kernels are nbconv.conv's
 # internal entry points, which take parsed ConvParams and shapes (no placeholder arrays).
@@ -234,14 +281,10 @@ def _nchw(shape):
 @torch.library.custom_op("nbconv::conv", mutates_args=())
 def _conv_op(input: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int], padding: list[int],
              dilation: list[int], groups: int, padding_mode: str) -> Tensor:
-    nd = _check_rank("conv", input)
-    _check_same_rank("conv", nd, "weight", weight.shape, f"(C_out, C_in // groups, {_KERNEL[nd]})")
-    dtype = _check_tensors(input=input, weight=weight, bias=bias)
+    nd, dtype, params, _, _, out_shape = _conv_plan(input, weight, bias, stride, padding, dilation, groups,
+                                                    padding_mode)
     x, w, b = _operand(input, _cl(nd)), _operand(weight, _hwio(nd)), _operand(bias, (0,))
-    params = conv_params(tuple(x.shape), tuple(w.shape), stride=stride, padding=_pairs(padding, nd),
-                         dilation=dilation, groups=groups, padding_mode=padding_mode)
-    _check_bias(b, w.shape[-1])
-    out = x.new_empty(conv_output_shape(tuple(x.shape), tuple(w.shape), params))  # by PyTorch's allocator
+    out = x.new_empty(out_shape)  # by PyTorch's allocator
     with _on_device(input):
         x, w, b, out_array = _arrays(x, w, b, out)
         core.forward(x, w, b, params, out_array)
@@ -250,35 +293,28 @@ def _conv_op(input: Tensor, weight: Tensor, bias: Tensor | None, stride: list[in
 
 @_conv_op.register_fake
 def _(input, weight, bias, stride, padding, dilation, groups, padding_mode):
-    spatial = [(n + padding[2 * i] + padding[2 * i + 1] - d * (k - 1) - 1) // s + 1
-               for i, (n, k, s, d) in enumerate(zip(input.shape[2:], weight.shape[2:], stride, dilation))]
-    return _empty_result(input, input.shape[0], weight.shape[0], spatial, _channels_last_like(input))
+    if _symbolic(stride, padding, dilation, [groups]):  # traced with dynamic shapes: the output-size rule only
+        n, c_out = input.shape[0], weight.shape[0]
+        spatial = [(size + padding[2 * i] + padding[2 * i + 1] - d * (k - 1) - 1) // s + 1
+                   for i, (size, k, s, d) in enumerate(zip(input.shape[2:], weight.shape[2:], stride, dilation))]
+    else:
+        *_, (n, *spatial, c_out) = _conv_plan(input, weight, bias, stride, padding, dilation, groups, padding_mode)
+    return _empty_result(input, n, c_out, spatial, _channels_last_like(input))
 
 
 @torch.library.custom_op("nbconv::conv_transpose", mutates_args=())
 def _conv_transpose_op(input: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int], padding: list[int],
                        output_padding: list[int], dilation: list[int], groups: int, padding_mode: str) -> Tensor:
-    nd = _check_rank("conv_transpose", input)
-    _check_same_rank("conv_transpose", nd, "weight", weight.shape, f"(C_in, C_out // groups, {_KERNEL[nd]})")
-    dtype = _check_tensors(input=input, weight=weight, bias=bias)
+    nd, dtype, params, output_padding, out_shape = _conv_transpose_plan(
+        input, weight, bias, stride, padding, output_padding, dilation, groups, padding_mode)
     x, w, b = _operand(input, _cl(nd)), _operand(weight, _hwio(nd)), _operand(bias, (0,))
-    params, output_padding, out_shape = transpose_params(
-        tuple(x.shape), tuple(w.shape), stride=stride, padding=_pairs(padding, nd), output_padding=output_padding,
-        dilation=dilation, groups=groups)
-    _check_bias(b, out_shape[-1])
     if padding_mode == "zeros":
         out = x.new_empty(out_shape)  # by PyTorch's allocator
         with _on_device(input):
             x, w, b, out_array = _arrays(x, w, b, out)
             core.transpose(x, w, b, params, output_padding, out_shape, out_array)
         return _result(out, dtype, _channels_last_like(input))
-    # Other modes: the input gradient of the forward conv (same weight array) whose input has this op's
-    # output shape; that conv's output has x's shape exactly when every output_padding < stride.
-    params = conv_params(out_shape, tuple(w.shape), stride=params.stride, padding=params.pads,
-                         dilation=params.dilation, groups=params.groups, padding_mode=padding_mode)
-    if any(op >= s for op, s in zip(output_padding, params.stride)):
-        raise ValueError(f"output_padding {list(output_padding)} must be smaller than stride "
-                         f"{list(params.stride)} with padding_mode {padding_mode!r}")
+    # Other modes: the input gradient of the forward conv (params are that conv's).
     with _on_device(input):
         x, w = _arrays(x, w)
         out = _tensor(core.input_grad(x, w, out_shape, params), input)
@@ -287,22 +323,35 @@ def _conv_transpose_op(input: Tensor, weight: Tensor, bias: Tensor | None, strid
     return _result(out, dtype, _channels_last_like(input))
 
 
-def _conv_transpose_output_shape(input, weight, stride, padding, output_padding, dilation, groups):
-    spatial = [(n - 1) * s - padding[2 * i] - padding[2 * i + 1] + d * (k - 1) + op + 1
-               for i, (n, k, s, d, op) in enumerate(zip(input.shape[2:], weight.shape[2:], stride, dilation,
-                                                        output_padding))]
-    return (input.shape[0], weight.shape[1] * groups, *spatial)
-
-
 @_conv_transpose_op.register_fake
 def _(input, weight, bias, stride, padding, output_padding, dilation, groups, padding_mode):
-    n, c, *spatial = _conv_transpose_output_shape(input, weight, stride, padding, output_padding, dilation, groups)
+    if _symbolic(stride, padding, output_padding, dilation, [groups]):  # dynamic shapes: the output-size rule
+        n, c = input.shape[0], weight.shape[1] * groups
+        spatial = [(size - 1) * s - padding[2 * i] - padding[2 * i + 1] + d * (k - 1) + op + 1
+                   for i, (size, k, s, d, op) in enumerate(zip(input.shape[2:], weight.shape[2:], stride, dilation,
+                                                                output_padding))]
+    else:
+        *_, (n, *spatial, c) = _conv_transpose_plan(input, weight, bias, stride, padding, output_padding, dilation,
+                                                    groups, padding_mode)
     return _empty_result(input, n, c, spatial, _channels_last_like(input))
 
 
 @torch.library.custom_op("nbconv::conv_weight_grad", mutates_args=())
 def _conv_weight_grad_op(grad_output: Tensor, input: Tensor, weight_shape: list[int], stride: list[int],
                          padding: list[int], dilation: list[int], groups: int, padding_mode: str) -> Tensor:
+    nd, dtype, params, w_shape = _weight_grad_plan(grad_output, input, weight_shape, stride, padding, dilation,
+                                                   groups, padding_mode)
+    gy, x = _operand(grad_output, _cl(nd)), _operand(input, _cl(nd))
+    with _on_device(input):
+        gy, x = _arrays(gy, x)
+        gw = _tensor(core.weight_grad(gy, x, w_shape, params), input)
+    # (*kernel, C_in // groups, C_out) -> contiguous (C_out, C_in // groups, *kernel), like a weight
+    return gw.permute(nd + 1, nd, *range(nd)).to(dtype, memory_format=torch.contiguous_format).contiguous().detach()
+
+
+def _weight_grad_plan(grad_output, input, weight_shape, stride, padding, dilation, groups, padding_mode):
+    """Validate an nbconv::conv_weight_grad call from shapes and dtypes alone (shared with its fake):
+    (nd, dtype, ConvParams, weight shape channels-last)."""
     nd = _check_rank("conv_weight_grad", input)
     _check_same_rank("conv_weight_grad", nd, "weight_shape", weight_shape, f"(C_out, C_in // groups, {_KERNEL[nd]})")
     _check_same_rank("conv_weight_grad", nd, "grad_output", grad_output.shape, f"(N, C_out, {_SPATIAL[nd]})")
@@ -311,22 +360,20 @@ def _conv_weight_grad_op(grad_output: Tensor, input: Tensor, weight_shape: list[
     dtype = _check_tensors(grad_output=grad_output, input=input)
     c_out, cg_in, *kernel = weight_shape
     w_shape = (*kernel, cg_in, c_out)
-    gy, x = _operand(grad_output, _cl(nd)), _operand(input, _cl(nd))
-    params = conv_params(tuple(x.shape), w_shape, stride=stride, padding=_pairs(padding, nd), dilation=dilation,
+    x_shape = _permuted(input.shape, _cl(nd))
+    params = conv_params(x_shape, w_shape, stride=stride, padding=_pairs(padding, nd), dilation=dilation,
                          groups=groups, padding_mode=padding_mode)
-    y_shape = conv_output_shape(tuple(x.shape), w_shape, params)
-    if tuple(gy.shape) != y_shape:
+    y_shape = conv_output_shape(x_shape, w_shape, params)
+    if _permuted(grad_output.shape, _cl(nd)) != y_shape:
         raise ValueError(f"grad_output has shape {tuple(grad_output.shape)} but the convolution's output has shape "
                          f"{_nchw(y_shape)} (input.shape={tuple(input.shape)}, weight_shape={list(weight_shape)})")
-    with _on_device(input):
-        gy, x = _arrays(gy, x)
-        gw = _tensor(core.weight_grad(gy, x, w_shape, params), input)
-    # (*kernel, C_in // groups, C_out) -> contiguous (C_out, C_in // groups, *kernel), like a weight
-    return gw.permute(nd + 1, nd, *range(nd)).to(dtype, memory_format=torch.contiguous_format).contiguous().detach()
+    return nd, dtype, params, w_shape
 
 
 @_conv_weight_grad_op.register_fake
 def _(grad_output, input, weight_shape, stride, padding, dilation, groups, padding_mode):
+    if not _symbolic(weight_shape, stride, padding, dilation, [groups]):
+        _weight_grad_plan(grad_output, input, weight_shape, stride, padding, dilation, groups, padding_mode)
     return input.new_empty(weight_shape)
 
 

@@ -1032,3 +1032,34 @@ def test_lenet_data_and_model():
     ours.load_state_dict(ref.state_dict())
     x = torch.from_numpy(x_test[:4])
     _close(ours(x), ref(x), torch.float32)
+
+
+FAKE_MISMATCHES = [  # (op, args) that the real op rejects: the fake implementation must reject them too
+    ("conv", lambda x, w: (x(2, 5, 8, 8), w(4, 3, 3, 3), None, [1, 1], [0, 0, 0, 0], [1, 1], 1, "zeros")),
+    ("conv", lambda x, w: (x(2, 6, 8, 8), w(4, 3, 3, 3), None, [1, 1], [0, 0, 0, 0], [1, 1], 4, "zeros")),
+    ("conv", lambda x, w: (x(2, 3, 8, 8), w(4, 3, 3, 3), x(5), [1, 1], [0, 0, 0, 0], [1, 1], 1, "zeros")),
+    ("conv", lambda x, w: (x(2, 3, 2, 8), w(4, 3, 3, 3), None, [1, 1], [0, 0, 0, 0], [1, 1], 1, "zeros")),
+    ("conv", lambda x, w: (x(2, 3, 8, 8), w(4, 3, 3, 3), None, [1, 1], [8, 8, 0, 0], [1, 1], 1, "reflect")),
+    ("conv_transpose", lambda x, w: (x(2, 5, 8, 8), w(4, 3, 3, 3), None, [1, 1], [0, 0, 0, 0], [0, 0], [1, 1], 1,
+                                     "zeros")),
+    ("conv_transpose", lambda x, w: (x(2, 4, 8, 8), w(4, 3, 3, 3), None, [2, 2], [0, 0, 0, 0], [2, 0], [1, 1], 1,
+                                     "zeros")),
+    ("conv_weight_grad", lambda x, w: (x(2, 4, 6, 6), x(2, 5, 8, 8), [4, 3, 3, 3], [1, 1], [0, 0, 0, 0], [1, 1], 1,
+                                       "zeros")),
+    ("conv_weight_grad", lambda x, w: (x(2, 4, 5, 6), x(2, 3, 8, 8), [4, 3, 3, 3], [1, 1], [0, 0, 0, 0], [1, 1], 1,
+                                       "zeros")),
+]
+
+
+@pytest.mark.parametrize("op, make", FAKE_MISMATCHES)
+def test_fake_implementations_validate_like_the_ops(op, make):
+    """Fake (meta) tensors get the real op's ValueError, not a made-up shape (torch.compile traces them)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    real_args = make(torch.randn, torch.randn)
+    with pytest.raises(ValueError) as real:
+        getattr(torch.ops.nbconv, op)(*real_args)
+    with FakeTensorMode():
+        fake_args = make(torch.empty, torch.empty)
+        with pytest.raises(ValueError) as fake:
+            getattr(torch.ops.nbconv, op)(*fake_args)
+    assert str(fake.value) == str(real.value)
