@@ -1383,3 +1383,40 @@ def test_weight_gradient_workspace_is_bounded_by_the_operands(rng, case):
         tracemalloc.stop()
     largest = max(x.nbytes, w.nbytes, gy.nbytes)
     assert peak <= 2 * largest + w.nbytes + (1 << 16), (peak, largest)
+
+
+HUGE_PARAMETER_CALLS = {  # name -> (call, the sizes of every array involved, the result included)
+    "conv2d_backward_stride_1e9": (
+        lambda: nbconv.conv2d_backward(np.ones((1, 1, 1, 16)), np.ones((1, 4, 4, 16)), np.ones((3, 3, 16, 16)),
+                                       stride=10 ** 9),
+        16 + 256 + 2304 + 256 + 2304),
+    "conv_transpose1d_stride_1e9": (
+        lambda: nbconv.conv_transpose1d(np.ones((1, 1, 4)), np.ones((3, 16, 4)), stride=10 ** 9),
+        4 + 192 + 48),
+    "conv3d_backward_dilation_and_stride_1e9": (
+        lambda: nbconv.conv3d_backward(np.ones((1, 1, 1, 1, 2)), np.ones((1, 3, 3, 3, 2)), np.ones((2, 2, 2, 2, 2)),
+                                       stride=10 ** 9, dilation=(1, 1, 2), padding=((0, 0), (0, 0), (0, 10 ** 0))),
+        2 + 54 + 32 + 54 + 32),
+    "conv1d_backward_replicate_pad_1e6": (
+        lambda: nbconv.conv1d_backward(np.ones((1, 2 * 10 ** 6 + 2, 1)), np.ones((1, 4, 1)), np.ones((3, 1, 1)),
+                                       padding=10 ** 6, padding_mode="replicate"),
+        3 * (2 * 10 ** 6 + 2) + 4),
+}
+
+
+@pytest.mark.parametrize("name", list(HUGE_PARAMETER_CALLS))
+def test_work_follows_array_sizes_not_parameter_values(monkeypatch, name):
+    """Huge strides, dilations and paddings: the kernels launched and the work they are given are bounded
+    by the sizes of the arrays involved (counted through the kernel-call hook, not timed)."""
+    call, sizes = HUGE_PARAMETER_CALLS[name]
+    real_call = _cpu.call
+    launched = []
+
+    def counting_call(dispatcher, *args, work=None):
+        launched.append(work or 0)
+        return real_call(dispatcher, *args, work=work)
+
+    monkeypatch.setattr(_cpu, "call", counting_call)
+    call()
+    assert len(launched) <= 30, launched
+    assert sum(launched) <= 100 * sizes, (launched, sizes)
