@@ -87,8 +87,11 @@ def training_curves(history, path, title="training"):
     accuracy_axes.set_xlabel("epoch")
     accuracy_axes.set_ylabel("%")
     accuracy_axes.legend()
+    from matplotlib.ticker import MaxNLocator
+
     for axes in (loss_axes, accuracy_axes):
         axes.grid(alpha=0.3)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     figure.suptitle(title)
     figure.savefig(path, format="png")
     return path

