@@ -26,6 +26,9 @@ import time
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from . import _cli_progress
+from ._cli_args import positive_int, thread_count
+
 # (N, H, W, C_in, C_out, K, stride, pad, groups): the shapes of issue 3, the same as the first seven
 # entries of benchmarks/common.py's CONV2D_SHAPES (a test keeps the two equal).
 SHAPES = [
@@ -163,16 +166,21 @@ def add_arguments(parser):
                         help=f"a custom shape (repeatable), {_fields_text()}; stride and pad may be one per "
                              "dimension, like 2x1x1; runs after the picked default shapes (2-D before 3-D)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    parser.add_argument("--threads", type=int, metavar="T",
-                        help="threads for numba, PyTorch and NumPy's BLAS (default: numba's, all cores)")
-    parser.add_argument("--repeats", type=int, default=5, metavar="R",
+    parser.add_argument("--threads", type=thread_count, metavar="T",
+                        help="threads for numba, PyTorch and NumPy's BLAS, 1..NUMBA_NUM_THREADS "
+                             "(default: numba's, all cores)")
+    parser.add_argument("--repeats", type=positive_int, default=5, metavar="R",
                         help="timed calls per measurement (at least; short calls get more); the minimum "
                              "is reported (default: 5)")
-    parser.add_argument("--rounds", type=int, default=1, metavar="N",
+    parser.add_argument("--rounds", type=positive_int, default=1, metavar="N",
                         help="run the nbconv, im2col and PyTorch blocks N times over and report the minimum "
                              "over all rounds: on a shared machine one of them may meet a busy spell (default: 1)")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it is installed")
     parser.add_argument("--json", metavar="PATH", help="also write every sample and the settings to PATH")
+    parser.add_argument("--plot", metavar="FILE.png",
+                        help="also save a bar chart of nbconv vs the references per shape (forward and backward "
+                             "milliseconds, log scale) to FILE.png; needs matplotlib: pip install \"nbconv[plot]\"")
+    _cli_progress.add_argument(parser)
 
 
 def conv_flops(shape):
@@ -231,30 +239,50 @@ def measure_ms(fn, repeats):
     return samples
 
 
-def _nbconv_block(shapes, dtype, repeats):
+class _Steps:
+    """Progress of the measurements: `start(text)` before one (the bar's description), `done()` after it.
+    Without a bar (not a terminal, --no-progress, no tqdm) both do nothing."""
+
+    def __init__(self, bar=None, prefix=""):
+        self.bar, self.prefix = bar, prefix
+
+    def start(self, text):
+        if self.bar is not None:
+            self.bar.set_description(f"{self.prefix}{text}", refresh=True)
+
+    def done(self):
+        if self.bar is not None:
+            self.bar.update()
+
+
+def _nbconv_block(shapes, dtype, repeats, steps=_Steps()):
     import nbconv
 
     results = []
     for shape in shapes:
+        steps.start(f"nbconv {format_shape(shape)}")
         x, w, b, gy = make_data(shape, dtype)
         dims, opts = spatial_dims(shape), conv_options(shape)
         conv, conv_backward = getattr(nbconv, f"conv{dims}d"), getattr(nbconv, f"conv{dims}d_backward")
         forward = measure_ms(lambda: conv(x, w, b, **opts), repeats)
         backward = measure_ms(lambda: conv_backward(gy, x, w, needs=("input", "weight", "bias"), **opts), repeats)
         results.append({"forward_ms": forward, "backward_ms": backward})
+        steps.done()
     return results
 
 
-def _im2col_block(shapes, dtype, repeats):
+def _im2col_block(shapes, dtype, repeats, steps=_Steps()):
     """im2col is 2-D only: other shapes get no samples ({})."""
     results = []
     for shape in shapes:
         if spatial_dims(shape) != 2:
             results.append({})
             continue
+        steps.start(f"im2col {format_shape(shape)}")
         x, w, b, _ = make_data(shape, dtype)
         stride, pad, groups = shape[-3:]
         results.append({"forward_ms": measure_ms(lambda: im2col_conv2d(x, w, b, stride, pad, groups), repeats)})
+        steps.done()
     return results
 
 
@@ -271,11 +299,12 @@ def _torch_weight(torch, w):
     return torch.from_numpy(w).permute(dims + 1, dims, *range(dims)).contiguous(memory_format=layout)
 
 
-def _torch_block(torch, shapes, dtype, repeats):
+def _torch_block(torch, shapes, dtype, repeats, steps=_Steps()):
     """PyTorch on channels_last tensors: forward without a graph; backward = autograd of a graph built
     once (retain_graph), w.r.t. input, weight and bias, with the same grad_out as nbconv."""
     results = []
     for shape in shapes:
+        steps.start(f"PyTorch {format_shape(shape)}")
         x, w, b, gy = make_data(shape, dtype)
         conv, opts = getattr(torch.nn.functional, f"conv{spatial_dims(shape)}d"), conv_options(shape)
         tx = _torch_activation(torch, x).requires_grad_(True)
@@ -291,6 +320,7 @@ def _torch_block(torch, shapes, dtype, repeats):
         results.append({"forward_ms": measure_ms(forward, repeats),
                         "backward_ms": measure_ms(lambda: torch.autograd.grad(ty, (tx, tw, tb), tgy,
                                                                               retain_graph=True), repeats)})
+        steps.done()
     return results
 
 
@@ -395,9 +425,15 @@ def _cpu_name():
 def run(args):
     import numba
 
-    if args.repeats < 1 or args.rounds < 1:
+    if args.repeats < 1 or args.rounds < 1:  # argparse's positive_int catches these on the command line
         print(f"--repeats and --rounds must be >= 1, got {args.repeats} and {args.rounds}", file=sys.stderr)
         return 2
+    if args.plot is not None:  # before measuring: a missing extra costs no benchmark time
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print('nbconv bench: --plot needs matplotlib: pip install "nbconv[plot]"', file=sys.stderr)
+            return 2
     threads = numba.config.NUMBA_NUM_THREADS if args.threads is None else args.threads
     if not 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
         print(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS} (numba's NUMBA_NUM_THREADS), "
@@ -422,18 +458,24 @@ def run(args):
 
     saved_numba = numba.get_num_threads()
     saved_torch = torch.get_num_threads() if torch is not None else None
+    bar = None
     try:
         numba.set_num_threads(threads)
         if torch is not None:
             torch.set_num_threads(threads)
         nb = im2col = torch_results = None
-        for _ in range(args.rounds):
-            nb = _extend(nb, _nbconv_block(shapes, dtype, args.repeats))
+        per_round = len(shapes) * (2 if torch is not None else 1) + sum(spatial_dims(s) == 2 for s in shapes)
+        bar = _cli_progress.bar(args.rounds * per_round, "bench", "shape", enabled=not args.no_progress)
+        for r in range(args.rounds):
+            steps = _Steps(bar, f"round {r + 1}/{args.rounds}: " if args.rounds > 1 else "")
+            nb = _extend(nb, _nbconv_block(shapes, dtype, args.repeats, steps))
             with _blas_threads(threads):
-                im2col = _extend(im2col, _im2col_block(shapes, dtype, args.repeats))
+                im2col = _extend(im2col, _im2col_block(shapes, dtype, args.repeats, steps))
             if torch is not None:
-                torch_results = _extend(torch_results, _torch_block(torch, shapes, dtype, args.repeats))
+                torch_results = _extend(torch_results, _torch_block(torch, shapes, dtype, args.repeats, steps))
     finally:
+        if bar is not None:
+            bar.close()
         numba.set_num_threads(saved_numba)
         if torch is not None:
             torch.set_num_threads(saved_torch)
@@ -452,8 +494,17 @@ def run(args):
     print("bwd = gradients w.r.t. input, weight and bias; nbconv/torch < 1 means nbconv is faster"
           + ("; im2col is 2-D only, its geomean is over groups == 1 shapes." if 2 in dims else "."))
     print("\n\n".join(table for table, _ in tables.values()))
+    data = {"config": config, "rows": rows, "geomean": {f"conv{d}d": geomeans for d, (_, geomeans) in tables.items()}}
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"config": config, "rows": rows,
-                       "geomean": {f"conv{d}d": geomeans for d, (_, geomeans) in tables.items()}}, f, indent=1)
+            json.dump(data, f, indent=1)
+    if args.plot:
+        from . import _cli_plot
+
+        try:
+            _cli_plot.bench_chart(data, args.plot)
+        except (_cli_plot.PlotUnavailable, OSError) as error:
+            print(f"nbconv bench: cannot save {args.plot}: {error}", file=sys.stderr)
+            return 1
+        print(f"saved the chart to {args.plot}")
     return 0

@@ -32,7 +32,8 @@ def _figure(ncols):
 
 
 def _shape_label(row):
-    return ",".join(str(v) for v in row["shape"])
+    """'4,16,28,28,64,64,3,2x1x1,1,1': bench's --shape form (per-dimension values joined by 'x')."""
+    return ",".join("x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v) for v in row["shape"])
 
 
 def bench_chart(data, path):

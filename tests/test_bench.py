@@ -173,3 +173,66 @@ def test_without_torch(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "PyTorch is not installed" in out and "torch fwd ms" not in out and "fwd+bwd nbconv/torch" not in out
     assert f"| {SHAPE_2D} " in out and f"| {SHAPE_3D} " in out
+
+
+# ---------------------------------------------------------------- --plot, progress, option values
+
+def _png_size(path):
+    """(width, height) of a PNG file, after checking its signature and header chunk."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", "not a PNG file"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_bench_plot_saves_the_chart_of_what_json_holds(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from nbconv import _cli_plot
+
+    charted = []
+    real_chart = _cli_plot.bench_chart
+    monkeypatch.setattr(_cli_plot, "bench_chart", lambda data, path: charted.append(data) or real_chart(data, path))
+    png, report = tmp_path / "bench.png", tmp_path / "bench.json"
+    assert main(["bench", "--shape", SHAPE_2D, "--shape", SHAPE_3D, "--repeats", "1", "--threads", "1",
+                 "--no-torch", "--json", str(report), "--plot", str(png)]) == 0
+    captured = capsys.readouterr()
+    assert f"saved the chart to {png}" in captured.out
+    assert _png_size(png) == (round(_cli_plot.SIZE[0] * _cli_plot.DPI), round(_cli_plot.SIZE[1] * _cli_plot.DPI))
+    assert json.loads(json.dumps(charted[0])) == json.loads(report.read_text())  # one data set for both
+    assert captured.err == ""  # not a terminal: no progress bar
+
+
+def test_bench_plot_without_matplotlib_fails_before_measuring(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # makes `import matplotlib` raise ImportError
+    assert main(["bench", "--shape", SHAPE_2D, "--repeats", "1", "--plot", str(tmp_path / "x.png")]) == 2
+    captured = capsys.readouterr()
+    assert 'pip install "nbconv[plot]"' in captured.err and "| geomean " not in captured.out
+
+
+def test_bench_progress_bar_names_each_measurement_on_a_terminal(monkeypatch, capsys):
+    pytest.importorskip("tqdm")
+    from nbconv import _cli_progress
+
+    monkeypatch.setattr(_cli_progress, "interactive", lambda: True)
+    assert main(["bench", "--shape", SHAPE_2D, "--repeats", "1", "--threads", "1", "--no-torch",
+                 "--rounds", "2"]) == 0
+    err = capsys.readouterr().err
+    assert f"round 2/2: nbconv {SHAPE_2D}" in err and f"round 2/2: im2col {SHAPE_2D}" in err
+    assert "0/4" in err  # 2 rounds x (nbconv + im2col) of one shape
+    assert main(["bench", "--shape", SHAPE_2D, "--repeats", "1", "--threads", "1", "--no-torch",
+                 "--no-progress"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rounds", "0"], "argument --rounds: must be at least 1, got 0"),
+    (["--repeats", "0"], "argument --repeats: must be at least 1, got 0"),
+    (["--repeats", "many"], "argument --repeats: 'many' is not an integer"),
+    (["--threads", "0"], "argument --threads: must be in 1.."),
+    (["--threads", "100000"], "(NUMBA_NUM_THREADS), got 100000"),
+])
+def test_bench_bad_option_values_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: python -m nbconv bench" in err and message in err and "Traceback" not in err
