@@ -5,6 +5,7 @@ appears without editing the docs.
 Build: ``python -m pip install -e ".[docs]" && python -m sphinx -W --keep-going -b html docs docs/_build/html``.
 """
 import importlib
+import inspect
 import os
 import re
 import sys
@@ -64,6 +65,8 @@ MODULES = [
 
 def _directive(module, name):
     obj = getattr(module, name)
+    if inspect.ismodule(obj):   # a public submodule (nbconv.optim) has a page of its own
+        return f"See :mod:`{obj.__name__}`.\n"
     if isinstance(obj, type):
         if issubclass(obj, BaseException):
             return f".. autoexception:: {module.__name__}.{name}\n"

@@ -164,8 +164,9 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with optional momentum, Nesterov momentum and L2 weight decay
-    (torch.optim.SGD with dampening 0)::
+    """Stochastic gradient descent with optional momentum, Nesterov momentum and L2 weight decay.
+
+    torch.optim.SGD with dampening 0; each step::
 
         g = grad + weight_decay * p
         buf = g (first step), else momentum * buf + g
@@ -200,7 +201,9 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba) with L2 weight decay added to the gradient (torch.optim.Adam)::
+    """Adam (Kingma & Ba) with L2 weight decay added to the gradient (torch.optim.Adam).
+
+    Each step::
 
         g = grad + weight_decay * p
         m = m + (1 - beta1) * (g - m);  v = beta2 * v + (1 - beta2) * g * g;  t = t + 1
