@@ -45,6 +45,9 @@ class Backend(Protocol):
 
 def select(**arrays):
     """The backend for these arrays (None bias/out ignored); TypeError on a non-array or a host/device mix."""
+    if all(type(a) is np.ndarray for a in arrays.values()):  # the common case, decided at once
+        from . import _cpu
+        return _cpu
     kinds = {}
     for name, a in arrays.items():
         if a is None:

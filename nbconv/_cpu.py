@@ -171,19 +171,46 @@ def _strides(shape):
     return strides
 
 
+_GRID_CACHE = {}
+_GRID_CACHED_LENGTH = 1 << 16  # tables up to this length are kept (at most _GRID_CACHE_SIZE of them)
+_GRID_CACHE_SIZE = 512
+
+
+def _cached(key, build):
+    """build(), kept under `key` when the table is small (index tables depend on shapes and parameters only;
+    callers never modify them)."""
+    table = _GRID_CACHE.get(key)
+    if table is None:
+        table = build()
+        if table.size <= _GRID_CACHED_LENGTH:
+            if len(_GRID_CACHE) >= _GRID_CACHE_SIZE:
+                _GRID_CACHE.clear()
+            _GRID_CACHE[key] = table
+    return table
+
+
 def _grid(axes, strides, dtype=np.uint64):
-    """Flat offsets sum_d axes[d][i_d] * strides[d] for every index tuple (i_0, i_1, ...) in C order."""
-    total = np.zeros((), dtype=np.int64)
-    for positions, stride in zip(axes, strides):
-        total = np.add.outer(total, np.asarray(positions, dtype=np.int64) * stride)
-    return total.astype(dtype).ravel()
+    """Flat offsets sum_d (start_d + i_d*step_d) * strides[d] for every index tuple (i_0, i_1, ...) in C
+    order, one (start, step, count) progression per dim (cached)."""
+    def build():
+        total = np.zeros((), dtype=np.int64)
+        for (start, step, count), stride in zip(axes, strides):
+            total = np.add.outer(total, (start + step * np.arange(count, dtype=np.int64)) * stride)
+        return total.astype(dtype).ravel()
+    return _cached(("grid", tuple(axes), tuple(strides), np.dtype(dtype).char), build)
+
+
+def _progression(values):
+    """(start, step, count) of an arithmetic progression given as a non-empty list."""
+    step = values[1] - values[0] if len(values) > 1 else 1
+    return values[0], step, len(values)
 
 
 def _tap_offsets(kernel, dilation, shape, cg):
     """Flat offsets (uint64) of every (tap, channel < cg) of a kernel window in a C-contiguous array of
     `shape` (N, *spatial, C), relative to the window's first element."""
     strides = _strides(shape)
-    return _grid([np.arange(k) * d for k, d in zip(kernel, dilation)] + [np.arange(cg)], strides[1:])
+    return _grid([(0, d, k) for k, d in zip(kernel, dilation)] + [(0, 1, cg)], strides[1:])
 
 
 def _pack(mat):
@@ -263,11 +290,18 @@ def _depthwise_source(x, params):
     return _pad(x, params.pads, params.mode), (0,) * len(params.pads)
 
 
+def _source_rows(src_shape, out_spatial, kernel, stride, dilation, offset):
+    """The depthwise kernels' row table: the source row each (output row, outer tap) reads, -1 outside."""
+    return _cached(("source rows", src_shape[:-1], tuple(out_spatial), tuple(kernel), tuple(stride),
+                    tuple(dilation), tuple(offset)),
+                   lambda: _depthwise.row_table(src_shape[0], _depthwise.forward_positions(
+                       out_spatial[:-1], kernel[:-1], stride[:-1], dilation[:-1], offset[:-1]), src_shape[1:-2]))
+
+
 def _depthwise_forward(src, wk, bias, dst, offset, stride, dilation):
     """dst = depthwise correlation of src with wk (*kernel, C_out) + bias, src shifted back by `offset`."""
     kernel = wk.shape[:-1]
-    row_src = _depthwise.row_table(src.shape[0], _depthwise.forward_positions(
-        dst.shape[1:-2], kernel[:-1], stride[:-1], dilation[:-1], offset[:-1]), src.shape[1:-2])
+    row_src = _source_rows(src.shape, dst.shape[1:-1], kernel, stride, dilation, offset)
     w3 = wk.reshape(-1, kernel[-1], wk.shape[-1])
     call(_depthwise.forward, _rows(src), w3, _depthwise.lanes_weights(w3), row_src, bias, _rows(dst),
          offset[-1], stride[-1], dilation[-1], work=dst.size * math.prod(kernel))
@@ -283,8 +317,9 @@ def _depthwise_grad_input(gy, w, dst, offset, stride, dilation):
         flipped = _c(w[(slice(None, None, -1),) * nd + (0,)])
         shifted = tuple(d * (k - 1) - off for d, k, off in zip(dilation, kernel, offset))
         return _depthwise_forward(_c(gy), flipped, np.empty(0, dtype=gy.dtype), dst, shifted, stride, dilation)
-    row_gy = _depthwise.row_table(gy.shape[0], _depthwise.adjoint_positions(
-        dst.shape[1:-2], kernel[:-1], stride[:-1], dilation[:-1], offset[:-1]), gy.shape[1:-2])
+    row_gy = _cached(("adjoint rows", gy.shape[:-1], dst.shape[1:-2], kernel, stride, dilation, offset),
+                     lambda: _depthwise.row_table(gy.shape[0], _depthwise.adjoint_positions(
+                         dst.shape[1:-2], kernel[:-1], stride[:-1], dilation[:-1], offset[:-1]), gy.shape[1:-2]))
     gy = _c(gy)
     call(_depthwise.grad_input, _rows(gy), _c(w.reshape(-1, kernel[-1], w.shape[-1])), row_gy, _rows(dst),
          offset[-1], stride[-1], dilation[-1], work=gy.size * math.prod(kernel))
@@ -297,8 +332,7 @@ def _depthwise_grad_weight(gy, x, w_shape, params):
     gy = _c(gy)
     lanes = c_out == params.groups and c_out % B == 0
     gy_blocks = gy.reshape(-1, B) if lanes else np.empty((0, B), dtype=gy.dtype)
-    row_src = _depthwise.row_table(src.shape[0], _depthwise.forward_positions(
-        gy.shape[1:-2], kernel[:-1], params.stride[:-1], params.dilation[:-1], offset[:-1]), src.shape[1:-2])
+    row_src = _source_rows(src.shape, gy.shape[1:-1], kernel, params.stride, params.dilation, offset)
     partial = np.zeros((SLOTS, row_src.shape[1], kernel[-1], c_out), dtype=gy.dtype)
     call(_depthwise.grad_weight, _rows(src), _rows(gy), gy_blocks, row_src, partial, offset[-1],
          params.stride[-1], params.dilation[-1], work=gy.size * math.prod(kernel))
@@ -343,7 +377,7 @@ def forward(x, w, bias, params, out):
     wpk = _pack(w.reshape(-1, groups, c_out // groups).transpose(1, 0, 2))
     out_spatial, strides = out.shape[1:-1], _strides(xp.shape)
     # one table entry per output row (n, o_0, ..., o_{nd-2}): the flat offset of its first input pixel
-    src_rows = _grid([np.arange(x.shape[0])] + [np.arange(o) * s for o, s in zip(out_spatial[:-1], params.stride)],
+    src_rows = _grid([(0, 1, x.shape[0])] + [(0, s, o) for o, s in zip(out_spatial[:-1], params.stride)],
                      strides[:-2])
     dst_rows = np.arange(src_rows.shape[0], dtype=np.int64) * (out_spatial[-1] * c_out)
     call(_gather_conv, xp.reshape(-1), src_rows, params.stride[-1] * strides[-2], offsets, wpk,
@@ -380,7 +414,7 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
         gxp = np.zeros((n, *padded, cg_in * groups), dtype=gy.dtype)
         strides = _strides(gxp.shape)
         offsets = _tap_offsets(kernel, dilation, gxp.shape, cg_in).astype(np.int64)
-        dst_pix = _grid([np.arange(o) * s for o, s in zip(out_spatial, stride)], strides[1:-1], np.int64)
+        dst_pix = _grid([(0, s, o) for o, s in zip(out_spatial, stride)], strides[1:-1], np.int64)
         w_cols = w.reshape(-1, groups, cg_out).transpose(1, 2, 0)
         call(_scatter_conv, _c(gy).reshape(-1, c_out), np.arange(cg_out, dtype=np.uint64), _pack(w_cols), offsets,
              gxp.reshape(n, math.prod(gxp.shape[1:])), dst_pix, cg_out, cg_in, work=gy.size * offsets.size)
@@ -418,14 +452,15 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
         counts = [hi - lo_j for lo_j, hi in zip(j_lo, j_hi)]
         if min(counts) <= 0:
             continue
-        offsets = _grid([[e + lo_d for _, e in t] for t, lo_d in zip(phase_taps, lo)] + [np.arange(cg_out)],
+        # each phase's taps are a progression: k steps by stride / gcd, the shift e by -dilation / gcd
+        offsets = _grid([_progression([e + lo_d for _, e in t]) for t, lo_d in zip(phase_taps, lo)] + [(0, 1, cg_out)],
                         src_strides[1:])
         wsel = w_groups[np.ix_(*[[k for k, _ in t] for t in phase_taps])]  # (*taps, cg_in, G, cg_out)
         wmat = wsel.transpose(nd + 1, *range(nd), nd + 2, nd).reshape(groups, -1, cg_in)
-        src_rows = _grid([np.arange(n)] + [j0 + np.arange(c) for j0, c in zip(j_lo[:-1], counts[:-1])],
+        src_rows = _grid([(0, 1, n)] + [(j0, 1, c) for j0, c in zip(j_lo[:-1], counts[:-1])],
                          src_strides[:-2]) + np.uint64(j_lo[-1] * c_out)
-        dst_rows = _grid([np.arange(n)] + [q + s * (j0 + np.arange(c)) - a for q, s, j0, c, a in
-                                           zip(phase[:-1], stride, j_lo[:-1], counts[:-1], starts)],
+        dst_rows = _grid([(0, 1, n)] + [(q + s * j0 - a, s, c) for q, s, j0, c, a in
+                                        zip(phase[:-1], stride, j_lo[:-1], counts[:-1], starts)],
                          dst_strides[:-2], np.int64) + (phase[-1] + stride[-1] * j_lo[-1] - starts[-1]) * shape[-1]
         call(_gather_conv, gyp.reshape(-1), src_rows, c_out, offsets, _pack(wmat), no_bias, dst.reshape(-1),
              dst_rows, stride[-1] * shape[-1], counts[-1], cg_out, cg_in,
@@ -455,7 +490,7 @@ def grad_weight(gy, x, w_shape, params):
     cg_out = c_out // groups
     xp = _pad(x, params.pads, params.mode)
     rows = _tap_offsets(kernel, params.dilation, xp.shape, cg_in)
-    pix = _grid([np.arange(gy.shape[0])] + [np.arange(o) * s for o, s in zip(gy.shape[1:-1], params.stride)],
+    pix = _grid([(0, 1, gy.shape[0])] + [(0, s, o) for o, s in zip(gy.shape[1:-1], params.stride)],
                 _strides(xp.shape)[:-1])
     n_rows, n_blocks = rows.shape[0], -(-cg_out // B)
     block = groups * n_blocks * -(-n_rows // P) * P * B  # one slot of partial sums
