@@ -1,17 +1,23 @@
-"""nbconv's CUDA kernels (nbconv/_cuda.py) against the naive reference and the CPU path, in 1-D, 2-D
-and 3-D (one kernel family: the backend views every call as 3-D).
+"""nbconv's CUDA kernels (nbconv/_cuda*.py) against the naive reference, in 1-D, 2-D and 3-D (one kernel
+family: the backend views every call as 3-D), and the device/stream/allocation logic of the backend.
 
 They run under Numba's CUDA simulator unless NUMBA_ENABLE_CUDASIM=0 and a GPU is present (conftest
-sets the simulator by default). The simulator costs ~0.1 ms per thread and ~1 ms per thread of a
-kernel that synchronises, so shapes are tiny: each launch has at most a few hundred threads.
-Interop with CuPy/PyTorch CUDA tensors needs `__cuda_array_interface__`, which the simulator lacks;
-those tests run on a real GPU only.
+sets the simulator by default). Under the simulator every thread is a Python thread, so shapes are
+tiny and the implicit-GEMM kernels use small tiles (nbconv._cuda_gemm.SIM_TILES, 16 threads; the same
+code as the GPU tiles, which test_gpu_tiles runs too). Which kernel family serves a call depends on
+its channel counts; the `path` fixture forces one: "gemm" (every call through the implicit-GEMM
+kernels, whatever its channels) or "direct" (the direct kernels). What needs a GPU (interop with
+CuPy/PyTorch through __cuda_array_interface__, streams) is tested with stand-ins for the driver and
+PyTorch here, and for real where a GPU is present. Compiling the kernels for real GPUs is
+tests/test_cuda_static.py.
 """
+import contextlib
 import inspect
 import itertools
 import os
 import subprocess
 import sys
+import types
 
 import numba
 import numpy as np
@@ -31,10 +37,31 @@ if not (SIMULATOR or nbconv.cuda_available()):
 from numba import cuda  # noqa: E402
 
 from nbconv import _backend, _cuda  # noqa: E402
+from nbconv import _cuda_direct as direct  # noqa: E402
+from nbconv import _cuda_gemm as gemm  # noqa: E402
+from nbconv import _cuda_launch as launch  # noqa: E402
+from nbconv._padding import CODES, source_index  # noqa: E402
 
 TOL = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
 real_gpu = pytest.mark.skipif(SIMULATOR, reason="needs a real GPU: the CUDA simulator has no "
                                                 "__cuda_array_interface__ or cuda.as_cuda_array")
+
+
+@pytest.fixture(autouse=True)
+def _quick_thread_switches():
+    """The simulator's block manager polls its Python threads: short GIL switch intervals cut the time
+    threads wait for each other at every syncthreads (~40%)."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    yield
+    sys.setswitchinterval(interval)
+
+
+@pytest.fixture
+def path(request, monkeypatch):
+    """Force one kernel family: "gemm" or "direct" (see the module docstring)."""
+    monkeypatch.setattr(_cuda, "GEMM_MIN_COLUMNS", 1 if request.param == "gemm" else 1 << 62)
+    return request.param
 
 
 def dev(a):
@@ -87,13 +114,14 @@ CONV_CASES = {
     "3d-depthwise-circular": ((2, 3, 3, 2, 3), (2, 2, 2, 1, 6), (1, 2, 1), ((2, 1), (1, 3), (0, 2)), (1, 1, 2), 3,
                               "circular", True, np.float64),
 }
+# the direct kernels on the cases that reach each of their code paths (every padding mode, groups, 1-D/3-D)
+DIRECT_CASES = ("reflect", "replicate", "circular", "1d-reflect-stride", "3d-depthwise-circular")
 CONV = {1: (nbconv.conv1d, nbconv.conv1d_backward), 2: (nbconv.conv2d, nbconv.conv2d_backward),
         3: (nbconv.conv3d, nbconv.conv3d_backward)}
 TRANSPOSE = {1: nbconv.conv_transpose1d, 2: nbconv.conv_transpose2d, 3: nbconv.conv_transpose3d}
 
 
-@pytest.mark.parametrize("case", CONV_CASES.values(), ids=CONV_CASES.keys())
-def test_conv_forward_and_backward(case, rng):
+def check_conv(case, rng):
     x_shape, w_shape, stride, padding, dilation, groups, mode, with_bias, dtype = case
     conv, backward = CONV[len(x_shape) - 2]
     x, w, b = data(rng, dtype, x_shape, w_shape, (w_shape[-1],))
@@ -101,20 +129,27 @@ def test_conv_forward_and_backward(case, rng):
     kw = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, padding_mode=mode)
     pads = explicit_pads(padding, x_shape, w_shape, stride, dilation)
     expected = R.conv_forward(x, w, b, stride, pads, dilation, groups, mode)
-
     y = conv(dev(x), dev(w), None if b is None else dev(b), **kw)
     assert y.dtype == dtype and tuple(y.shape) == expected.shape
     close(host(y), expected, dtype)
-    close(host(y), conv(x, w, b, **kw), dtype)
-
     gy = rng.standard_normal(expected.shape).astype(dtype)
     expected_grads = R.conv_grads(gy, x, w, stride, pads, dilation, groups, mode)
     grads = backward(dev(gy), dev(x), dev(w), **kw)
-    cpu_grads = backward(gy, x, w, **kw)
-    for name, got, ref, cpu in zip(("input", "weight", "bias"), grads, expected_grads, cpu_grads):
+    for name, got, ref in zip(("input", "weight", "bias"), grads, expected_grads):
         assert got.dtype == dtype and tuple(got.shape) == ref.shape, name
         close(host(got), ref, dtype)
-        close(host(got), cpu, dtype)
+
+
+@pytest.mark.parametrize("path", ["gemm"], indirect=True)
+@pytest.mark.parametrize("case", CONV_CASES.values(), ids=CONV_CASES.keys())
+def test_conv_forward_and_backward(case, rng, path):
+    check_conv(case, rng)
+
+
+@pytest.mark.parametrize("path", ["direct"], indirect=True)
+@pytest.mark.parametrize("case", [CONV_CASES[c] for c in DIRECT_CASES], ids=DIRECT_CASES)
+def test_conv_direct_kernels(case, rng, path):
+    check_conv(case, rng)
 
 
 # (x shape, w shape, stride, padding, output_padding, dilation, groups, bias, dtype)
@@ -126,12 +161,17 @@ TRANSPOSE_CASES = {
     "3d-stride-outpad-groups": ((1, 2, 3, 2, 4), (2, 3, 2, 2, 4), (2, 1, 2), ((1, 0), (0, 1), (1, 1)), (1, 0, 1),
                                 (1, 2, 1), 2, True, np.float32),
     "3d-dilation-outpad": ((1, 2, 2, 3, 2), (2, 2, 2, 3, 2), 1, 0, (1, 1, 0), (2, 2, 1), 1, False, np.float64),
+    # stride 4 > kernel 2: phases no tap reaches hold only the bias
+    "stride-past-kernel": ((1, 2, 3, 2), (2, 2, 3, 2), (4, 3), 0, (2, 1), 1, 1, True, np.float32),
 }
 
 
+@pytest.mark.parametrize("path", ["gemm", "direct"], indirect=True)
 @pytest.mark.parametrize("case", TRANSPOSE_CASES.values(), ids=TRANSPOSE_CASES.keys())
-def test_conv_transpose(case, rng):
+def test_conv_transpose(case, rng, path):
     x_shape, w_shape, stride, padding, output_padding, dilation, groups, with_bias, dtype = case
+    if path == "direct" and len(x_shape) == 3:
+        pytest.skip("covered by the other direct cases")
     fn = TRANSPOSE[len(x_shape) - 2]
     x, w, b = data(rng, dtype, x_shape, w_shape, (w_shape[-2] * groups,))
     b = b if with_bias else None
@@ -140,7 +180,139 @@ def test_conv_transpose(case, rng):
     y = fn(dev(x), dev(w), None if b is None else dev(b), **kw)
     assert y.dtype == dtype and tuple(y.shape) == expected.shape
     close(host(y), expected, dtype)
-    close(host(y), fn(x, w, b, **kw), dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gpu_tiles(rng, monkeypatch, dtype):
+    """The tiles a GPU uses (wide and narrow, 128-256 threads) under the simulator: one call covers the
+    forward and weight gradient on the wide tile (64 output channels) and the input gradient on the
+    narrow one (4 input channels); reflect padding for the forward's padding map."""
+    monkeypatch.setattr(gemm, "TILES", gemm.GPU_TILES)
+    monkeypatch.setattr(_cuda, "GEMM_MIN_COLUMNS", 1)
+    x, w = data(rng, dtype, (1, 3, 3, 4), (2, 2, 4, 64))
+    y = nbconv.conv2d(dev(x), dev(w), padding=1, padding_mode="reflect")
+    close(host(y), R.conv_forward(x, w, pads=1, mode="reflect"), dtype)
+    gy = rng.standard_normal(tuple(y.shape)).astype(dtype)
+    got = nbconv.conv2d_backward(dev(gy), dev(x), dev(w), padding=1, needs=("input", "weight"))
+    for g, r in zip(got[:2], R.conv_grads(gy, x, w, pads=1)):
+        close(host(g), r, dtype)
+
+
+@pytest.mark.parametrize("path", ["gemm"], indirect=True)
+def test_64_bit_index_kernels(rng, monkeypatch, path):
+    """The kernels for operands beyond the 32-bit limit (the limit lowered): zero padding and reflect,
+    forward and both gradients."""
+    monkeypatch.setattr(gemm, "INT32_LIMIT", 8)
+    x, w = data(rng, np.float32, (1, 4, 5, 2), (2, 3, 2, 3))
+    assert gemm.forward_plan((1, 1, 4, 5, 2), (1, 2, 3, 2, 3), (1, 1, 4, 5, 3), direct.geometry(
+        nbconv._shapes.ConvParams((1, 1), ((1, 0), (1, 1)), (1, 1), 1, "zeros")))[2]
+    for mode in ("zeros", "reflect"):
+        kw = dict(stride=(2, 1), padding=((1, 0), (1, 1)), padding_mode=mode)
+        y = nbconv.conv2d(dev(x), dev(w), **kw)
+        close(host(y), R.conv_forward(x, w, stride=(2, 1), pads=((1, 0), (1, 1)), mode=mode), np.float32)
+        gy = rng.standard_normal(tuple(y.shape)).astype(np.float32)
+        for g, r in zip(nbconv.conv2d_backward(dev(gy), dev(x), dev(w), **kw),
+                        R.conv_grads(gy, x, w, stride=(2, 1), pads=((1, 0), (1, 1)), mode=mode)):
+            close(host(g), r, np.float32)
+
+
+@pytest.mark.parametrize("path", ["gemm"], indirect=True)
+def test_input_gradient_of_padding_modes_by_fold_and_by_gather(rng, monkeypatch, path):
+    """With reflect/replicate/circular padding the input gradient is the GEMM over the padded input folded
+    back (padded volume up to FOLD_LIMIT times the input) or the direct gather: both equal the reference."""
+    x, w = data(rng, np.float64, (1, 4, 3, 3), (2, 2, 3, 2))
+    pads = ((3, 2), (2, 1))
+    gy = rng.standard_normal((1, 8, 5, 2))
+    expected = R.conv_grads(gy, x, w, pads=pads, mode="replicate")[0]
+    for limit in (100, 0):
+        monkeypatch.setattr(_cuda, "FOLD_LIMIT", limit)
+        got = nbconv.conv2d_backward(dev(gy), dev(x), dev(w), padding=pads, padding_mode="replicate", needs="input")
+        close(host(got.input), expected, np.float64)
+
+
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+def test_pad_map_is_source_index(mode):
+    """The kernels' division-free padding map (pad_map, _source) equals nbconv._padding.source_index on
+    every position a convolution can read (validation bounds the pads)."""
+    code = CODES[mode]
+    for n in (1, 2, 3, 5):
+        limit = n - 1 if mode == "reflect" else n
+        slope, lo, hi, zero = gemm.pad_map(code, n)
+        for t in range(-limit, n + limit):
+            expected = source_index(t, n, code)
+            if mode == "zeros":
+                assert zero and (expected == -1) == (not 0 <= t < n)
+            else:
+                assert gemm._source_py(t, n, lo, hi, slope) == expected, (mode, n, t)
+
+
+def test_input_gradient_phases_cover_every_tap_once():
+    """The sub-pixel phases of the input gradient (host plans, no kernels): every (position, tap) pair whose
+    read lands inside the input appears in exactly one phase, reading the right output position."""
+    for n, k, s, d, b in itertools.product((1, 3, 7), (1, 2, 3), (1, 2, 3, 5), (1, 2), (0, 1, 2)):
+        n_out = (n + 2 * b - d * (k - 1) - 1) // s + 1
+        if n_out < 1:
+            continue
+        found = []
+        for r, count, taps in gemm._axis_phases(n, k, direct.Axis(s, d, b)):
+            for j in range(count):
+                found += [(r + j * s, tap, j + q) for tap, q in taps]
+        expected = [(a, tap, o) for a in range(n) for tap in range(k) for o in range(-k * d - b, n + b + 1)
+                    if o * s + tap * d - b == a]
+        assert sorted(found) == sorted(expected), (n, k, s, d, b)
+
+
+def test_int32_decision():
+    """Operands (or positions) beyond 2**30 take the 64-bit kernels; ordinary shapes the 32-bit ones."""
+    geom = direct.geometry(nbconv._shapes.ConvParams((1, 1), ((1, 1), (1, 1)), (1, 1), 1, "zeros"))
+    assert not gemm.forward_plan((8, 1, 56, 56, 64), (1, 3, 3, 64, 64), (8, 1, 56, 56, 64), geom)[2]
+    assert gemm.forward_plan((1024, 1, 256, 256, 64), (1, 3, 3, 64, 64), (1024, 1, 256, 256, 64), geom)[2]
+    big_stride = direct.geometry(nbconv._shapes.ConvParams((1, 1 << 40), ((0, 0), (0, 0)), (1, 1), 1, "zeros"))
+    assert gemm.forward_plan((1, 1, 4, 5, 8), (1, 1, 1, 8, 8), (1, 1, 4, 1, 8), big_stride)[2]
+
+
+@pytest.mark.parametrize("tile", sorted(set(gemm.GPU_TILES.values()) | set(gemm.SIM_TILES.values())))
+def test_tiles_fit_the_staging_loops(tile):
+    gemm.check_tile(tile)
+    assert gemm.mma_source(tile, tile.bm + 4).count("+=") == tile.bk * tile.tm * tile.tn
+
+
+@pytest.mark.parametrize("path", ["gemm", "direct"], indirect=True)
+def test_launch_geometry_does_not_change_results(rng, monkeypatch, path):
+    """Grid-stride loops with a capped grid and small blocks give bitwise the same results; the
+    weight gradient's fixed chunking makes it reproducible and, with several chunks, correct."""
+    x, w = data(rng, np.float32, (1, 2, 4, 3, 3), (2, 2, 2, 3, 4))
+    pads = ((0, 1), (1, 0), (1, 1))
+    kw = dict(padding=pads, padding_mode="replicate")
+    gy = rng.standard_normal((1, 2, 4, 4, 4)).astype(np.float32)
+    monkeypatch.setattr(_cuda, "PIXEL_CHUNK", 8)          # 32 output pixels -> 4 direct weight-gradient chunks
+    monkeypatch.setattr(_cuda, "GEMM_MIN_CHUNK", 8)       # and 4 GEMM chunks
+    monkeypatch.setattr(_cuda, "GEMM_TARGET_TILES", 1 << 20)
+
+    def run():
+        return [host(nbconv.conv3d(dev(x), dev(w), **kw))] + \
+            [host(g) for g in nbconv.conv3d_backward(dev(gy), dev(x), dev(w), **kw)]
+
+    default = run()
+    monkeypatch.setattr(_cuda, "MAX_BLOCKS", 1)
+    monkeypatch.setattr(_cuda, "THREADS_PER_BLOCK", 32)
+    monkeypatch.setattr(gemm, "MAX_BLOCKS", 1)
+    small = run()
+    for a, b in zip(default, small):
+        np.testing.assert_array_equal(a, b)
+    refs = [R.conv_forward(x, w, pads=pads, mode="replicate"), *R.conv_grads(gy, x, w, pads=pads, mode="replicate")]
+    for a, r in zip(default, refs):
+        close(a, r, np.float32)
+
+
+def test_weight_gradient_chunks_are_shape_determined():
+    """The GEMM weight gradient's chunks depend on the shapes only (never on the device or the launch), and
+    the partial sums stay within PARTIAL_BUDGET."""
+    assert _cuda._gemm_chunks(100, 1, 10) == (100, 1)                 # too few pixels for a second chunk
+    chunk, n = _cuda._gemm_chunks(1 << 20, 4, 1000)
+    assert n == _cuda.GEMM_TARGET_TILES // 4 and chunk * n >= 1 << 20
+    chunk, n = _cuda._gemm_chunks(1 << 20, 1, _cuda.PARTIAL_BUDGET // 2)
+    assert n == 2
 
 
 def test_strided_device_views(rng):
@@ -230,30 +402,6 @@ def test_mixed_host_and_device_raise(rng):
         nbconv.conv2d(dev(x), dev(np.zeros((2, 2, 3, 2), np.float32)))
 
 
-def test_launch_geometry_does_not_change_results(rng, monkeypatch):
-    """Grid-stride loops with a capped grid and small blocks give bitwise the same results; the
-    weight gradient's fixed chunking makes it reproducible and, with several chunks, correct."""
-    x, w = data(rng, np.float32, (1, 2, 4, 3, 3), (2, 2, 2, 3, 4))
-    pads = ((0, 1), (1, 0), (1, 1))
-    kw = dict(padding=pads, padding_mode="replicate")
-    gy = rng.standard_normal((1, 2, 4, 4, 4)).astype(np.float32)
-    monkeypatch.setattr(_cuda, "PIXEL_CHUNK", 8)          # 32 output pixels -> 4 weight-gradient chunks
-
-    def run():
-        return [host(nbconv.conv3d(dev(x), dev(w), **kw))] + \
-            [host(g) for g in nbconv.conv3d_backward(dev(gy), dev(x), dev(w), **kw)]
-
-    default = run()
-    monkeypatch.setattr(_cuda, "MAX_BLOCKS", 1)
-    monkeypatch.setattr(_cuda, "THREADS_PER_BLOCK", 32)
-    small = run()
-    for a, b in zip(default, small):
-        np.testing.assert_array_equal(a, b)
-    refs = [R.conv_forward(x, w, pads=pads, mode="replicate"), *R.conv_grads(gy, x, w, pads=pads, mode="replicate")]
-    for a, r in zip(default, refs):
-        close(a, r, np.float32)
-
-
 @pytest.mark.parametrize("nd", [2, 3])
 def test_empty_batch(nd):
     spatial, kernel = (4,) * nd, (3,) * nd
@@ -279,11 +427,11 @@ def test_readers_enumerate_every_output_position_that_reads_an_element():
                     or n + before + after < d * (k - 1) + 1:
                 continue
             n_out = (n + before + after - d * (k - 1) - 1) // s + 1
-            axis = _cuda.Axis(stride=s, dilation=d, before=before)
+            axis = direct.Axis(stride=s, dilation=d, before=before)
             for a in range(n):
-                found = [(t, o) for t in range(k) for part in range(3) for o in range(*_cuda._readers(
-                    a, t, part, n, n_out, axis, code)) if _cuda._read(o, t, n, axis, code) == a]
-                expected = [(t, o) for t in range(k) for o in range(n_out) if _cuda._read(o, t, n, axis, code) == a]
+                found = [(t, o) for t in range(k) for part in range(3) for o in range(*direct._readers(
+                    a, t, part, n, n_out, axis, code)) if direct._read(o, t, n, axis, code) == a]
+                expected = [(t, o) for t in range(k) for o in range(n_out) if direct._read(o, t, n, axis, code) == a]
                 assert sorted(found) == expected and len(set(found)) == len(found), (mode, n, before, after, k, s, d, a)
 
 
@@ -315,55 +463,182 @@ def test_import_does_not_touch_cuda():
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "NUMBA_ENABLE_CUDASIM": "0"})
 
 
-# Compiles every kernel to PTX with numba's real CUDA target (the simulator runs them as plain Python,
-# so code that numba cannot type for a GPU would pass it). Needs libNVVM, not a GPU.
-PTX_CHECK = """
-import types, numpy as np, numba
-from numba import cuda, types as nt
-import numba.cuda.dispatcher as dispatcher
-from nbconv import _cuda
-from nbconv._shapes import ConvParams
-try:
-    cuda.get_current_device()
-except Exception:  # no driver: device functions ask the current device only for its compute capability
-    dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(8, 0))
-i, flag = nt.int64, nt.boolean
-geom = numba.typeof(_cuda._geometry(ConvParams((2,), ((1, 0),), (1,), 1, "reflect")))
-shape = numba.typeof((1, 2, 3, 4, 5))
-for dt in (nt.float32, nt.float64):
-    a = lambda nd: nt.Array(dt, nd, "A")
-    c = lambda nd: nt.Array(dt, nd, "C")
-    k = _cuda._kernels(np.dtype(str(dt)))
-    for kernel, sig in ((k.forward, (a(5), a(5), a(1), flag, c(5), geom, i)),
-                        (k.gather, (a(5), c(5), a(1), flag, c(5), geom)),
-                        (k.weight_partials, (a(5), a(5), c(3), shape, geom, i, i)),
-                        (k.bias_partials, (a(5), c(2), i)), (k.sum_rows, (c(2), c(1))),
-                        (_cuda._swap_channels, (a(5), c(5))), (_cuda._add_flat, (a(1), a(1), c(1)))):
-        ptx, _ = cuda.compile_ptx(kernel.py_func, sig, cc=(8, 0))
-        assert dt.name != "float32" or ".f64" not in ptx, kernel.py_func.__name__ + " computes in float64"
-"""
+def test_bias_grad_with_zero_channels():
+    gb = nbconv.conv.bias_grad(cuda.device_array((2, 3, 0), dtype=np.float32))
+    assert tuple(gb.shape) == (0,) and gb.dtype == np.float32
 
 
-def _nvvm_home():
-    """A CUDA toolkit root holding libNVVM (CUDA_HOME, or the nvidia-cuda-nvcc-cu12 wheel), or None."""
-    roots = [os.environ.get("CUDA_HOME")]
-    try:
-        import nvidia.cuda_nvcc
-        roots += list(nvidia.cuda_nvcc.__path__)
-    except ImportError:
-        pass
-    for root in filter(None, roots):
-        if os.path.exists(os.path.join(root, "nvvm", "lib64", "libnvvm.so")):
-            return root
-    return None
+# ---------------------------------------------------------------- devices, streams, allocation (no GPU needed)
+
+class _TorchLike:
+    """What nbconv reads of a PyTorch CUDA tensor."""
+    __module__ = "torch"
+
+    def __init__(self, index):
+        self.device = types.SimpleNamespace(type="cuda", index=index)
+        self.__cuda_array_interface__ = {"shape": (2,), "typestr": "<f4", "data": (4096, False), "version": 2}
 
 
-def test_kernels_compile_for_a_real_gpu():
-    home = _nvvm_home()
-    if home is None:
-        pytest.skip("libNVVM not found (set CUDA_HOME or pip install nvidia-cuda-nvcc-cu12)")
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0", "CUDA_HOME": home}
-    subprocess.run([sys.executable, "-c", PTX_CHECK], check=True, env=env)
+class _CupyLike:
+    def __init__(self, index, stream):
+        self.device = types.SimpleNamespace(id=index)
+        self.__cuda_array_interface__ = {"shape": (2,), "typestr": "<f4", "data": (4096, False), "version": 3,
+                                         "stream": stream}
+
+
+def test_producer_stream_and_device_of():
+    torch_like, cupy_like = _TorchLike(1), _CupyLike(2, 12345)
+    assert launch.producer_stream(torch_like) == ("torch", 1) and launch.device_of(torch_like) == 1
+    assert launch.producer_stream(cupy_like) == ("handle", 12345) and launch.device_of(cupy_like) == 2
+    assert launch.producer_stream(_CupyLike(0, None)) == ("default", None)
+    assert launch.producer_stream(dev(np.ones(2))) == ("default", None)
+    assert launch.device_of(dev(np.ones(2))) is None            # the simulator has no devices to tell apart
+
+
+def test_choose_stream():
+    assert launch.choose_stream([0, 0]) == (None, [])
+    assert launch.choose_stream([0, 7, 7, 0]) == (1, [0])        # the default stream's work is waited for
+    assert launch.choose_stream([5, 7, 5, 9]) == (0, [1, 3])
+
+
+class _Recorder:
+    def __init__(self):
+        self.events = []
+
+    def gpus(self):
+        recorder = self
+
+        class Gpus:
+            def __getitem__(self, index):
+                recorder.events.append(f"gpu {index}")
+                return contextlib.nullcontext()
+
+        return Gpus()
+
+
+def test_placement_enters_the_arrays_device(monkeypatch):
+    """A call on arrays of GPU 1 runs inside numba's context for GPU 1, whatever the current device."""
+    rec = _Recorder()
+    monkeypatch.setattr(launch, "SIMULATOR", False)
+    monkeypatch.setattr(cuda, "gpus", rec.gpus(), raising=False)
+    monkeypatch.setattr(launch, "launch_stream", lambda arrays: "stream")
+    with launch.placement(None, _TorchLike(1), _TorchLike(1)) as stream:
+        rec.events.append("kernels")
+    assert rec.events == ["gpu 1", "kernels"] and stream == "stream"
+
+
+class _Stream:
+    def __init__(self, handle):
+        self.handle = handle
+
+    def __int__(self):
+        return self.handle
+
+    def __bool__(self):
+        return True
+
+
+def test_launch_stream_waits_for_the_other_producers(monkeypatch):
+    """The launch goes to the first operand's stream, which waits (GPU-side events) for the other distinct
+    streams; no operand stream: the default stream."""
+    rec = _Recorder()
+
+    class Event:
+        def record(self, stream=0):
+            rec.events.append(f"record on {int(stream)}")
+
+        def wait(self, stream=0):
+            rec.events.append(f"wait on {int(stream)}")
+
+    monkeypatch.setattr(launch, "SIMULATOR", False)
+    monkeypatch.setattr(cuda, "event", lambda timing=False: Event(), raising=False)
+    monkeypatch.setattr(launch, "default_stream", lambda: _Stream(1))
+    a, b, c = (types.SimpleNamespace(stream=s) for s in (_Stream(7), 0, _Stream(9)))
+    assert int(launch.launch_stream([a, b, c, None])) == 7
+    assert rec.events == ["record on 1", "wait on 7", "record on 9", "wait on 7"]
+    assert int(launch.launch_stream([b])) == 1
+
+
+def test_torch_tensor_wrapped_on_its_device_and_current_stream(monkeypatch):
+    """A PyTorch tensor on cuda:1 is wrapped in GPU 1's context, without synchronizing, and carries
+    PyTorch's current stream of GPU 1 (an external stream), so nbconv's kernels launch there."""
+    torch = pytest.importorskip("torch")
+    rec = _Recorder()
+    monkeypatch.setattr(launch, "SIMULATOR", False)
+    monkeypatch.setattr(cuda, "gpus", rec.gpus(), raising=False)
+
+    def wrap(desc, owner=None, sync=True):
+        rec.events.append(f"wrap sync={sync}")
+        return types.SimpleNamespace(stream=0)
+
+    monkeypatch.setattr(cuda, "from_cuda_array_interface", wrap, raising=False)
+    monkeypatch.setattr(cuda, "external_stream", lambda handle: f"external {handle}", raising=False)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda index: types.SimpleNamespace(cuda_stream=4242))
+    array = launch.as_array(_TorchLike(1))
+    assert rec.events == ["gpu 1", "wrap sync=False"] and array.stream == "external 4242"
+
+
+def test_cupy_array_keeps_its_stream_without_synchronizing(monkeypatch):
+    rec = _Recorder()
+    monkeypatch.setattr(launch, "SIMULATOR", False)
+    monkeypatch.setattr(cuda, "gpus", rec.gpus(), raising=False)
+    monkeypatch.setattr(cuda, "from_cuda_array_interface",
+                        lambda desc, owner=None, sync=True: types.SimpleNamespace(stream=f"external {desc['stream']}",
+                                                                                  sync=sync), raising=False)
+    array = launch.as_array(_CupyLike(2, 77))
+    assert rec.events == ["gpu 2"] and array.stream == "external 77" and array.sync is False
+
+
+@pytest.mark.parametrize("path", ["gemm", "direct"], indirect=True)
+def test_allocator_provides_results_and_workspaces(rng, path):
+    """Within `allocator`, every result and workspace of a call comes from it (the PyTorch adapter installs
+    PyTorch's caching allocator this way)."""
+    allocated = []
+
+    def allocate(shape, dtype):
+        allocated.append(cuda.device_array(shape, dtype=dtype))
+        return allocated[-1]
+
+    def from_allocator(a):
+        return any(_cuda._span(a)[0] == _cuda._span(b)[0] for b in allocated if b.size)
+
+    x, w = data(rng, np.float32, (1, 4, 4, 2), (3, 3, 2, 3))
+    with launch.allocator(allocate):
+        y = nbconv.conv2d(dev(x), dev(w), padding=1, stride=2)
+        grads = nbconv.conv2d_backward(dev(np.ones(tuple(y.shape), np.float32)), dev(x), dev(w), padding=1, stride=2)
+    assert from_allocator(y) and all(from_allocator(g) for g in grads)
+    assert len(allocated) > 4                                   # workspaces too (tables, partial sums, copies)
+    close(host(y), R.conv_forward(x, w, stride=2, pads=1), np.float32)
+    allocated.clear()
+    nbconv.conv2d(dev(x), dev(w))
+    assert allocated == []                                      # only within the block
+
+
+def test_results_carry_a_stream(monkeypatch):
+    """Arrays nbconv allocates carry a stream object (the default stream when no operand names one): numba
+    synchronizes the host only around operations on arrays without one (the tape's fills and copies of
+    device gradients go through numba's setitem), and exports the stream to consumers."""
+    default = object()
+    monkeypatch.setattr(launch, "default_stream", lambda: default)
+    monkeypatch.setattr(launch, "SIMULATOR", False)
+    assert _cuda.empty((2, 3), np.float32).stream is default
+    monkeypatch.setattr(launch, "launch_stream", lambda arrays: "launch stream")
+    gb = _cuda.grad_bias(dev(np.ones((2, 3, 4), np.float32)))
+    assert gb.stream == "launch stream"
+
+
+def test_results_made_before_a_call_move_to_its_device(monkeypatch, rng):
+    """conv.py allocates a result (backend.empty) before the backend sees the arrays' device: a result made
+    on another device is made again on the arrays' device."""
+    x, w = data(rng, np.float32, (1, 3, 3, 2), (2, 2, 2, 2))
+    dx, dw = dev(x), dev(w)
+    devices = {id(dx): 1, id(dw): 1}
+    monkeypatch.setattr(launch, "device_of", lambda a: devices.get(id(a), 0))
+    out = _cuda.empty((1, 2, 2, 2), np.float32)
+    y = _cuda.forward(dx, dw, None, nbconv._shapes.conv_params(x.shape, w.shape, stride=1, padding=0, dilation=1,
+                                                              groups=1, padding_mode="zeros"), out)
+    assert y is not out
+    close(host(y), R.conv_forward(x, w), np.float32)
 
 
 @pytest.mark.skipif(not SIMULATOR, reason="a real GPU reads __cuda_array_interface__ objects")
