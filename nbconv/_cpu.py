@@ -515,6 +515,8 @@ def grad_weight(gy, x, w_shape, params):
 def grad_bias(gy):
     """dL/dbias: gy summed over every axis but the last (accumulated in float64, fixed order)."""
     c_out = gy.shape[-1]
+    if c_out == 0:
+        return np.zeros(0, dtype=gy.dtype)
     partial = np.zeros((SLOTS, c_out))
     call(_column_sums, _c(gy).reshape(-1, c_out), partial, work=gy.size)
     return partial.sum(axis=0).astype(gy.dtype)
