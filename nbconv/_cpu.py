@@ -107,38 +107,40 @@ def _scatter_conv(gy, reduce_offsets, wpk, offsets, dst, dst_pix, cg_src, cg_dst
 def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk):
     """partial[t, g, nb, r, b] = sum over pixels s of chunks t, t+T, ... (chunk pixels each) of
     flat[rows[min(r, R-1)] + g*cg_src + pix[s]] * gy[s, g*cg_dst + nb*B + b] (zero for nb*B + b >= cg_dst);
-    gy (S, C_out) C-contiguous, partial zeroed with rows padded to P; one (t, g, nb) block per iteration."""
+    gy (S, C_out) C-contiguous, partial zeroed with rows padded to P; one slot t per parallel iteration."""
     n_slots, groups, n_blocks = partial.shape[0], partial.shape[1], partial.shape[2]
     n_rows = rows.shape[0]
     n_pix = pix.shape[0]
     n_chunks = (n_pix + chunk - 1) // chunk
     last = n_rows - 1
-    for item in prange(n_slots * groups * n_blocks):
-        t = item // (groups * n_blocks)
-        g = item // n_blocks - t * groups
-        nb = item - (t * groups + g) * n_blocks
-        c0 = g * cg_dst + nb * B
-        n_valid = min(B, cg_dst - nb * B)
+    for t in prange(n_slots):
         tile = np.empty((P, B), dtype=partial.dtype)
         bases = np.empty(P, dtype=np.uint64)
-        gy_chunk = np.zeros((chunk, B), dtype=partial.dtype)  # B lanes of grad_out; lanes past cg_dst stay 0
-        acc = partial[t, g, nb]
+        gy_chunk = np.zeros((chunk, B), dtype=partial.dtype)  # B lanes of grad_out, packed per chunk
         for ck in range(t, n_chunks, n_slots):
             s0 = ck * chunk
             s1 = min(s0 + chunk, n_pix)
-            for s in range(s1 - s0):
-                gy_row = gy[s0 + s]
-                lanes = gy_chunk[s]
-                for b in range(n_valid):
-                    lanes[b] = gy_row[c0 + b]
-            for r0 in range(0, n_rows, P):  # this block of grad_out stays in L1 across the rows of w
-                for p in range(P):
-                    bases[p] = rows[min(r0 + p, last)] + np.uint64(g * cg_src)
-                micro_tile(flat, bases, pix[s0:s1], gy_chunk[:s1 - s0], tile)
-                for p in range(P):
-                    acc_row = acc[r0 + p]
-                    for b in range(B):
-                        acc_row[b] += tile[p, b]
+            pix_chunk = pix[s0:s1]
+            for g in range(groups):
+                for nb in range(n_blocks):  # this block of grad_out stays in L1 across the rows of w
+                    c0 = g * cg_dst + nb * B
+                    n_valid = min(B, cg_dst - nb * B)
+                    for s in range(s1 - s0):
+                        gy_row = gy[s0 + s]
+                        lanes = gy_chunk[s]
+                        for b in range(n_valid):
+                            lanes[b] = gy_row[c0 + b]
+                        for b in range(n_valid, B):
+                            lanes[b] = 0
+                    acc = partial[t, g, nb]
+                    for r0 in range(0, n_rows, P):
+                        for p in range(P):
+                            bases[p] = rows[min(r0 + p, last)] + np.uint64(g * cg_src)
+                        micro_tile(flat, bases, pix_chunk, gy_chunk[:s1 - s0], tile)
+                        for p in range(P):
+                            acc_row = acc[r0 + p]
+                            for b in range(B):
+                                acc_row[b] += tile[p, b]
 
 
 @kernel(parallel=True)
