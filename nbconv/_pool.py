@@ -25,6 +25,14 @@ from ._jit import SLOTS, call, kernel
 SEGMENT = 64  # output pixels along the last spatial axis per parallel task (any value gives the same bits)
 
 
+@kernel(inline="always")
+def _task(task, segments, d_out, h_out):
+    """(n, i, j, segment) of a pooling task: output row (n, i, j) and its segment of SEGMENT columns."""
+    row = task // segments
+    rest = row // h_out
+    return rest // d_out, rest - (rest // d_out) * d_out, row - rest * h_out, task - row * segments
+
+
 @kernel()
 def _window(o, stride, pad, k, n):
     """(origin, lo, hi) of output position o's window along one axis: taps t in [lo, hi) are the ones
@@ -42,12 +50,7 @@ def _max_pool(x, kernel, stride, pads, out, argmax):
     d_out, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
     segments = (w_out + SEGMENT - 1) // SEGMENT
     for task in prange(n_img * d_out * h_out * segments):
-        row = task // segments
-        segment = task - row * segments
-        rest = row // h_out
-        i = rest - (rest // d_out) * d_out
-        j = row - rest * h_out
-        n = rest // d_out
+        n, i, j, segment = _task(task, segments, d_out, h_out)
         d0, a_lo, a_hi = _window(i, stride[0], pads[0], kernel[0], d_in)
         h0, b_lo, b_hi = _window(j, stride[1], pads[1], kernel[1], h_in)
         for l in range(segment * SEGMENT, min(w_out, (segment + 1) * SEGMENT)):
@@ -94,12 +97,7 @@ def _avg_pool(x, kernel, stride, pads, scale, out):
     d_out, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
     segments = (w_out + SEGMENT - 1) // SEGMENT
     for task in prange(n_img * d_out * h_out * segments):
-        row = task // segments
-        segment = task - row * segments
-        rest = row // h_out
-        i = rest - (rest // d_out) * d_out
-        j = row - rest * h_out
-        n = rest // d_out
+        n, i, j, segment = _task(task, segments, d_out, h_out)
         d0, a_lo, a_hi = _window(i, stride[0], pads[0], kernel[0], d_in)
         h0, b_lo, b_hi = _window(j, stride[1], pads[1], kernel[1], h_in)
         acc = np.empty(channels, dtype=np.float64)
