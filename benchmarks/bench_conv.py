@@ -1,5 +1,10 @@
 """asv benchmarks: nbconv's convolutions (time, peak memory, GFLOP/s) and PyTorch's as a reference.
 
+SuiteForward, SuiteBackward and their Torch* references take every shape of the named suite
+(nbconv/_bench_suite.py: layers of real networks, also what `python -m nbconv bench` runs) by name.
+The per-dimension classes (Conv2dForward, Conv1dForward, ...) keep their tuple parameters from
+common.py (the shapes of issues 3 and 10 and a few more) and with them their recorded history.
+
 Every class warms the JIT up in `setup` (asv's `setup_cache` would run in another process, so it
 cannot warm a process's dispatchers; on-disk caching makes later processes' warm-up cheap).
 The PyTorch classes raise NotImplementedError in `setup`, which asv reports as skipped, when torch
@@ -12,8 +17,9 @@ from collections import namedtuple
 import numpy as np
 
 import nbconv
+from nbconv import _bench_suite
 
-from .common import (CONV1D_SHAPES, CONV2D_SHAPES, CONV3D_SHAPES, DEPTHWISE_SHAPES, TRANSPOSE2D_SHAPES,
+from .common import (CONV1D_SHAPES, CONV2D_SHAPES, CONV3D_SHAPES, DEPTHWISE_SHAPES, SUITE_NAMES, TRANSPOSE2D_SHAPES,
                      conv1d_data, conv1d_flops, conv2d_data, conv2d_flops, conv3d_data, conv3d_flops,
                      transpose2d_data, transpose2d_flops)
 
@@ -243,3 +249,49 @@ class TorchConvTranspose2d(ConvTranspose2d):
     def compute(self):
         with self.torch.no_grad():
             return self.torch.nn.functional.conv_transpose2d(self.tx, self.tw, self.tb, **self.options)
+
+
+# ---------------------------------------------------------------- the named suite, by name
+
+class _Suite(_Benchmark):
+    """One shape of the named suite (nbconv/_bench_suite.py), in its own dtype: subclasses set `calls`
+    (which of the library's (forward, backward) they time) and `backward`."""
+    param_names = ["name"]
+    params = [SUITE_NAMES]
+    backward = False
+
+    def prepare(self, name):
+        shape = _bench_suite.by_name(name)
+        calls = self.calls(shape, _bench_suite.make_data(shape))
+        self.call = calls[1] if self.backward else calls[0]
+        self.flops = (2 if self.backward else 1) * shape.flops
+
+    def calls(self, shape, data):
+        return _bench_suite.nbconv_calls(shape, data)
+
+    def compute(self):
+        return self.call()
+
+
+class SuiteForward(_Suite):
+    """nbconv's forward with bias (convolution or transposed convolution) of each named suite shape."""
+
+
+class SuiteBackward(_Suite):
+    """nbconv's backward of each named suite shape: gradients w.r.t. input, weight and bias (twice the
+    forward's FLOPs; a transposed convolution's composed of the public functions as its tape VJP is)."""
+    backward = True
+
+
+class TorchSuiteForward(_Suite):
+    """torch.nn.functional's conv / conv_transpose on channels_last (channels_last_3d) tensors, no autograd
+    graph, for each named suite shape."""
+
+    def calls(self, shape, data):
+        return _bench_suite.torch_calls(_import_torch(), shape, data)
+
+
+class TorchSuiteBackward(TorchSuiteForward):
+    """PyTorch's autograd backward w.r.t. input, weight and bias (the graph is built once) of each named
+    suite shape."""
+    backward = True

@@ -1,26 +1,28 @@
 """Benchmark shapes and seeded data builders shared by the asv suites.
 
+The named suite -- layers of real networks, the shapes `python -m nbconv bench` runs -- is defined once,
+in nbconv/_bench_suite.py; SUITE_NAMES (the parameter of bench_conv's Suite* classes) and the issue-3
+and issue-10 tuples below come from there.
+
 APPEND ONLY: asv keys its stored results by parameter value, so changing or reordering an entry would
-silently break the history of every benchmark that uses it. Add new shapes at the end of a list.
+silently break the history of every benchmark that uses it. Add new shapes at the end of a list (new
+suite records under new names).
 
 Layouts are nbconv's: activations channels-last, weights (KH, KW, C_in // groups, C_out).
 """
 import numpy as np
 
+from nbconv import _bench_suite
+
 DTYPE = np.float32
-SEED = 20261122
+SEED = _bench_suite.SEED
+
+# The named suite's record names: the parameter of the Suite* benchmarks.
+SUITE_NAMES = [shape.name for shape in _bench_suite.SUITE]
 
 # (N, H, W, C_in, C_out, K, stride, pad, groups): conv2d forward and backward. The first seven are the
-# shapes of issue 3 (the last of them depthwise); `python -m nbconv bench` uses the same seven.
-CONV2D_SHAPES = [
-    (10, 32, 32, 8, 16, 3, 1, 0, 1),
-    (64, 28, 28, 1, 32, 3, 1, 0, 1),
-    (64, 26, 26, 32, 64, 3, 1, 0, 1),
-    (8, 56, 56, 64, 64, 3, 1, 1, 1),
-    (8, 28, 28, 128, 128, 3, 2, 1, 1),
-    (32, 14, 14, 256, 256, 1, 1, 0, 1),
-    (8, 56, 56, 64, 64, 3, 1, 1, 64),
-]
+# shapes of issue 3 (the last of them depthwise): _bench_suite.ISSUE3's 2-D records as tuples.
+CONV2D_SHAPES = [shape.legacy_tuple() for shape in _bench_suite.ISSUE3 if shape.dims == 2]
 
 # (N, H, W, C, C, K, stride, pad, groups) with groups == C: depthwise forward and backward.
 # (CONV2D_SHAPES[6] is depthwise too and runs in the conv2d classes.)
@@ -99,13 +101,9 @@ def transpose2d_flops(shape):
 
 
 # (N, D, H, W, C_in, C_out, K, stride, pad, groups), stride and pad an int or a (D, H, W) triple: conv3d
-# forward and backward, the shapes of issue 10; `python -m nbconv bench` uses the same four.
-CONV3D_SHAPES = [
-    (2, 16, 32, 32, 32, 32, 3, 1, 1, 1),          # 3-D U-Net encoder layer (Cicek et al. 2016)
-    (4, 16, 28, 28, 64, 64, 3, (2, 1, 1), 1, 1),  # video layer, C3D-style 3x3x3 with a temporal stride
-    (4, 16, 28, 28, 64, 64, 3, 1, 1, 64),         # depthwise 3x3x3 (X3D's channelwise convolution)
-    (4, 8, 28, 28, 128, 128, 1, 1, 0, 1),         # 1x1x1 bottleneck projection (I3D / X3D)
-]
+# forward and backward, the shapes of issue 10 (a 3-D U-Net encoder layer, a C3D-style video layer with a
+# temporal stride, X3D's depthwise 3x3x3, an I3D/X3D 1x1x1 projection): _bench_suite.SHAPES_3D as tuples.
+CONV3D_SHAPES = [shape.legacy_tuple() for shape in _bench_suite.SHAPES_3D]
 
 
 def conv3d_output_sizes(shape):

@@ -1,21 +1,27 @@
-"""`python -m nbconv bench`: nbconv's conv2d and conv3d forward and backward against PyTorch and NumPy im2col.
+"""`python -m nbconv bench`: nbconv's convolutions, forward and backward, against PyTorch and NumPy im2col
+on named layers of real networks (nbconv/_bench_suite.py, the suite the asv benchmarks use too).
 
-One table per dimension count (`--dims`: 2-D, then 3-D), one row per shape: nbconv's forward and
-backward (gradients w.r.t. input, weight and bias) time and GFLOP/s, PyTorch's forward and backward
-time on channels_last (channels_last_3d) tensors when torch is installed, the ratio of the
-forward+backward times (nbconv / PyTorch, lower is better), and, for 2-D only, the classic NumPy
-im2col forward (`as_strided` windows + one matmul per group). A final row gives geometric means.
+One table, one row per shape: nbconv's forward time, GFLOP/s and share of the BLAS roof, its
+forward+backward time (backward = gradients w.r.t. input, weight and bias), PyTorch's forward and
+forward+backward times when torch is installed (channels_last / channels_last_3d tensors; 1-D:
+contiguous (N, C, L), its faster layout there), the ratios nbconv / PyTorch of both (lower is
+better), and the forward time of the classic NumPy recipe (im2col: `as_strided` windows + matmul;
+col2im for transposed convolutions). The roof is NumPy's matmul of two ROOF_SIZE^2 matrices in each
+dtype the table holds, measured in the same run with the same thread count. A final row gives
+geometric means of the two ratios.
 
 How it measures: everything runs in this one process, each function is called once before timing
 (compilation or cache loading excluded), and each figure is the minimum time of one call over at
 least `--repeats` calls (more for short calls, up to 50 ms of them: on a busy machine a parallel
-call now and then waits a whole scheduler slice for one of its threads). The three
-contenders run in blocks, all shapes of one before the next, because PyTorch's bundled OpenMP and
-numba's threads disturb each other when their calls alternate; `--rounds N` runs the three blocks N
-times over and keeps the minimum, so that a busy spell on a shared machine hits one round only.
+call now and then waits a whole scheduler slice for one of its threads). The contenders run in
+blocks -- nbconv, then NumPy (roof and im2col), then PyTorch -- all shapes of one before the next,
+because PyTorch's bundled OpenMP and numba's threads disturb each other when their calls alternate;
+`--rounds N` runs the blocks N times over and keeps the minimum, so that a busy spell on a shared
+machine hits one round only. Forward+backward is the sum of the two minima.
 """
 import argparse
 import contextlib
+import fnmatch
 import json
 import math
 import os
@@ -26,146 +32,171 @@ import time
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from . import _bench_suite as suite
 from . import _cli_progress
 from ._cli_args import positive_int, thread_count
 
-# (N, H, W, C_in, C_out, K, stride, pad, groups): the shapes of issue 3, the same as the first seven
-# entries of benchmarks/common.py's CONV2D_SHAPES (a test keeps the two equal).
-SHAPES = [
-    (10, 32, 32, 8, 16, 3, 1, 0, 1),
-    (64, 28, 28, 1, 32, 3, 1, 0, 1),
-    (64, 26, 26, 32, 64, 3, 1, 0, 1),
-    (8, 56, 56, 64, 64, 3, 1, 1, 1),
-    (8, 28, 28, 128, 128, 3, 2, 1, 1),
-    (32, 14, 14, 256, 256, 1, 1, 0, 1),
-    (8, 56, 56, 64, 64, 3, 1, 1, 64),
-]
-# (N, D, H, W, C_in, C_out, K, stride, pad, groups), stride and pad an int or a (D, H, W) triple: the
-# shapes of issue 10, the same as benchmarks/common.py's CONV3D_SHAPES (a test keeps the two equal).
-SHAPES_3D = [
-    (2, 16, 32, 32, 32, 32, 3, 1, 1, 1),          # 3-D U-Net encoder layer (Cicek et al. 2016)
-    (4, 16, 28, 28, 64, 64, 3, (2, 1, 1), 1, 1),  # video layer, C3D-style 3x3x3 with a temporal stride
-    (4, 16, 28, 28, 64, 64, 3, 1, 1, 64),         # depthwise 3x3x3 (X3D's channelwise convolution)
-    (4, 8, 28, 28, 128, 128, 1, 1, 0, 1),         # 1x1x1 bottleneck projection (I3D / X3D)
-]
-DEFAULT_SHAPES = {2: SHAPES, 3: SHAPES_3D}
-# The fields of a shape by number of spatial dimensions: 7 besides the spatial sizes.
-FIELDS = {2: ("N", "H", "W", "C_in", "C_out", "K", "stride", "pad", "groups"),
-          3: ("N", "D", "H", "W", "C_in", "C_out", "K", "stride", "pad", "groups")}
-_SHORT_FIELDS = {"C_in": "Cin", "C_out": "Cout", "stride": "s", "pad": "p", "groups": "g"}  # table heads
-SEED = 20261122
 MIN_SECONDS = 0.05
 MAX_CALLS = 1000
+ROOF_SIZE = 2048
+IM2COL_MAX_BYTES = 1 << 30  # im2col's column matrix (col2im's too) above this: the cell stays empty
 
 
-def output_size(size, k, stride, pad):
-    return (size + 2 * pad - k) // stride + 1
+# ---------------------------------------------------------------- the NumPy recipes
 
-
-def spatial_dims(shape):
-    """The number of spatial sizes in a shape (N, *sizes, C_in, C_out, K, stride, pad, groups)."""
-    return len(shape) - 7
-
-
-def per_dim(value, dims):
-    """An int, or a tuple/list of one per spatial dimension, as a tuple of `dims` ints."""
+def _pad_dims(value, dims):
     return tuple(value) if isinstance(value, (tuple, list)) else (value,) * dims
 
 
-def unpack(shape):
-    """(n, sizes, c_in, c_out, k, strides, pads, groups) of a shape, sizes, strides and pads as tuples."""
-    dims = spatial_dims(shape)
-    n, sizes, (ci, co, k, stride, pad, groups) = shape[0], tuple(shape[1:1 + dims]), shape[1 + dims:]
-    return n, sizes, ci, co, k, per_dim(stride, dims), per_dim(pad, dims), groups
+def im2col_conv(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """The classic NumPy convolution in 1-D, 2-D or 3-D: zero-pad x (N, *sizes, C_in), view every
+    (dilated) window with `as_strided`, copy the windows into a (pixels, taps * C_in // groups) matrix
+    and multiply it by the weights (*kernel, C_in // groups, C_out) reshaped to a matrix -- one matmul,
+    or, with groups, one batched matmul over the groups. stride, padding, dilation: an int or one per
+    spatial dimension."""
+    dims = x.ndim - 2
+    n, c = x.shape[0], x.shape[-1]
+    kernel, (cg, co) = w.shape[:dims], w.shape[dims:]
+    cog = co // groups
+    stride, padding, dilation = (_pad_dims(v, dims) for v in (stride, padding, dilation))
+    xp = np.pad(x, [(0, 0)] + [(p, p) for p in padding] + [(0, 0)])
+    outs = tuple((s + 2 * p - d * (k - 1) - 1) // st + 1
+                 for s, p, d, k, st in zip(x.shape[1:-1], padding, dilation, kernel, stride))
+    bn, *bs, bc = xp.strides
+    pixels, taps = n * math.prod(outs), math.prod(kernel)
+    # windows (N, *outs, *kernel, groups, C_in // groups): a view, no copy yet
+    windows = as_strided(xp, (n, *outs, *kernel, groups, cg),
+                         (bn, *(b * st for b, st in zip(bs, stride)), *(b * d for b, d in zip(bs, dilation)),
+                          bc * cg, bc), writeable=False)
+    if groups == 1:
+        out = windows.reshape(pixels, taps * cg) @ w.reshape(taps * cg, co)
+    else:
+        # (groups, pixels, taps * cg) @ (groups, taps * cg, cog), then back to (pixels, C_out)
+        cols = np.moveaxis(windows, -2, 0).reshape(groups, pixels, taps * cg)
+        wg = np.moveaxis(w.reshape(taps, cg, groups, cog), 2, 0).reshape(groups, taps * cg, cog)
+        out = np.matmul(cols, wg).transpose(1, 0, 2).reshape(pixels, co)
+    out = out.reshape(n, *outs, co)
+    if bias is not None:
+        out += bias
+    return out
 
 
-def output_sizes(shape):
-    _, sizes, _, _, k, strides, pads, _ = unpack(shape)
-    return tuple(output_size(size, k, stride, pad) for size, stride, pad in zip(sizes, strides, pads))
+def im2col_conv_transpose(x, w, bias=None, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
+    """The classic NumPy transposed convolution ("col2im"): one matmul of x (N, *sizes, C_in) as a
+    (pixels, C_in) matrix with the weights (*kernel, C_out // groups, C_in) as a (C_in, taps * C_out)
+    matrix (batched over groups), then each kernel tap's columns added into a strided slice of the
+    output, which is cropped by the padding at the end."""
+    dims = x.ndim - 2
+    n, sizes, ci = x.shape[0], x.shape[1:-1], x.shape[-1]
+    kernel, (cog, _) = w.shape[:dims], w.shape[dims:]
+    cig, co = ci // groups, cog * groups
+    stride, padding, output_padding, dilation = (_pad_dims(v, dims)
+                                                 for v in (stride, padding, output_padding, dilation))
+    pixels, taps = n * math.prod(sizes), math.prod(kernel)
+    if groups == 1:
+        cols = x.reshape(pixels, ci) @ w.reshape(taps * co, ci).T
+    else:
+        xg = x.reshape(pixels, groups, cig).transpose(1, 0, 2)
+        wg = np.moveaxis(w.reshape(taps, cog, groups, cig), (2, 3), (0, 1)).reshape(groups, cig, taps * cog)
+        cols = np.matmul(xg, wg).reshape(groups, pixels, taps, cog).transpose(1, 2, 0, 3)
+    cols = cols.reshape(n, *sizes, *kernel, co)
+    outs = tuple((s - 1) * st - 2 * p + d * (k - 1) + 1 + op
+                 for s, st, p, d, k, op in zip(sizes, stride, padding, dilation, kernel, output_padding))
+    full = tuple(max((s - 1) * st + d * (k - 1) + 1, o + p)
+                 for s, st, d, k, o, p in zip(sizes, stride, dilation, kernel, outs, padding))
+    buf = np.zeros((n, *full, co), dtype=cols.dtype)
+    for tap in np.ndindex(*kernel):
+        where = tuple(slice(j * d, j * d + (s - 1) * st + 1, st) for j, d, s, st in zip(tap, dilation, sizes, stride))
+        buf[(slice(None), *where)] += cols[(slice(None),) * (1 + dims) + tap]
+    out = np.ascontiguousarray(buf[(slice(None), *(slice(p, p + o) for p, o in zip(padding, outs)))])
+    if bias is not None:
+        out += bias
+    return out
 
 
-def conv_options(shape):
-    """The stride, padding and groups arguments (for nbconv and PyTorch alike) of a shape."""
-    stride, pad, groups = shape[-3:]
-    return dict(stride=stride, padding=pad, groups=groups)
+def im2col_call(shape, data):
+    """(forward, note): the NumPy recipe's forward for `shape` as a zero-argument callable, and a note for
+    the table (None; or why forward is None: a column matrix above IM2COL_MAX_BYTES)."""
+    x, w, b, _ = data
+    opts = shape.options()
+    if shape.transposed:
+        cells = shape.n * math.prod(shape.sizes) * shape.taps * shape.c_out
+        recipe = im2col_conv_transpose
+    else:
+        cells = shape.n * math.prod(shape.output_sizes) * shape.taps * shape.c_in
+        recipe = im2col_conv
+    size = cells * np.dtype(shape.dtype).itemsize
+    if size > IM2COL_MAX_BYTES:
+        return None, f"skipped: its column matrix would take {size / 2 ** 30:.1f} GiB"
+    return (lambda: recipe(x, w, b, **opts)), None
 
 
-def format_shape(shape):
-    """'4,16,28,28,64,64,3,2x1x1,1,1': the form `--shape` reads (per-dimension values joined by 'x')."""
-    return ",".join("x".join(map(str, v)) if isinstance(v, (tuple, list)) else str(v) for v in shape)
+# ---------------------------------------------------------------- the command line
+
+def _suite_names(text):
+    """The argparse type of --only: a name pattern (glob, or a plain substring), which must match some
+    shape of the suites."""
+    if not any(suite_match(text, s.name) for s in suite.SUITES["all"]):
+        raise argparse.ArgumentTypeError(f"{text!r} matches no suite shape (python -m nbconv bench --list "
+                                         "shows their names)")
+    return text
 
 
-def _fields_text():
-    return " or ".join(f"{len(f)} fields {','.join(f)}" for f in FIELDS.values())
+def suite_match(pattern, name):
+    """fnmatch's glob when the pattern has wildcards (*, ?, [), else a substring test."""
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(name, pattern)
+    return pattern in name
 
 
 def parse_shape(text):
-    """A 2-D 'N,H,W,C_in,C_out,K,stride,pad,groups' or 3-D 'N,D,H,W,C_in,C_out,K,stride,pad,groups' ->
-    a tuple of ints, checked for consistency; stride and pad may be given per dimension (2x1x1)."""
-    fields = text.split(",")
-    dims = len(fields) - 7
-    if dims not in FIELDS:
-        raise argparse.ArgumentTypeError(f"expected {_fields_text()}, got {text!r}")
+    """The argparse type of --shape (see _bench_suite.parse)."""
     try:
-        shape = tuple(tuple(int(v) for v in f.split("x")) if "x" in f and i >= len(fields) - 3 else int(f)
-                      for i, f in enumerate(fields))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers (stride and pad may be one per dimension, "
-                                         f"like 2x1x1), got {text!r}")
-    n, sizes, ci, co, k, strides, pads, groups = unpack(shape)
-    if not isinstance(groups, int) or len(strides) != dims or len(pads) != dims:
-        raise argparse.ArgumentTypeError(f"stride and pad take 1 or {dims} values and groups 1, got {text!r}")
-    if min(n, *sizes, ci, co, k, *strides, groups) < 1 or min(pads) < 0:
-        raise argparse.ArgumentTypeError(f"sizes, stride and groups must be >= 1 and pad >= 0, got {text!r}")
-    if ci % groups or co % groups:
-        raise argparse.ArgumentTypeError(f"groups={groups} must divide C_in={ci} and C_out={co}")
-    if min(output_sizes(shape)) < 1:
-        padded = "x".join(str(size + 2 * pad) for size, pad in zip(sizes, pads))
-        raise argparse.ArgumentTypeError(f"K={k} is larger than the padded input {padded}")
-    return shape
-
-
-def _indices_into(shapes):
-    """The argparse type of '0,3,5' -> [0, 3, 5], each an index into `shapes`."""
-    def parse_indices(text):
-        try:
-            indices = [int(v) for v in text.split(",")]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected comma-separated indices, got {text!r}")
-        bad = [i for i in indices if not 0 <= i < len(shapes)]
-        if bad:
-            raise argparse.ArgumentTypeError(f"shape indices must be in 0..{len(shapes) - 1}, got {bad}")
-        return indices
-    return parse_indices
+        return suite.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse_dims(text):
-    """'2,3' -> (2, 3): which tables to run."""
+    """'2,3' -> (2, 3): the numbers of spatial dimensions to keep."""
     try:
         dims = sorted({int(v) for v in text.split(",")})
     except ValueError:
         dims = None
-    if not dims or not set(dims) <= set(FIELDS):
-        raise argparse.ArgumentTypeError(f"expected 2, 3 or 2,3, got {text!r}")
+    if not dims or not set(dims) <= {1, 2, 3}:
+        raise argparse.ArgumentTypeError(f"expected some of 1, 2 and 3, like 2,3, got {text!r}")
     return tuple(dims)
 
 
 def add_arguments(parser):
-    parser.epilog = " ".join(
-        f"Default {dims}-D shapes ({','.join(FIELDS[dims])}): "
-        + "; ".join(f"{i}: {format_shape(s)}" for i, s in enumerate(shapes)) + "."
-        for dims, shapes in DEFAULT_SHAPES.items())
-    parser.add_argument("--dims", type=parse_dims, default=(2, 3), metavar="2,3",
-                        help="the tables to run: conv2d (2), conv3d (3) or both (default: 2,3)")
-    picked = "; by default every shape of --dims runs, unless some are picked with --shapes, --shapes3d or --shape"
-    parser.add_argument("--shapes", type=_indices_into(SHAPES), metavar="I,J,...",
-                        help=f"indices of the default 2-D shapes to run{picked}")
-    parser.add_argument("--shapes3d", type=_indices_into(SHAPES_3D), metavar="I,J,...",
-                        help="indices of the default 3-D shapes to run")
-    parser.add_argument("--shape", type=parse_shape, action="append", default=[], metavar="N,[D,]H,W,...",
-                        help=f"a custom shape (repeatable), {_fields_text()}; stride and pad may be one per "
-                             "dimension, like 2x1x1; runs after the picked default shapes (2-D before 3-D)")
-    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    # (__main__'s one-line help predates the suite: the page of `bench --help` says it anew)
+    parser.description = ("benchmark table of convolution layers from real networks (1-D, 2-D, 3-D, grouped, "
+                          "depthwise, dilated, transposed; float32 and float64), forward and forward+backward: "
+                          "nbconv vs PyTorch and NumPy im2col, beside NumPy's matmul roof")
+    parser.epilog = ("The default suite: " + ", ".join(s.name for s in suite.SUITE)
+                     + ". `--list` describes each shape.")
+    parser.add_argument("--suite", choices=tuple(suite.SUITES),
+                        help="which shapes: named (layers of real networks, the default), issue3 (the earlier "
+                             "default: issue 3's anonymous 2-D shapes and the 3-D ones) or all")
+    parser.add_argument("--only", type=_suite_names, action="append", metavar="PATTERN",
+                        help="run the suite's shapes whose name matches PATTERN (repeatable): a glob such as "
+                             "'resnet50.*' or '*.f64', or a plain substring such as dw")
+    parser.add_argument("--dims", type=parse_dims, metavar="1,2,3",
+                        help="keep only shapes of these numbers of spatial dimensions (default: all)")
+    parser.add_argument("--shape", type=parse_shape, action="append", default=[], metavar="SPEC",
+                        help="a custom shape (repeatable), after the picked suite shapes; alone, only the custom "
+                             "shapes run. Positional N,H,W,C_in,C_out,K,stride,pad,groups (3-D: N,D,H,W,...; "
+                             "1-D: N,L,...; K, stride and pad may be per dimension, like 2x1x1) or keywords "
+                             "n=16,size=16x16,cin=128,cout=64,k=4,stride=2,pad=1,transposed (also dilation, "
+                             "groups, output_padding, dtype, name)")
+    parser.add_argument("--list", action="store_true", help="describe the picked shapes and exit")
+    parser.add_argument("--tiny", action="store_true",
+                        help="a smoke test of the harness: every picked shape scaled down to a few pixels and "
+                             "channels (same kernel, stride, padding and dilation; grouped and depthwise stay so); "
+                             "the figures mean nothing")
+    parser.add_argument("--dtype", choices=suite.DTYPES,
+                        help="run every shape in this dtype (default: each shape's own; the suite is float32 but "
+                             "for its .f64 variants)")
     parser.add_argument("--threads", type=thread_count, metavar="T",
                         help="threads for numba, PyTorch and NumPy's BLAS, 1..NUMBA_NUM_THREADS "
                              "(default: numba's, all cores)")
@@ -173,8 +204,10 @@ def add_arguments(parser):
                         help="timed calls per measurement (at least; short calls get more); the minimum "
                              "is reported (default: 5)")
     parser.add_argument("--rounds", type=positive_int, default=1, metavar="N",
-                        help="run the nbconv, im2col and PyTorch blocks N times over and report the minimum "
+                        help="run the nbconv, NumPy and PyTorch blocks N times over and report the minimum "
                              "over all rounds: on a shared machine one of them may meet a busy spell (default: 1)")
+    parser.add_argument("--roof-size", type=positive_int, default=ROOF_SIZE, metavar="M",
+                        help=f"the roof: NumPy's matmul of two MxM matrices per dtype (default: {ROOF_SIZE})")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it is installed")
     parser.add_argument("--json", metavar="PATH", help="also write every sample and the settings to PATH")
     parser.add_argument("--plot", metavar="FILE.png",
@@ -183,47 +216,50 @@ def add_arguments(parser):
     _cli_progress.add_argument(parser)
 
 
-def conv_flops(shape):
-    """2 x multiply-adds of one forward; the backward w.r.t. input and weight costs twice this."""
-    n, _, ci, co, k, _, _, groups = unpack(shape)
-    return 2.0 * n * math.prod(output_sizes(shape)) * co * k ** spatial_dims(shape) * (ci // groups)
+def pick_shapes(args):
+    """The shapes to run, or an error message: the suite (--suite, default named) filtered by --only and
+    --dims unless only --shape is given, then the custom shapes; --dtype applied, then duplicates dropped
+    (a note for each in args.same), then --tiny applied."""
+    shapes = []
+    if args.suite or args.only or not args.shape:
+        name = args.suite or "named"
+        shapes = suite.SUITES[name]
+        if args.only:
+            shapes = [s for s in shapes if any(suite_match(p, s.name) for p in args.only)]
+            if not shapes:
+                return f"--only {' '.join(args.only)} matches no shape of the {name!r} suite"
+        if args.dims:
+            shapes = [s for s in shapes if s.dims in args.dims]
+            if not shapes:
+                return f"--dims {','.join(map(str, args.dims))} leaves no shape of the {name!r} suite"
+    left_out = sorted({s.dims for s in args.shape} - set(args.dims or (1, 2, 3)))
+    if left_out:
+        return (f"--dims {','.join(map(str, args.dims))} leaves out the custom "
+                f"{' and '.join(f'{d}-D' for d in left_out)} shapes")
+    picked, seen, args.same = [], {}, []
+    for shape in shapes + list(args.shape):
+        shape = shape.with_dtype(args.dtype)
+        key = shape.to_dict()
+        del key["name"], key["source"]
+        key = json.dumps(key, sort_keys=True)
+        if key in seen:
+            args.same.append(f"{shape.name} is the same layer as {seen[key]}: measured once")
+            continue
+        seen[key] = shape.name
+        picked.append(shape.tiny() if args.tiny else shape)
+    return picked
 
 
-def make_data(shape, dtype, seed=SEED):
-    """Seeded x (N, *sizes, C_in), w (K, ..., K, C_in // groups, C_out), bias (C_out,) and grad_out."""
-    n, sizes, ci, co, k, _, _, groups = unpack(shape)
-    taps = k ** len(sizes)
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, *sizes, ci)).astype(dtype)
-    weight = (rng.standard_normal((k,) * len(sizes) + (ci // groups, co)) * (taps * ci // groups) ** -0.5
-              ).astype(dtype)
-    bias = (rng.standard_normal(co) * 0.1).astype(dtype)
-    gy = rng.standard_normal((n, *output_sizes(shape), co))
-    return x, weight, bias, gy.astype(dtype)
+def _print_list(shapes):
+    width = max(len(s.name) for s in shapes)
+    label_width = max(len(s.label) for s in shapes)
+    for s in shapes:
+        print(f"{s.name.ljust(width)}  {s.label.ljust(label_width)}  {s.source}".rstrip())
+    print(f"{len(shapes)} shape(s); label: N x sizes x C_in -> C_out, k kernel, s stride, p padding, d dilation, "
+          "g groups, T transposed (op output_padding), f64 float64")
 
 
-def im2col_conv2d(x, w, bias=None, stride=1, pad=0, groups=1):
-    """The classic NumPy convolution: zero-pad x (N, H, W, C_in), view every K x K window with
-    `as_strided`, copy the windows of each group into a (pixels, K*K*C_in/groups) matrix and
-    multiply it by that group's weights (K, K, C_in // groups, C_out) reshaped to a matrix.
-    stride and pad: an int or an (H, W) pair."""
-    n, h, wd, c = x.shape
-    kh, kw, cg, co = w.shape
-    cog = co // groups
-    (sh, sw), (ph, pw) = per_dim(stride, 2), per_dim(pad, 2)
-    xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
-    ho, wo = output_size(h, kh, sh, ph), output_size(wd, kw, sw, pw)
-    bn, bh, bw, bc = xp.strides
-    windows = as_strided(xp, (n, ho, wo, kh, kw, c), (bn, bh * sh, bw * sw, bh, bw, bc), writeable=False)
-    out = np.empty((n, ho, wo, co), dtype=np.result_type(x, w))
-    for g in range(groups):
-        cols = windows[..., g * cg:(g + 1) * cg].reshape(n * ho * wo, kh * kw * cg)
-        out[..., g * cog:(g + 1) * cog] = (cols @ w[..., g * cog:(g + 1) * cog].reshape(kh * kw * cg, cog)
-                                           ).reshape(n, ho, wo, cog)
-    if bias is not None:
-        out += bias
-    return out
-
+# ---------------------------------------------------------------- measuring
 
 def measure_ms(fn, repeats):
     """fn() once (warm-up, compilation excluded), then the ms of each of at least `repeats` timed calls,
@@ -255,71 +291,49 @@ class _Steps:
             self.bar.update()
 
 
-def _nbconv_block(shapes, dtype, repeats, steps=_Steps()):
-    import nbconv
-
+def _nbconv_block(shapes, repeats, steps=_Steps()):
     results = []
     for shape in shapes:
-        steps.start(f"nbconv {format_shape(shape)}")
-        x, w, b, gy = make_data(shape, dtype)
-        dims, opts = spatial_dims(shape), conv_options(shape)
-        conv, conv_backward = getattr(nbconv, f"conv{dims}d"), getattr(nbconv, f"conv{dims}d_backward")
-        forward = measure_ms(lambda: conv(x, w, b, **opts), repeats)
-        backward = measure_ms(lambda: conv_backward(gy, x, w, needs=("input", "weight", "bias"), **opts), repeats)
-        results.append({"forward_ms": forward, "backward_ms": backward})
+        steps.start(f"nbconv {shape.name}")
+        forward, backward = suite.nbconv_calls(shape, suite.make_data(shape))
+        results.append({"forward_ms": measure_ms(forward, repeats), "backward_ms": measure_ms(backward, repeats)})
         steps.done()
     return results
 
 
-def _im2col_block(shapes, dtype, repeats, steps=_Steps()):
-    """im2col is 2-D only: other shapes get no samples ({})."""
+def _roof_block(dtypes, size, repeats, steps=_Steps()):
+    """{dtype: {"ms": [...]}}: NumPy's matmul of two seeded size x size matrices per dtype."""
+    results = {}
+    rng = np.random.default_rng(suite.SEED)
+    for dtype in dtypes:
+        steps.start(f"roof: NumPy matmul {size}^3 {dtype}")
+        a, b = (rng.standard_normal((size, size)).astype(dtype) for _ in range(2))
+        out = np.empty((size, size), dtype)
+        results[dtype] = {"ms": measure_ms(lambda: np.matmul(a, b, out=out), repeats)}
+        steps.done()
+    return results
+
+
+def _im2col_block(shapes, repeats, steps=_Steps()):
+    """Shapes whose recipe is skipped get no samples ({})."""
     results = []
     for shape in shapes:
-        if spatial_dims(shape) != 2:
+        forward, _ = im2col_call(shape, suite.make_data(shape))
+        if forward is None:
             results.append({})
             continue
-        steps.start(f"im2col {format_shape(shape)}")
-        x, w, b, _ = make_data(shape, dtype)
-        stride, pad, groups = shape[-3:]
-        results.append({"forward_ms": measure_ms(lambda: im2col_conv2d(x, w, b, stride, pad, groups), repeats)})
+        steps.start(f"im2col {shape.name}")
+        results.append({"forward_ms": measure_ms(forward, repeats)})
         steps.done()
     return results
 
 
-def _torch_activation(torch, a):
-    """A channels-last array (N, *sizes, C) as PyTorch's (N, C, *sizes): a channels_last(_3d) view."""
-    return torch.from_numpy(a).permute(0, a.ndim - 1, *range(1, a.ndim - 1))
-
-
-def _torch_weight(torch, w):
-    """nbconv's weight (*kernel, C_in // groups, C_out) as PyTorch's (C_out, C_in // groups, *kernel),
-    laid out channels_last (channels_last_3d for 3-D), PyTorch's layout for channels-last convolutions."""
-    dims = w.ndim - 2
-    layout = {2: torch.channels_last, 3: torch.channels_last_3d}[dims]
-    return torch.from_numpy(w).permute(dims + 1, dims, *range(dims)).contiguous(memory_format=layout)
-
-
-def _torch_block(torch, shapes, dtype, repeats, steps=_Steps()):
-    """PyTorch on channels_last tensors: forward without a graph; backward = autograd of a graph built
-    once (retain_graph), w.r.t. input, weight and bias, with the same grad_out as nbconv."""
+def _torch_block(torch, shapes, repeats, steps=_Steps()):
     results = []
     for shape in shapes:
-        steps.start(f"PyTorch {format_shape(shape)}")
-        x, w, b, gy = make_data(shape, dtype)
-        conv, opts = getattr(torch.nn.functional, f"conv{spatial_dims(shape)}d"), conv_options(shape)
-        tx = _torch_activation(torch, x).requires_grad_(True)
-        tw = _torch_weight(torch, w).requires_grad_(True)
-        tb = torch.from_numpy(b).requires_grad_(True)
-        tgy = _torch_activation(torch, gy)
-
-        def forward():
-            with torch.no_grad():
-                conv(tx, tw, tb, **opts)
-
-        ty = conv(tx, tw, tb, **opts)
-        results.append({"forward_ms": measure_ms(forward, repeats),
-                        "backward_ms": measure_ms(lambda: torch.autograd.grad(ty, (tx, tw, tb), tgy,
-                                                                              retain_graph=True), repeats)})
+        steps.start(f"PyTorch {shape.name}")
+        forward, backward = suite.torch_calls(torch, shape, suite.make_data(shape))
+        results.append({"forward_ms": measure_ms(forward, repeats), "backward_ms": measure_ms(backward, repeats)})
         steps.done()
     return results
 
@@ -335,34 +349,43 @@ def _blas_threads(threads):
 
 
 def _extend(total, new):
-    """Add one round's samples (per shape, {measurement: [ms, ...]}) to those of earlier rounds."""
+    """Add one round's samples ({measurement: [ms, ...]} per shape, or per dtype) to those of earlier rounds."""
     if total is None:
         return new
-    for old_row, new_row in zip(total, new):
+    for old_row, new_row in (zip(total, new) if isinstance(total, list) else
+                             ((total[k], new[k]) for k in total)):
         for key, samples in new_row.items():
             old_row[key].extend(samples)
     return total
 
 
 def _geomean(values):
+    values = [v for v in values if v is not None]
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
 
 
-def _rows(shapes, nb, im2col, torch_results):
+def _rows(shapes, nb, roof, im2col, torch_results):
     rows = []
     for i, shape in enumerate(shapes):
-        flops = conv_flops(shape)
+        flops = shape.flops
         fwd, bwd = min(nb[i]["forward_ms"]), min(nb[i]["backward_ms"])
-        row = {"dims": spatial_dims(shape), "shape": list(shape), "flops_forward": flops,
-               "nbconv_forward_ms": fwd, "nbconv_forward_gflops": flops / fwd / 1e6, "nbconv_backward_ms": bwd,
-               "nbconv_backward_gflops": 2 * flops / bwd / 1e6, "samples": {"nbconv": nb[i]}}
+        gflops = flops / fwd / 1e6
+        row = {"name": shape.name, "label": shape.label, "dims": shape.dims, "dtype": shape.dtype,
+               "transposed": shape.transposed, "groups": shape.groups, "shape": shape.to_dict(),
+               "flops_forward": flops, "nbconv_forward_ms": fwd, "nbconv_forward_gflops": gflops,
+               "roof_fraction": gflops / roof[shape.dtype], "nbconv_backward_ms": bwd,
+               "nbconv_backward_gflops": 2 * flops / bwd / 1e6, "nbconv_fwd_bwd_ms": fwd + bwd,
+               "samples": {"nbconv": nb[i]}}
         if im2col[i]:
             i2c = min(im2col[i]["forward_ms"])
             row.update(im2col_forward_ms=i2c, im2col_over_nbconv_forward=i2c / fwd)
             row["samples"]["im2col"] = im2col[i]
+        else:
+            row["im2col_note"] = im2col_call(shape, (None,) * 4)[1]
         if torch_results is not None:
             tf, tb = min(torch_results[i]["forward_ms"]), min(torch_results[i]["backward_ms"])
-            row.update(torch_forward_ms=tf, torch_backward_ms=tb, nbconv_over_torch=(fwd + bwd) / (tf + tb))
+            row.update(torch_forward_ms=tf, torch_backward_ms=tb, torch_fwd_bwd_ms=tf + tb,
+                       nbconv_over_torch_forward=fwd / tf, nbconv_over_torch=(fwd + bwd) / (tf + tb))
             row["samples"]["torch"] = torch_results[i]
         rows.append(row)
     return rows
@@ -372,42 +395,34 @@ def _fmt(value, digits):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+HEAD = ["shape", "layer", "fwd ms", "fwd GFLOP/s", "% roof", "fwd+bwd ms"]
+TORCH_HEAD = ["torch fwd ms", "torch fwd+bwd ms", "fwd nbconv/torch", "fwd+bwd nbconv/torch"]
+
+
 def _table(rows, has_torch):
-    """The markdown table of rows of one dimension count (im2col columns when they have im2col figures)
-    and its geometric means."""
-    fields = FIELDS[rows[0]["dims"]]
-    has_im2col = "im2col_forward_ms" in rows[0]
-    head = [f"shape ({','.join(_SHORT_FIELDS.get(f, f) for f in fields)})", "fwd ms", "fwd GFLOP/s", "bwd ms",
-            "bwd GFLOP/s"]
-    if has_torch:
-        head += ["torch fwd ms", "torch bwd ms", "fwd+bwd nbconv/torch"]
-    if has_im2col:
-        head += ["im2col fwd ms", "fwd speedup vs im2col"]
+    """The markdown table of the rows and a geomean row (nbconv / PyTorch ratios)."""
+    head = HEAD + (TORCH_HEAD if has_torch else []) + ["im2col fwd ms"]
     lines = [head]
     for r in rows:
-        line = [format_shape(r["shape"]), _fmt(r["nbconv_forward_ms"], 3),
-                _fmt(r["nbconv_forward_gflops"], 1), _fmt(r["nbconv_backward_ms"], 3),
-                _fmt(r["nbconv_backward_gflops"], 1)]
+        line = [r["name"], r["label"], _fmt(r["nbconv_forward_ms"], 3), _fmt(r["nbconv_forward_gflops"], 1),
+                _fmt(100 * r["roof_fraction"], 0), _fmt(r["nbconv_fwd_bwd_ms"], 3)]
         if has_torch:
-            line += [_fmt(r["torch_forward_ms"], 3), _fmt(r["torch_backward_ms"], 3),
-                     _fmt(r["nbconv_over_torch"], 2)]
-        if has_im2col:
-            line += [_fmt(r["im2col_forward_ms"], 3), _fmt(r["im2col_over_nbconv_forward"], 2)]
+            line += [_fmt(r["torch_forward_ms"], 3), _fmt(r["torch_fwd_bwd_ms"], 3),
+                     _fmt(r["nbconv_over_torch_forward"], 2), _fmt(r["nbconv_over_torch"], 2)]
+        line.append(_fmt(r.get("im2col_forward_ms"), 3))
         lines.append(line)
-    geomeans = {}
-    geo = ["geomean", "", "", "", ""]
+    geomeans = {"im2col_over_nbconv_forward_dense": _geomean(
+        [r.get("im2col_over_nbconv_forward") for r in rows if r["groups"] == 1])}
     if has_torch:
+        geomeans["nbconv_over_torch_forward"] = _geomean([r["nbconv_over_torch_forward"] for r in rows])
         geomeans["nbconv_over_torch"] = _geomean([r["nbconv_over_torch"] for r in rows])
-        geo += ["", "", _fmt(geomeans["nbconv_over_torch"], 2)]
-    if has_im2col:
-        speedup = _geomean([r["im2col_over_nbconv_forward"] for r in rows if r["shape"][-1] == 1])
-        geomeans["im2col_over_nbconv_forward_ungrouped"] = speedup
-        geo += ["", _fmt(speedup, 2)]
-    lines.append(geo)
+        lines.append(["geomean"] + [""] * (len(HEAD) - 1) + ["", "", _fmt(geomeans["nbconv_over_torch_forward"], 2),
+                                                             _fmt(geomeans["nbconv_over_torch"], 2), ""])
     widths = [max(len(line[j]) for line in lines) for j in range(len(head))]
-    text = ["| " + " | ".join(c.rjust(wd) if j else c.ljust(wd) for j, (c, wd) in enumerate(zip(line, widths)))
+    left = 2  # name and layer columns: left-aligned
+    text = ["| " + " | ".join(c.ljust(wd) if j < left else c.rjust(wd) for j, (c, wd) in enumerate(zip(line, widths)))
             + " |" for line in lines]
-    text.insert(1, "|" + "|".join("-" * (wd + 1) + ("-" if j == 0 else ":") for j, wd in enumerate(widths)) + "|")
+    text.insert(1, "|" + "|".join("-" * (wd + 1) + ("-" if j < left else ":") for j, wd in enumerate(widths)) + "|")
     return "\n".join(text), geomeans
 
 
@@ -428,6 +443,15 @@ def run(args):
     if args.repeats < 1 or args.rounds < 1:  # argparse's positive_int catches these on the command line
         print(f"--repeats and --rounds must be >= 1, got {args.repeats} and {args.rounds}", file=sys.stderr)
         return 2
+    shapes = pick_shapes(args)
+    if isinstance(shapes, str):
+        print(f"nbconv bench: {shapes}", file=sys.stderr)
+        return 2
+    for note in args.same:
+        print(note)
+    if args.list:
+        _print_list(shapes)
+        return 0
     if args.plot is not None:  # before measuring: a missing extra costs no benchmark time
         try:
             import matplotlib  # noqa: F401
@@ -439,16 +463,7 @@ def run(args):
         print(f"--threads must be in 1..{numba.config.NUMBA_NUM_THREADS} (numba's NUMBA_NUM_THREADS), "
               f"got {threads}", file=sys.stderr)
         return 2
-    picked = [SHAPES[i] for i in args.shapes or []] + [SHAPES_3D[i] for i in args.shapes3d or []] + args.shape
-    left_out = sorted({spatial_dims(s) for s in picked} - set(args.dims))
-    if left_out:
-        print(f"--dims {','.join(map(str, args.dims))} leaves out the picked "
-              f"{' and '.join(f'{d}-D' for d in left_out)} shapes", file=sys.stderr)
-        return 2
-    # 2-D shapes first, then 3-D, each in the order given
-    shapes = sorted(picked or [s for d in args.dims for s in DEFAULT_SHAPES[d]], key=spatial_dims)
-    dims = sorted({spatial_dims(s) for s in shapes})
-    dtype = np.dtype(args.dtype)
+    dtypes = sorted({s.dtype for s in shapes})
     torch = None
     if not args.no_torch:
         try:
@@ -463,16 +478,18 @@ def run(args):
         numba.set_num_threads(threads)
         if torch is not None:
             torch.set_num_threads(threads)
-        nb = im2col = torch_results = None
-        per_round = len(shapes) * (2 if torch is not None else 1) + sum(spatial_dims(s) == 2 for s in shapes)
-        bar = _cli_progress.bar(args.rounds * per_round, "bench", "shape", enabled=not args.no_progress)
+        nb = roof = im2col = torch_results = None
+        with_im2col = sum(im2col_call(s, (None,) * 4)[1] is None for s in shapes)
+        per_round = len(shapes) * (2 if torch is not None else 1) + with_im2col + len(dtypes)
+        bar = _cli_progress.bar(args.rounds * per_round, "bench", "step", enabled=not args.no_progress)
         for r in range(args.rounds):
             steps = _Steps(bar, f"round {r + 1}/{args.rounds}: " if args.rounds > 1 else "")
-            nb = _extend(nb, _nbconv_block(shapes, dtype, args.repeats, steps))
+            nb = _extend(nb, _nbconv_block(shapes, args.repeats, steps))
             with _blas_threads(threads):
-                im2col = _extend(im2col, _im2col_block(shapes, dtype, args.repeats, steps))
+                roof = _extend(roof, _roof_block(dtypes, args.roof_size, args.repeats, steps))
+                im2col = _extend(im2col, _im2col_block(shapes, args.repeats, steps))
             if torch is not None:
-                torch_results = _extend(torch_results, _torch_block(torch, shapes, dtype, args.repeats, steps))
+                torch_results = _extend(torch_results, _torch_block(torch, shapes, args.repeats, steps))
     finally:
         if bar is not None:
             bar.close()
@@ -480,21 +497,32 @@ def run(args):
         if torch is not None:
             torch.set_num_threads(saved_torch)
 
-    rows = _rows(shapes, nb, im2col, torch_results)
-    tables = {d: _table([r for r in rows if r["dims"] == d], torch is not None) for d in dims}
-    config = {"dtype": args.dtype, "threads": threads, "repeats": args.repeats, "rounds": args.rounds,
-              "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "numpy": np.__version__, "numba": numba.__version__,
-              "torch": torch.__version__ if torch is not None else None, "dims": dims,
+    roof_gflops = {d: 2.0 * args.roof_size ** 3 / min(roof[d]["ms"]) / 1e6 for d in dtypes}
+    rows = _rows(shapes, nb, roof_gflops, im2col, torch_results)
+    table, geomeans = _table(rows, torch is not None)
+    config = {"dtype": args.dtype, "dtypes": dtypes, "threads": threads, "repeats": args.repeats,
+              "rounds": args.rounds, "suite": args.suite or ("named" if args.only or not args.shape else None),
+              "only": args.only, "tiny": args.tiny, "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+              "numpy": np.__version__, "numba": numba.__version__,
+              "torch": torch.__version__ if torch is not None else None,
+              "dims": sorted({s.dims for s in shapes}),
+              "roof": {d: {"size": args.roof_size, "gflops": roof_gflops[d], "ms": roof[d]["ms"]} for d in dtypes},
               "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
-    print(f"nbconv {' and '.join(f'conv{d}d' for d in dims)}, {args.dtype}, {threads} thread(s), "
+    print(f"nbconv bench, {len(shapes)} shape(s), {', '.join(dtypes)}, {threads} thread(s), "
           f"min over >= {args.repeats} calls x {args.rounds} round(s), "
           f"{config['cpu']} ({config['cpu_count']} CPUs); numba {config['numba']}, NumPy {config['numpy']}"
-          + (f", PyTorch {config['torch']} (channels_last)" if torch is not None else "")
+          + (f", PyTorch {config['torch']} (channels_last; 1-D contiguous)" if torch is not None else "")
           + (f"; load average {config['load_average'][0]:.2f}" if config["load_average"] else ""))
-    print("bwd = gradients w.r.t. input, weight and bias; nbconv/torch < 1 means nbconv is faster"
-          + ("; im2col is 2-D only, its geomean is over groups == 1 shapes." if 2 in dims else "."))
-    print("\n\n".join(table for table, _ in tables.values()))
-    data = {"config": config, "rows": rows, "geomean": {f"conv{d}d": geomeans for d, (_, geomeans) in tables.items()}}
+    print("roof (NumPy matmul " + f"{args.roof_size}^3, same threads): "
+          + ", ".join(f"{d} {roof_gflops[d]:.1f} GFLOP/s" for d in dtypes)
+          + "; % roof = fwd GFLOP/s over the roof of the shape's dtype")
+    print("fwd+bwd = forward + gradients w.r.t. input, weight and bias; nbconv/torch < 1 means nbconv is faster; "
+          "im2col: as_strided windows + matmul (groups: batched matmul), transposed (T): matmul + col2im")
+    print(table)
+    notes = [f"{r['name']}: im2col {r['im2col_note']}" for r in rows if r.get("im2col_note")]
+    if notes:
+        print("\n".join(notes))
+    data = {"config": config, "rows": rows, "geomean": geomeans}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(data, f, indent=1)

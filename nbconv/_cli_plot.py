@@ -32,7 +32,10 @@ def _figure(ncols):
 
 
 def _shape_label(row):
-    """'4,16,28,28,64,64,3,2x1x1,1,1': bench's --shape form (per-dimension values joined by 'x')."""
+    """The row's name (bench's rows since the named suite); for rows of older bench files, which have none,
+    the shape in --shape's positional form ('4,16,28,28,64,64,3,2x1x1,1,1')."""
+    if row.get("name") is not None:
+        return str(row["name"])
     return ",".join("x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v) for v in row["shape"])
 
 
@@ -60,13 +63,15 @@ def bench_chart(data, path):
         axes.set_yscale("log")
         axes.set_title(title)
         axes.set_ylabel("milliseconds (log scale; lower is faster)")
-        axes.set_xticks(range(len(rows)), labels, rotation=35, ha="right", fontsize=8)
-        axes.set_xlabel("shape: N,[D,]H,W,C_in,C_out,K,stride,pad,groups")
+        axes.set_xticks(range(len(rows)), labels, rotation=35 if len(rows) <= 12 else 60, ha="right",
+                        fontsize=8 if len(rows) <= 12 else 6)
+        if not any(r.get("name") is not None for r in rows):
+            axes.set_xlabel("shape: N,[D,]H,W,C_in,C_out,K,stride,pad,groups")
         axes.legend(fontsize=8)
         axes.grid(axis="y", which="both", alpha=0.3)
     config = data.get("config", {})
-    figure.suptitle(f"nbconv bench, {config.get('dtype', '?')}, {config.get('threads', '?')} thread(s), "
-                    f"{config.get('cpu', '?')}")
+    dtype = config.get("dtype") or ", ".join(config.get("dtypes") or []) or "?"
+    figure.suptitle(f"nbconv bench, {dtype}, {config.get('threads', '?')} thread(s), {config.get('cpu', '?')}")
     figure.savefig(path, format="png")
     return path
 

@@ -154,6 +154,9 @@ BENCH_ROWS = [  # the fields `bench --json` writes that the chart reads (one row
     {"dims": 2, "shape": [10, 32, 32, 8, 16, 3, 1, 0, 1], "nbconv_forward_ms": 0.3, "nbconv_backward_ms": 0.8,
      "torch_forward_ms": 0.2, "torch_backward_ms": 0.7, "im2col_forward_ms": 0.65},
     {"dims": 3, "shape": [2, 8, 8, 8, 8, 8, 3, 1, 1, 1], "nbconv_forward_ms": 0.1, "nbconv_backward_ms": 0.3},
+    {"name": "dcgan.deconv", "label": "16x16x16x128->64 k4 s2 p1 T", "dims": 2,  # a row of the named suite
+     "shape": {"name": "dcgan.deconv", "n": 16, "sizes": [16, 16], "c_in": 128, "c_out": 64, "kernel": [4, 4]},
+     "nbconv_forward_ms": 9.5, "nbconv_backward_ms": 20.0, "torch_forward_ms": 11.0, "torch_backward_ms": 30.0},
 ]
 
 
@@ -177,7 +180,7 @@ def test_plot_of_real_bench_json(tmp_path):
     pytest.importorskip("matplotlib")
     source, out = tmp_path / "bench.json", tmp_path / "bench.png"
     assert main(["bench", "--shape", "1,6,6,4,4,3,1,1,1", "--repeats", "1", "--no-torch", "--threads", "1",
-                 "--json", str(source)]) == 0
+                 "--roof-size", "16", "--json", str(source)]) == 0
     assert main(["plot", str(source), "-o", str(out)]) == 0
     assert _png_size(out)[0] > 0
 
