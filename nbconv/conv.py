@@ -15,10 +15,19 @@ Parameters shared by every function (one definition: :mod:`nbconv._shapes`):
 - ``groups``: divides C_in and C_out; ``groups == C_in`` is depthwise.
 - dtypes float32 or float64, shared by every array argument; any strides; inputs are never modified.
   Bad shapes or parameters raise ValueError/TypeError naming the argument before any kernel runs.
+
+Type hints use the names defined here: :data:`ArrayT` (the array type of a call: NumPy arrays in,
+NumPy arrays out; CUDA device arrays in, device arrays out), :data:`Array` (either),
+:data:`IntOrTuple` (stride, dilation, output_padding), :data:`Padding`, :data:`TransposePadding`,
+:data:`PaddingMode` and :data:`Needs`.
 """
+from __future__ import annotations
+
 from collections import namedtuple
+from typing import Any, Literal, Protocol, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import _backend
 from ._shapes import check_dtypes, check_ndim, conv_output_shape, conv_params, transpose_params
@@ -27,7 +36,32 @@ ConvGrads = namedtuple("ConvGrads", ["input", "weight", "bias"])
 ConvGrads.__doc__ = "Gradients of a convolution: (input, weight, bias); an entry not asked for is None."
 Conv3dGrads = Conv2dGrads = Conv1dGrads = ConvGrads
 
-NEEDS = ("input", "weight", "bias")
+
+class DeviceArray(Protocol):
+    """A CUDA device array: a numba device array, or any object exposing ``__cuda_array_interface__``
+    (CuPy arrays, PyTorch CUDA tensors). For type hints only."""
+
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]: ...
+
+
+Array = Union[NDArray[Any], DeviceArray]
+"""A NumPy array (CPU kernels) or a CUDA device array (CUDA kernels)."""
+ArrayT = TypeVar("ArrayT", NDArray[Any], DeviceArray)
+"""The array type of a call (a TypeVar constrained to NDArray[Any] and DeviceArray): its array arguments
+and its result are all NumPy arrays or all device arrays."""
+IntOrTuple = Union[int, Sequence[int]]
+"""An int for every spatial dim, or one int per spatial dim."""
+Padding = Union[int, Literal["same", "valid"], Sequence[Union[int, Tuple[int, int]]]]
+"""An int, one int or one ``(before, after)`` pair per spatial dim, ``"same"`` or ``"valid"``."""
+TransposePadding = Union[int, Literal["valid"], Sequence[Union[int, Tuple[int, int]]]]
+"""A transposed convolution's padding: :data:`Padding` without ``"same"``."""
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+"""What the padding holds (PyTorch's meanings)."""
+Needs = Union[Literal["input", "weight", "bias"], Sequence[Literal["input", "weight", "bias"]]]
+"""The gradients to compute: names among ``"input"``, ``"weight"``, ``"bias"``."""
+NEEDS: tuple[Literal["input", "weight", "bias"], ...] = ("input", "weight", "bias")
+
 _SPATIAL = {1: "L", 2: "H, W", 3: "D, H, W"}
 _KERNEL = {1: "K", 2: "KH, KW", 3: "KD, KH, KW"}
 
@@ -219,10 +253,15 @@ TypeError
     Non-arrays, unsupported or mixed dtypes (float32 and float64 are supported), host and CUDA
     arrays mixed. Errors are raised before any kernel runs; inputs are never modified."""
 
+_ARRAYS_ONLY = """\
+This function takes arrays only; for nbconv Tensors, call the function of the same name in
+:mod:`nbconv` (see nbconv.ops)."""
 _ARRAYS = """\
 Arrays may have any strides (Fortran order, negative strides, read-only views). NumPy arrays run the
 CPU kernels; CUDA device arrays (numba, or anything with ``__cuda_array_interface__``) run the CUDA
-kernels and give numba device arrays. Accepts nbconv Tensors too (see nbconv.ops)."""
+kernels and give numba device arrays.
+
+""" + _ARRAYS_ONLY
 
 
 def _out_axes(nd):
@@ -345,42 +384,57 @@ array([[[1., 2.],
 }
 
 
-def conv1d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
+def conv1d(x: ArrayT, w: ArrayT, bias: ArrayT | None = None, *, stride: IntOrTuple = 1, padding: Padding = 0,
+           dilation: IntOrTuple = 1, groups: int = 1, padding_mode: PaddingMode = "zeros",
+           out: ArrayT | None = None) -> ArrayT:
     return _forward(1, x, w, bias, stride, padding, dilation, groups, padding_mode, out)
 
 
-def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
+def conv2d(x: ArrayT, w: ArrayT, bias: ArrayT | None = None, *, stride: IntOrTuple = 1, padding: Padding = 0,
+           dilation: IntOrTuple = 1, groups: int = 1, padding_mode: PaddingMode = "zeros",
+           out: ArrayT | None = None) -> ArrayT:
     return _forward(2, x, w, bias, stride, padding, dilation, groups, padding_mode, out)
 
 
-def conv3d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
+def conv3d(x: ArrayT, w: ArrayT, bias: ArrayT | None = None, *, stride: IntOrTuple = 1, padding: Padding = 0,
+           dilation: IntOrTuple = 1, groups: int = 1, padding_mode: PaddingMode = "zeros",
+           out: ArrayT | None = None) -> ArrayT:
     return _forward(3, x, w, bias, stride, padding, dilation, groups, padding_mode, out)
 
 
-def conv1d_backward(grad_out, x, w, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
-                    needs=NEEDS):
+def conv1d_backward(grad_out: ArrayT, x: ArrayT, w: ArrayT, *, stride: IntOrTuple = 1, padding: Padding = 0,
+                    dilation: IntOrTuple = 1, groups: int = 1, padding_mode: PaddingMode = "zeros",
+                    needs: Needs = NEEDS) -> ConvGrads:
     return _backward(1, grad_out, x, w, stride, padding, dilation, groups, padding_mode, needs)
 
 
-def conv2d_backward(grad_out, x, w, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
-                    needs=NEEDS):
+def conv2d_backward(grad_out: ArrayT, x: ArrayT, w: ArrayT, *, stride: IntOrTuple = 1, padding: Padding = 0,
+                    dilation: IntOrTuple = 1, groups: int = 1, padding_mode: PaddingMode = "zeros",
+                    needs: Needs = NEEDS) -> ConvGrads:
     return _backward(2, grad_out, x, w, stride, padding, dilation, groups, padding_mode, needs)
 
 
-def conv3d_backward(grad_out, x, w, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
-                    needs=NEEDS):
+def conv3d_backward(grad_out: ArrayT, x: ArrayT, w: ArrayT, *, stride: IntOrTuple = 1, padding: Padding = 0,
+                    dilation: IntOrTuple = 1, groups: int = 1, padding_mode: PaddingMode = "zeros",
+                    needs: Needs = NEEDS) -> ConvGrads:
     return _backward(3, grad_out, x, w, stride, padding, dilation, groups, padding_mode, needs)
 
 
-def conv_transpose1d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, out=None):
+def conv_transpose1d(x: ArrayT, w: ArrayT, bias: ArrayT | None = None, *, stride: IntOrTuple = 1,
+                     padding: TransposePadding = 0, output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
+                     groups: int = 1, out: ArrayT | None = None) -> ArrayT:
     return _transpose(1, x, w, bias, stride, padding, output_padding, dilation, groups, out)
 
 
-def conv_transpose2d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, out=None):
+def conv_transpose2d(x: ArrayT, w: ArrayT, bias: ArrayT | None = None, *, stride: IntOrTuple = 1,
+                     padding: TransposePadding = 0, output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
+                     groups: int = 1, out: ArrayT | None = None) -> ArrayT:
     return _transpose(2, x, w, bias, stride, padding, output_padding, dilation, groups, out)
 
 
-def conv_transpose3d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, out=None):
+def conv_transpose3d(x: ArrayT, w: ArrayT, bias: ArrayT | None = None, *, stride: IntOrTuple = 1,
+                     padding: TransposePadding = 0, output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
+                     groups: int = 1, out: ArrayT | None = None) -> ArrayT:
     return _transpose(3, x, w, bias, stride, padding, output_padding, dilation, groups, out)
 
 

@@ -31,14 +31,17 @@ The same calls as :mod:`nbconv.conv`, on chunked arrays::
   messages of the in-memory functions; ``out=`` is not supported (store the result with
   ``dask.array.store`` or ``Array.to_zarr``).
 """
+from __future__ import annotations
+
 import functools
 import gc
 import itertools
 import math
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+from numpy.typing import NDArray
 
 try:
     import dask
@@ -53,7 +56,7 @@ from . import _dask_halo as halo
 from . import _padding
 from . import conv as _core
 from ._shapes import ConvParams, check_dtypes, check_ndim, conv_output_shape, conv_params, transpose_params
-from .conv import NEEDS, ConvGrads, parse_needs
+from .conv import NEEDS, ConvGrads, IntOrTuple, Needs, Padding, PaddingMode, TransposePadding, parse_needs
 
 __all__ = ["conv1d", "conv2d", "conv3d", "conv1d_backward", "conv2d_backward", "conv3d_backward",
            "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "ConvGrads"]
@@ -662,42 +665,57 @@ Examples
 """
 
 
-def conv1d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
+def conv1d(x: da.Array, w: NDArray[Any], bias: NDArray[Any] | None = None, *, stride: IntOrTuple = 1,
+           padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1, padding_mode: PaddingMode = "zeros",
+           out: None = None) -> da.Array:
     return _forward(1, x, w, bias, stride, padding, dilation, groups, padding_mode, out, "conv1d")
 
 
-def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
+def conv2d(x: da.Array, w: NDArray[Any], bias: NDArray[Any] | None = None, *, stride: IntOrTuple = 1,
+           padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1, padding_mode: PaddingMode = "zeros",
+           out: None = None) -> da.Array:
     return _forward(2, x, w, bias, stride, padding, dilation, groups, padding_mode, out, "conv2d")
 
 
-def conv3d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
+def conv3d(x: da.Array, w: NDArray[Any], bias: NDArray[Any] | None = None, *, stride: IntOrTuple = 1,
+           padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1, padding_mode: PaddingMode = "zeros",
+           out: None = None) -> da.Array:
     return _forward(3, x, w, bias, stride, padding, dilation, groups, padding_mode, out, "conv3d")
 
 
-def conv1d_backward(grad_out, x, w, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
-                    needs=NEEDS):
+def conv1d_backward(grad_out: da.Array, x: da.Array, w: NDArray[Any], *, stride: IntOrTuple = 1, padding: Padding = 0,
+                    dilation: IntOrTuple = 1, groups: int = 1, padding_mode: PaddingMode = "zeros",
+                    needs: Needs = NEEDS) -> ConvGrads:
     return _backward(1, grad_out, x, w, stride, padding, dilation, groups, padding_mode, needs, "conv1d_backward")
 
 
-def conv2d_backward(grad_out, x, w, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
-                    needs=NEEDS):
+def conv2d_backward(grad_out: da.Array, x: da.Array, w: NDArray[Any], *, stride: IntOrTuple = 1, padding: Padding = 0,
+                    dilation: IntOrTuple = 1, groups: int = 1, padding_mode: PaddingMode = "zeros",
+                    needs: Needs = NEEDS) -> ConvGrads:
     return _backward(2, grad_out, x, w, stride, padding, dilation, groups, padding_mode, needs, "conv2d_backward")
 
 
-def conv3d_backward(grad_out, x, w, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros",
-                    needs=NEEDS):
+def conv3d_backward(grad_out: da.Array, x: da.Array, w: NDArray[Any], *, stride: IntOrTuple = 1, padding: Padding = 0,
+                    dilation: IntOrTuple = 1, groups: int = 1, padding_mode: PaddingMode = "zeros",
+                    needs: Needs = NEEDS) -> ConvGrads:
     return _backward(3, grad_out, x, w, stride, padding, dilation, groups, padding_mode, needs, "conv3d_backward")
 
 
-def conv_transpose1d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, out=None):
+def conv_transpose1d(x: da.Array, w: NDArray[Any], bias: NDArray[Any] | None = None, *, stride: IntOrTuple = 1,
+                     padding: TransposePadding = 0, output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
+                     groups: int = 1, out: None = None) -> da.Array:
     return _transpose(1, x, w, bias, stride, padding, output_padding, dilation, groups, out, "conv_transpose1d")
 
 
-def conv_transpose2d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, out=None):
+def conv_transpose2d(x: da.Array, w: NDArray[Any], bias: NDArray[Any] | None = None, *, stride: IntOrTuple = 1,
+                     padding: TransposePadding = 0, output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
+                     groups: int = 1, out: None = None) -> da.Array:
     return _transpose(2, x, w, bias, stride, padding, output_padding, dilation, groups, out, "conv_transpose2d")
 
 
-def conv_transpose3d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, out=None):
+def conv_transpose3d(x: da.Array, w: NDArray[Any], bias: NDArray[Any] | None = None, *, stride: IntOrTuple = 1,
+                     padding: TransposePadding = 0, output_padding: IntOrTuple = 0, dilation: IntOrTuple = 1,
+                     groups: int = 1, out: None = None) -> da.Array:
     return _transpose(3, x, w, bias, stride, padding, output_padding, dilation, groups, out, "conv_transpose3d")
 
 

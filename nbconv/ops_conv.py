@@ -24,15 +24,26 @@ entry points directly; under create_graph the same lines record convolutions, so
 order work in 1-D, 2-D and 3-D, for every stride, dilation, padding, padding mode and group count.
 CUDA device arrays run on the device (first-order gradients).
 """
+from __future__ import annotations
+
 import functools
+from typing import Any, Sequence, TypeVar
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import _backend
 from . import conv as _conv
 from ._device import is_device_array as _is_device_array
+from ._shapes import ConvParams
+from .conv import NEEDS, Array, ConvGrads, DeviceArray, IntOrTuple, Needs, Padding, PaddingMode, TransposePadding
 from .ops_core import Primitive, apply, broadcast, defvjp, shape_of, unwrap, value
 from .tape import Tensor, _device_filled
+
+
+ConvT = TypeVar("ConvT", NDArray[Any], DeviceArray, Tensor)
+"""The result type of a convolution (a TypeVar constrained to NDArray[Any], DeviceArray and Tensor): a
+Tensor when an argument is one, else the arguments' array type."""
 
 
 def _prim(fn, name):
@@ -69,13 +80,72 @@ def _bias_grad(gy):
 defvjp(_bias_grad, lambda u, shape, needs: (broadcast(u, shape),))
 
 
-def conv_input_grad(gy, w, x_shape, params):
-    """dL/dx of y = conv(x, w, params) given gy = dL/dy, for an x of shape x_shape (differentiable)."""
+def conv_input_grad(gy: ConvT | NDArray[Any], w: ConvT | NDArray[Any], x_shape: Sequence[int],
+                    params: ConvParams) -> ConvT:
+    """dL/dx of y = conv(x, w, params) given gy = dL/dy, for an x of shape x_shape: differentiable in
+    gy and w (what the convolutions' VJPs use, also under create_graph).
+
+    Parameters
+    ----------
+    gy : array or Tensor, shape (N, *out_spatial, C_out)
+        The gradient of the convolution's result.
+    w : array or Tensor, shape (*kernel, C_in // groups, C_out)
+    x_shape : tuple of ints
+        The shape of the convolution's input (N, *spatial, C_in).
+    params : ConvParams
+        The convolution's parsed parameters (``nbconv._shapes.conv_params``); not re-validated, so
+        they and the shapes must come from a validated convolution.
+
+    Returns
+    -------
+    array or Tensor, shape `x_shape`
+        A Tensor when gy or w is one (recorded when one requires grad); a device array for device
+        arrays.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> from nbconv._shapes import conv_params
+    >>> params = conv_params((1, 4, 1), (3, 1, 1), stride=1, padding=0, dilation=1, groups=1,
+    ...                      padding_mode="zeros")
+    >>> nbconv.ops.conv_input_grad(np.ones((1, 2, 1)), np.ones((3, 1, 1)), (1, 4, 1), params)[0, :, 0]
+    array([1., 2., 2., 1.])
+    """
     return apply(_INPUT_GRAD[len(params.stride)], gy, w, x_shape=tuple(x_shape), params=params)
 
 
-def conv_weight_grad(gy, x, w_shape, params):
-    """dL/dw of y = conv(x, w, params) given gy = dL/dy, for a w of shape w_shape (differentiable)."""
+def conv_weight_grad(gy: ConvT | NDArray[Any], x: ConvT | NDArray[Any], w_shape: Sequence[int],
+                     params: ConvParams) -> ConvT:
+    """dL/dw of y = conv(x, w, params) given gy = dL/dy, for a w of shape w_shape: differentiable in
+    gy and x (what the convolutions' VJPs use, also under create_graph).
+
+    Parameters
+    ----------
+    gy : array or Tensor, shape (N, *out_spatial, C_out)
+        The gradient of the convolution's result.
+    x : array or Tensor, shape (N, *spatial, C_in)
+        The convolution's input.
+    w_shape : tuple of ints
+        The shape of the weight (*kernel, C_in // groups, C_out).
+    params : ConvParams
+        As for :func:`conv_input_grad`.
+
+    Returns
+    -------
+    array or Tensor, shape `w_shape`
+        A fixed-order sum (bitwise identical for any number of threads); a Tensor when gy or x is
+        one (recorded when one requires grad).
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> from nbconv._shapes import conv_params
+    >>> params = conv_params((1, 4, 1), (3, 1, 1), stride=1, padding=0, dilation=1, groups=1,
+    ...                      padding_mode="zeros")
+    >>> x = np.arange(4.0).reshape(1, 4, 1)
+    >>> nbconv.ops.conv_weight_grad(np.ones((1, 2, 1)), x, (3, 1, 1), params)[:, 0, 0]
+    array([1., 3., 5.])
+    """
     return apply(_WEIGHT_GRAD[len(params.stride)], gy, x, w_shape=tuple(w_shape), params=params)
 
 
@@ -186,55 +256,88 @@ def _transpose_call(nd, x, w, bias, out, **params):
                  output_padding=output_padding, shape=shape, out=arrays[3])
 
 
-def _tensor_note(fn):
-    return (fn.__doc__.rstrip() + "\n\n    Accepts Tensors too: the result is then a Tensor, recorded on the tape "
-            f"when an input\n    requires grad. With arrays only, this is exactly nbconv.conv.{fn.__name__}.\n")
+def _with_note(fn, note):
+    """The docstring of nbconv.conv's `fn` (numpydoc, not indented) with `note` ending its Notes section
+    (in place of the last paragraph there, which sends Tensors here)."""
+    head, examples = fn.__doc__.split("\nExamples\n--------\n")
+    head = head.replace("\n\n" + _conv._ARRAYS_ONLY, "")
+    notes = "\n\n" if "\nNotes\n-----\n" in head else "\n\nNotes\n-----\n"
+    return f"{head.rstrip()}{notes}{note}\n\nExamples\n--------\n{examples}"
 
 
-def conv1d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
+_TENSORS = """\
+Accepts Tensors too: the result is then a Tensor, recorded on the tape when an input requires grad
+(gradients of any order). With arrays only, this is exactly nbconv.conv.{name}."""
+_UNWRAPPED = """\
+Accepts Tensors too, computing on their arrays: nothing is recorded and the gradients are arrays
+(for gradients on the tape, call backward() on a Tensor result of conv{nd}d). With arrays only,
+this is exactly nbconv.conv.{name}."""
+
+
+def conv1d(x: ConvT | NDArray[Any], w: ConvT | NDArray[Any], bias: ConvT | NDArray[Any] | None = None, *,
+           stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1,
+           padding_mode: PaddingMode = "zeros", out: Array | None = None) -> ConvT:
     return _conv_call(1, x, w, bias, out, stride=stride, padding=padding, dilation=dilation, groups=groups,
                       padding_mode=padding_mode)
 
 
-def conv2d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
+def conv2d(x: ConvT | NDArray[Any], w: ConvT | NDArray[Any], bias: ConvT | NDArray[Any] | None = None, *,
+           stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1,
+           padding_mode: PaddingMode = "zeros", out: Array | None = None) -> ConvT:
     return _conv_call(2, x, w, bias, out, stride=stride, padding=padding, dilation=dilation, groups=groups,
                       padding_mode=padding_mode)
 
 
-def conv3d(x, w, bias=None, *, stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros", out=None):
+def conv3d(x: ConvT | NDArray[Any], w: ConvT | NDArray[Any], bias: ConvT | NDArray[Any] | None = None, *,
+           stride: IntOrTuple = 1, padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1,
+           padding_mode: PaddingMode = "zeros", out: Array | None = None) -> ConvT:
     return _conv_call(3, x, w, bias, out, stride=stride, padding=padding, dilation=dilation, groups=groups,
                       padding_mode=padding_mode)
 
 
-def conv_transpose1d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, out=None):
+def conv_transpose1d(x: ConvT | NDArray[Any], w: ConvT | NDArray[Any], bias: ConvT | NDArray[Any] | None = None, *,
+                     stride: IntOrTuple = 1, padding: TransposePadding = 0, output_padding: IntOrTuple = 0,
+                     dilation: IntOrTuple = 1, groups: int = 1, out: Array | None = None) -> ConvT:
     return _transpose_call(1, x, w, bias, out, stride=stride, padding=padding, output_padding=output_padding,
                            dilation=dilation, groups=groups)
 
 
-def conv_transpose2d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, out=None):
+def conv_transpose2d(x: ConvT | NDArray[Any], w: ConvT | NDArray[Any], bias: ConvT | NDArray[Any] | None = None, *,
+                     stride: IntOrTuple = 1, padding: TransposePadding = 0, output_padding: IntOrTuple = 0,
+                     dilation: IntOrTuple = 1, groups: int = 1, out: Array | None = None) -> ConvT:
     return _transpose_call(2, x, w, bias, out, stride=stride, padding=padding, output_padding=output_padding,
                            dilation=dilation, groups=groups)
 
 
-def conv_transpose3d(x, w, bias=None, *, stride=1, padding=0, output_padding=0, dilation=1, groups=1, out=None):
+def conv_transpose3d(x: ConvT | NDArray[Any], w: ConvT | NDArray[Any], bias: ConvT | NDArray[Any] | None = None, *,
+                     stride: IntOrTuple = 1, padding: TransposePadding = 0, output_padding: IntOrTuple = 0,
+                     dilation: IntOrTuple = 1, groups: int = 1, out: Array | None = None) -> ConvT:
     return _transpose_call(3, x, w, bias, out, stride=stride, padding=padding, output_padding=output_padding,
                            dilation=dilation, groups=groups)
 
 
+def conv1d_backward(grad_out: Tensor | Array, x: Tensor | Array, w: Tensor | Array, *, stride: IntOrTuple = 1,
+                    padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1,
+                    padding_mode: PaddingMode = "zeros", needs: Needs = NEEDS) -> ConvGrads:
+    return _conv.conv1d_backward(unwrap(grad_out), unwrap(x), unwrap(w), stride=stride, padding=padding,
+                                 dilation=dilation, groups=groups, padding_mode=padding_mode, needs=needs)
+
+
+def conv2d_backward(grad_out: Tensor | Array, x: Tensor | Array, w: Tensor | Array, *, stride: IntOrTuple = 1,
+                    padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1,
+                    padding_mode: PaddingMode = "zeros", needs: Needs = NEEDS) -> ConvGrads:
+    return _conv.conv2d_backward(unwrap(grad_out), unwrap(x), unwrap(w), stride=stride, padding=padding,
+                                 dilation=dilation, groups=groups, padding_mode=padding_mode, needs=needs)
+
+
+def conv3d_backward(grad_out: Tensor | Array, x: Tensor | Array, w: Tensor | Array, *, stride: IntOrTuple = 1,
+                    padding: Padding = 0, dilation: IntOrTuple = 1, groups: int = 1,
+                    padding_mode: PaddingMode = "zeros", needs: Needs = NEEDS) -> ConvGrads:
+    return _conv.conv3d_backward(unwrap(grad_out), unwrap(x), unwrap(w), stride=stride, padding=padding,
+                                 dilation=dilation, groups=groups, padding_mode=padding_mode, needs=needs)
+
+
 for _fn in (conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d, conv_transpose3d):
-    _fn.__doc__ = _tensor_note(getattr(_conv, _fn.__name__))
-
-
-def conv1d_backward(grad_out, x, w, **params):
-    """nbconv.conv.conv1d_backward on the arrays behind Tensors or arrays (not recorded: returns arrays)."""
-    return _conv.conv1d_backward(unwrap(grad_out), unwrap(x), unwrap(w), **params)
-
-
-def conv2d_backward(grad_out, x, w, **params):
-    """nbconv.conv.conv2d_backward on the arrays behind Tensors or arrays (not recorded: returns arrays)."""
-    return _conv.conv2d_backward(unwrap(grad_out), unwrap(x), unwrap(w), **params)
-
-
-def conv3d_backward(grad_out, x, w, **params):
-    """nbconv.conv.conv3d_backward on the arrays behind Tensors or arrays (not recorded: returns arrays)."""
-    return _conv.conv3d_backward(unwrap(grad_out), unwrap(x), unwrap(w), **params)
+    _fn.__doc__ = _with_note(getattr(_conv, _fn.__name__), _TENSORS.format(name=_fn.__name__))
+for _nd, _fn in ((1, conv1d_backward), (2, conv2d_backward), (3, conv3d_backward)):
+    _fn.__doc__ = _with_note(getattr(_conv, _fn.__name__), _UNWRAPPED.format(name=_fn.__name__, nd=_nd))
