@@ -140,11 +140,13 @@ def _array_function(self, func, types, args, kwargs):
             return func(*_data(args), **_data(kwargs))
         raise TypeError(f"{name} on a Tensor that requires grad is not supported (it would not be recorded on the "
                         "tape): " + _HINT)
+    signature = inspect.signature(fn)
     try:
-        inspect.signature(fn).bind(*args, **kwargs)
+        signature.bind(*args, **kwargs)
     except TypeError as error:
-        raise TypeError(f"{name} on Tensors takes the arguments of nbconv's {fn.__name__}{inspect.signature(fn)}: "
-                        f"{error}") from None
+        plain = signature.replace(parameters=[p.replace(annotation=p.empty) for p in signature.parameters.values()],
+                                  return_annotation=signature.empty)   # the message shows names, not type hints
+        raise TypeError(f"{name} on Tensors takes the arguments of nbconv's {fn.__name__}{plain}: {error}") from None
     return fn(*args, **kwargs)
 
 

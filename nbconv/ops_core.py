@@ -28,37 +28,101 @@ CUDA device arrays (inside Tensors or not) are accepted by primitives declared `
 (the convolutions) only; any other primitive given one raises NotImplementedError naming it,
 before computing anything (no silent copy to the host).
 """
+from __future__ import annotations
+
 import numbers
+from typing import Any, Callable, Sequence, TypeVar, Union
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ._device import is_device_array as _is_device_array
 from .tape import Tensor, _aliases, is_grad_enabled, output_tensor, record_node
 
 _VJPS = {}
+
+# Type hints of the operations (nbconv.ops_math, nbconv.ops_nn): an argument is a Tensor or array values, and
+# the result is a Tensor exactly when an argument is one (a type checker infers which from the arguments).
+TensorOrArrayT = TypeVar("TensorOrArrayT", NDArray[Any], Tensor)
+"""The result type of an operation (a TypeVar constrained to NDArray[Any] and Tensor): a Tensor when an
+argument is one, else an ndarray."""
+Values = Union[NDArray[Any], complex, np.generic, Sequence[Any]]
+"""Array values that are not a Tensor: an ndarray, a scalar, or a (nested) sequence of them."""
 _HOST = (np.ndarray, numbers.Number, str, tuple, type(None), np.dtype, slice)  # never device arrays
 
 
 class Primitive:
-    """An operation on arrays that the tape differentiates with the VJP registered by defvjp.
+    """An operation on arrays that the tape differentiates with the VJP registered by :func:`defvjp`.
 
-    ``on_device=True`` declares that forward and VJP accept CUDA device arrays (see :func:`apply`).
-    ``name`` (default: the forward's name without leading underscores) is what errors and the tape show.
+    Usable as a decorator. Call it with :func:`apply`.
+
+    Parameters
+    ----------
+    forward : callable
+        ``forward(*arrays, **params) -> (result, residuals)``: the result (an array) from the
+        positional array arguments and the keyword (static) parameters, and what the VJP needs (an
+        array, a tuple, None, ...). Arguments that are also returned as residuals (by identity) are
+        handed to the VJP as Tensors under ``create_graph``, and guarded against in-place writes.
+    on_device : bool, default False
+        Whether forward and VJP accept CUDA device arrays (see :func:`apply`).
+    name : str, optional
+        What errors and the tape show; default: the forward's name without leading underscores.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> from nbconv.ops import Primitive, apply, defvjp
+    >>> @Primitive
+    ... def _cube(x):
+    ...     return x ** 3, x                          # (result, residuals for the VJP)
+    >>> defvjp(_cube, lambda g, x, needs: (g * 3 * x ** 2,))
+    >>> _cube
+    <primitive cube>
+    >>> t = nbconv.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    >>> apply(_cube, t).sum().backward()
+    >>> t.grad
+    array([ 3., 12.])
     """
 
     __slots__ = ("name", "forward", "on_device")
 
-    def __init__(self, forward, on_device=False, name=None):
+    def __init__(self, forward: Callable[..., tuple[Any, Any]], on_device: bool = False,
+                 name: str | None = None) -> None:
         self.forward = forward
         self.name = forward.__name__.lstrip("_") if name is None else name
         self.on_device = on_device
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<primitive {self.name}>"
 
 
-def defvjp(prim, vjp):
-    """Register `vjp` as the vector-Jacobian product of `prim`."""
+def defvjp(prim: Primitive, vjp: Callable[..., tuple[Any, ...]]) -> None:
+    """Register `vjp` as the vector-Jacobian product of `prim` (replacing any earlier one).
+
+    Parameters
+    ----------
+    prim : Primitive
+        The primitive.
+    vjp : callable
+        ``vjp(g, residuals, needs, **params) -> tuple``: given the gradient g of the primitive's
+        result, the residuals its forward returned, ``needs`` (one bool per positional argument:
+        whether that argument wants a gradient) and the same keyword parameters as forward, one
+        gradient (of that argument's shape) or None per positional argument. On a plain backward g
+        and the residuals are arrays; under ``create_graph`` g is a Tensor and so are the residuals
+        that are arguments or the result, so write it with operations that work on both (operators,
+        ``.sum``, ``.reshape``, the functions of nbconv.ops).
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> from nbconv.ops import Primitive, apply, defvjp
+    >>> @Primitive
+    ... def _scale(x, *, factor):
+    ...     return x * factor, None
+    >>> defvjp(_scale, lambda g, residuals, needs, *, factor: (g * factor,))
+    >>> nbconv.gradcheck(lambda t: apply(_scale, t, factor=3.0), [np.ones(2)])
+    True
+    """
     _VJPS[prim] = vjp
 
 
@@ -70,10 +134,43 @@ def unwrap(a):
 value = unwrap
 
 
-def apply(prim, *args, **params):
+def apply(prim: Primitive, *args: Any, **params: Any) -> Any:
     """prim's forward on the arrays inside `args`; recorded on the tape when a Tensor in `args` requires grad.
 
-    NotImplementedError when an argument or parameter is a CUDA device array and prim is not on_device.
+    Parameters
+    ----------
+    prim : Primitive
+        The operation.
+    *args : arrays, Tensors or other values
+        The positional arguments of prim's forward (the arrays inside Tensors are passed); the ones
+        that can receive gradients.
+    **params
+        The static parameters of prim's forward (and VJP), passed as they are: their names are the
+        primitive's own. Never differentiated.
+
+    Returns
+    -------
+    Tensor or the forward's result
+        The forward's result as it is when no argument is a Tensor; otherwise a Tensor (or a tuple of
+        Tensors), recorded on the tape when an argument requires grad and grad mode is on.
+
+    Raises
+    ------
+    NotImplementedError
+        An argument or parameter is a CUDA device array and prim is not ``on_device``; or the call
+        would be recorded but prim has no VJP (register one with :func:`defvjp`).
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> from nbconv.ops import Primitive, apply
+    >>> @Primitive
+    ... def _shift(x, *, by):
+    ...     return x + by, None
+    >>> apply(_shift, np.zeros(2), by=1.5)
+    array([1.5, 1.5])
+    >>> apply(_shift, nbconv.Tensor(np.zeros(2)), by=1.5)
+    Tensor(array([1.5, 1.5]))
     """
     arrays, any_tensor, view = [], False, _aliases.get
     for a in args:

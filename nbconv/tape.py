@@ -41,15 +41,20 @@ them (imported only once a device array is seen; this module names no backend);
 only ``numpy()`` and ``item()`` copy to the host. Which operations accept device arrays is up to
 :mod:`nbconv.ops` (the convolutions). Higher-order gradients are computed on the host only.
 """
+from __future__ import annotations
+
 import contextlib
 import copy
 import threading
 import weakref
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence, SupportsIndex
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
 from . import _backend
 from ._device import as_device_array, is_device_array as _device_check
+from .conv import DeviceArray
 
 __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "grad", "gradcheck", "gradgradcheck",
            "GradcheckError", "modify_in_place"]
@@ -59,8 +64,19 @@ __all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "grad", "gradchec
 _mode = threading.local()
 
 
-def is_grad_enabled():
-    """Whether operations on Tensors are recorded in this thread (False inside ``no_grad``)."""
+def is_grad_enabled() -> bool:
+    """Whether operations on Tensors are recorded in this thread (False inside ``no_grad``).
+
+    Examples
+    --------
+    >>> import nbconv
+    >>> from nbconv.tape import is_grad_enabled
+    >>> is_grad_enabled()
+    True
+    >>> with nbconv.no_grad():
+    ...     is_grad_enabled()
+    False
+    """
     return getattr(_mode, "enabled", True)
 
 
@@ -69,14 +85,28 @@ class no_grad(contextlib.ContextDecorator):
 
     Re-entrant and per thread: one instance may be used by several threads at once and by recursive
     calls of a decorated function; each exit restores the mode its own entry found (a stack per thread).
+    Operations inside return Tensors that do not require grad, and nothing is kept for backward.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> w = nbconv.Tensor(np.ones(3), requires_grad=True)
+    >>> with nbconv.no_grad():
+    ...     (w * 2).requires_grad
+    False
+    >>> @nbconv.no_grad()
+    ... def evaluate(w):
+    ...     return (w * 2).sum()
+    >>> evaluate(w)
+    Tensor(array(6.))
     """
 
-    def __enter__(self):
+    def __enter__(self) -> no_grad:
         _stack().append(is_grad_enabled())
         _mode.enabled = False
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> Literal[False]:
         _mode.enabled = _stack().pop()
         return False
 
@@ -243,12 +273,49 @@ def _bump(a, who):
 
 
 @contextlib.contextmanager
-def modify_in_place(tensor, who="an in-place update"):
-    """Yield an array through which `tensor`'s data (a Tensor or an array) may be written in place,
-    even while the tape guards it; afterwards its version is bumped, so a backward through an
-    operation that saved it before the write raises RuntimeError naming that operation and `who`.
-    The optimizers update parameters this way. ValueError for an array that was read-only before
-    nbconv saw it."""
+def modify_in_place(tensor: Tensor | NDArray[Any] | DeviceArray,
+                    who: str = "an in-place update") -> Iterator[NDArray[Any] | DeviceArray]:
+    """A context manager yielding an array through which `tensor`'s data may be written in place,
+    even while the tape guards it (read-only because an operation saved it for backward).
+
+    On exit the array's version is bumped, so a later backward through an operation that saved it
+    before the write raises RuntimeError naming that operation and `who` (instead of computing a
+    wrong gradient). The optimizers update parameters this way.
+
+    Parameters
+    ----------
+    tensor : Tensor, ndarray or CUDA device array
+        The Tensor (its ``.data`` is written) or the array to write.
+    who : str, default "an in-place update"
+        What writes, for the error message of a backward that the write invalidates.
+
+    Yields
+    ------
+    ndarray or CUDA device array
+        A writeable alias of the data (the same memory; for a device array, the array itself).
+
+    Raises
+    ------
+    ValueError
+        The array was read-only before nbconv saw it (the tape never unlocks those).
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> from nbconv.tape import modify_in_place
+    >>> w = nbconv.Tensor(np.ones(2), requires_grad=True)
+    >>> loss = (w * w).sum()              # saves w: w.data is read-only until backward
+    >>> w.data.flags.writeable
+    False
+    >>> with modify_in_place(w, "my update") as data:
+    ...     data -= 0.5
+    >>> w.data
+    array([0.5, 0.5])
+    >>> loss.backward()
+    Traceback (most recent call last):
+    ...
+    RuntimeError: multiply: input 0 (shape (2,)), which it saved for backward, was modified in place by my update ...
+    """
     a = tensor.data if isinstance(tensor, Tensor) else tensor
     if isinstance(a, np.ndarray):
         target = kernel_view(a)
@@ -274,12 +341,39 @@ class Tensor:
 
     ``.grad`` is an array after a plain ``backward()``; after ``backward(create_graph=True)`` it is a
     Tensor with a graph of its own (as in PyTorch, where it then has a grad_fn).
+
+    Parameters
+    ----------
+    data : array_like, CUDA device array or Tensor
+        The values (a Tensor's ``.data`` is shared). Any shape and dtype.
+    requires_grad : bool, default False
+        Whether operations on this Tensor are recorded, so that ``backward()`` fills its ``.grad``.
+
+    Raises
+    ------
+    TypeError
+        ``requires_grad=True`` with a dtype that is not floating-point.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> x = nbconv.Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    >>> y = (x * x).sum()
+    >>> y
+    Tensor(array(14.), requires_grad=True)
+    >>> y.backward()
+    >>> x.grad
+    array([2., 4., 6.])
+    >>> x.shape, x.dtype, x.is_leaf, y.is_leaf
+    ((3,), dtype('float64'), True, False)
     """
 
     __slots__ = ("data", "grad", "_requires_grad", "_node", "_index", "__weakref__")
     __array_ufunc__ = None  # replaced by nbconv.ops: NumPy ufuncs dispatch to the tape or raise TypeError
+    data: Any   # an ndarray, or a CUDA device array
+    grad: Any   # None, an array like data, or a Tensor (after backward(create_graph=True))
 
-    def __init__(self, data, requires_grad=False):
+    def __init__(self, data: ArrayLike | DeviceArray | Tensor, requires_grad: bool = False) -> None:
         if isinstance(data, Tensor):
             data = data.data
         elif _is_device_array(data):
@@ -294,11 +388,12 @@ class Tensor:
         self.requires_grad = requires_grad
 
     @property
-    def requires_grad(self):
+    def requires_grad(self) -> bool:
+        """Whether operations on this Tensor are recorded (settable on leaves; floating-point only)."""
         return self._requires_grad
 
     @requires_grad.setter
-    def requires_grad(self, value):
+    def requires_grad(self, value: bool) -> None:
         if self._node is not None:
             raise RuntimeError("requires_grad can only be changed on leaf Tensors; use detach() for a non-leaf")
         if value and not _is_float(self.data.dtype):
@@ -312,45 +407,45 @@ class Tensor:
     is_leaf = property(lambda self: self._node is None,
                        doc="True unless the Tensor is the result of a recorded operation.")
 
-    def numpy(self):
+    def numpy(self) -> NDArray[Any]:
         """The underlying NumPy array (shared, not copied); for a device array, a copy on the host."""
         if _is_device_array(self.data):
             return self.data.copy_to_host()
         return self.data
 
-    def item(self):
+    def item(self) -> Any:
         """The single element as a Python scalar (copied from the device for a device array)."""
         return self.numpy().item()
 
-    def __float__(self):
+    def __float__(self) -> float:
         if self.size != 1:
             raise TypeError(f"only single-element Tensors can be converted to a Python float, got shape {self.shape}")
         return float(self.item())
 
-    def __array__(self, dtype=None, copy=None):
+    def __array__(self, dtype: DTypeLike | None = None, copy: bool | None = None) -> NDArray[Any]:
         if _is_device_array(self.data):
             raise TypeError("a Tensor holding a CUDA device array cannot be converted to a NumPy array implicitly; "
                             "call .numpy() to copy it to the host")
         return np.array(self.data, dtype=dtype, copy=copy)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.data)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         grad = ", requires_grad=True" if self._requires_grad else ""
         if _is_device_array(self.data):
             return f"Tensor(<CUDA device array of shape {self.shape}, dtype {self.dtype}>{grad})"
         return f"Tensor({self.data!r}{grad})"
 
-    def detach(self):
+    def detach(self) -> Tensor:
         """A new leaf Tensor sharing .data that does not require grad."""
         return Tensor(self.data)
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Forget the accumulated gradient (``.grad`` becomes None)."""
         self.grad = None
 
-    def retain_grad(self):
+    def retain_grad(self) -> None:
         """Keep ``.grad`` on this non-leaf Tensor during backward (a no-op on leaves)."""
         if not self._requires_grad:
             raise RuntimeError("retain_grad() on a Tensor that does not require grad")
@@ -359,7 +454,7 @@ class Tensor:
                 self._node.retained = {}
             self._node.retained[self._index] = weakref.ref(self)
 
-    def backward(self, gradient=None, create_graph=False):
+    def backward(self, gradient: ArrayLike | DeviceArray | Tensor | None = None, create_graph: bool = False) -> None:
         """Accumulate d(self)/d(leaf) . gradient into every leaf's ``.grad`` that requires grad.
 
         ``gradient`` (same shape as self, cast to its dtype) is required unless self has exactly one
@@ -367,11 +462,45 @@ class Tensor:
         implicit one-element seed is then made on the device), a host array otherwise (TypeError).
         With ``create_graph=True`` the backward pass is recorded: ``.grad`` becomes a Tensor that can
         be differentiated again (a ``gradient`` Tensor that requires grad is part of that graph).
+
+        Raises RuntimeError when self does not require grad, when ``gradient`` is missing for a
+        Tensor of several elements, or when an array an operation saved was modified in place since
+        (see :func:`nbconv.tape.modify_in_place`); ValueError when ``gradient`` has another shape.
+
+        >>> import numpy as np, nbconv
+        >>> x = nbconv.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+        >>> (x * 3).backward(np.array([1.0, 10.0]))
+        >>> x.grad
+        array([ 3., 30.])
         """
         if not self._requires_grad:
             raise RuntimeError("backward() on a Tensor that does not require grad (it has no recorded graph)")
         seed = _seed(self, gradient, "gradient", create_graph)
         _run_backward([self], [seed], create_graph)
+
+    if TYPE_CHECKING:  # installed by nbconv.ops when nbconv is imported (its functions of the same names)
+        def __add__(self, other: Tensor | ArrayLike) -> Tensor: ...
+        __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = __rtruediv__ = __add__
+        __matmul__ = __rmatmul__ = __add__
+
+        def __lt__(self, other: Tensor | ArrayLike) -> NDArray[np.bool_]: ...
+        __le__ = __gt__ = __ge__ = __lt__
+
+        def __neg__(self) -> Tensor: ...
+        __pos__ = __abs__ = relu = exp = log = abs = sqrt = tanh = sigmoid = __neg__
+
+        def __pow__(self, exponent: float) -> Tensor: ...
+        def __getitem__(self, index: Any) -> Tensor: ...
+        def sum(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor: ...
+        mean = max = sum
+
+        def reshape(self, *shape: SupportsIndex | Sequence[SupportsIndex]) -> Tensor: ...
+        transpose = reshape
+
+        def astype(self, dtype: DTypeLike) -> Tensor: ...
+        def clip(self, min: ArrayLike | None = None, max: ArrayLike | None = None) -> Tensor: ...
+        @property
+        def T(self) -> Tensor: ...
 
 
 def _seed(tensor, gradient, what, create_graph):
@@ -714,16 +843,56 @@ def _as_tensors(values, what):
     return values
 
 
-def grad(outputs, inputs, grad_outputs=None, create_graph=False, allow_unused=False):
+def grad(outputs: Tensor | Sequence[Tensor], inputs: Tensor | Sequence[Tensor],
+         grad_outputs: ArrayLike | DeviceArray | Tensor | Sequence[ArrayLike | DeviceArray | Tensor | None]
+         | None = None, create_graph: bool = False, allow_unused: bool = False) -> tuple[Tensor | None, ...]:
     """The gradients of `outputs` with respect to `inputs`, as a tuple of Tensors (one per input).
 
-    ``outputs`` and ``inputs`` are Tensors or sequences of Tensors; ``grad_outputs`` one gradient per
-    output (an array or Tensor of its shape, or None for a single-element output, meaning 1).
     Computes sum_k d(outputs[k])/d(input) . grad_outputs[k] like ``torch.autograd.grad``: leaves'
-    ``.grad`` are not touched. Inputs may be non-leaf Tensors. An input that no output depends on
-    raises RuntimeError unless ``allow_unused=True`` (its entry is then None). With
-    ``create_graph=True`` the results are recorded, so they can be differentiated again (they
-    require grad when they depend on something that does); otherwise they are plain Tensors.
+    ``.grad`` are not touched, and only the operations that lead to an input run backward.
+
+    Parameters
+    ----------
+    outputs : Tensor or sequence of Tensors
+        What to differentiate; each must require grad.
+    inputs : Tensor or sequence of Tensors
+        With respect to what; each must require grad (non-leaf Tensors are allowed).
+    grad_outputs : array, Tensor, or sequence of them (or of None), optional
+        One gradient per output, of its shape (cast to its dtype; a device array for an output that
+        holds one). None (or a None entry) means 1 and is allowed for single-element outputs only.
+    create_graph : bool, default False
+        Record the backward pass: the results can be differentiated again (they require grad when
+        they depend on something that does). Host arrays only.
+    allow_unused : bool, default False
+        Give None for an input that no output depends on instead of raising.
+
+    Returns
+    -------
+    tuple of Tensor (or None)
+        One gradient per input, in its shape and dtype.
+
+    Raises
+    ------
+    TypeError
+        An entry of `outputs` or `inputs` is not a Tensor; a gradient on the wrong side (host/device).
+    ValueError
+        `grad_outputs` has the wrong length, or a gradient has the wrong shape.
+    RuntimeError
+        An output or input does not require grad; an input is unused (without ``allow_unused``); a
+        gradient is missing for an output of several elements.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> x = nbconv.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    >>> y = (x ** 3).sum()
+    >>> (dx,) = nbconv.grad(y, x, create_graph=True)
+    >>> dx
+    Tensor(array([ 3., 12.]), requires_grad=True)
+    >>> nbconv.grad(dx.sum(), x)          # the second derivative, 6 x
+    (Tensor(array([ 6., 12.])),)
+    >>> x.grad is None
+    True
     """
     outputs = _as_tensors(outputs, "outputs")
     inputs = _as_tensors(inputs, "inputs")
@@ -763,15 +932,17 @@ def grad(outputs, inputs, grad_outputs=None, create_graph=False, allow_unused=Fa
 class Context:
     """What a Function's forward leaves for its backward: ``save_for_backward`` and any attribute."""
 
-    def __init__(self, needs_input_grad):
+    def __init__(self, needs_input_grad: tuple[bool, ...]) -> None:
         self.needs_input_grad = needs_input_grad
-        self._saved = ()
+        self._saved: tuple[Any, ...] = ()
 
-    def save_for_backward(self, *arrays):
+    def save_for_backward(self, *arrays: Any) -> None:
+        """Keep `arrays` (inputs, results or other arrays) for backward, as ``saved_tensors``."""
         self._saved = arrays
 
     @property
-    def saved_tensors(self):
+    def saved_tensors(self) -> tuple[Any, ...]:
+        """What forward passed to ``save_for_backward``, in order (arrays, not Tensors)."""
         return self._saved
 
 
@@ -858,18 +1029,42 @@ class Function:
     saved arrays (read-only until backward, see the module docstring). ``backward`` computes on
     arrays, so it is differentiable once: under ``create_graph=True`` its gradients are recorded,
     and differentiating them again raises RuntimeError naming the Function.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> class Cube(nbconv.Function):
+    ...     @staticmethod
+    ...     def forward(ctx, x):
+    ...         ctx.save_for_backward(x)
+    ...         return x ** 3
+    ...     @staticmethod
+    ...     def backward(ctx, g):
+    ...         (x,) = ctx.saved_tensors
+    ...         return g * 3 * x ** 2
+    >>> x = nbconv.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    >>> y = Cube.apply(x)
+    >>> y.sum().backward()
+    >>> y.data, x.grad
+    (array([1., 8.]), array([ 3., 12.]))
+    >>> nbconv.gradcheck(Cube.apply, [np.array([0.5, -1.5])])
+    True
     """
 
     @staticmethod
-    def forward(ctx, *inputs):
+    def forward(ctx: Context, *inputs: Any) -> Any:
+        """Compute the result(s) from the inputs (arrays); save what backward needs on `ctx`."""
         raise NotImplementedError("Function subclasses must define a static forward(ctx, *inputs)")
 
     @staticmethod
-    def backward(ctx, *grad_outputs):
+    def backward(ctx: Context, *grad_outputs: Any) -> Any:
+        """One gradient (an array, or None) per positional input of forward, given one per output."""
         raise NotImplementedError("Function subclasses must define a static backward(ctx, *grad_outputs)")
 
     @classmethod
-    def apply(cls, *inputs, **kwargs):
+    def apply(cls, *inputs: Any, **kwargs: Any) -> Tensor | tuple[Tensor, ...]:
+        """Run forward on `inputs` (Tensors or anything else; keyword arguments go to forward as they
+        are) and return its result(s) as Tensors, recorded on the tape when an input requires grad."""
         name = cls.__name__
         if cls.forward is Function.forward:
             raise NotImplementedError(f"{name} must define a static forward(ctx, *inputs)")
@@ -933,7 +1128,26 @@ def _once_differentiable(name, node, grads, result):
 # ---------------------------------------------------------------------------------------------- checks
 
 class GradcheckError(RuntimeError):
-    """The tape's gradient disagrees with finite differences."""
+    """The tape's gradient disagrees with finite differences (raised by :func:`gradcheck` and
+    :func:`gradgradcheck`; a RuntimeError).
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> class WrongSquare(nbconv.Function):
+    ...     @staticmethod
+    ...     def forward(ctx, x):
+    ...         ctx.save_for_backward(x)
+    ...         return x * x
+    ...     @staticmethod
+    ...     def backward(ctx, g):
+    ...         (x,) = ctx.saved_tensors
+    ...         return g * x                  # should be 2 * g * x
+    >>> nbconv.gradcheck(WrongSquare.apply, [np.array([1.0, 2.0])])
+    Traceback (most recent call last):
+    ...
+    nbconv.tape.GradcheckError: gradient of input 0 (shape (2,)) disagrees with finite differences: at index (1,) ...
+    """
 
 
 def _float64_args(inputs):
@@ -958,16 +1172,49 @@ def _float_outputs(out):
     return [o for o in out if isinstance(o, Tensor) and _is_float(o.dtype)]
 
 
-def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3):
+def gradcheck(fn: Callable[..., Any], inputs: Any, eps: float = 1e-6, atol: float = 1e-5,
+              rtol: float = 1e-3) -> bool:
     """Compare the tape's gradients of ``fn(*inputs)`` with central finite differences in float64.
 
     Floating-point Tensors that require grad are checked, and so are floating-point ndarrays
     (wrapped as Tensors that require grad); everything else is passed through unchanged. All
-    checked values are copied to float64; the check runs on the host (device arrays raise
-    NotImplementedError: pass host copies, ``Tensor.numpy()``). ``fn`` may return a Tensor or a tuple of Tensors: the
-    check is made on a fixed random projection ``sum(v_k * out_k)`` of the outputs. Returns True,
-    or raises GradcheckError describing the worst entry, where |tape - numeric| exceeds
-    atol + rtol * |numeric| the most.
+    checked values are copied to float64; the check runs on the host. ``fn`` may return a Tensor or
+    a tuple of Tensors: the check is made on a fixed random projection ``sum(v_k * out_k)`` of the
+    outputs. An entry fails where |tape - numeric| > atol + rtol * |numeric|.
+
+    Parameters
+    ----------
+    fn : callable
+        Called as ``fn(*inputs)`` (with the float64 copies); returns a Tensor or a tuple of Tensors.
+    inputs : sequence, or a single Tensor or array
+        The arguments of `fn`.
+    eps : float, default 1e-6
+        The finite-difference step.
+    atol, rtol : float, default 1e-5 and 1e-3
+        The absolute and relative tolerances.
+
+    Returns
+    -------
+    bool
+        True (a mismatch raises).
+
+    Raises
+    ------
+    GradcheckError
+        Some entry disagrees; the message gives the worst one (input, index, both values) and how
+        many entries fail.
+    ValueError
+        No floating-point input to check, or `fn` returned no floating-point Tensor.
+    NotImplementedError
+        An input is (or holds) a CUDA device array: pass host copies (``Tensor.numpy()``).
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> x = np.random.default_rng(0).standard_normal((1, 4, 2))
+    >>> w = np.random.default_rng(1).standard_normal((3, 2, 1))
+    >>> nbconv.gradcheck(lambda x, w: nbconv.conv1d(x, w, padding=1), [x, w])
+    True
     """
     if not isinstance(inputs, (tuple, list)):
         inputs = (inputs,)
@@ -1014,16 +1261,48 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3):
     return True
 
 
-def gradgradcheck(fn, inputs, grad_outputs=None, eps=1e-6, atol=1e-5, rtol=1e-3):
+def gradgradcheck(fn: Callable[..., Any], inputs: Any, grad_outputs: ArrayLike | Tensor | Sequence[ArrayLike | Tensor] |
+                  None = None, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1e-3) -> bool:
     """Check second derivatives of ``fn(*inputs)``: gradcheck of the function
     ``(inputs, v) -> grad(fn(*inputs), inputs, grad_outputs=v, create_graph=True)``, i.e. the tape's
     gradients of the first-order gradients (computed with create_graph=True) against central finite
     differences of the first-order gradients, in float64, with respect to the inputs and to the output
-    gradients v (random, or ``grad_outputs``: one array per floating-point output of fn).
+    gradients v.
 
-    Inputs are as for :func:`gradcheck`. Returns True or raises GradcheckError; a failing entry is
-    reported as an input of the first-order function: the checked inputs of fn come first, then one
-    entry per output gradient v.
+    Parameters
+    ----------
+    fn : callable
+        As for :func:`gradcheck`.
+    inputs : sequence, or a single Tensor or array
+        As for :func:`gradcheck`: floating-point arrays and Tensors that require grad are checked.
+    grad_outputs : array, Tensor or sequence of them, optional
+        The output gradients v: one per floating-point output of `fn`, of its shape (default: random).
+    eps : float, default 1e-6
+        The finite-difference step.
+    atol, rtol : float, default 1e-5 and 1e-3
+        The absolute and relative tolerances.
+
+    Returns
+    -------
+    bool
+        True (a mismatch raises).
+
+    Raises
+    ------
+    GradcheckError
+        Some second derivative disagrees. A failing entry is reported as an input of the first-order
+        function: the checked inputs of `fn` come first, then one entry per output gradient v.
+    ValueError
+        As for :func:`gradcheck`, or `grad_outputs` does not have one entry per floating-point output.
+    NotImplementedError
+        An input is (or holds) a CUDA device array.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> x = np.array([[0.5, -1.0, 2.0]])
+    >>> nbconv.gradgradcheck(lambda x: nbconv.softmax(x) * x, [x])
+    True
     """
     if not isinstance(inputs, (tuple, list)):
         inputs = (inputs,)
