@@ -5,13 +5,21 @@ index_put, pad and fold, broadcast_to and the sum that unbroadcasts), each the o
 
 Functions here shadow the builtins sum, max, abs (they are Tensor methods too); the module uses
 np.* for the builtins' meaning.
+
+Every function takes arrays (anything ``np.asarray`` accepts) or Tensors and returns an ndarray when
+no argument is a Tensor, otherwise a Tensor (recorded on the tape when an argument requires grad).
+CUDA device arrays raise NotImplementedError (only the convolutions run on the device).
 """
+from __future__ import annotations
+
 import numbers
+from typing import Any, Literal, Sequence, SupportsIndex, overload
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike, NDArray
 
-from .ops_core import (Primitive, apply, array_operand, defvjp, expand, reduced_count, shape_of, unbroadcast,
-                       unwrap, value)
+from .ops_core import (Primitive, TensorOrArrayT, Values, apply, array_operand, defvjp, expand, reduced_count,
+                       shape_of, unbroadcast, unwrap, value)
 from .tape import Tensor
 
 
@@ -225,74 +233,351 @@ def _broadcast_to(x, *, shape):
 defvjp(_broadcast_to, lambda g, shape_in, needs, *, shape: (unbroadcast(g, shape_in),))
 
 
-def add(a, b):
-    """a + b with broadcasting."""
+def add(a: TensorOrArrayT | Values, b: TensorOrArrayT | Values) -> TensorOrArrayT:
+    """a + b elementwise, with NumPy broadcasting; each gradient is summed back to its input's shape.
+
+    Parameters
+    ----------
+    a, b : array_like or Tensor
+        Shapes that broadcast together (ValueError otherwise, quoting both).
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when an argument is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> a = nbconv.Tensor(np.array([[1.0], [2.0]]), requires_grad=True)
+    >>> y = nbconv.ops.add(a, np.array([10.0, 20.0]))
+    >>> y.data
+    array([[11., 21.],
+           [12., 22.]])
+    >>> y.sum().backward()
+    >>> a.grad
+    array([[2.],
+           [2.]])
+    """
     return apply(_add, a, b)
 
 
-def subtract(a, b):
-    """a - b with broadcasting."""
+def subtract(a: TensorOrArrayT | Values, b: TensorOrArrayT | Values) -> TensorOrArrayT:
+    """a - b elementwise, with NumPy broadcasting; each gradient is summed back to its input's shape.
+
+    Parameters
+    ----------
+    a, b : array_like or Tensor
+        Shapes that broadcast together (ValueError otherwise, quoting both).
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when an argument is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> a = nbconv.Tensor(np.array([[1.0], [2.0]]), requires_grad=True)
+    >>> y = nbconv.ops.subtract(a, np.array([10.0, 20.0]))
+    >>> y.data
+    array([[ -9., -19.],
+           [ -8., -18.]])
+    >>> y.sum().backward()
+    >>> a.grad
+    array([[2.],
+           [2.]])
+    """
     return apply(_subtract, a, b)
 
 
-def multiply(a, b):
-    """a * b with broadcasting."""
+def multiply(a: TensorOrArrayT | Values, b: TensorOrArrayT | Values) -> TensorOrArrayT:
+    """a * b elementwise, with NumPy broadcasting; each gradient is summed back to its input's shape.
+
+    Parameters
+    ----------
+    a, b : array_like or Tensor
+        Shapes that broadcast together (ValueError otherwise, quoting both).
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when an argument is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> a = nbconv.Tensor(np.array([[1.0], [2.0]]), requires_grad=True)
+    >>> y = nbconv.ops.multiply(a, np.array([10.0, 20.0]))
+    >>> y.data
+    array([[10., 20.],
+           [20., 40.]])
+    >>> y.sum().backward()
+    >>> a.grad
+    array([[30.],
+           [30.]])
+    """
     return apply(_multiply, a, b)
 
 
-def divide(a, b):
-    """a / b with broadcasting."""
+def divide(a: TensorOrArrayT | Values, b: TensorOrArrayT | Values) -> TensorOrArrayT:
+    """a / b elementwise, with NumPy broadcasting; each gradient is summed back to its input's shape.
+
+    Parameters
+    ----------
+    a, b : array_like or Tensor
+        Shapes that broadcast together (ValueError otherwise, quoting both).
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when an argument is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> a = nbconv.Tensor(np.array([[1.0], [2.0]]), requires_grad=True)
+    >>> y = nbconv.ops.divide(a, np.array([1.0, 2.0]))
+    >>> y.data
+    array([[1. , 0.5],
+           [2. , 1. ]])
+    >>> y.sum().backward()
+    >>> a.grad
+    array([[1.5],
+           [1.5]])
+    """
     return apply(_divide, a, b)
 
 
-def negative(x):
-    """-x."""
+def negative(x: TensorOrArrayT | Values) -> TensorOrArrayT:
+    """-x elementwise.
+
+    Parameters
+    ----------
+    x : array_like or Tensor
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when x is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> nbconv.ops.negative(np.array([1.0, -2.0]))
+    array([-1.,  2.])
+    """
     return apply(_negative, x)
 
 
-def power(x, exponent):
-    """x ** exponent for a real scalar exponent."""
+def power(x: TensorOrArrayT | Values, exponent: float) -> TensorOrArrayT:
+    """x ** exponent elementwise, for a real scalar exponent (``t ** 2`` on a Tensor).
+
+    Parameters
+    ----------
+    x : array_like or Tensor
+    exponent : int or float
+        A real scalar (TypeError for a Tensor, an array or a bool).
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when x is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> x = nbconv.Tensor(np.array([1.0, 3.0]), requires_grad=True)
+    >>> nbconv.ops.power(x, 2).sum().backward()
+    >>> x.grad
+    array([2., 6.])
+    """
     return apply(_power, x, exponent=_real_scalar(exponent, "the exponent of **"))
 
 
-def exp(x):
-    """Elementwise e ** x."""
+def exp(x: TensorOrArrayT | Values) -> TensorOrArrayT:
+    """e ** x elementwise.
+
+    Parameters
+    ----------
+    x : array_like or Tensor
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when x is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> nbconv.ops.exp(np.array([0.0, 1.0]))
+    array([1.        , 2.71828183])
+    """
     return apply(_exp, x)
 
 
-def log(x):
-    """Elementwise natural logarithm."""
+def log(x: TensorOrArrayT | Values) -> TensorOrArrayT:
+    """The natural logarithm, elementwise (the gradient is 1 / x).
+
+    Parameters
+    ----------
+    x : array_like or Tensor
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when x is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> nbconv.ops.log(np.array([1.0, np.e]))
+    array([0., 1.])
+    """
     return apply(_log, x)
 
 
-def relu(x):
-    """max(x, 0) elementwise (the gradient at 0 is 0)."""
+def relu(x: TensorOrArrayT | Values) -> TensorOrArrayT:
+    """max(x, 0) elementwise (the gradient at 0 is 0).
+
+    Parameters
+    ----------
+    x : array_like or Tensor
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when x is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> nbconv.ops.relu(np.array([-1.0, 0.0, 2.0]))
+    array([0., 0., 2.])
+    >>> x = nbconv.Tensor(np.array([-1.0, 0.0, 2.0]), requires_grad=True)
+    >>> nbconv.relu(x).sum().backward()
+    >>> x.grad
+    array([0., 0., 1.])
+    """
     return apply(_relu, x)
 
 
-def abs(x):  # noqa: A001 (Tensor.abs)
-    """|x| elementwise (the gradient at 0 is 0, like torch.abs)."""
+def abs(x: TensorOrArrayT | Values) -> TensorOrArrayT:  # noqa: A001 (Tensor.abs)
+    """The absolute value |x|, elementwise (the gradient at 0 is 0, like torch.abs).
+
+    Parameters
+    ----------
+    x : array_like or Tensor
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when x is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> nbconv.ops.abs(np.array([-1.5, 2.0]))
+    array([1.5, 2. ])
+    """
     return apply(_absolute, x)
 
 
-def sqrt(x):
-    """Elementwise square root."""
+def sqrt(x: TensorOrArrayT | Values) -> TensorOrArrayT:
+    """The square root, elementwise (the gradient is 1 / (2 sqrt(x))).
+
+    Parameters
+    ----------
+    x : array_like or Tensor
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when x is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> nbconv.ops.sqrt(np.array([4.0, 9.0]))
+    array([2., 3.])
+    """
     return apply(_sqrt, x)
 
 
-def tanh(x):
-    """Elementwise hyperbolic tangent."""
+def tanh(x: TensorOrArrayT | Values) -> TensorOrArrayT:
+    """The hyperbolic tangent, elementwise.
+
+    Parameters
+    ----------
+    x : array_like or Tensor
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when x is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> nbconv.ops.tanh(np.array([0.0]))
+    array([0.])
+    """
     return apply(_tanh, x)
 
 
-def sigmoid(x):
-    """1 / (1 + exp(-x)) elementwise, computed without overflow."""
+def sigmoid(x: TensorOrArrayT | Values) -> TensorOrArrayT:
+    """1 / (1 + exp(-x)) elementwise, computed without overflow.
+
+    Parameters
+    ----------
+    x : array_like or Tensor
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when x is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> nbconv.ops.sigmoid(np.array([-1000.0, 0.0, 1000.0]))
+    array([0. , 0.5, 1. ])
+    """
     return apply(_sigmoid, x)
 
 
-def clip(x, min=None, max=None):  # noqa: A002 (torch.clamp's and ndarray.clip's names)
-    """x limited to [min, max] (either may be None; scalars or arrays broadcasting against x). The
-    gradient passes where min <= x <= max (like torch.clamp); the bounds are constants."""
+def clip(x: TensorOrArrayT | Values,
+         min: ArrayLike | None = None,  # noqa: A002 (torch.clamp's and ndarray.clip's names)
+         max: ArrayLike | None = None) -> TensorOrArrayT:
+    """x limited to [min, max] elementwise. The gradient passes where min <= x <= max (like
+    torch.clamp); the bounds are constants.
+
+    Parameters
+    ----------
+    x : array_like or Tensor
+    min, max : scalar or array_like, optional
+        The bounds (either may be None, not both), broadcasting against x. Not Tensors (TypeError:
+        pass their ``.data``).
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when x is one (recorded when it requires grad), else an ndarray.
+
+    Raises
+    ------
+    ValueError
+        Neither bound is given.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> x = nbconv.Tensor(np.array([-2.0, 0.5, 3.0]), requires_grad=True)
+    >>> y = nbconv.ops.clip(x, -1, 1)
+    >>> y.sum().backward()
+    >>> y.data, x.grad
+    (array([-1. ,  0.5,  1. ]), array([0., 1., 0.]))
+    """
     if min is None and max is None:
         raise ValueError("clip: give min, max or both")
     for name, bound in (("min", min), ("max", max)):
@@ -301,18 +586,82 @@ def clip(x, min=None, max=None):  # noqa: A002 (torch.clamp's and ndarray.clip's
     return apply(_clip, x, low=min, high=max)
 
 
-def matmul(a, b):
-    """a @ b (NumPy's matmul rules, batched and 1-D operands included)."""
+def matmul(a: TensorOrArrayT | Values, b: TensorOrArrayT | Values) -> TensorOrArrayT:
+    """a @ b with NumPy's matmul rules (batched and 1-D operands included).
+
+    Parameters
+    ----------
+    a, b : array_like or Tensor
+        (..., n, k) and (..., k, m), the leading axes broadcasting; a 1-D operand is a vector.
+        ValueError when the inner dimensions differ.
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when an argument is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> a = nbconv.Tensor(np.eye(2), requires_grad=True)
+    >>> y = a @ np.array([[1.0, 2.0], [3.0, 4.0]])
+    >>> y.sum().backward()
+    >>> a.grad
+    array([[3., 7.],
+           [3., 7.]])
+    """
     return apply(_matmul, a, b)
 
 
-def astype(x, dtype):
-    """x converted to `dtype` (the gradient is converted back to x's dtype)."""
+def astype(x: TensorOrArrayT | Values, dtype: DTypeLike) -> TensorOrArrayT:
+    """x converted to `dtype` (a copy); the gradient is converted back to x's dtype.
+
+    Parameters
+    ----------
+    x : array_like or Tensor
+    dtype : dtype_like
+        Anything ``np.dtype`` accepts.
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when x is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> x = nbconv.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    >>> y = x.astype(np.float32)
+    >>> y.sum().backward()
+    >>> y.dtype, x.grad.dtype
+    (dtype('float32'), dtype('float64'))
+    """
     return apply(_astype, x, dtype=np.dtype(dtype))
 
 
-def broadcast_to(x, shape):
-    """x broadcast to `shape` (NumPy's rules); the gradient is summed back to x's shape."""
+def broadcast_to(x: TensorOrArrayT | Values, shape: Sequence[int]) -> TensorOrArrayT:
+    """x broadcast to `shape` (NumPy's rules; a read-only view for an array); the gradient is summed
+    back to x's shape.
+
+    Parameters
+    ----------
+    x : array_like or Tensor
+    shape : tuple of ints
+        A shape x broadcasts to (ValueError otherwise).
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when x is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> x = nbconv.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    >>> nbconv.ops.broadcast_to(x, (3, 2)).sum().backward()
+    >>> x.grad
+    array([3., 3.])
+    """
     return apply(_broadcast_to, x, shape=tuple(shape))
 
 
@@ -391,30 +740,150 @@ def _transpose_vjp(g, res, needs, *, axes):
 defvjp(_transpose, _transpose_vjp)
 
 
-def sum(x, axis=None, keepdims=False):  # noqa: A001 (Tensor.sum)
-    """Sum over `axis` (None: all axes)."""
+def sum(x: TensorOrArrayT | Values, axis: int | Sequence[int] | None = None,  # noqa: A001 (Tensor.sum)
+        keepdims: bool = False) -> TensorOrArrayT:
+    """The sum over `axis`.
+
+    Parameters
+    ----------
+    x : array_like or Tensor
+    axis : int, tuple of ints or None, default None
+        The axes to reduce (negative ones count from the end); None reduces all.
+    keepdims : bool, default False
+        Keep the reduced axes with size 1.
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when x is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> x = nbconv.Tensor(np.array([[1.0, 2.0], [3.0, 4.0]]), requires_grad=True)
+    >>> y = x.sum(axis=1)
+    >>> y.data
+    array([3., 7.])
+    >>> y.sum().backward()
+    >>> x.grad
+    array([[1., 1.],
+           [1., 1.]])
+    """
     return apply(_sum, x, axis=_axis(axis), keepdims=keepdims)
 
 
-def mean(x, axis=None, keepdims=False):
-    """Mean over `axis` (None: all axes)."""
+def mean(x: TensorOrArrayT | Values, axis: int | Sequence[int] | None = None,
+        keepdims: bool = False) -> TensorOrArrayT:
+    """The mean over `axis`.
+
+    Parameters
+    ----------
+    x : array_like or Tensor
+    axis : int, tuple of ints or None, default None
+        The axes to reduce (negative ones count from the end); None reduces all.
+    keepdims : bool, default False
+        Keep the reduced axes with size 1.
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when x is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> x = nbconv.Tensor(np.array([[1.0, 2.0], [3.0, 4.0]]), requires_grad=True)
+    >>> y = x.mean(axis=1)
+    >>> y.data
+    array([1.5, 3.5])
+    >>> y.sum().backward()
+    >>> x.grad
+    array([[0.5, 0.5],
+           [0.5, 0.5]])
+    """
     return apply(_mean, x, axis=_axis(axis), keepdims=keepdims)
 
 
-def max(x, axis=None, keepdims=False):  # noqa: A001 (Tensor.max)
-    """Maximum over `axis` (None: all axes); ties share the gradient evenly."""
+def max(x: TensorOrArrayT | Values, axis: int | Sequence[int] | None = None,  # noqa: A001 (Tensor.max)
+        keepdims: bool = False) -> TensorOrArrayT:
+    """The maximum over `axis`; ties share the gradient evenly (like torch.amax).
+
+    Parameters
+    ----------
+    x : array_like or Tensor
+    axis : int, tuple of ints or None, default None
+        The axes to reduce (negative ones count from the end); None reduces all.
+    keepdims : bool, default False
+        Keep the reduced axes with size 1.
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when x is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> x = nbconv.Tensor(np.array([[1.0, 2.0], [3.0, 4.0]]), requires_grad=True)
+    >>> y = x.max(axis=1)
+    >>> y.data
+    array([2., 4.])
+    >>> y.sum().backward()
+    >>> x.grad
+    array([[0., 1.],
+           [0., 1.]])
+    """
     return apply(_max, x, axis=_axis(axis), keepdims=keepdims)
 
 
-def reshape(x, *shape):
-    """x with a new shape (``reshape(x, 2, 3)`` or ``reshape(x, (2, 3))``; one entry may be -1)."""
+def reshape(x: TensorOrArrayT | Values, *shape: SupportsIndex | Sequence[SupportsIndex]) -> TensorOrArrayT:
+    """x with a new shape of as many elements (a view when NumPy can make one).
+
+    Parameters
+    ----------
+    x : array_like or Tensor
+    *shape : ints, or one tuple of ints
+        ``reshape(x, 2, 3)`` or ``reshape(x, (2, 3))``; one entry may be -1. ValueError when the
+        sizes differ.
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when x is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> x = nbconv.Tensor(np.arange(6.0))
+    >>> x.reshape(2, -1).shape, nbconv.ops.reshape(x, (3, 2)).shape
+    ((2, 3), (3, 2))
+    """
     if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
         shape = shape[0]
     return apply(_reshape, x, shape=tuple(shape))
 
 
-def transpose(x, *axes):
-    """x with its axes permuted (reversed when no axes are given)."""
+def transpose(x: TensorOrArrayT | Values, *axes: SupportsIndex | Sequence[SupportsIndex]) -> TensorOrArrayT:
+    """x with its axes permuted (a view).
+
+    Parameters
+    ----------
+    x : array_like or Tensor
+    *axes : ints, or one tuple of ints
+        A permutation of x's axes (ValueError otherwise); none reverses them (as ``t.T`` does).
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when x is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> x = nbconv.Tensor(np.zeros((2, 3, 4)))
+    >>> x.transpose(1, 0, 2).shape, x.T.shape, nbconv.ops.transpose(x, (2, 0, 1)).shape
+    ((3, 2, 4), (4, 3, 2), (4, 2, 3))
+    """
     if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
         axes = axes[0]
     return apply(_transpose, x, axes=tuple(axes) if axes else None)
@@ -473,10 +942,31 @@ def _index_put(g, *, index, basic, shape, dtype):
 defvjp(_index_put, lambda g, res, needs, *, index, basic, shape, dtype: (g[index],))
 
 
-def getitem(x, index):
-    """x[index]: basic indexing (ints, slices, None, Ellipsis; the result is a view, like NumPy's)
-    and integer- or boolean-array indexing (a copy). The gradient is scattered back, entries
-    selected several times accumulating every use."""
+def getitem(x: TensorOrArrayT | Values, index: Any) -> TensorOrArrayT:
+    """x[index] (``t[index]`` on a Tensor). The gradient is scattered back, entries selected several
+    times accumulating every use.
+
+    Parameters
+    ----------
+    x : array_like or Tensor
+    index : int, slice, None, Ellipsis, integer or boolean array (or Tensor), or a tuple of them
+        Basic indexing (ints, slices, None, Ellipsis) gives a view, like NumPy's; integer- or
+        boolean-array indexing a copy. Anything else raises IndexError.
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when x is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> x = nbconv.Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    >>> y = x[np.array([0, 0, 2])]
+    >>> y.sum().backward()
+    >>> y.data, x.grad
+    (array([1., 1., 3.]), array([2., 0., 1.]))
+    """
     key, basic = _index_key(index)
     return apply(_getitem, x, index=key, basic=basic)
 
@@ -524,8 +1014,38 @@ defvjp(_stack, lambda g, res, needs, *, axis: tuple(g[(slice(None),) * axis + (i
                                                     for i, need in enumerate(needs)))
 
 
-def concatenate(tensors, axis=0):
-    """Join arrays or Tensors along an existing axis (np.concatenate); each gets its slice of the gradient."""
+# A list may mix arrays and Tensors, so the result type comes from overloads, not from TensorOrArrayT. Type checkers
+# call the first "unsafe" (an argument typed Sequence[Tensor | Values] may hold arrays only): that is the one case
+# they cannot tell apart.
+@overload
+def concatenate(tensors: Sequence[Values], axis: int = 0) -> NDArray[Any]: ...  # type: ignore[overload-overlap]
+@overload
+def concatenate(tensors: Sequence[Tensor | Values], axis: int = 0) -> Tensor: ...
+def concatenate(tensors: Sequence[Tensor | Values], axis: int = 0) -> Tensor | NDArray[Any]:
+    """Join arrays or Tensors along an existing axis (np.concatenate); each gets its slice of the gradient.
+
+    Parameters
+    ----------
+    tensors : list or tuple of array_like or Tensor
+        At least one; the same shape except along `axis` (ValueError otherwise). TypeError for a
+        single array or Tensor.
+    axis : int, default 0
+        An existing axis (negative counts from the end).
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when an argument is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> a = nbconv.Tensor(np.ones((1, 2)), requires_grad=True)
+    >>> y = nbconv.concatenate([a, np.zeros((2, 2))])
+    >>> (y * np.arange(3.0).reshape(3, 1)).sum().backward()
+    >>> y.shape, a.grad
+    ((3, 2), array([[0., 0.]]))
+    """
     items = _sequence(tensors, "concatenate")
     shapes = [shape_of(t) for t in items]
     ndim = len(shapes[0])
@@ -538,8 +1058,32 @@ def concatenate(tensors, axis=0):
     return apply(_concatenate, *items, axis=axis)
 
 
-def stack(tensors, axis=0):
-    """Join arrays or Tensors of one shape along a new axis (np.stack)."""
+@overload  # as concatenate's
+def stack(tensors: Sequence[Values], axis: int = 0) -> NDArray[Any]: ...  # type: ignore[overload-overlap]
+@overload
+def stack(tensors: Sequence[Tensor | Values], axis: int = 0) -> Tensor: ...
+def stack(tensors: Sequence[Tensor | Values], axis: int = 0) -> Tensor | NDArray[Any]:
+    """Join arrays or Tensors of one shape along a new axis (np.stack); each gets its slice of the gradient.
+
+    Parameters
+    ----------
+    tensors : list or tuple of array_like or Tensor
+        At least one, all of one shape (ValueError otherwise). TypeError for a single array or Tensor.
+    axis : int, default 0
+        The position of the new axis in the result (negative counts from the end).
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when an argument is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> a = nbconv.Tensor(np.ones(3), requires_grad=True)
+    >>> nbconv.stack([a, np.zeros(3)], axis=1).shape
+    (3, 2)
+    """
     items = _sequence(tensors, "stack")
     shapes = [shape_of(t) for t in items]
     if any(s != shapes[0] for s in shapes):
@@ -621,11 +1165,36 @@ def _fold(g, *, axis, before, size, source):
 defvjp(_fold, lambda g, res, needs, *, axis, before, size, source: (g[(slice(None),) * axis + (source,)],))
 
 
-def pad(x, pad_width, mode="constant"):
-    """x padded like np.pad(x, pad_width, mode): pad_width an int, a (before, after) pair, or one pair
-    per axis; mode "constant" (zeros), "reflect", "edge" or "wrap" -- or the convolutions' names for
-    them, "zeros", "reflect", "replicate", "circular". The gradient of a padded position goes back to
-    the element it copies."""
+def pad(x: TensorOrArrayT | Values, pad_width: int | Sequence[int] | Sequence[Sequence[int]],
+        mode: Literal["constant", "zeros", "reflect", "edge", "replicate", "wrap", "circular"] = "constant"
+        ) -> TensorOrArrayT:
+    """x padded like ``np.pad(x, pad_width, mode)``. The gradient of a padded position goes back to
+    the element it copies.
+
+    Parameters
+    ----------
+    x : ndarray or Tensor
+    pad_width : int, (before, after) pair, or one pair per axis
+        np.pad's forms; non-negative (ValueError otherwise; TypeError when not integers).
+    mode : str, default "constant"
+        "constant" (zeros), "reflect", "edge" or "wrap" -- or the convolutions' names for them,
+        "zeros", "reflect", "replicate", "circular". ValueError for another mode, and for a mode other
+        than zeros on an empty axis that gets padding.
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when x is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> x = nbconv.Tensor(np.array([1.0, 2.0, 3.0]), requires_grad=True)
+    >>> y = nbconv.pad(x, (2, 1), mode="reflect")
+    >>> y.sum().backward()
+    >>> y.data, x.grad
+    (array([3., 2., 1., 2., 3., 2.]), array([1., 3., 2.]))
+    """
     if mode not in PAD_MODES:
         raise ValueError(f"pad: mode must be one of {tuple(PAD_MODES)}, got {mode!r}")
     data = array_operand(x, "pad")

@@ -4,13 +4,20 @@ batch_norm and pooling. Layouts follow the convolutions: activations are channel
 ``linear``'s weight is (in_features, out_features). Every VJP works on arrays and on Tensors (see
 nbconv.ops_core); the pooling gradients are primitives whose own VJPs are the pooling's
 (avg_pool_grad is avg_pool's adjoint, max_pool_grad scatters where max_pool_gather gathers).
+
+Every function takes arrays or Tensors and returns an ndarray when no argument is a Tensor,
+otherwise a Tensor (recorded on the tape when an argument requires grad).
 """
+from __future__ import annotations
+
 import numbers
+from typing import Any, Sequence
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ._shapes import check_dtypes, spatial_tuple
-from .ops_core import Primitive, apply, array_operand, defvjp, is_graph
+from .ops_core import Primitive, TensorOrArrayT, Values, apply, array_operand, defvjp, is_graph
 from .ops_math import exp, multiply
 from .tape import Tensor
 
@@ -43,8 +50,41 @@ def _linear_vjp(g, res, needs):
 defvjp(_linear, _linear_vjp)
 
 
-def linear(x, w, bias=None):
-    """x @ w + bias, with w (in_features, out_features) and bias (out_features,)."""
+def linear(x: TensorOrArrayT | Values, w: TensorOrArrayT | Values,
+           bias: TensorOrArrayT | Values | None = None) -> TensorOrArrayT:
+    """x @ w + bias: a fully connected layer.
+
+    Parameters
+    ----------
+    x : ndarray or Tensor, shape (..., in_features)
+    w : ndarray or Tensor, shape (in_features, out_features)
+        Note the order: the transpose of torch.nn.Linear's weight.
+    bias : ndarray or Tensor, shape (out_features,), optional
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when an argument is one (recorded when it requires grad), else an ndarray.
+        Of shape (..., out_features).
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not fit, quoting them.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> x = np.array([[1.0, 2.0]])
+    >>> w = nbconv.Tensor(np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]]), requires_grad=True)
+    >>> y = nbconv.linear(x, w, np.array([0.0, 0.0, 10.0]))
+    >>> y
+    Tensor(array([[ 1.,  2., 13.]]), requires_grad=True)
+    >>> y.sum().backward()
+    >>> w.grad
+    array([[1., 1., 1.],
+           [2., 2., 2.]])
+    """
     return apply(_linear, x, w, bias)
 
 
@@ -58,8 +98,28 @@ def _log_softmax(x, *, axis):
 defvjp(_log_softmax, lambda g, out, needs, *, axis: (g - exp(out) * g.sum(axis=axis, keepdims=True),))
 
 
-def log_softmax(x, axis=-1):
-    """log(softmax(x)) along `axis`, computed stably."""
+def log_softmax(x: TensorOrArrayT | Values, axis: int = -1) -> TensorOrArrayT:
+    """log(softmax(x)) along `axis`, computed stably (the maximum is subtracted first).
+
+    Parameters
+    ----------
+    x : ndarray or Tensor
+        Floating-point values of any shape.
+    axis : int, default -1
+        The axis to normalize over.
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when an argument is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> nbconv.log_softmax(np.array([[0.0, 0.0], [1000.0, 1000.0]]))
+    array([[-0.69314718, -0.69314718],
+           [-0.69314718, -0.69314718]])
+    """
     return apply(_log_softmax, x, axis=axis)
 
 
@@ -73,8 +133,28 @@ def _softmax(x, *, axis):
 defvjp(_softmax, lambda g, out, needs, *, axis: (out * (g - (g * out).sum(axis=axis, keepdims=True)),))
 
 
-def softmax(x, axis=-1):
-    """exp(x) / sum(exp(x)) along `axis`, computed stably."""
+def softmax(x: TensorOrArrayT | Values, axis: int = -1) -> TensorOrArrayT:
+    """exp(x) / sum(exp(x)) along `axis`, computed stably (the maximum is subtracted first).
+
+    Parameters
+    ----------
+    x : ndarray or Tensor
+        Floating-point values of any shape.
+    axis : int, default -1
+        The axis to normalize over.
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when an argument is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> nbconv.softmax(np.array([[0.0, np.log(3.0)], [1000.0, 1000.0]]))
+    array([[0.25, 0.75],
+           [0.5 , 0.5 ]])
+    """
     return apply(_softmax, x, axis=axis)
 
 
@@ -113,17 +193,71 @@ def _cross_entropy_vjp(g, res, needs):
 defvjp(_cross_entropy, _cross_entropy_vjp)
 
 
-def cross_entropy(logits, labels):
-    """Mean over the batch of -log_softmax(logits)[n, labels[n]]; logits (N, classes), int labels (N,)."""
+def cross_entropy(logits: TensorOrArrayT | Values, labels: TensorOrArrayT | Values) -> TensorOrArrayT:
+    """The mean over the batch of ``-log_softmax(logits)[n, labels[n]]`` (torch's cross_entropy).
+
+    Parameters
+    ----------
+    logits : ndarray or Tensor, shape (N, classes)
+        Unnormalized scores, N >= 1.
+    labels : int array or Tensor, shape (N,)
+        The class of each row, in [0, classes). Constants: they get no gradient.
+
+    Returns
+    -------
+    ndarray or Tensor
+        A 0-d array in the dtype of logits (a Tensor when an argument is one).
+
+    Raises
+    ------
+    ValueError
+        logits not 2-D or empty, labels of another shape, not integers, or out of range.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> logits = nbconv.Tensor(np.zeros((2, 4)), requires_grad=True)
+    >>> loss = nbconv.cross_entropy(logits, np.array([1, 3]))
+    >>> round(loss.item(), 6)                  # log(4)
+    1.386294
+    >>> loss.backward()
+    >>> logits.grad
+    array([[ 0.125, -0.375,  0.125,  0.125],
+           [ 0.125,  0.125,  0.125, -0.375]])
+    """
     return apply(_cross_entropy, logits, labels)
 
 
-def dropout(x, p, training=True, rng=None):
+def dropout(x: TensorOrArrayT | Values, p: float, training: bool = True,
+            rng: np.random.Generator | None = None) -> TensorOrArrayT:
     """Inverted dropout: each element of x is zeroed with probability p and the others are scaled by
-    1 / (1 - p), so the expectation is unchanged; x itself when training is False or p == 0.
+    1 / (1 - p), so the expectation is unchanged. The gradient is masked and scaled the same way.
 
-    rng: a numpy.random.Generator (the mask is ``rng.random(x.shape) >= p``, so a seeded generator
-    reproduces it), or None for a fresh one. The gradient is masked and scaled the same way.
+    Parameters
+    ----------
+    x : ndarray or Tensor
+        float32 or float64 (TypeError otherwise).
+    p : float
+        The probability of zeroing, in [0, 1] (ValueError otherwise).
+    training : bool, default True
+        False returns x itself (as does p == 0).
+    rng : numpy.random.Generator, optional
+        The mask is ``rng.random(x.shape) >= p``, so a seeded generator reproduces it; None uses a
+        fresh one. TypeError for anything else.
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when an argument is one (recorded when it requires grad), else an ndarray.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> nbconv.dropout(np.ones(6), 0.5, rng=np.random.default_rng(0))
+    array([2., 0., 0., 0., 2., 2.])
+    >>> x = np.ones(3)
+    >>> nbconv.dropout(x, 0.5, training=False) is x
+    True
     """
     if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not 0 <= p <= 1:
         raise ValueError(f"dropout: p must be a probability in [0, 1], got {p!r}")
@@ -238,57 +372,108 @@ def _pool(prim, nd, x, kernel_size, stride, padding):
     return apply(prim, x, kernel=kernel, stride=stride, pads=pads, out_spatial=out_spatial)
 
 
-_POOL_ARGS = """
-    kernel_size, stride and padding: an int or one int per spatial dim; stride defaults to
-    kernel_size; padding is at most half the kernel. x is an ndarray or a Tensor (float32 or
-    float64); arguments are checked (ValueError/TypeError naming them) before any kernel runs.
+_POOL_SUMMARY = {
+    "max": "Maximum over windows of x, channels-last; padding never wins; NaN propagates. The gradient\n"
+           "goes to the first maximum of each window (in row-major window order).",
+    "avg": "Mean over windows of x, channels-last; padded positions count as zeros in the mean\n"
+           "(PyTorch's default count_include_pad=True)."}
+_POOL_EXAMPLES = {
+    ("max", 1): ">>> nbconv.max_pool1d(np.array([1.0, 5.0, 2.0, 4.0, 3.0]).reshape(1, 5, 1), 2)[0, :, 0]\n"
+                "array([5., 4.])",
+    ("avg", 1): ">>> nbconv.avg_pool1d(np.array([1.0, 5.0, 2.0, 4.0, 3.0]).reshape(1, 5, 1), 2)[0, :, 0]\n"
+                "array([3., 3.])",
+    ("max", 2): ">>> x = np.arange(16.0).reshape(1, 4, 4, 1)\n"
+                ">>> nbconv.max_pool2d(x, 2)[0, :, :, 0]\n"
+                "array([[ 5.,  7.],\n"
+                "       [13., 15.]])",
+    ("avg", 2): ">>> x = np.arange(16.0).reshape(1, 4, 4, 1)\n"
+                ">>> nbconv.avg_pool2d(x, 2)[0, :, :, 0]\n"
+                "array([[ 2.5,  4.5],\n"
+                "       [10.5, 12.5]])",
+    ("max", 3): ">>> x = nbconv.Tensor(np.arange(8.0).reshape(1, 2, 2, 2, 1), requires_grad=True)\n"
+                ">>> y = nbconv.max_pool3d(x, 2)\n"
+                ">>> y.backward(np.ones(y.shape))\n"
+                ">>> y.shape, x.grad.ravel()\n"
+                "((1, 1, 1, 1, 1), array([0., 0., 0., 0., 0., 0., 0., 1.]))",
+    ("avg", 3): ">>> x = nbconv.Tensor(np.ones((1, 2, 2, 2, 1)), requires_grad=True)\n"
+                ">>> y = nbconv.avg_pool3d(x, 2, padding=1)\n"
+                ">>> y.shape, float(y.data.sum())\n"
+                "((1, 2, 2, 2, 1), 1.0)",
+}
+
+
+def _pool_doc(kind, nd):
+    spatial = _SPATIAL_NAMES[nd]
+    out = ", ".join(f"{axis}_out" for axis in spatial.split(", "))
+    summary, example = (text.replace("\n", "\n    ") for text in (_POOL_SUMMARY[kind], _POOL_EXAMPLES[kind, nd]))
+    return f"""{summary}
+
+    Each output size is ``(size + 2 * padding - kernel_size) // stride + 1``.
+
+    Parameters
+    ----------
+    x : ndarray or Tensor, shape (N, {spatial}, C)
+        float32 or float64, no empty spatial dim.
+    kernel_size : int or tuple of {nd} ints
+        The window, per spatial dim; each >= 1.
+    stride : int or tuple of {nd} ints, optional
+        The step between windows, per spatial dim; default kernel_size.
+    padding : int or tuple of {nd} ints, default 0
+        Implicit padding on both sides of each spatial dim, at most half the kernel.
+
+    Returns
+    -------
+    ndarray or Tensor, shape (N, {out}, C)
+        A Tensor when x is one (recorded when it requires grad), else an ndarray; x's dtype.
+
+    Raises
+    ------
+    ValueError
+        Wrong number of dims, an empty spatial dim, a window larger than the padded input, padding
+        over half the kernel, or a parameter < 1 (or < 0 for padding). Checked before any kernel runs.
+    TypeError
+        An unsupported dtype, or a parameter that is not an int or a tuple of ints.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    {example}
     """
 
 
-def max_pool1d(x, kernel_size, stride=None, padding=0):
-    """Maximum over kernel_size windows of x (N, L, C); padding never wins; NaN propagates. The
-    gradient goes to the first maximum of each window.
-    """
+def max_pool1d(x: TensorOrArrayT | Values, kernel_size: int | Sequence[int],
+               stride: int | Sequence[int] | None = None, padding: int | Sequence[int] = 0) -> TensorOrArrayT:
     return _pool(_MAX_POOL[1], 1, x, kernel_size, stride, padding)
 
 
-def max_pool2d(x, kernel_size, stride=None, padding=0):
-    """Maximum over kernel_size windows of x (N, H, W, C); padding never wins; NaN propagates. The
-    gradient goes to the first maximum of each window (in row-major window order).
-    """
+def max_pool2d(x: TensorOrArrayT | Values, kernel_size: int | Sequence[int],
+               stride: int | Sequence[int] | None = None, padding: int | Sequence[int] = 0) -> TensorOrArrayT:
     return _pool(_MAX_POOL[2], 2, x, kernel_size, stride, padding)
 
 
-def max_pool3d(x, kernel_size, stride=None, padding=0):
-    """Maximum over kernel_size windows of x (N, D, H, W, C); padding never wins; NaN propagates.
-    The gradient goes to the first maximum of each window (in row-major window order).
-    """
+def max_pool3d(x: TensorOrArrayT | Values, kernel_size: int | Sequence[int],
+               stride: int | Sequence[int] | None = None, padding: int | Sequence[int] = 0) -> TensorOrArrayT:
     return _pool(_MAX_POOL[3], 3, x, kernel_size, stride, padding)
 
 
-def avg_pool1d(x, kernel_size, stride=None, padding=0):
-    """Mean over kernel_size windows of x (N, L, C); padded positions count as zeros in the mean
-    (PyTorch's default count_include_pad=True).
-    """
+def avg_pool1d(x: TensorOrArrayT | Values, kernel_size: int | Sequence[int],
+               stride: int | Sequence[int] | None = None, padding: int | Sequence[int] = 0) -> TensorOrArrayT:
     return _pool(_AVG_POOL[1], 1, x, kernel_size, stride, padding)
 
 
-def avg_pool2d(x, kernel_size, stride=None, padding=0):
-    """Mean over kernel_size windows of x (N, H, W, C); padded positions count as zeros in the mean
-    (PyTorch's default count_include_pad=True).
-    """
+def avg_pool2d(x: TensorOrArrayT | Values, kernel_size: int | Sequence[int],
+               stride: int | Sequence[int] | None = None, padding: int | Sequence[int] = 0) -> TensorOrArrayT:
     return _pool(_AVG_POOL[2], 2, x, kernel_size, stride, padding)
 
 
-def avg_pool3d(x, kernel_size, stride=None, padding=0):
-    """Mean over kernel_size windows of x (N, D, H, W, C); padded positions count as zeros in the
-    mean (PyTorch's default count_include_pad=True).
-    """
+def avg_pool3d(x: TensorOrArrayT | Values, kernel_size: int | Sequence[int],
+               stride: int | Sequence[int] | None = None, padding: int | Sequence[int] = 0) -> TensorOrArrayT:
     return _pool(_AVG_POOL[3], 3, x, kernel_size, stride, padding)
 
 
-for _fn in (max_pool1d, max_pool2d, max_pool3d, avg_pool1d, avg_pool2d, avg_pool3d):
-    _fn.__doc__ += _POOL_ARGS
+for _fn, _kind, _nd in ((max_pool1d, "max", 1), (max_pool2d, "max", 2), (max_pool3d, "max", 3),
+                        (avg_pool1d, "avg", 1), (avg_pool2d, "avg", 2), (avg_pool3d, "avg", 3)):
+    _fn.__doc__ = _pool_doc(_kind, _nd)
 
 # ---------------------------------------------------------------- batch normalization
 
@@ -381,13 +566,56 @@ def _batch_norm_vjp(g, res, needs, *, training, eps, **params):
 defvjp(_batch_norm, _batch_norm_vjp)
 
 
-def batch_norm(x, weight, bias, running_mean=None, running_var=None, training=True, momentum=0.1, eps=1e-5):
-    """Normalize x (..., C) per channel over all other axes, then scale by weight and shift by bias (C,).
+def batch_norm(x: TensorOrArrayT | Values, weight: TensorOrArrayT | Values | None,
+               bias: TensorOrArrayT | Values | None, running_mean: Tensor | NDArray[Any] | None = None,
+               running_var: Tensor | NDArray[Any] | None = None, training: bool = True, momentum: float = 0.1,
+               eps: float = 1e-5) -> TensorOrArrayT:
+    """Normalize x per channel (the last axis) over all other axes, then scale by weight and shift by bias.
 
-    training=True uses the batch statistics (biased variance) and, when running_mean/running_var are
-    given (arrays or Tensors of shape (C,)), updates them in place:
-    running = (1 - momentum) * running + momentum * batch (unbiased variance), as PyTorch does.
-    training=False normalizes with running_mean and running_var. weight or bias may be None.
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias``, as torch.nn.functional.batch_norm does
+    channels-last. Statistics are computed in float64; the result has x's dtype.
+
+    Parameters
+    ----------
+    x : ndarray or Tensor, shape (..., C)
+        float32 or float64, with at least a batch axis and the channel axis.
+    weight, bias : ndarray or Tensor, shape (C,), or None
+        The per-channel scale and shift (None: 1 and 0).
+    running_mean, running_var : ndarray or Tensor, shape (C,), optional
+        Running statistics. Updated in place when training (``running = (1 - momentum) * running +
+        momentum * batch``, with the unbiased batch variance, as PyTorch does); required when not.
+    training : bool, default True
+        True: normalize with the batch statistics (biased variance), which then take part in the
+        gradient; False: with running_mean and running_var, which are constants.
+    momentum : float, default 0.1
+        In [0, 1].
+    eps : float, default 1e-5
+        Added to the variance; >= 0.
+
+    Returns
+    -------
+    ndarray or Tensor
+        A Tensor when an argument is one (recorded when it requires grad), else an ndarray.
+
+    Raises
+    ------
+    ValueError
+        A vector not of shape (C,), x with fewer than 2 dims, one value per channel when training,
+        missing running statistics when not training, or momentum/eps out of range.
+    TypeError
+        x is not a float32/float64 array or Tensor.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> x = np.array([[1.0, 10.0], [3.0, 30.0]])                      # (N, C)
+    >>> running_mean, running_var = np.zeros(2), np.ones(2)
+    >>> y = nbconv.batch_norm(x, None, np.array([0.0, 5.0]), running_mean, running_var, eps=0.0)
+    >>> y
+    array([[-1.,  4.],
+           [ 1.,  6.]])
+    >>> running_mean, running_var
+    (array([0.2, 2. ]), array([ 1.1, 20.9]))
     """
     data = array_operand(x, "batch_norm")
     for name, v in (("momentum", momentum), ("eps", eps)):
