@@ -14,8 +14,11 @@ The in-place writes go through :func:`nbconv.tape.modify_in_place`: they are all
 that saved a parameter is alive, and bump its version, so a later backward through that graph
 raises RuntimeError naming the operation instead of using the new values.
 """
+from __future__ import annotations
+
 import math
 import numbers
+from typing import Any, Iterable, Union
 
 import numpy as np
 
@@ -23,6 +26,9 @@ from ._device import is_device_array
 from .tape import Tensor, modify_in_place
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
+
+Params = Union[Iterable[Tensor], Iterable[dict[str, Any]]]
+"""Leaf Tensors that require grad, or parameter groups: dicts ``{"params": [...], **options}``."""
 
 
 def _number(name, value, low=0.0, high=None, open_high=False):
@@ -35,12 +41,51 @@ def _number(name, value, low=0.0, high=None, open_high=False):
 
 
 class Optimizer:
-    """Base class: parameter groups, zero_grad, state_dict/load_state_dict; subclasses define
-    ``_check(options)`` and ``_update(p, grad, state, options)``."""
+    """Base class: parameter groups, zero_grad, step, state_dict/load_state_dict.
 
-    defaults = {}
+    Subclasses define ``_check(options)`` (validate and normalize one group's options in place) and
+    ``_update(p, grad, state, options)`` (update the array p in place from grad, keeping what they
+    need in the dict state), and pass their options to ``__init__`` as keyword arguments: the
+    defaults that parameter groups override.
 
-    def __init__(self, params, **defaults):
+    Parameters
+    ----------
+    params : iterable of Tensors, or of dicts
+        Leaf Tensors that require grad (host arrays), each once; or parameter groups, dicts
+        ``{"params": [...], **options}`` whose options override the defaults.
+    **defaults
+        The optimizer's options and their values for groups that do not set them.
+
+    Raises
+    ------
+    TypeError
+        params is a single Tensor or not iterable, an entry is not a Tensor, a group is not a dict
+        with "params" or has unknown options.
+    ValueError
+        No parameters, a parameter that is not a leaf requiring grad or appears twice, or an option
+        out of range (raised by the subclass's check).
+    NotImplementedError
+        A parameter holds a CUDA device array.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> class SignSGD(nbconv.optim.Optimizer):
+    ...     def __init__(self, params, lr):
+    ...         super().__init__(params, lr=lr)
+    ...     def _update(self, p, grad, state, options):
+    ...         p -= options["lr"] * np.sign(grad)
+    >>> w = nbconv.Tensor(np.array([1.0, -1.0]), requires_grad=True)
+    >>> opt = SignSGD([w], lr=0.5)
+    >>> (w * w).sum().backward()
+    >>> opt.step()
+    >>> w.data
+    array([ 0.5, -0.5])
+    """
+
+    defaults: dict[str, Any] = {}
+
+    def __init__(self, params: Params, **defaults: Any) -> None:
         name = type(self).__name__
         if isinstance(params, Tensor):
             raise TypeError(f"{name}: params must be an iterable of Tensors (or of parameter-group dicts), got a "
@@ -83,7 +128,7 @@ class Optimizer:
     def _check(self, options):
         """Validate (and normalize) one group's options in place."""
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Set every parameter's ``.grad`` to None."""
         for group in self.param_groups:
             for p in group["params"]:
@@ -92,7 +137,7 @@ class Optimizer:
     def _params(self):
         return [p for group in self.param_groups for p in group["params"]]
 
-    def step(self):
+    def step(self) -> None:
         """One update of every parameter that has a gradient."""
         name = type(self).__name__
         for group in self.param_groups:
@@ -108,7 +153,7 @@ class Optimizer:
                 with modify_in_place(p, f"{name}.step") as data:
                     self._update(data, grad.astype(data.dtype, copy=False), state, group)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """{"state": {index: {name: value}}, "param_groups": [{options..., "params": [indices]}]}; arrays are copies."""
         index, groups, k = {}, [], 0
         for group in self.param_groups:
@@ -122,7 +167,7 @@ class Optimizer:
                  for key, s in self.state.items() if key in index}
         return {"state": state, "param_groups": groups}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore options and state saved by state_dict() (from an optimizer over parameters of the same shapes)."""
         name = type(self).__name__
         try:
@@ -155,7 +200,7 @@ class Optimizer:
             new_groups.append(options)
         self.param_groups, self.state = new_groups, new_state
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         lines = [f"{type(self).__name__} ("]
         for i, group in enumerate(self.param_groups):
             options = ", ".join(f"{k}={v}" for k, v in group.items() if k != "params")
@@ -172,9 +217,41 @@ class SGD(Optimizer):
         buf = g (first step), else momentum * buf + g
         g = g + momentum * buf (nesterov) or buf (momentum > 0)
         p = p - lr * g
+
+    Parameters
+    ----------
+    params : iterable of Tensors, or of parameter-group dicts
+        See :class:`Optimizer`.
+    lr : float
+        The learning rate, >= 0.
+    momentum : float, default 0.0
+        >= 0.
+    weight_decay : float, default 0.0
+        L2 penalty added to the gradient, >= 0.
+    nesterov : bool, default False
+        Nesterov momentum (needs momentum > 0).
+
+    Raises
+    ------
+    ValueError
+        An option that is not a finite real number, negative, or nesterov without momentum; and
+        as :class:`Optimizer`.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> w = nbconv.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    >>> opt = nbconv.optim.SGD([w], lr=0.1, momentum=0.9)
+    >>> for _ in range(2):
+    ...     opt.zero_grad()
+    ...     (w * w).sum().backward()           # gradient 2 w
+    ...     opt.step()
+    >>> w.data
+    array([0.46, 0.92])
     """
 
-    def __init__(self, params, lr, momentum=0.0, weight_decay=0.0, nesterov=False):
+    def __init__(self, params: Params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                 nesterov: bool = False) -> None:
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
 
     def _check(self, options):
@@ -208,11 +285,42 @@ class Adam(Optimizer):
         g = grad + weight_decay * p
         m = m + (1 - beta1) * (g - m);  v = beta2 * v + (1 - beta2) * g * g;  t = t + 1
         p = p - (lr / (1 - beta1 ** t)) * m / (sqrt(v) / sqrt(1 - beta2 ** t) + eps)
+
+    Parameters
+    ----------
+    params : iterable of Tensors, or of parameter-group dicts
+        See :class:`Optimizer`.
+    lr : float, default 1e-3
+        The learning rate, >= 0.
+    betas : (float, float), default (0.9, 0.999)
+        The decay rates of the first and second moment estimates, each in [0, 1).
+    eps : float, default 1e-8
+        Added to the denominator, >= 0.
+    weight_decay : float, default 0.0
+        L2 penalty added to the gradient, >= 0.
+
+    Raises
+    ------
+    ValueError
+        An option that is not a finite real number or out of range; and as :class:`Optimizer`.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> w = nbconv.Tensor(np.array([1.0, -2.0]), requires_grad=True)
+    >>> opt = nbconv.optim.Adam([w], lr=0.1)
+    >>> (w * w).sum().backward()
+    >>> opt.step()                              # the first step moves each entry by about lr
+    >>> w.data
+    array([ 0.9, -1.9])
+    >>> sorted(opt.state_dict()["state"][0])
+    ['exp_avg', 'exp_avg_sq', 'step']
     """
 
     _decoupled = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
     def _check(self, options):
@@ -254,9 +362,39 @@ class Adam(Optimizer):
 
 class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter; torch.optim.AdamW): each step first
-    scales p by 1 - lr * weight_decay, then applies Adam's update without weight decay."""
+    scales p by 1 - lr * weight_decay, then applies Adam's update without weight decay.
+
+    Parameters
+    ----------
+    params : iterable of Tensors, or of parameter-group dicts
+        See :class:`Optimizer`.
+    lr : float, default 1e-3
+        The learning rate, >= 0.
+    betas : (float, float), default (0.9, 0.999)
+        The decay rates of the first and second moment estimates, each in [0, 1).
+    eps : float, default 1e-8
+        Added to the denominator, >= 0.
+    weight_decay : float, default 1e-2
+        The decoupled decay rate, >= 0.
+
+    Raises
+    ------
+    ValueError
+        An option that is not a finite real number or out of range; and as :class:`Optimizer`.
+
+    Examples
+    --------
+    >>> import numpy as np, nbconv
+    >>> w = nbconv.Tensor(np.array([1.0, -2.0]), requires_grad=True)
+    >>> opt = nbconv.optim.AdamW([{"params": [w], "weight_decay": 0.5}], lr=0.1)
+    >>> w.grad = np.zeros(2)                    # only the decay acts: w *= 1 - lr * weight_decay
+    >>> opt.step()
+    >>> w.data
+    array([ 0.95, -1.9 ])
+    """
 
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+    def __init__(self, params: Params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)

@@ -754,62 +754,136 @@ def _conv_transposend(nd, input, weight, bias, stride, padding, output_padding, 
     return y.squeeze(0) if unbatched else y
 
 
-def conv1d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """`torch.nn.functional.conv1d` on nbconv's kernels: input (N, C_in, L), weight (C_out, C_in // groups, K).
+_IN = {1: "L", 2: "H, W", 3: "D, H, W"}
+_SAME = """
+    "same" with stride > 1 means ceil(size / stride) outputs with the extra padding element after,
+    as in TensorFlow (PyTorch refuses strided "same")."""
+_MEMORY = {1: "channels-last strides", 2: "channels_last", 3: "channels_last_3d"}
+_EXAMPLES = {
+    "conv1": """\
+>>> import torch, nbconv.torch
+>>> x = torch.arange(5.).reshape(1, 1, 5)
+>>> nbconv.torch.conv1d(x, torch.ones(1, 1, 3), padding="same")
+tensor([[[1., 3., 6., 9., 7.]]])""",
+    "conv2": """\
+>>> import torch, nbconv.torch
+>>> x = torch.arange(16.).reshape(1, 1, 4, 4)
+>>> nbconv.torch.conv2d(x, torch.ones(1, 1, 2, 2), stride=2)
+tensor([[[[10., 18.],
+          [42., 50.]]]])""",
+    "conv3": """\
+>>> import torch, nbconv.torch
+>>> x = torch.ones(1, 1, 3, 3, 3)
+>>> nbconv.torch.conv3d(x, torch.ones(1, 1, 2, 2, 2), stride=2, padding=1)[0, 0]
+tensor([[[1., 2.],
+         [2., 4.]],
+<BLANKLINE>
+        [[2., 4.],
+         [4., 8.]]])""",
+}
 
-    padding: an int, a 1-tuple, "valid" or "same" (for stride > 1, "same" means output ceil(L / stride)
-    with the extra padding element after, as in TensorFlow; PyTorch refuses strided "same").
-    """
+
+def _function_doc(kind, nd):
+    """The docstring of conv{nd}d or conv_transpose{nd}d (numpydoc, one template per kind)."""
+    spatial, kernel = _IN[nd], _KERNEL[nd]
+    out = ", ".join(f"{axis}_out" for axis in spatial.split(", "))
+    ints = f"int or tuple of {nd} ints"
+    strings, same = ("", "") if kind != "conv" else (', "valid" or "same"', _SAME)
+    common = f"""stride : {ints}, default 1
+    Step between windows, per spatial dim; each >= 1.
+padding : {ints}{strings}, default 0
+    Implicit zero padding on both sides of each spatial dim.{same}"""
+    rest = f"""dilation : {ints}, default 1
+    Spacing between kernel taps; each >= 1.
+groups : int, default 1
+    Channel groups; divides C_in and C_out."""
+    if kind == "conv":
+        summary = f"`torch.nn.functional.conv{nd}d` computed by nbconv's kernels (same arguments and layouts)."
+        weight = f"weight : Tensor, shape (C_out, C_in // groups, {kernel})"
+        middle = f"{common}\n{rest}"
+        example = _EXAMPLES[f"conv{nd}"]
+    else:
+        summary = (f"`torch.nn.functional.conv_transpose{nd}d` computed by nbconv's kernels (same arguments, "
+                   "in the same order, and layouts).")
+        weight = f"weight : Tensor, shape (C_in, C_out // groups, {kernel})"
+        middle = f"""{common}
+output_padding : {ints}, default 0
+    Extra positions at the end of each spatial dim; smaller than stride or dilation.
+groups : int, default 1
+    Channel groups; divides C_in and C_out.
+dilation : {ints}, default 1
+    Spacing between kernel taps; each >= 1."""
+        shape = ", ".join(["2"] * nd)
+        example = f""">>> import torch, nbconv.torch
+>>> x, w = torch.ones(1, 1, {shape}), torch.ones(1, 1, {shape})
+>>> y = nbconv.torch.conv_transpose{nd}d(x, w, stride=2)
+>>> y.shape, torch.equal(y, torch.nn.functional.conv_transpose{nd}d(x, w, stride=2))
+(torch.Size([1, 1, {', '.join(['4'] * nd)}]), True)"""
+    return f"""{summary}
+
+Parameters
+----------
+input : Tensor, shape (N, C_in, {spatial}) or (C_in, {spatial})
+    float16, bfloat16, float32 or float64, on the CPU or a CUDA device (unbatched input is accepted,
+    as in PyTorch).
+{weight}
+bias : Tensor, shape (C_out,), optional
+{middle}
+
+Returns
+-------
+Tensor, shape (N, C_out, {out}) (no N for unbatched input)
+    In input's dtype, on its device, with its memory format ({_MEMORY[nd]} or contiguous).
+    Differentiable through torch.autograd (double backward included) and the torch.func transforms.
+
+Raises
+------
+ValueError
+    Shapes or parameters that do not fit, naming the argument and quoting the values.
+TypeError
+    An unsupported dtype, or tensors of different dtypes or devices.
+
+Examples
+--------
+{example}"""
+
+
+def conv1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int | tuple[int, ...] = 1,
+           padding: int | tuple[int, ...] | str = 0, dilation: int | tuple[int, ...] = 1, groups: int = 1) -> Tensor:
     return _convnd(1, input, weight, bias, stride, padding, dilation, groups, "zeros")
 
 
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """`torch.nn.functional.conv2d` on nbconv's kernels: input (N, C_in, H, W), weight (C_out, C_in // groups, KH, KW).
-
-    padding: an int, a pair, "valid" or "same" (see `conv1d` for strided "same"). The result has the
-    input's memory format (channels_last or contiguous).
-
-    >>> import torch, nbconv.torch
-    >>> x = torch.arange(16.).reshape(1, 1, 4, 4)
-    >>> nbconv.torch.conv2d(x, torch.ones(1, 1, 2, 2), stride=2)
-    tensor([[[[10., 18.],
-              [42., 50.]]]])
-    """
+def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int | tuple[int, ...] = 1,
+           padding: int | tuple[int, ...] | str = 0, dilation: int | tuple[int, ...] = 1, groups: int = 1) -> Tensor:
     return _convnd(2, input, weight, bias, stride, padding, dilation, groups, "zeros")
 
 
-def conv3d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
-    """`torch.nn.functional.conv3d` on nbconv's kernels: input (N, C_in, D, H, W), weight
-    (C_out, C_in // groups, KD, KH, KW).
-
-    padding: an int, a triple, "valid" or "same" (see `conv1d` for strided "same"). The result has the
-    input's memory format (channels_last_3d or contiguous).
-
-    >>> import torch, nbconv.torch
-    >>> x = torch.ones(1, 1, 3, 3, 3)
-    >>> nbconv.torch.conv3d(x, torch.ones(1, 1, 2, 2, 2), stride=2, padding=1)[0, 0]
-    tensor([[[1., 2.],
-             [2., 4.]],
-    <BLANKLINE>
-            [[2., 4.],
-             [4., 8.]]])
-    """
+def conv3d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int | tuple[int, ...] = 1,
+           padding: int | tuple[int, ...] | str = 0, dilation: int | tuple[int, ...] = 1, groups: int = 1) -> Tensor:
     return _convnd(3, input, weight, bias, stride, padding, dilation, groups, "zeros")
 
 
-def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
-    """`torch.nn.functional.conv_transpose1d` (same argument order): weight (C_in, C_out // groups, K)."""
+def conv_transpose1d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int | tuple[int, ...] = 1,
+                     padding: int | tuple[int, ...] = 0, output_padding: int | tuple[int, ...] = 0, groups: int = 1,
+                     dilation: int | tuple[int, ...] = 1) -> Tensor:
     return _conv_transposend(1, input, weight, bias, stride, padding, output_padding, groups, dilation)
 
 
-def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
-    """`torch.nn.functional.conv_transpose2d` (same argument order): weight (C_in, C_out // groups, KH, KW)."""
+def conv_transpose2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int | tuple[int, ...] = 1,
+                     padding: int | tuple[int, ...] = 0, output_padding: int | tuple[int, ...] = 0, groups: int = 1,
+                     dilation: int | tuple[int, ...] = 1) -> Tensor:
     return _conv_transposend(2, input, weight, bias, stride, padding, output_padding, groups, dilation)
 
 
-def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
-    """`torch.nn.functional.conv_transpose3d` (same argument order): weight (C_in, C_out // groups, KD, KH, KW)."""
+def conv_transpose3d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: int | tuple[int, ...] = 1,
+                     padding: int | tuple[int, ...] = 0, output_padding: int | tuple[int, ...] = 0, groups: int = 1,
+                     dilation: int | tuple[int, ...] = 1) -> Tensor:
     return _conv_transposend(3, input, weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+for _nd in (1, 2, 3):
+    globals()[f"conv{_nd}d"].__doc__ = _function_doc("conv", _nd)
+    globals()[f"conv_transpose{_nd}d"].__doc__ = _function_doc("transpose", _nd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -818,25 +892,61 @@ def conv_transpose3d(input, weight, bias=None, stride=1, padding=0, output_paddi
 # the kernels (no padded copy of the input in PyTorch).
 # ---------------------------------------------------------------------------------------------
 class Conv1d(nn.Conv1d):
-    """Drop-in `torch.nn.Conv1d` computed by nbconv."""
+    """Drop-in `torch.nn.Conv1d` computed by nbconv.
 
-    def _conv_forward(self, input, weight, bias):
+    A subclass of it: the constructor's arguments, the parameters and their initialisation, the
+    state_dict and isinstance checks are PyTorch's; only the computation changes (see
+    :func:`conv1d`).
+
+    Examples
+    --------
+    >>> import torch, nbconv.torch
+    >>> layer = nbconv.torch.Conv1d(3, 8, 3, padding=1)
+    >>> layer(torch.ones(2, 3, 5)).shape, isinstance(layer, torch.nn.Conv1d)
+    (torch.Size([2, 8, 5]), True)
+    """
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return _convnd(1, input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
                        self.padding_mode)
 
 
 class Conv2d(nn.Conv2d):
-    """Drop-in `torch.nn.Conv2d` computed by nbconv."""
+    """Drop-in `torch.nn.Conv2d` computed by nbconv.
 
-    def _conv_forward(self, input, weight, bias):
+    A subclass of it: the constructor's arguments, the parameters and their initialisation, the
+    state_dict and isinstance checks are PyTorch's; only the computation changes (see
+    :func:`conv2d`).
+
+    Examples
+    --------
+    >>> import torch, nbconv.torch
+    >>> layer = nbconv.torch.Conv2d(3, 8, 3, padding=1)
+    >>> layer(torch.ones(2, 3, 5, 5)).shape, isinstance(layer, torch.nn.Conv2d)
+    (torch.Size([2, 8, 5, 5]), True)
+    """
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return _convnd(2, input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
                        self.padding_mode)
 
 
 class Conv3d(nn.Conv3d):
-    """Drop-in `torch.nn.Conv3d` computed by nbconv."""
+    """Drop-in `torch.nn.Conv3d` computed by nbconv.
 
-    def _conv_forward(self, input, weight, bias):
+    A subclass of it: the constructor's arguments, the parameters and their initialisation, the
+    state_dict and isinstance checks are PyTorch's; only the computation changes (see
+    :func:`conv3d`).
+
+    Examples
+    --------
+    >>> import torch, nbconv.torch
+    >>> layer = nbconv.torch.Conv3d(3, 8, 3, padding=1)
+    >>> layer(torch.ones(2, 3, 5, 5, 5)).shape, isinstance(layer, torch.nn.Conv3d)
+    (torch.Size([2, 8, 5, 5, 5]), True)
+    """
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return _convnd(3, input, weight, bias, self.stride, self.padding, self.dilation, self.groups,
                        self.padding_mode)
 
@@ -844,7 +954,7 @@ class Conv3d(nn.Conv3d):
 class _TransposeMixin:
     _nd = None
 
-    def forward(self, input, output_size=None):
+    def forward(self, input: Tensor, output_size: list[int] | None = None) -> Tensor:
         if self.padding_mode != "zeros":
             raise ValueError(f"Only `zeros` padding mode is supported for {type(self).__name__}")
         output_padding = self._output_padding(input, output_size, self.stride, self.padding, self.kernel_size,
@@ -854,18 +964,54 @@ class _TransposeMixin:
 
 
 class ConvTranspose1d(_TransposeMixin, nn.ConvTranspose1d):
-    """Drop-in `torch.nn.ConvTranspose1d` computed by nbconv."""
+    """Drop-in `torch.nn.ConvTranspose1d` computed by nbconv.
+
+    A subclass of it: the constructor's arguments, the parameters and their initialisation, the
+    state_dict and isinstance checks are PyTorch's; only the computation changes (see
+    :func:`conv_transpose1d`). padding_mode must be "zeros", as in PyTorch (ValueError otherwise).
+
+    Examples
+    --------
+    >>> import torch, nbconv.torch
+    >>> layer = nbconv.torch.ConvTranspose1d(3, 8, 2, stride=2)
+    >>> layer(torch.ones(2, 3, 5)).shape, isinstance(layer, torch.nn.ConvTranspose1d)
+    (torch.Size([2, 8, 10]), True)
+    """
 
     _nd = 1
 
 
 class ConvTranspose2d(_TransposeMixin, nn.ConvTranspose2d):
-    """Drop-in `torch.nn.ConvTranspose2d` computed by nbconv."""
+    """Drop-in `torch.nn.ConvTranspose2d` computed by nbconv.
+
+    A subclass of it: the constructor's arguments, the parameters and their initialisation, the
+    state_dict and isinstance checks are PyTorch's; only the computation changes (see
+    :func:`conv_transpose2d`). padding_mode must be "zeros", as in PyTorch (ValueError otherwise).
+
+    Examples
+    --------
+    >>> import torch, nbconv.torch
+    >>> layer = nbconv.torch.ConvTranspose2d(3, 8, 2, stride=2)
+    >>> layer(torch.ones(2, 3, 5, 5)).shape, isinstance(layer, torch.nn.ConvTranspose2d)
+    (torch.Size([2, 8, 10, 10]), True)
+    """
 
     _nd = 2
 
 
 class ConvTranspose3d(_TransposeMixin, nn.ConvTranspose3d):
-    """Drop-in `torch.nn.ConvTranspose3d` computed by nbconv."""
+    """Drop-in `torch.nn.ConvTranspose3d` computed by nbconv.
+
+    A subclass of it: the constructor's arguments, the parameters and their initialisation, the
+    state_dict and isinstance checks are PyTorch's; only the computation changes (see
+    :func:`conv_transpose3d`). padding_mode must be "zeros", as in PyTorch (ValueError otherwise).
+
+    Examples
+    --------
+    >>> import torch, nbconv.torch
+    >>> layer = nbconv.torch.ConvTranspose3d(3, 8, 2, stride=2)
+    >>> layer(torch.ones(2, 3, 5, 5, 5)).shape, isinstance(layer, torch.nn.ConvTranspose3d)
+    (torch.Size([2, 8, 10, 10, 10]), True)
+    """
 
     _nd = 3
