@@ -26,10 +26,13 @@ exclude_patterns = ["_build"]
 templates_path = []
 default_role = "code"          # `x` in a docstring is inline code, as in the README
 autodoc_member_order = "bysource"
-autodoc_default_options = {"members": False}
+autodoc_default_options = {}   # members where a directive asks (classes); a default "members": False wins there
 numpydoc_show_class_members = False
 numpydoc_class_members_toctree = False
 numpydoc_xref_param_type = False
+# Overloaded functions (concatenate, stack) get their signatures from Sphinx, not from _hints_as_written below:
+# these keep their aliases there.
+autodoc_type_aliases = {"Values": "nbconv.ops_core.Values", "NDArray": "numpy.typing.NDArray"}
 add_module_names = True
 nitpicky = False
 suppress_warnings = []
@@ -141,6 +144,57 @@ def _escape_plain_text(app, what, name, obj, options, lines):
         lines[i] = "".join(p if p.startswith("``") else p.replace("|", "\\|") for p in parts)
 
 
+# ---------------------------------------------------------------- type hints as written
+
+class _Written:
+    """A type hint as the source writes it (a string, under ``from __future__ import annotations``),
+    formatted without quotes."""
+
+    def __init__(self, text):
+        self.text = text
+
+    def __repr__(self):
+        return self.text
+
+
+def _written(annotation):
+    return _Written(annotation) if isinstance(annotation, str) else annotation
+
+
+def _is_static(name):
+    """Whether the method called `name` (module.Class.method) is a staticmethod."""
+    parts = name.split(".")
+    for i in range(len(parts) - 2, 0, -1):
+        owner = sys.modules.get(".".join(parts[:i]))
+        if owner is not None:
+            for part in parts[i:-1]:
+                owner = getattr(owner, part)
+            return isinstance(inspect.getattr_static(owner, parts[-1], None), staticmethod)
+    return False
+
+
+def _hints_as_written(app, what, name, obj, options, signature, return_annotation):
+    """Signatures show the type hints as the code writes them (``x: Tensor | Array``). Sphinx would
+    evaluate them and print the expansions of the aliases (ArrayLike alone is a union of eight types),
+    and its own alias option (autodoc_type_aliases) garbles aliases inside unions."""
+    if signature is None or what not in ("function", "method", "class"):
+        return None
+    if getattr(obj, "_is_protocol", False):   # a typing.Protocol (DeviceArray) is never instantiated
+        return "", None
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):   # builtins, exceptions: keep what Sphinx found
+        return None
+    parameters = list(sig.parameters.values())
+    if what == "method" and parameters and not inspect.ismethod(obj) and not _is_static(name):
+        parameters = parameters[1:]   # self (also when a module-level function is installed as a method)
+    sig = sig.replace(parameters=[p.replace(annotation=_written(p.annotation)) for p in parameters],
+                      return_annotation=inspect.Signature.empty)
+    returns = sig.return_annotation if what == "class" else inspect.signature(obj).return_annotation
+    return str(sig), (None if returns is inspect.Signature.empty else inspect.formatannotation(_written(returns)))
+
+
 def setup(app):
     app.connect("builder-inited", _write_api_pages)
     app.connect("autodoc-process-docstring", _escape_plain_text)
+    app.connect("autodoc-process-signature", _hints_as_written)

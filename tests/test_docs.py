@@ -8,6 +8,7 @@ import inspect
 import pathlib
 import re
 import textwrap
+import typing
 
 import pytest
 
@@ -37,13 +38,20 @@ def _import_public(name):
 
 
 def _doctests():
+    """The examples of the public modules' docstrings and of every public name, also those defined in
+    another module than the one exporting them (nbconv.relu lives in nbconv.ops_math)."""
     finder = doctest.DocTestFinder(exclude_empty=True)
     found = {}  # docstring -> its first test (a function re-exported or wrapped with the same docstring runs once)
     for name in PUBLIC_MODULES:
         module = _import_public(name)
         if module is None:
             continue
-        for test in finder.find(module):
+        tests = finder.find(module)
+        for attr in getattr(module, "__all__", ()):
+            obj = getattr(module, attr)
+            if callable(obj):
+                tests += finder.find(obj, f"{name}.{attr}", module=inspect.getmodule(obj))
+        for test in tests:
             if test.examples:
                 found.setdefault(test.docstring, test)
     return sorted(found.values(), key=lambda t: t.name)
@@ -156,7 +164,13 @@ def test_all_extra_covers_every_user_extra():
             assert re.split(r"[<>=!~;\[ ]", requirement)[0] in everything, (name, requirement)
 
 
-# ---------------------------------------------------------------- docstring coverage (being completed)
+# ---------------------------------------------------------------- docstring and type-hint coverage
+
+# Public names whose module this test's changes do not own: cuda_available lives in nbconv/_device.py
+# (no Examples section, no return annotation yet). Listed so that the gap stays visible: the tests
+# below fail once it is closed, to have the entry removed.
+ELSEWHERE = {"nbconv.cuda_available"}
+
 
 def _public_callables():
     seen = set()
@@ -171,22 +185,73 @@ def _public_callables():
                 yield f"{name}.{attr}", obj
 
 
-@pytest.mark.xfail(strict=False, reason="docstrings of the public API are being completed (issue 17); "
-                                        "the failure message lists what is missing")
+def _own_init(cls):
+    """cls.__init__ when nbconv defines it (in cls or an nbconv base class), else None."""
+    init = cls.__init__
+    return init if getattr(init, "__module__", "").startswith("nbconv") else None
+
+
+def _docstring_gaps(name, obj):
+    doc = inspect.getdoc(obj) or ""
+    function = obj if not isinstance(obj, type) else _own_init(obj)
+    missing = []
+    if function is not None:
+        parameters = [p for p in inspect.signature(function).parameters.values() if p.name not in ("self", "cls")]
+        # **params only where the docstring documents them (a primitive's static parameters, an optimizer's options)
+        if any(p.kind is p.VAR_KEYWORD and not re.search(rf"^\\?\*\\?\*{p.name}\b", doc, re.M) for p in parameters):
+            missing.append("signature (**params)")
+        if parameters and not re.search(r"^Parameters\n-+$", doc, re.M):
+            missing.append("Parameters")
+    if not re.search(r"^Examples\n-+$", doc, re.M) and ">>>" not in doc:
+        missing.append("Examples")
+    return missing
+
+
 def test_public_api_docstrings_are_complete():
-    """Every public function: an explicit signature (no bare **params), a numpydoc Parameters section
-    and an Examples section."""
-    gaps = []
+    """Every public function and class: an explicit signature (no **params, unless documented as
+    such), a numpydoc Parameters section (for a class: when nbconv defines its constructor) and
+    an Examples section (which test_docstring_example runs)."""
+    gaps, elsewhere = [], []
     for name, obj in _public_callables():
-        doc = inspect.getdoc(obj) or ""
-        missing = []
-        if not isinstance(obj, type):
-            if any(p.kind is p.VAR_KEYWORD for p in inspect.signature(obj).parameters.values()):
-                missing.append("signature (**params)")
-            if not re.search(r"^Parameters\n-+$", doc, re.M):
-                missing.append("Parameters")
-        if not re.search(r"^Examples\n-+$", doc, re.M) and ">>>" not in doc:
-            missing.append("Examples")
-        if missing:
-            gaps.append(f"{name}: {', '.join(missing)}")
+        missing = _docstring_gaps(name, obj)
+        (elsewhere if name in ELSEWHERE else gaps).extend([f"{name}: {', '.join(missing)}"] if missing else [])
     assert not gaps, "\n".join(gaps)
+    assert len(elsewhere) == len(ELSEWHERE & {n for n, _ in _public_callables()}), \
+        f"documented now: remove from ELSEWHERE {sorted(ELSEWHERE)} what is no longer listed in {elsewhere}"
+
+
+def _typed_functions():
+    """(name, function) for each public function, and for each public class the constructor and public
+    methods that nbconv defines (torch.nn's own are PyTorch's business)."""
+    for name, obj in _public_callables():
+        if not isinstance(obj, type):
+            yield name, obj
+            continue
+        if issubclass(obj, BaseException):
+            continue
+        members = {"__init__": _own_init(obj)} if _own_init(obj) is not None else {}
+        for klass in obj.__mro__:
+            for attr, value in vars(klass).items():
+                if not attr.startswith("_") and attr not in members:
+                    members[attr] = value
+        for attr, value in members.items():
+            function = getattr(value, "__func__", value)   # staticmethod and classmethod objects
+            if inspect.isfunction(function) and function.__module__.startswith("nbconv"):
+                yield f"{name}.{attr}", function
+
+
+def test_public_api_type_hints_resolve():
+    """Every parameter and return value of the public API is annotated, and the annotations resolve
+    (typing.get_type_hints evaluates them, imports included, as Sphinx and runtime checkers do)."""
+    gaps, elsewhere = [], []
+    for name, function in _typed_functions():
+        hints = typing.get_type_hints(function)
+        parameters = [p.name for p in inspect.signature(function).parameters.values() if p.name not in ("self", "cls")]
+        missing = [p for p in parameters if p not in hints]
+        if "return" not in hints and function.__name__ != "__init__":
+            missing.append("return")
+        if missing:
+            (elsewhere if name in ELSEWHERE else gaps).append(f"{name}: {', '.join(missing)}")
+    assert not gaps, "unannotated:\n" + "\n".join(gaps)
+    assert len(elsewhere) == len(ELSEWHERE & {n for n, _ in _public_callables()}), \
+        f"annotated now: remove from ELSEWHERE {sorted(ELSEWHERE)} what is no longer listed in {elsewhere}"
