@@ -244,6 +244,16 @@ def mma_source(tile, lda):
 
 
 @functools.lru_cache(maxsize=None)
+def mma_function(tile, lda):
+    """The `mma` device function of mma_source, one per (tile, lda): the forward and weight-gradient kernels
+    of every index width and padding class share it, so a process types and lowers each unrolled body once
+    (under the simulator: the plain Python function)."""
+    namespace = {"S": np.uint64}
+    exec(mma_source(tile, lda), namespace)
+    return namespace["mma"] if numba.config.ENABLE_CUDASIM else cuda.jit(device=True)(namespace["mma"])
+
+
+@functools.lru_cache(maxsize=None)
 def kernels(dtype, tile, wide, zero_pad):
     """The implicit-GEMM kernels for one float dtype, Tile, index width (wide: 64-bit indices) and padding
     class (zero_pad: positions outside the input read zeros, so an element's offset is a row offset plus
@@ -273,9 +283,7 @@ def kernels(dtype, tile, wide, zero_pad):
     FAR = -(1 << 30)                 # a position offset that no range test passes (|positions| < 2**30)
     W_LANES = T // BK                # weight-gradient staging: rows rl + j * W_LANES of pixel pk
     W_ROWS = BM // W_LANES
-    namespace = {"S": S}
-    exec(mma_source(tile, LDA), namespace)
-    mma = namespace["mma"] if numba.config.ENABLE_CUDASIM else cuda.jit(device=True)(namespace["mma"])
+    mma = mma_function(tile, LDA)
 
     @cuda.jit
     def conv(a, b, tab, bias, has_bias, dst, g):

@@ -10,17 +10,20 @@
    the other modes, narrow and wide tiles, 32- and 64-bit indices, the direct kernels (depthwise,
    few channels per group), layout copies, fills and sums, in float32 and float64. What is recorded is
    each kernel with the argument types numba would compile it for, and its block size.
-2. Compiles each (kernel, argument types) to PTX with numba's CUDA target for each architecture
-   (NVVM, no driver), assembles it with ``ptxas -v`` (registers, spill stores/loads, stack frame,
-   shared memory) and disassembles the cubin with ``nvdisasm`` (SASS).
+2. Compiles each (kernel, argument types) as a launch would (the dispatcher's options; numba types
+   and lowers it once) and NVVM turns it into PTX for each architecture (no driver); ``ptxas -v``
+   assembles that (registers, spill stores/loads, stack frame, shared memory) and ``nvdisasm``
+   disassembles the cubin (SASS). The work is spread over processes (``--jobs``, default: the CPUs),
+   the GEMM kernels that share an unrolled device function in one process, largest units first.
 3. Measures the instruction mix: the main loop is the innermost loop (a backward branch's range in
    the SASS) that holds fused multiply-adds; its FMA share is FFMA + DFMA over its instructions.
    Occupancy is computed from registers, shared memory and the block size with the architecture's
    limits (:func:`occupancy`).
 
 Needs numba-cuda with the CUDA toolkit wheels (``pip install "numba-cuda[cu12]"
-nvidia-cuda-nvdisasm``; nbconv's ``cuda-static`` extra); run it with NUMBA_ENABLE_CUDASIM unset or 0.
-tests/test_cuda_static.py runs it and asserts the targets.
+nvidia-cuda-nvdisasm``: nbconv's ``test`` and ``cuda-static`` extras); run it with NUMBA_ENABLE_CUDASIM
+unset or 0. tests/test_cuda_static.py runs it and asserts the targets (about 4 CPU-minutes: 2 minutes
+on 2 cores).
 """
 import argparse
 import contextlib
@@ -71,7 +74,7 @@ def missing():
     try:
         import numba_cuda  # noqa: F401  (the maintained CUDA target; numba's own is deprecated)
     except ImportError:
-        return "numba-cuda is not installed (pip install 'numba-cuda[cu12]')"
+        return "numba-cuda is not installed (pip install -e '.[test]', or 'numba-cuda[cu12]' nvidia-cuda-nvdisasm)"
     for tool in ("ptxas", "nvdisasm"):
         if find_tool(tool) is None:
             return f"{tool} not found (pip install 'numba-cuda[cu12]' nvidia-cuda-nvdisasm)"
@@ -283,11 +286,25 @@ def occupancy(regs, smem, threads, arch):
     return blocks * warps / (lim["threads"] // 32)
 
 
-def analyze(launch, arch, workdir):
-    """The static figures of one recorded launch compiled for `arch` (e.g. "sm_90")."""
-    from numba import cuda
-    cc = (int(arch[3]), int(arch[4:]))
-    ptx, _ = cuda.compile_ptx(launch.dispatcher.py_func, launch.argtypes, cc=cc)
+def compile_kernel(launch, archs):
+    """{arch: PTX} of one recorded launch: numba types and lowers the kernel once, as a launch does (the
+    dispatcher's own options), and NVVM compiles that LLVM IR for each architecture."""
+    from numba.cuda.dispatcher import _Kernel
+    d = launch.dispatcher
+    kernel = _Kernel(d.py_func, launch.argtypes, **d.targetoptions)
+    return {arch: kernel.inspect_asm(_cc(arch)) for arch in archs}
+
+
+def _cc(arch):
+    """(major, minor) of "sm_XY"."""
+    return int(arch[3:-1]), int(arch[-1])
+
+
+def analyze(launch, arch, workdir, ptx=None):
+    """The static figures of one recorded launch compiled for `arch` (e.g. "sm_90"); `ptx`: its PTX for
+    that architecture when already compiled (compile_kernel)."""
+    if ptx is None:
+        ptx = compile_kernel(launch, (arch,))[arch]
     base = os.path.join(workdir, f"k{abs(hash((launch.label, str(launch.argtypes), arch)))}")
     with open(base + ".ptx", "w") as fh:
         fh.write(ptx)
@@ -322,30 +339,60 @@ _RECORDS = None
 
 
 def _work(job):
-    index, arch, workdir = job
-    return analyze(_RECORDS[index], arch, workdir)
+    """The results of one unit of work: launches (indices into _RECORDS) for every architecture."""
+    indices, archs, workdir = job
+    results = []
+    for index in indices:
+        launch = _RECORDS[index]
+        ptx = compile_kernel(launch, archs)
+        results += [analyze(launch, arch, workdir, ptx[arch]) for arch in archs]
+    return results
 
 
-def _without_device():
-    """Typing device functions asks the current device for its compute capability: a stand-in answers
-    (compile_ptx is told the real target)."""
+def work_units(launches):
+    """Lists of launch indices, one per unit of work, largest first: the implicit-GEMM kernels of one dtype
+    and tile share one unrolled `mma` device function (the costliest part to type and lower), so they
+    compile in one process; every other kernel is a unit of its own."""
+    groups = {}
+    for i, launch in enumerate(launches):
+        label = launch.label
+        key = (label.split(".")[0],) + tuple(label[label.index("[") + 1:].split(",")[:2]) \
+            if label.startswith("gemm.") else (label, i)
+        groups.setdefault(key, []).append(i)
+    return sorted(groups.values(), key=lambda g: (-len(g), g))
+
+
+def _without_device(cc=(8, 0)):
+    """Compiling a kernel asks the current device for its compute capability (typing, and the PTX a kernel
+    object compiles for itself at creation): a stand-in answers `cc`, here the first architecture checked
+    (compile_kernel's inspect_asm is told each real target)."""
     import numba.cuda.dispatcher as dispatcher
-    dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(8, 0))
+    from numba.cuda.codegen import CUDACodeLibrary
+    dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=cc)
+    ensure_cc = CUDACodeLibrary.__dict__.get("_nbconv_ensure_cc", CUDACodeLibrary._ensure_cc)
+    CUDACodeLibrary._nbconv_ensure_cc = ensure_cc
+    CUDACodeLibrary._ensure_cc = lambda self, want: ensure_cc(self, cc if want is None else want)
 
 
 def run(archs=ARCHS, jobs=None):
-    """Record every launch and analyze each for every arch; a list of result dicts."""
+    """Record every launch and analyze each for every arch; a list of result dicts (launches in a stable
+    order, each launch's architectures in the order of `archs`)."""
     global _RECORDS
     _RECORDS = record_all()
-    _without_device()
-    work = [(i, arch) for i in range(len(_RECORDS)) for arch in archs]
-    jobs = jobs or min(len(work), os.cpu_count() or 1)
+    _without_device(_cc(archs[0]))
+    units = work_units(_RECORDS)
+    jobs = jobs or min(len(units), os.cpu_count() or 1)
     with tempfile.TemporaryDirectory() as workdir:
+        work = [(unit, tuple(archs), workdir) for unit in units]
         if jobs == 1:
-            return [_work((i, arch, workdir)) for i, arch in work]
-        import multiprocessing
-        with multiprocessing.get_context("fork").Pool(jobs) as pool:   # workers inherit the records
-            return pool.map(_work, [(i, arch, workdir) for i, arch in work], chunksize=1)
+            done = [_work(job) for job in work]
+        else:
+            import multiprocessing
+            with multiprocessing.get_context("fork").Pool(jobs) as pool:   # workers inherit the records
+                done = pool.map(_work, work, chunksize=1)                 # largest units first
+    order = {(r.label, tuple(str(t) for t in r.argtypes)): i for i, r in enumerate(_RECORDS)}
+    results = [r for unit in done for r in unit]
+    return sorted(results, key=lambda r: (order[r["kernel"], tuple(r["argtypes"])], archs.index(r["arch"])))
 
 
 def summary(results):

@@ -7,14 +7,16 @@ weight-gradient kernels, fused multiply-adds are at least half of the main loop'
 float64 kernels with 64-bit indices (launched only when an operand or offset exceeds 2**30 elements)
 keep a lower bound: their 64-bit offsets cost more of the loop (see the report printed on failure).
 
-Runs where numba-cuda and the CUDA toolkit wheels are installed (nbconv's `cuda-static` extra:
-numba-cuda[cu12] and nvidia-cuda-nvdisasm); skipped otherwise. Takes minutes (about 90 compilations,
-in parallel over the CPUs).
+Runs where numba-cuda and the CUDA toolkit wheels are installed (nbconv's `test` extra, which CI
+installs, and `cuda-static`: numba-cuda[cu12] and nvidia-cuda-nvdisasm); skipped otherwise. About 4
+CPU-minutes (48 kernels, each typed once and compiled for both architectures, in parallel over the CPUs:
+2 minutes on CI's 2 cores).
 """
 import json
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 
@@ -120,3 +122,13 @@ def test_occupancy_model():
     assert _cuda_static.occupancy(128, 8832, 256, "sm_80") == 0.25      # 2 blocks by registers
     assert _cuda_static.occupancy(168, 10880, 128, "sm_90") == 0.1875   # 3 blocks of 4 warps
     assert _cuda_static.occupancy(255, 0, 1024, "sm_80") == 0           # does not fit at all
+
+
+def test_work_units():
+    """GEMM kernels of one dtype and tile share their unrolled device function, so they compile in one
+    process; every other kernel is a unit of its own; largest units first (runs without a toolkit)."""
+    labels = ["direct.fill[float32]", "gemm.conv[float32,wide,i32,zero-pad]", "gemm.wgrad[float32,wide,i64,modes]",
+              "gemm.conv[float64,wide,i32,zero-pad]", "gemm.conv[float32,narrow,i32,zero-pad]", "direct.fill[float64]"]
+    launches = [types.SimpleNamespace(label=label) for label in labels]
+    assert _cuda_static.work_units(launches) == [[1, 2], [0], [3], [4], [5]]
+    assert _cuda_static._cc("sm_90") == (9, 0) and _cuda_static._cc("sm_100") == (10, 0)
