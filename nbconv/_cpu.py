@@ -26,6 +26,10 @@ no im2col matrix is ever formed. Two shapes take other routes: with fewer than B
 group the gather would leave most lanes idle, so the input gradient computes each output pixel's
 columns (taps x input channels) and scatter-adds them (`_scatter_conv`); depthwise convolutions (one
 input channel per group) run in `_depthwise`, where each vector lane is its own channel.
+
+Pointwise convolutions (1x1 kernels, one group, no padding) are plain matrix products over the pixels,
+(pixels, C_in) @ (C_in, C_out), and run as one call into NumPy's BLAS (`_pointwise_*`), whose kernels use
+the widest vector registers of the machine.
 """
 import math
 import itertools
@@ -228,6 +232,52 @@ def _is_depthwise(w_shape, groups):
     return groups > 1 and w_shape[-2] == 1
 
 
+def _is_pointwise(w_shape, params):
+    """A 1x1 (x1) kernel with one group and no padding: a matrix product over the (strided) pixels."""
+    return params.groups == 1 and all(k == 1 for k in w_shape[:-2]) and _unpadded(params.pads)
+
+
+def _strided_pixels(a, stride):
+    """The pixels a[:, ::s_0, ::s_1, ...] of a channels-last array as (pixels, C) rows (a view when possible)."""
+    if any(s != 1 for s in stride):
+        a = a[(slice(None), *(slice(None, None, s) for s in stride))]
+    return a.reshape(-1, a.shape[-1])
+
+
+def _pointwise_forward(x, w, bias, params, out):
+    """out = x[strided pixels] @ w + bias for a pointwise convolution (one BLAS matrix product)."""
+    np.matmul(_strided_pixels(x, params.stride), w.reshape(w.shape[-2:]), out=out.reshape(-1, out.shape[-1]))
+    if bias is not None:
+        out += bias
+    return out
+
+
+def _pointwise_grad_weight(gy, x, w_shape, params):
+    """dL/dw = x[strided pixels].T @ gy for a pointwise convolution."""
+    return (_strided_pixels(x, params.stride).T @ gy.reshape(-1, gy.shape[-1])).reshape(w_shape)
+
+
+def _pointwise_input_grad(gy, w, window, stride, shape, dst):
+    """Gradient w.r.t. the window (starts, sizes) of a padded input of shape `shape`, for a 1x1 kernel with one
+    group: gy @ w.T at the window positions o*s - start it holds, zero elsewhere (into dst when given)."""
+    starts, sizes = window
+    products = (gy.reshape(-1, gy.shape[-1]) @ w.reshape(w.shape[-2:]).T).reshape(*gy.shape[:-1], shape[-1])
+    first = [-(-a // s) for a, s in zip(starts, stride)]  # the outputs o with 0 <= o*s - a < size
+    last = [max(f, min(o, (a + size - 1) // s + 1)) for f, o, a, size, s in
+            zip(first, gy.shape[1:-1], starts, sizes, stride)]
+    src = products[(slice(None), *(slice(f, l) for f, l in zip(first, last)))]
+    covers = src.shape == tuple(shape) and all(s == 1 for s in stride)  # then first*s - a == 0 in every dim
+    if covers and dst is None:
+        return np.ascontiguousarray(src)
+    if dst is None:
+        dst = np.zeros(shape, dtype=gy.dtype)
+    elif not covers:
+        dst[...] = 0
+    target = dst[(slice(None), *(slice(f * s - a, None, s) for f, s, a in zip(first, stride, starts)))]
+    np.copyto(target[tuple(slice(0, n) for n in src.shape)], src)
+    return dst
+
+
 def _unpadded(pads):
     return not any(p for pair in pads for p in pair)
 
@@ -366,6 +416,8 @@ def check_out(out, inputs):
 
 def forward(x, w, bias, params, out):
     """out = conv(x, w) + bias."""
+    if _is_pointwise(w.shape, params) and out.size:
+        return _pointwise_forward(x, w, bias, params, out)
     if _is_depthwise(w.shape, params.groups):
         src, offset = _depthwise_source(x, params)
         return _depthwise_forward(src, _c(w[..., 0, :]), _bias_arg(bias, x.dtype), out, offset,
@@ -410,6 +462,8 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
     if _is_depthwise(w.shape, groups):
         return _depthwise_grad_input(gy, w, np.empty(shape, dtype=gy.dtype) if dst is None else dst, starts,
                                      stride, dilation)
+    if groups == 1 and all(k == 1 for k in kernel):
+        return _pointwise_input_grad(gy, w, window, stride, shape, dst)
     if cg_in < B:
         # Few input channels per group would leave most lanes of the gather tile idle: compute the
         # columns (taps x input channels) for each output pixel and scatter-add them instead.
@@ -487,6 +541,8 @@ def grad_weight(gy, x, w_shape, params):
         return np.zeros(w_shape, dtype=gy.dtype)
     if _is_depthwise(w_shape, params.groups):
         return _depthwise_grad_weight(gy, x, w_shape, params)
+    if _is_pointwise(w_shape, params):
+        return _pointwise_grad_weight(gy, x, w_shape, params)
     kernel, cg_in, c_out = w_shape[:-2], w_shape[-2], w_shape[-1]
     groups = params.groups
     cg_out = c_out // groups

@@ -1056,3 +1056,62 @@ def check_random_configuration(cfg):
             t = fn("conv_transpose", nd)(gy, wt, bt, **targs)
             te, tm = reference_transpose(gy, wt, bt, targs)
             assert_close(t, te, tm, dtype, "transpose")
+
+
+# ---------------------------------------------------------------------------------------------------
+# pointwise (1x1) convolutions: the matrix-product route of the CPU backend
+# ---------------------------------------------------------------------------------------------------
+
+POINTWISE_STRIDES = {"1": {1: 1, 2: 1, 3: 1}, "2": {1: 2, 2: 2, 3: 2}, "mixed": {1: (3,), 2: (2, 1), 3: (1, 3, 2)}}
+
+
+@over_nd()
+@pytest.mark.parametrize("stride", tuple(POINTWISE_STRIDES))
+@pytest.mark.parametrize("layout_kind", ("C", "F", "slice"))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pointwise_forward_and_backward(rng, nd, stride, layout_kind, dtype):
+    """1x1 kernels with one group and no padding (one matrix product per pass) against both oracles,
+    with 17 -> 20 channels and an odd spatial size, so strided pixels leave the last row unread."""
+    kw = dict(stride=POINTWISE_STRIDES[stride][nd], padding=0, dilation=2, groups=1, padding_mode="zeros")
+    x = randn(rng, (2, *X_SPATIAL[nd], 17), dtype)
+    w = randn(rng, ((1,) * nd) + (17, 20), dtype)
+    b = randn(rng, (20,), dtype)
+    lx, lw = layout(x, layout_kind), layout(w, layout_kind)
+    saved = snapshot(lx, lw)
+    y = fn("conv", nd)(lx, lw, b, **kw)
+    expected, magnitude = reference_forward(x, w, b, kw)
+    assert_close(y, expected, magnitude, dtype, "forward vs reference")
+    gy = randn(rng, y.shape, dtype)
+    grads = getattr(nbconv, f"conv{nd}d_backward")(layout(gy, layout_kind), lx, lw, **kw)
+    assert_unchanged((lx, lw), saved)
+    (ex, ew, eb), (mx, mw, mb) = reference_grads(gy, x, w, kw)
+    assert_close(grads.input, ex, mx, dtype, "grad input vs reference")
+    assert_close(grads.weight, ew, mw, dtype, "grad weight vs reference")
+    assert_close(grads.bias, eb, mb, dtype, "grad bias vs reference")
+    ty, tx, tw, tb = torch_conv(x, w, b, stride=kw["stride"], padding=0, dilation=2, groups=1, mode="zeros", gy=gy)
+    assert_close(y, ty, magnitude, dtype, "forward vs torch")
+    assert_close(grads.input, tx, mx, dtype, "grad input vs torch")
+    assert_close(grads.weight, tw, mw, dtype, "grad weight vs torch")
+
+
+@over_nd()
+@pytest.mark.parametrize("stride", tuple(POINTWISE_STRIDES))
+@pytest.mark.parametrize("padding", ("int0", "int", "asym"))
+@pytest.mark.parametrize("output_padding", ("zero", "max"))
+def test_pointwise_transpose(rng, nd, stride, padding, output_padding):
+    """Transposed 1x1 convolutions (the matrix product placed at every s-th position, cropped by the padding,
+    zero in the output padding) against both oracles."""
+    strides = R._norm(POINTWISE_STRIDES[stride][nd], nd)
+    kw = dict(stride=strides, padding=T_PADDINGS[padding][nd], dilation=1, groups=1,
+              output_padding=tuple(s - 1 for s in strides) if output_padding == "max" else 0)
+    x = randn(rng, (2, *T_X_SPATIAL[nd], 18), np.float64)
+    w = randn(rng, ((1,) * nd) + (3, 18), np.float64)
+    b = randn(rng, (3,), np.float64)
+    expected, magnitude = reference_transpose(x, w, b, kw)
+    if min(expected.shape[1:-1]) < 1:  # the padding crops everything: a clear error, no empty result
+        with pytest.raises(ValueError, match="output size would be"):
+            fn("conv_transpose", nd)(x, w, b, **kw)
+        return
+    y = fn("conv_transpose", nd)(x, w, b, **kw)
+    assert_close(y, expected, magnitude, np.float64, "vs reference")
+    assert_close(y, torch_conv_transpose(x, w, b, **kw), magnitude, np.float64, "vs torch")
