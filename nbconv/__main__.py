@@ -7,8 +7,9 @@ from . import __version__
 
 # subcommand -> (module providing add_arguments(parser) and run(args), one-line help)
 COMMANDS = {
-    "bench": ("nbconv._bench", "benchmark tables, conv2d and conv3d, forward and backward: nbconv vs PyTorch "
-                               "(and NumPy im2col for 2-D)"),
+    "bench": ("nbconv._bench", "benchmark table of named layers from real networks (1-D/2-D/3-D, transposed, "
+                               "float64), forward and backward: nbconv vs PyTorch and NumPy im2col, GFLOP/s "
+                               "beside the matmul roof"),
     "demo": ("nbconv._demo", "train a small CNN with nothing but nbconv and NumPy"),
     "lenet": ("nbconv._lenet", "LeNet on MNIST: torch.nn.Conv2d vs nbconv.torch.Conv2d (needs PyTorch)"),
     "compile": ("nbconv._cli_compile", "compile the CPU kernels into Numba's on-disk cache ahead of time"),

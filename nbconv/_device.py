@@ -20,9 +20,22 @@ def as_device_array(a):
     return cuda.as_cuda_array(a)
 
 
-def cuda_available():
-    """True when a real CUDA GPU can run nbconv's CUDA kernels; False under Numba's CUDA simulator
-    (NUMBA_ENABLE_CUDASIM=1), without the CUDA driver, or when numba's CUDA support is missing."""
+def cuda_available() -> bool:
+    """Whether a real CUDA GPU can run nbconv's CUDA kernels.
+
+    False under Numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1), without the CUDA driver, or when
+    numba's CUDA support is missing. Never raises, never compiles a kernel.
+
+    Returns
+    -------
+    bool
+
+    Examples
+    --------
+    >>> import nbconv
+    >>> isinstance(nbconv.cuda_available(), bool)
+    True
+    """
     try:
         from numba import config
         if config.ENABLE_CUDASIM:
