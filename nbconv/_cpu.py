@@ -39,7 +39,7 @@ from numba import prange
 
 from . import _depthwise
 from ._jit import SLOTS, call, kernel
-from ._micro import B, P, micro_tile
+from ._micro import LB, B, P, micro_tile
 from ._padding import CODES, source_indices
 
 _WEIGHT_GRAD_CHUNK = 256  # most output pixels per chunk of the weight gradient (operands stay in L1/L2)
@@ -382,8 +382,8 @@ def _depthwise_grad_weight(gy, x, w_shape, params):
     kernel, c_out = w_shape[:-2], w_shape[-1]
     src, offset = _depthwise_source(x, params)
     gy = _c(gy)
-    lanes = c_out == params.groups and c_out % B == 0
-    gy_blocks = gy.reshape(-1, B) if lanes else np.empty((0, B), dtype=gy.dtype)
+    lanes = c_out == params.groups and c_out % LB == 0
+    gy_blocks = gy.reshape(-1, LB) if lanes else np.empty((0, LB), dtype=gy.dtype)
     row_src = _source_rows(src.shape, gy.shape[1:-1], kernel, params.stride, params.dilation, offset)
     partial = np.zeros((SLOTS, row_src.shape[1], kernel[-1], c_out), dtype=gy.dtype)
     call(_depthwise.grad_weight, _rows(src), _rows(gy), gy_blocks, row_src, partial, offset[-1],

@@ -13,7 +13,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel
-from ._micro import B, P, micro_lanes, micro_lanes_add
+from ._micro import LB, P, micro_lanes, micro_lanes_add
 
 
 @kernel()
@@ -57,9 +57,9 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw):
     m = c_dst // c_src
     flat = src.reshape(-1)
     dst_flat = dst.reshape(-1)
-    # Interior: whole tiles of P columns whose every tap is inside the row, and the full B-channel blocks
+    # Interior: whole tiles of P columns whose every tap is inside the row, and the full LB-channel blocks
     # (m == 1), run through the register tile; the other columns and channels through the plain loops.
-    c_full = (c_dst // B) * B if m == 1 else 0
+    c_full = (c_dst // LB) * LB if m == 1 else 0
     ow_lo, ow_hi = _interior(out_w, w_src, k_w, off_w, sw, dw)
     ow_hi = ow_lo + (ow_hi - ow_lo) // P * P
     for row in prange(n_rows):
@@ -101,10 +101,10 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw):
                     offsets[end * k_w + kw] = np.uint64(((row_src[row, end] - first) * w_src + kw * dw) * c_src)
                 end += 1
             for ow0 in range(ow_lo, ow_hi, P):
-                for cb in range(c_full // B):
+                for cb in range(c_full // LB):
                     for p in range(P):
-                        bases[p] = np.uint64((first * w_src + (ow0 + p) * sw - off_w) * c_src + cb * B)
-                        out_bases[p] = np.uint64((row * out_w + ow0 + p) * c_dst + cb * B)
+                        bases[p] = np.uint64((first * w_src + (ow0 + p) * sw - off_w) * c_src + cb * LB)
+                        out_bases[p] = np.uint64((row * out_w + ow0 + p) * c_dst + cb * LB)
                     micro_lanes_add(flat, bases, offsets[t * k_w:end * k_w], wpk[cb], t * k_w, 1, dst_flat, out_bases)
             t = end
 
@@ -147,20 +147,20 @@ def grad_input(gy, w, row_gy, dst, off_w, sw, dw):
 def grad_weight(src, gy, gy_blocks, row_src, partial, off_w, sw, dw):
     """partial[slot, t, kw, c] = sum over rows r of block slot (of partial.shape[0] equal blocks) with
     row_src[r, t] >= 0, and ow, of src[row_src[r, t], ow*sw + kw*dw - off_w, c // m] * gy[r, ow, c] (zero outside
-    the row); src (rows, W, C_src), gy (R, OW, C_out), row_src (R, T); gy_blocks = gy as rows of B channels when
-    m == 1 and B divides C_out (else empty); partial zeroed, everything C-contiguous."""
+    the row); src (rows, W, C_src), gy (R, OW, C_out), row_src (R, T); gy_blocks = gy as rows of LB channels when
+    m == 1 and LB divides C_out (else empty); partial zeroed, everything C-contiguous."""
     w_src, c_src = src.shape[1], src.shape[2]
     n_rows, out_w, c_out = gy.shape
     n_slots, n_taps, k_w = partial.shape[0], partial.shape[1], partial.shape[2]
     m = c_out // c_src
     flat = src.reshape(-1)
-    n_blocks = c_out // B if gy_blocks.shape[0] > 0 else 0
-    c_full = n_blocks * B
+    n_blocks = c_out // LB if gy_blocks.shape[0] > 0 else 0
+    c_full = n_blocks * LB
     ow_lo, ow_hi = _interior(out_w, w_src, k_w, off_w, sw, dw)
     for slot in prange(n_slots):
         acc = partial[slot]
         acc_taps = acc.reshape(n_taps * k_w, c_out)
-        tile = np.empty((P, B), dtype=partial.dtype)
+        tile = np.empty((P, LB), dtype=partial.dtype)
         bases = np.empty(P, dtype=np.uint64)
         pix = np.empty(max(ow_hi - ow_lo, 1), dtype=np.uint64)
         for i in range(ow_hi - ow_lo):
@@ -193,20 +193,20 @@ def grad_weight(src, gy, gy_blocks, row_src, partial, off_w, sw, dw):
             for cb in range(n_blocks):
                 for t0 in range(0, n_valid, P):
                     for p in range(P):
-                        bases[p] = tap_bases[min(t0 + p, n_valid - 1)] + np.uint64(cb * B)
+                        bases[p] = tap_bases[min(t0 + p, n_valid - 1)] + np.uint64(cb * LB)
                     micro_lanes(flat, bases, pix[:ow_hi - ow_lo], gy_blocks, (row * out_w + ow_lo) * n_blocks + cb,
                                 n_blocks, tile)
                     for p in range(min(P, n_valid - t0)):
                         acc_tap = acc_taps[tap_ids[t0 + p]]
-                        for b in range(B):
-                            acc_tap[cb * B + b] += tile[p, b]
+                        for b in range(LB):
+                            acc_tap[cb * LB + b] += tile[p, b]
 
 
 def lanes_weights(w):
-    """(T, KW, C) depthwise weights as (C // B, T * KW, B) blocks for micro_lanes."""
+    """(T, KW, C) depthwise weights as (C // LB, T * KW, LB) blocks for micro_lanes."""
     n_taps, k_w, c = w.shape
-    blocks = c // B
-    return np.ascontiguousarray(w[:, :, :blocks * B].reshape(n_taps * k_w, blocks, B).transpose(1, 0, 2))
+    blocks = c // LB
+    return np.ascontiguousarray(w[:, :, :blocks * LB].reshape(n_taps * k_w, blocks, LB).transpose(1, 0, 2))
 
 
 def row_table(n_img, positions, sizes):

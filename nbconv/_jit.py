@@ -7,10 +7,8 @@
   the kernels recompile.
 - fastmath is limited to `contract` (fused multiply-add). `reassoc` would let LLVM vectorize the
   reduction instead of the register tile, and `nnan`/`ninf` would break NaN/Inf propagation.
-- LLVM's SLP vectorizer packs the register tiles of `_micro.py` into vector registers. Numba ships
-  with it off (numba issue #8705) and reads `numba.config.SLP_VECTORIZE` whenever it optimizes a
-  module, so `call` turns it on only while one of our kernels compiles, under a lock, and restores
-  the user's setting afterwards.
+- The register tiles (`_micro.py`) are written as LLVM vector code, so no kernel depends on LLVM's SLP
+  vectorizer, which Numba ships switched off (numba issue #8705); the user's setting is left alone.
 - Threading layers: Numba prefers TBB (installed with nbconv where wheels exist), which is thread-
   and fork-safe. GNU OpenMP aborts a forked child that runs a parallel kernel after its parent did;
   the `workqueue` layer aborts the process when two threads run parallel kernels at once, so under
@@ -148,19 +146,14 @@ def _type_key(a):
 
 
 def call(dispatcher, *args, work=None):
-    """dispatcher(*args), compiling (or loading from cache) with SLP vectorization on the first time,
-    on one thread when `work` is below SERIAL_BELOW."""
+    """dispatcher(*args), compiling (or loading from cache) the first time, on one thread when `work` is
+    below SERIAL_BELOW."""
     if not isinstance(dispatcher, numba.core.dispatcher.Dispatcher):  # NUMBA_DISABLE_JIT=1: plain Python
         return dispatcher(*args)
     key = (dispatcher, tuple(_type_key(a) for a in args))
     if key not in _compiled:
         with _compile_lock:
-            saved = numba.config.SLP_VECTORIZE
-            numba.config.SLP_VECTORIZE = 1
-            try:
-                _compile(dispatcher, args)
-            finally:
-                numba.config.SLP_VECTORIZE = saved
+            _compile(dispatcher, args)
             _compiled.add(key)
     threads = numba.get_num_threads()
     serial = work is not None and work < SERIAL_BELOW and threads > 1

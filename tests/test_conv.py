@@ -7,7 +7,7 @@ three factors matter (padding kind x padding mode x dims). Shapes are tiny: the 
 the JIT compilation of the kernels, not the arithmetic.
 
 1-D and 2-D share the original grids; 3-D has grids of its own (same factors, plus a C_in = 1 and a
->= 16-channel group layout; the 1-D/2-D cases are unchanged by them) and joins the small full products
+>= 32-channel group layout; the 1-D/2-D cases are unchanged by them) and joins the small full products
 through the `nd` parameter (ids nd1/nd2/nd3, so `-k nd3` selects the 3-D cases; every 3-D-only test
 has "3d" in its name).
 """
@@ -141,7 +141,7 @@ GROUPS = {  # (C_in, C_out, groups)
 }
 GROUPS_3D = dict(GROUPS, **{
     "cin1": (1, 5, 1),        # a single input channel
-    "wide": (17, 20, 1),      # >= 16 channels: register tiles, a full and a partial channel block
+    "wide": (33, 40, 1),      # >= 32 channels: register tiles (16 or 32 lanes), full and partial channel blocks
 })
 LAYOUTS = ("C", "F", "negative", "slice", "readonly")
 
@@ -848,15 +848,15 @@ def test_reference_transpose_grads_match_torch(rng, nd):
 # ---------------------------------------------------------------------------------------------------
 
 MEDIUM_CASES = [  # (nd, x shape, w shape, kwargs)
-    (2, (2, 12, 23, 20), (3, 3, 20, 33), dict(padding=1)),
+    (2, (2, 12, 23, 36), (3, 3, 36, 33), dict(padding=1)),
     (2, (1, 9, 11, 6), (3, 2, 3, 34), dict(groups=2, stride=(2, 1), padding="same", padding_mode="reflect")),
     (2, (2, 10, 13, 40), (3, 3, 1, 80), dict(groups=40, padding=((0, 2), (1, 1)), dilation=(1, 2))),
     (2, (2, 9, 14, 17), (2, 3, 1, 17), dict(groups=17, stride=2, padding_mode="circular", padding=1)),
     (2, (3, 30, 30, 3), (3, 3, 3, 5), dict(padding=1, padding_mode="replicate")),
     (1, (2, 300, 5), (5, 5, 18), dict(dilation=2, stride=3, padding="same")),
-    # 3-D: > 16 channels both ways, a grouped 16+ channels-per-group layer, depthwise 17 with multiplier 2
+    # 3-D: > 32 input and > 16 output channels, a grouped 16+ channels-per-group layer, depthwise 17 with multiplier 2
     # and C_in = 1; rows (W) wider than a tile, so tiles span row and plane ends
-    (3, (2, 4, 5, 11, 20), (3, 3, 3, 20, 33), dict(padding=1)),
+    (3, (2, 4, 5, 11, 34), (3, 3, 3, 34, 33), dict(padding=1)),
     (3, (1, 5, 6, 7, 34), (2, 3, 3, 17, 18), dict(groups=2, stride=(1, 2, 2), padding="same", padding_mode="reflect")),
     (3, (2, 4, 6, 9, 17), (2, 3, 3, 1, 34), dict(groups=17, stride=2, padding=1, padding_mode="circular")),
     (3, (2, 5, 6, 8, 1), (3, 3, 3, 1, 18), dict(padding="same", dilation=(1, 2, 1), padding_mode="replicate")),

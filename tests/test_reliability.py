@@ -683,7 +683,7 @@ def check_transpose(x, w, b, kw, dtype, what=""):
 
 GROUPINGS = {  # (C_in, C_out, groups) of the convolution; the kernels take different paths for each
     "dense": (3, 4, 1),           # gather forward, scatter input gradient (few channels per group)
-    "dense_wide": (20, 5, 1),     # input gradient by sub-pixel phases (>= 16 input channels per group)
+    "dense_wide": (36, 5, 1),     # input gradient by sub-pixel phases (>= B = 16 or 32 input channels per group)
     "grouped": (6, 9, 3),
     "depthwise": (4, 4, 4),
     "depthwise_x3": (4, 12, 4),   # channel multiplier 3

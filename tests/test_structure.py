@@ -1,18 +1,79 @@
-"""Structural guarantees of the package: generated code is reproducible, the padding modes have one
-definition that its NumPy and kernel forms agree on, and the backend interface is implemented."""
-import pathlib
+"""Structural guarantees of the package: the register tiles' LLVM code computes what their NumPy bodies
+state, on this machine's tile and on the narrower one; the padding modes have one definition that its
+NumPy and kernel forms agree on; and the backend interface is implemented."""
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from nbconv import _backend, _gen_micro, _padding
+from nbconv import _backend, _micro, _padding
+from nbconv._jit import kernel
 
-PACKAGE = pathlib.Path(_gen_micro.__file__).parent
+
+@kernel()
+def _tiles(src, a, c, v, v0, v_step, tile, lanes_tile, dst, d):
+    _micro.micro_tile(src, a, c, v, tile)
+    _micro.micro_lanes(src, a, c, v, v0, v_step, lanes_tile)
+    _micro.micro_lanes_add(src, a, c, v, v0, v_step, dst, d)
 
 
-def test_generated_micro_kernel_matches_its_generator():
-    assert (PACKAGE / "_micro.py").read_text() == _gen_micro.generate(), \
-        "nbconv/_micro.py is stale: run `python -m nbconv._gen_micro`"
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_red", [0, 1, 7])
+def test_micro_tiles_llvm_code_matches_numpy_bodies(dtype, n_red):
+    rng = np.random.default_rng(n_red)
+    P, B, LB = _micro.P, _micro.B, _micro.LB
+    src = rng.standard_normal(400).astype(dtype)
+    a = rng.choice(200, P, replace=False).astype(np.uint64)
+    c = rng.integers(0, 150, n_red).astype(np.uint64)
+    v = rng.standard_normal((2 * n_red + 1, B + 3)).astype(dtype)  # rows of B + 3: the tile reads B of each
+    d = (np.arange(P) * (LB + 1)).astype(np.uint64)
+    dst = rng.standard_normal(P * (LB + 1) + 5).astype(dtype)
+    got = np.full((P, B), np.nan, dtype), np.full((P, LB), np.nan, dtype), dst.copy()
+    _tiles(src, a, c, v, 1, 2, got[0], got[1], got[2], d)
+    want = np.empty((P, B), dtype), np.empty((P, LB), dtype), dst.copy()
+    _micro.micro_tile(src, a, c, v, want[0])
+    _micro.micro_lanes(src, a, c, v, 1, 2, want[1])
+    _micro.micro_lanes_add(src, a, c, v, 1, 2, want[2], d)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, **tol)
+
+
+_NARROW_TILE_SCRIPT = """
+import numpy as np, nbconv, reference
+from nbconv import _micro
+assert (_micro.P, _micro.B) == (5, 16), (_micro.P, _micro.B)
+rng = np.random.default_rng(0)
+cases = [((2, 9, 8, 20), (3, 3, 20, 37), dict(stride=2, padding=1)),             # dense, channel tails
+         ((2, 7, 6, 12), (3, 2, 3, 40), dict(padding=(1, 0), groups=4)),        # few channels per group
+         ((1, 9, 11, 48), (3, 3, 1, 48), dict(padding=1, groups=48, dilation=2))]  # depthwise
+for dtype, tol in ((np.float32, 2e-4), (np.float64, 1e-10)):
+    for xs, ws, kw in cases:
+        x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
+        y = nbconv.conv2d(x, w, **kw)
+        pads = kw.get("padding", 0)
+        ref = dict(stride=kw.get("stride", 1), pads=pads, dilation=kw.get("dilation", 1), groups=kw.get("groups", 1))
+        np.testing.assert_allclose(y, reference.conv_forward(x, w, **ref), rtol=tol, atol=tol)
+        gy = rng.standard_normal(y.shape).astype(dtype)
+        gx, gw, _ = nbconv.conv2d_backward(gy, x, w, **kw)
+        rx, rw, _ = reference.conv_grads(gy, x, w, **ref)
+        np.testing.assert_allclose(gx, rx, rtol=tol, atol=tol)
+        np.testing.assert_allclose(gw, rw, rtol=tol, atol=tol * 10)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(not _micro.WIDE, reason="this process already runs the narrow (AVX2) tile")
+def test_narrow_tile_on_this_machine(tmp_path):
+    """The AVX2 tile (5 x 16, 256-bit vectors), compiled for Haswell in a fresh process with its own cache,
+    against the reference on dense, grouped and depthwise convolutions and their gradients."""
+    env = {**os.environ, "NUMBA_CPU_NAME": "haswell", "NUMBA_CACHE_DIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-c", _NARROW_TILE_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
 
 
 @pytest.mark.parametrize("mode", _padding.MODES)
