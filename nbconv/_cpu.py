@@ -219,13 +219,26 @@ def _tap_offsets(kernel, dilation, shape, cg):
     return _grid([(0, d, k) for k, d in zip(kernel, dilation)] + [(0, 1, cg)], strides[1:])
 
 
+def _aligned_zeros(shape, dtype, align=64):
+    """np.zeros(shape, dtype) starting on an `align`-byte boundary (a cache line: the register tiles' vector
+    loads from it then never straddle two lines)."""
+    dtype = np.dtype(dtype)
+    size = math.prod(shape) * dtype.itemsize
+    raw = np.zeros(size + align, dtype=np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start:start + size].view(dtype).reshape(shape)
+
+
 def _pack(mat):
-    """(G, R, Cg) -> (G, ceil(Cg / B), R, B), zero-filled past Cg: B-wide column blocks, rows contiguous."""
+    """(G, R, Cg) -> (G, ceil(Cg / B), R, B), zero-filled past Cg: B-wide column blocks, rows contiguous,
+    cache-line aligned."""
     groups, n_rows, cg = mat.shape
     n_blocks = -(-cg // B)
-    buf = np.zeros((groups, n_rows, n_blocks * B), dtype=mat.dtype)
-    buf[:, :, :cg] = mat
-    return np.ascontiguousarray(buf.reshape(groups, n_rows, n_blocks, B).transpose(0, 2, 1, 3))
+    out = _aligned_zeros((groups, n_blocks, n_rows, B), mat.dtype)
+    for nb in range(n_blocks):
+        width = min(B, cg - nb * B)
+        out[:, nb, :, :width] = mat[:, :, nb * B:nb * B + width]
+    return out
 
 
 def _is_depthwise(w_shape, groups):

@@ -13,7 +13,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel
-from ._micro import LB, P, micro_lanes, micro_lanes_add
+from ._micro import LB, LP, micro_lanes, micro_lanes_add
 
 
 @kernel()
@@ -57,11 +57,11 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw):
     m = c_dst // c_src
     flat = src.reshape(-1)
     dst_flat = dst.reshape(-1)
-    # Interior: whole tiles of P columns whose every tap is inside the row, and the full LB-channel blocks
+    # Interior: whole tiles of LP columns whose every tap is inside the row, and the full LB-channel blocks
     # (m == 1), run through the register tile; the other columns and channels through the plain loops.
     c_full = (c_dst // LB) * LB if m == 1 else 0
     ow_lo, ow_hi = _interior(out_w, w_src, k_w, off_w, sw, dw)
-    ow_hi = ow_lo + (ow_hi - ow_lo) // P * P
+    ow_hi = ow_lo + (ow_hi - ow_lo) // LP * LP
     for row in prange(n_rows):
         out_row = dst[row]
         if bias.shape[0] > 0:
@@ -86,8 +86,8 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw):
                         _madd_row(out_row[ow], src_row[ow * sw + kw * dw - off_w], wv, m, c_full)
         if c_full == 0 or ow_hi == ow_lo:
             continue
-        bases = np.empty(P, dtype=np.uint64)
-        out_bases = np.empty(P, dtype=np.uint64)
+        bases = np.empty(LP, dtype=np.uint64)
+        out_bases = np.empty(LP, dtype=np.uint64)
         offsets = np.empty(n_taps * k_w, dtype=np.uint64)
         t = 0
         while t < n_taps:  # each run of consecutive in-range taps is one register-tile pass
@@ -100,9 +100,9 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw):
                 for kw in range(k_w):
                     offsets[end * k_w + kw] = np.uint64(((row_src[row, end] - first) * w_src + kw * dw) * c_src)
                 end += 1
-            for ow0 in range(ow_lo, ow_hi, P):
+            for ow0 in range(ow_lo, ow_hi, LP):
                 for cb in range(c_full // LB):
-                    for p in range(P):
+                    for p in range(LP):
                         bases[p] = np.uint64((first * w_src + (ow0 + p) * sw - off_w) * c_src + cb * LB)
                         out_bases[p] = np.uint64((row * out_w + ow0 + p) * c_dst + cb * LB)
                     micro_lanes_add(flat, bases, offsets[t * k_w:end * k_w], wpk[cb], t * k_w, 1, dst_flat, out_bases)
@@ -160,8 +160,8 @@ def grad_weight(src, gy, gy_blocks, row_src, partial, off_w, sw, dw):
     for slot in prange(n_slots):
         acc = partial[slot]
         acc_taps = acc.reshape(n_taps * k_w, c_out)
-        tile = np.empty((P, LB), dtype=partial.dtype)
-        bases = np.empty(P, dtype=np.uint64)
+        tile = np.empty((LP, LB), dtype=partial.dtype)
+        bases = np.empty(LP, dtype=np.uint64)
         pix = np.empty(max(ow_hi - ow_lo, 1), dtype=np.uint64)
         for i in range(ow_hi - ow_lo):
             pix[i] = np.uint64(((ow_lo + i) * sw - off_w) * c_src)
@@ -191,12 +191,12 @@ def grad_weight(src, gy, gy_blocks, row_src, partial, off_w, sw, dw):
             if c_full == 0 or ow_hi == ow_lo or n_valid == 0:
                 continue
             for cb in range(n_blocks):
-                for t0 in range(0, n_valid, P):
-                    for p in range(P):
+                for t0 in range(0, n_valid, LP):
+                    for p in range(LP):
                         bases[p] = tap_bases[min(t0 + p, n_valid - 1)] + np.uint64(cb * LB)
                     micro_lanes(flat, bases, pix[:ow_hi - ow_lo], gy_blocks, (row * out_w + ow_lo) * n_blocks + cb,
                                 n_blocks, tile)
-                    for p in range(min(P, n_valid - t0)):
+                    for p in range(min(LP, n_valid - t0)):
                         acc_tap = acc_taps[tap_ids[t0 + p]]
                         for b in range(LB):
                             acc_tap[cb * LB + b] += tile[p, b]

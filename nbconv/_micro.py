@@ -11,7 +11,9 @@ machines (whose LLVM tuning otherwise prefers 256-bit vectors) and compiles in m
 The tile shape follows the target: 8 x 32 with AVX-512 (16 of its 32 vector registers accumulate,
 for float32), 5 x 16 otherwise (10 of the 16 AVX2 registers). When P rows x B lanes need more registers
 than that budget (float64), the lanes are covered in several passes over the reduction.
-`micro_lanes*` serve the depthwise kernels, whose lanes are channels: they use LB = 16 lanes.
+`micro_lanes*` serve the depthwise kernels, whose lanes are channels: LP x LB = 5 x 16 on every target
+(each multiply-add reads its own source vector, so more rows would not save loads; fewer rows leave fewer
+output columns to the kernels' scalar edge loops).
 """
 import llvmlite.binding as llvm
 import numpy as np
@@ -35,7 +37,7 @@ def _wide_tile():
 WIDE = _wide_tile()
 VECTOR_BYTES = 64 if WIDE else 32
 P, B = (8, 32) if WIDE else (5, 16)  # dense tile: rows (output pixels) x lanes (output channels)
-LB = 16                              # lanes of the depthwise tiles (channels); rows: P
+LP, LB = 5, 16                       # depthwise tiles: rows (output columns) x lanes (channels)
 _ACCUMULATORS = 16 if WIDE else 10   # vector registers one reduction pass may hold
 
 
@@ -49,97 +51,117 @@ def micro_tile(src, a, c, v, tile):
 
 
 def micro_lanes(src, a, c, v, v0, v_step, tile):
-    """tile[p, b] = sum_s src[a[p] + c[s] + b] * v[v0 + s*v_step, b] for p < P, b < LB; src flat, a and c unsigned,
+    """tile[p, b] = sum_s src[a[p] + c[s] + b] * v[v0 + s*v_step, b] for p < LP, b < LB; src flat, a and c unsigned,
     v C-contiguous rows of >= LB."""
     lanes = np.arange(LB, dtype=np.uint64)
     rows = v[v0 + np.arange(c.shape[0]) * v_step, :LB]
-    tile[:, :] = (src[a[:P, None, None] + c[None, :, None] + lanes] * rows).sum(axis=1)
+    tile[:, :] = (src[a[:LP, None, None] + c[None, :, None] + lanes] * rows).sum(axis=1)
 
 
 def micro_lanes_add(src, a, c, v, v0, v_step, dst, d):
-    """dst[d[p] + b] += sum_s src[a[p] + c[s] + b] * v[v0 + s*v_step, b] for p < P, b < LB; src, dst flat, a, c, d
-    unsigned, the P rows of dst distinct, v C-contiguous rows of >= LB."""
-    tile = np.empty((P, LB), dtype=dst.dtype)
+    """dst[d[p] + b] += sum_s src[a[p] + c[s] + b] * v[v0 + s*v_step, b] for p < LP, b < LB; src, dst flat, a, c, d
+    unsigned, the LP rows of dst distinct, v C-contiguous rows of >= LB."""
+    tile = np.empty((LP, LB), dtype=dst.dtype)
     micro_lanes(src, a, c, v, v0, v_step, tile)
-    for p in range(P):
+    for p in range(LP):
         dst[d[p]:d[p] + LB] += tile[p]
 
 
 # ---------------------------------------------------------------- LLVM code
 
-def _emit(context, builder, sig, args, lanes_src, n_lanes, accumulate):
-    """Emit the tile loop: for s < len(c): acc[p][j] = fmuladd(x(p, s, j), v row (v0 + s*v_step) vector j,
-    acc[p][j]); then store acc into tile rows (or add it to dst at d[p]). x is src[a[p] + c[s]] broadcast, or
-    with `lanes_src` the vector src[a[p] + c[s] + j*VL ...]."""
-    src_t, a_t, c_t, v_t = sig.args[:4]
-    src_a, a_a, c_a, v_a = (context.make_array(t)(context, builder, x) for t, x in zip(sig.args[:4], args[:4]))
+def _emit(context, builder, sig, args, lanes_src, n_rows, n_lanes, accumulate):
+    """Call the tile function (defined once per module by `_define`) on the operands' data pointers."""
+    arrays = [context.make_array(t)(context, builder, x) if isinstance(t, types.Array) else x
+              for t, x in zip(sig.args, args)]
+    src_a, a_a, c_a, v_a = arrays[:4]
+    i64 = ir.IntType(64)
     if len(args) == 5:  # micro_tile: v rows 0, 1, 2, ...; out = tile
-        v0, v_step = context.get_constant(types.intp, 0), context.get_constant(types.intp, 1)
-        out_t, out_v = sig.args[4], args[4]
+        v0, v_step, out_i = ir.Constant(i64, 0), ir.Constant(i64, 1), 4
     else:
         v0 = context.cast(builder, args[4], sig.args[4], types.intp)
         v_step = context.cast(builder, args[5], sig.args[5], types.intp)
-        out_t, out_v = sig.args[6], args[6]
-    out_a = context.make_array(out_t)(context, builder, out_v)
-    d_a = context.make_array(sig.args[7])(context, builder, args[7]) if accumulate else None
+        out_i = 6
+    out_a = arrays[out_i]
+    itemsize = context.get_abi_sizeof(context.get_value_type(sig.args[0].dtype))
 
-    elem = context.get_value_type(src_t.dtype)
-    itemsize = context.get_abi_sizeof(elem)
+    def row_stride(arr, ndim):  # elements between rows of a 2-D operand
+        return builder.sdiv(cgutils.unpack_tuple(builder, arr.strides, ndim)[0], ir.Constant(i64, itemsize))
+
+    out_stride = ir.Constant(i64, 0) if accumulate else row_stride(out_a, 2)
+    d = arrays[7].data if accumulate else ir.Constant(a_a.data.type, None)
+    fn = _define(builder.module, context.get_value_type(sig.args[0].dtype), lanes_src, n_rows, n_lanes, accumulate)
+    builder.call(fn, [src_a.data, a_a.data, c_a.data, cgutils.unpack_tuple(builder, c_a.shape, 1)[0], v_a.data,
+                      row_stride(v_a, sig.args[3].ndim), v0, v_step, out_a.data, out_stride, d])
+    return context.get_dummy_value()
+
+
+def _define(module, elem, lanes_src, n_rows, n_lanes, accumulate):
+    """The tile loop as a function of its own (noinline: inside it, every general register is free for the n_rows
+    row addresses): for p < n_rows, s < n: acc[p][j] = fmuladd(x(p, s, j), vector j of v row (v0 + s*v_step), acc[p][j]); then
+    out rows p (or dst at d[p], added) = acc[p]. x is src[a[p] + c[s]] broadcast, or with `lanes_src` the vector
+    at src[a[p] + c[s] + j*VL]."""
+    itemsize = 4 if isinstance(elem, ir.FloatType) else 8
     vl = VECTOR_BYTES // itemsize
-    vec = ir.VectorType(elem, vl)
+    name = f"nbconv_micro_{'lanes' if lanes_src else 'tile'}{'_add' if accumulate else ''}_{n_rows}x{n_lanes}_f{itemsize * 8}_v{vl}"
+    if name in module.globals:
+        return module.globals[name]
     i64 = ir.IntType(64)
-    fmuladd = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+    ptr, iptr = elem.as_pointer(), i64.as_pointer()
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, iptr, iptr, i64, ptr, i64, i64, i64, ptr, i64, iptr]),
+                     name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    fn.attributes.add("nounwind")
+    src, a, c, n_red, v, v_stride, v0, v_step, out, out_stride, d = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+
+    vec = ir.VectorType(elem, vl)
+    fmuladd = cgutils.get_or_insert_function(module, ir.FunctionType(vec, [vec] * 3),
                                              f"llvm.fmuladd.v{vl}{'f32' if itemsize == 4 else 'f64'}")
     zero = ir.Constant(vec, [0.0] * vl)
     splat = ir.Constant(ir.VectorType(ir.IntType(32), vl), [0] * vl)
     n_vec = n_lanes // vl
-    per_pass = max(1, min(n_vec, _ACCUMULATORS // P))
-
-    def load_index(arr, i):
-        return builder.load(builder.gep(arr.data, [ir.Constant(i64, i)]))
+    per_pass = max(1, min(n_vec, _ACCUMULATORS // n_rows))
 
     def vec_at(data, index, j):  # pointer to the vector at element index + j*vl of a flat buffer
         return builder.bitcast(builder.gep(data, [builder.add(index, ir.Constant(i64, j * vl))]), vec.as_pointer())
 
-    row_stride_v = builder.sdiv(cgutils.unpack_tuple(builder, v_a.strides, v_t.ndim)[0], ir.Constant(i64, itemsize))
-    n_red = cgutils.unpack_tuple(builder, c_a.shape, 1)[0]
-    bases = [load_index(a_a, p) for p in range(P)]
-    accs = [[cgutils.alloca_once(builder, vec) for _ in range(per_pass)] for _ in range(P)]
+    bases = [builder.load(builder.gep(a, [ir.Constant(i64, p)])) for p in range(n_rows)]
+    accs = [[cgutils.alloca_once(builder, vec) for _ in range(per_pass)] for _ in range(n_rows)]
     for j0 in range(0, n_vec, per_pass):
         js = range(j0, min(n_vec, j0 + per_pass))
-        for p in range(P):
+        for p in range(n_rows):
             for k, _ in enumerate(js):
                 builder.store(zero, accs[p][k])
         with cgutils.for_range(builder, n_red) as loop:
             s = loop.index
-            cs = builder.load(builder.gep(c_a.data, [s]))
-            row = builder.add(v0, builder.mul(s, v_step))
-            v_row = builder.mul(row, row_stride_v)
-            ws = [builder.load(vec_at(v_a.data, v_row, j), align=itemsize) for j in js]
-            for p in range(P):
+            cs = builder.load(builder.gep(c, [s]))
+            v_row = builder.mul(builder.add(v0, builder.mul(s, v_step)), v_stride)
+            ws = [builder.load(vec_at(v, v_row, j), align=itemsize) for j in js]
+            for p in range(n_rows):
                 at = builder.add(bases[p], cs)
                 if not lanes_src:
-                    x = builder.load(builder.gep(src_a.data, [at]))
+                    x = builder.load(builder.gep(src, [at]))
                     xv = builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined), x,
                                                                       ir.Constant(ir.IntType(32), 0)),
                                                 ir.Constant(vec, ir.Undefined), splat)
                 for k, j in enumerate(js):
                     if lanes_src:
-                        xv = builder.load(vec_at(src_a.data, at, j), align=itemsize)
+                        xv = builder.load(vec_at(src, at, j), align=itemsize)
                     builder.store(builder.call(fmuladd, [xv, ws[k], builder.load(accs[p][k])]), accs[p][k])
-        for p in range(P):
+        for p in range(n_rows):
             if accumulate:
-                d_p = load_index(d_a, p)
+                d_p = builder.load(builder.gep(d, [ir.Constant(i64, p)]))
             else:
-                out_strides = cgutils.unpack_tuple(builder, out_a.strides, 2)
-                d_p = builder.mul(ir.Constant(i64, p), builder.sdiv(out_strides[0], ir.Constant(i64, itemsize)))
+                d_p = builder.mul(ir.Constant(i64, p), out_stride)
             for k, j in enumerate(js):
-                ptr = vec_at(out_a.data, d_p, j)
+                at = vec_at(out, d_p, j)
                 acc = builder.load(accs[p][k])
                 if accumulate:
-                    acc = builder.fadd(builder.load(ptr, align=itemsize), acc)
-                builder.store(acc, ptr, align=itemsize)
-    return context.get_dummy_value()
+                    acc = builder.fadd(builder.load(at, align=itemsize), acc)
+                builder.store(acc, at, align=itemsize)
+    builder.ret_void()
+    return fn
 
 
 def _check_float(*arrays):
@@ -150,21 +172,21 @@ def _check_float(*arrays):
 @intrinsic
 def _tile_ir(typingctx, src, a, c, v, tile):
     _check_float(src, v, tile)
-    return types.void(src, a, c, v, tile), lambda ctx, b, sig, args: _emit(ctx, b, sig, args, False, B, False)
+    return types.void(src, a, c, v, tile), lambda ctx, b, sig, args: _emit(ctx, b, sig, args, False, P, B, False)
 
 
 @intrinsic
 def _lanes_ir(typingctx, src, a, c, v, v0, v_step, tile):
     _check_float(src, v, tile)
     return (types.void(src, a, c, v, v0, v_step, tile),
-            lambda ctx, b, sig, args: _emit(ctx, b, sig, args, True, LB, False))
+            lambda ctx, b, sig, args: _emit(ctx, b, sig, args, True, LP, LB, False))
 
 
 @intrinsic
 def _lanes_add_ir(typingctx, src, a, c, v, v0, v_step, dst, d):
     _check_float(src, v, dst)
     return (types.void(src, a, c, v, v0, v_step, dst, d),
-            lambda ctx, b, sig, args: _emit(ctx, b, sig, args, True, LB, True))
+            lambda ctx, b, sig, args: _emit(ctx, b, sig, args, True, LP, LB, True))
 
 
 @overload(micro_tile)

@@ -23,16 +23,16 @@ def _tiles(src, a, c, v, v0, v_step, tile, lanes_tile, dst, d):
 @pytest.mark.parametrize("n_red", [0, 1, 7])
 def test_micro_tiles_llvm_code_matches_numpy_bodies(dtype, n_red):
     rng = np.random.default_rng(n_red)
-    P, B, LB = _micro.P, _micro.B, _micro.LB
+    P, B, LP, LB = _micro.P, _micro.B, _micro.LP, _micro.LB
     src = rng.standard_normal(400).astype(dtype)
-    a = rng.choice(200, P, replace=False).astype(np.uint64)
+    a = rng.choice(200, max(P, LP), replace=False).astype(np.uint64)
     c = rng.integers(0, 150, n_red).astype(np.uint64)
     v = rng.standard_normal((2 * n_red + 1, B + 3)).astype(dtype)  # rows of B + 3: the tile reads B of each
-    d = (np.arange(P) * (LB + 1)).astype(np.uint64)
-    dst = rng.standard_normal(P * (LB + 1) + 5).astype(dtype)
-    got = np.full((P, B), np.nan, dtype), np.full((P, LB), np.nan, dtype), dst.copy()
+    d = (np.arange(LP) * (LB + 1)).astype(np.uint64)
+    dst = rng.standard_normal(LP * (LB + 1) + 5).astype(dtype)
+    got = np.full((P, B), np.nan, dtype), np.full((LP, LB), np.nan, dtype), dst.copy()
     _tiles(src, a, c, v, 1, 2, got[0], got[1], got[2], d)
-    want = np.empty((P, B), dtype), np.empty((P, LB), dtype), dst.copy()
+    want = np.empty((P, B), dtype), np.empty((LP, LB), dtype), dst.copy()
     _micro.micro_tile(src, a, c, v, want[0])
     _micro.micro_lanes(src, a, c, v, 1, 2, want[1])
     _micro.micro_lanes_add(src, a, c, v, 1, 2, want[2], d)
