@@ -32,7 +32,7 @@ def _interior(out_w, w_src, k_w, off_w, sw, dw):
     return lo, hi
 
 
-@kernel(inline="always")
+@kernel()
 def _madd_row(acc, a, b, m, c_lo):
     """acc[c] += a[c // m] * b[c] for c_lo <= c < len(acc) (c_lo is 0 unless m == 1)."""
     if m == 1:
@@ -64,11 +64,14 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw):
     ow_hi = ow_lo + (ow_hi - ow_lo) // LP * LP
     for row in prange(n_rows):
         out_row = dst[row]
-        if bias.shape[0] > 0:
-            for ow in range(out_w):
-                out_row[ow] = bias
-        else:
-            out_row[:] = 0
+        for ow in range(out_w):
+            out_px = out_row[ow]
+            if bias.shape[0] > 0:
+                for c in range(c_dst):
+                    out_px[c] = bias[c]
+            else:
+                for c in range(c_dst):
+                    out_px[c] = 0
         for t in range(n_taps):
             sr = row_src[row, t]
             if sr < 0:
@@ -120,7 +123,10 @@ def grad_input(gy, w, row_gy, dst, off_w, sw, dw):
     m = c_out // c_dst
     for row in prange(n_rows):
         dst_row = dst[row]
-        dst_row[:] = 0
+        for i in range(w_dst):
+            dst_px = dst_row[i]
+            for c in range(c_dst):
+                dst_px[c] = 0
         for t in range(n_taps):
             gr = row_gy[row, t]
             if gr < 0:
