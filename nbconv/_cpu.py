@@ -368,6 +368,7 @@ def _depthwise_forward(src, wk, bias, dst, offset, stride, dilation):
     kernel = wk.shape[:-1]
     row_src = _source_rows(src.shape, dst.shape[1:-1], kernel, stride, dilation, offset)
     w3 = wk.reshape(-1, kernel[-1], wk.shape[-1])
+    bias = bias if bias.shape[0] else np.zeros(dst.shape[-1], dtype=dst.dtype)
     call(_depthwise.forward, _rows(src), w3, _depthwise.lanes_weights(w3), row_src, bias, _rows(dst),
          offset[-1], stride[-1], dilation[-1], work=dst.size * math.prod(kernel))
     return dst

@@ -13,7 +13,7 @@ import numpy as np
 from numba import prange
 
 from ._jit import kernel
-from ._micro import LB, LP, micro_lanes, micro_lanes_add
+from ._micro import LB, LP, micro_lanes, micro_lanes_into
 
 
 @kernel()
@@ -50,7 +50,7 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw):
     """dst[r, ow, c] = bias[c] + sum over taps t with row_src[r, t] >= 0 and kw of src[row_src[r, t], ow*sw +
     kw*dw - off_w, c // m] * w[t, kw, c], zero outside the row; src (rows, W, C_src), w (T, KW, C_dst), dst
     (R, OW, C_dst), row_src (R, T) increasing along t where >= 0, wpk = lanes_weights(w), m = C_dst // C_src,
-    bias empty or (C_dst,); all C-contiguous."""
+    bias (C_dst,); all C-contiguous."""
     w_src, c_src = src.shape[1], src.shape[2]
     n_rows, out_w, c_dst = dst.shape
     n_taps, k_w = w.shape[0], w.shape[1]
@@ -64,14 +64,16 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw):
     ow_hi = ow_lo + (ow_hi - ow_lo) // LP * LP
     for row in prange(n_rows):
         out_row = dst[row]
+        runs = 0  # runs of consecutive in-range taps: with one, the tile writes its part of dst (bias + sum) once
+        for t in range(n_taps):
+            if row_src[row, t] >= 0 and (t == 0 or row_src[row, t - 1] < 0):
+                runs += 1
+        tiled = c_full > 0 and ow_hi > ow_lo
+        direct = tiled and runs == 1
         for ow in range(out_w):
             out_px = out_row[ow]
-            if bias.shape[0] > 0:
-                for c in range(c_dst):
-                    out_px[c] = bias[c]
-            else:
-                for c in range(c_dst):
-                    out_px[c] = 0
+            for c in range(c_full if direct and ow_lo <= ow < ow_hi else 0, c_dst):
+                out_px[c] = bias[c]
         for t in range(n_taps):
             sr = row_src[row, t]
             if sr < 0:
@@ -87,7 +89,7 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw):
                 if c_full < c_dst:
                     for ow in range(max(lo, ow_lo), min(hi, ow_hi)):
                         _madd_row(out_row[ow], src_row[ow * sw + kw * dw - off_w], wv, m, c_full)
-        if c_full == 0 or ow_hi == ow_lo:
+        if not tiled:
             continue
         bases = np.empty(LP, dtype=np.uint64)
         out_bases = np.empty(LP, dtype=np.uint64)
@@ -108,7 +110,8 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw):
                     for p in range(LP):
                         bases[p] = np.uint64((first * w_src + (ow0 + p) * sw - off_w) * c_src + cb * LB)
                         out_bases[p] = np.uint64((row * out_w + ow0 + p) * c_dst + cb * LB)
-                    micro_lanes_add(flat, bases, offsets[t * k_w:end * k_w], wpk[cb], t * k_w, 1, dst_flat, out_bases)
+                    micro_lanes_into(flat, bases, offsets[t * k_w:end * k_w], wpk[cb], t * k_w, 1, dst_flat, out_bases,
+                                     bias[cb * LB:], not direct)
             t = end
 
 

@@ -58,13 +58,14 @@ def micro_lanes(src, a, c, v, v0, v_step, tile):
     tile[:, :] = (src[a[:LP, None, None] + c[None, :, None] + lanes] * rows).sum(axis=1)
 
 
-def micro_lanes_add(src, a, c, v, v0, v_step, dst, d):
-    """dst[d[p] + b] += sum_s src[a[p] + c[s] + b] * v[v0 + s*v_step, b] for p < LP, b < LB; src, dst flat, a, c, d
-    unsigned, the LP rows of dst distinct, v C-contiguous rows of >= LB."""
+def micro_lanes_into(src, a, c, v, v0, v_step, dst, d, base, add):
+    """dst[d[p] + b] = (dst[d[p] + b] if add else base[b]) + sum_s src[a[p] + c[s] + b] * v[v0 + s*v_step, b] for
+    p < LP, b < LB; src, dst flat, a, c, d unsigned, the LP rows of dst distinct, v C-contiguous rows of >= LB,
+    base >= LB contiguous values."""
     tile = np.empty((LP, LB), dtype=dst.dtype)
     micro_lanes(src, a, c, v, v0, v_step, tile)
     for p in range(LP):
-        dst[d[p]:d[p] + LB] += tile[p]
+        dst[d[p]:d[p] + LB] = (dst[d[p]:d[p] + LB] if add else base[:LB]) + tile[p]
 
 
 # ---------------------------------------------------------------- LLVM code
@@ -89,30 +90,33 @@ def _emit(context, builder, sig, args, lanes_src, n_rows, n_lanes, accumulate):
 
     out_stride = ir.Constant(i64, 0) if accumulate else row_stride(out_a, 2)
     d = arrays[7].data if accumulate else ir.Constant(a_a.data.type, None)
+    base = arrays[8].data if accumulate else ir.Constant(out_a.data.type, None)
+    add = (context.cast(builder, args[9], sig.args[9], types.boolean) if accumulate
+           else ir.Constant(ir.IntType(1), 0))
     fn = _define(builder.module, context.get_value_type(sig.args[0].dtype), lanes_src, n_rows, n_lanes, accumulate)
     builder.call(fn, [src_a.data, a_a.data, c_a.data, cgutils.unpack_tuple(builder, c_a.shape, 1)[0], v_a.data,
-                      row_stride(v_a, sig.args[3].ndim), v0, v_step, out_a.data, out_stride, d])
+                      row_stride(v_a, sig.args[3].ndim), v0, v_step, out_a.data, out_stride, d, base, add])
     return context.get_dummy_value()
 
 
 def _define(module, elem, lanes_src, n_rows, n_lanes, accumulate):
     """The tile loop as a function of its own (noinline: inside it, every general register is free for the n_rows
     row addresses): for p < n_rows, s < n: acc[p][j] = fmuladd(x(p, s, j), vector j of v row (v0 + s*v_step), acc[p][j]); then
-    out rows p (or dst at d[p], added) = acc[p]. x is src[a[p] + c[s]] broadcast, or with `lanes_src` the vector
+    out rows p = acc[p], or (`accumulate`) dst at d[p] = (dst there if add else base) + acc[p]. x is src[a[p] + c[s]] broadcast, or with `lanes_src` the vector
     at src[a[p] + c[s] + j*VL]."""
     itemsize = 4 if isinstance(elem, ir.FloatType) else 8
     vl = VECTOR_BYTES // itemsize
-    name = f"nbconv_micro_{'lanes' if lanes_src else 'tile'}{'_add' if accumulate else ''}_{n_rows}x{n_lanes}_f{itemsize * 8}_v{vl}"
+    name = f"nbconv_micro_{'lanes' if lanes_src else 'tile'}{'_into' if accumulate else ''}_{n_rows}x{n_lanes}_f{itemsize * 8}_v{vl}"
     if name in module.globals:
         return module.globals[name]
     i64 = ir.IntType(64)
     ptr, iptr = elem.as_pointer(), i64.as_pointer()
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, iptr, iptr, i64, ptr, i64, i64, i64, ptr, i64, iptr]),
-                     name=name)
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, iptr, iptr, i64, ptr, i64, i64, i64, ptr, i64, iptr,
+                                                              ptr, ir.IntType(1)]), name=name)
     fn.linkage = "internal"
     fn.attributes.add("noinline")
     fn.attributes.add("nounwind")
-    src, a, c, n_red, v, v_stride, v0, v_step, out, out_stride, d = fn.args
+    src, a, c, n_red, v, v_stride, v0, v_step, out, out_stride, d, base, add = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
 
     vec = ir.VectorType(elem, vl)
@@ -157,8 +161,9 @@ def _define(module, elem, lanes_src, n_rows, n_lanes, accumulate):
             for k, j in enumerate(js):
                 at = vec_at(out, d_p, j)
                 acc = builder.load(accs[p][k])
-                if accumulate:
-                    acc = builder.fadd(builder.load(at, align=itemsize), acc)
+                if accumulate:  # dst[d[p] + b] = (dst[d[p] + b] if add else base[b]) + acc
+                    init = builder.select(add, at, vec_at(base, ir.Constant(i64, 0), j))
+                    acc = builder.fadd(builder.load(init, align=itemsize), acc)
                 builder.store(acc, at, align=itemsize)
     builder.ret_void()
     return fn
@@ -183,9 +188,9 @@ def _lanes_ir(typingctx, src, a, c, v, v0, v_step, tile):
 
 
 @intrinsic
-def _lanes_add_ir(typingctx, src, a, c, v, v0, v_step, dst, d):
-    _check_float(src, v, dst)
-    return (types.void(src, a, c, v, v0, v_step, dst, d),
+def _lanes_into_ir(typingctx, src, a, c, v, v0, v_step, dst, d, base, add):
+    _check_float(src, v, dst, base)
+    return (types.void(src, a, c, v, v0, v_step, dst, d, base, add),
             lambda ctx, b, sig, args: _emit(ctx, b, sig, args, True, LP, LB, True))
 
 
@@ -199,6 +204,7 @@ def _micro_lanes_jit(src, a, c, v, v0, v_step, tile):
     return lambda src, a, c, v, v0, v_step, tile: _lanes_ir(src, a, c, v, v0, v_step, tile)
 
 
-@overload(micro_lanes_add)
-def _micro_lanes_add_jit(src, a, c, v, v0, v_step, dst, d):
-    return lambda src, a, c, v, v0, v_step, dst, d: _lanes_add_ir(src, a, c, v, v0, v_step, dst, d)
+@overload(micro_lanes_into)
+def _micro_lanes_into_jit(src, a, c, v, v0, v_step, dst, d, base, add):
+    return lambda src, a, c, v, v0, v_step, dst, d, base, add: _lanes_into_ir(src, a, c, v, v0, v_step, dst, d, base,
+                                                                              add)
