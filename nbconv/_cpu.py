@@ -25,7 +25,9 @@ its scalar operand through a table of offsets, so the reduction index (taps x ch
 no im2col matrix is ever formed. Two shapes take other routes: with fewer than B input channels per
 group the gather would leave most lanes idle, so the input gradient computes each output pixel's
 columns (taps x input channels) and scatter-adds them (`_scatter_conv`); depthwise convolutions (one
-input channel per group) run in `_depthwise`, where each vector lane is its own channel.
+input channel per group) run in `_depthwise`, where each vector lane is its own channel. So do the forward
+and weight gradient of grouped convolutions with 2 to 4 channels per group in and out (ResNeXt-style),
+after the group's input channel becomes a spatial dim of its own (`_as_depthwise`).
 
 Pointwise convolutions (1x1 kernels, one group, no padding) are plain matrix products over the pixels,
 (pixels, C_in) @ (C_in, C_out), and run as one call into NumPy's BLAS (`_pointwise_*`), whose kernels use
@@ -148,6 +150,24 @@ def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk):
 
 
 @kernel(parallel=True)
+def _spread_groups(x, xe):
+    """xe[n, i, q, g*c + j] = x[n, q, g*c + i] for i, j < c = xe.shape[1]: every output channel of group g gets the
+    group's input channel i; x (N, Q, C) and xe (N, c, Q, C) C-contiguous."""
+    n_img, n_pix, ch = x.shape
+    c = xe.shape[1]
+    for r in prange(n_img * n_pix):
+        n = np.int64(r) // n_pix
+        q = np.int64(r) - n * n_pix
+        src = x[n, q]
+        for i in range(c):
+            dst = xe[n, i, q]
+            for g0 in range(0, ch, c):
+                v = src[g0 + i]
+                for j in range(c):
+                    dst[g0 + j] = v
+
+
+@kernel(parallel=True)
 def _column_sums(mat, partial):
     """partial[t, c] = sum of mat[r, c] over the rows r of block t (of partial.shape[0] equal blocks);
     mat C-contiguous, partial float64."""
@@ -248,6 +268,62 @@ def _is_depthwise(w_shape, groups):
 def _is_pointwise(w_shape, params):
     """A 1x1 (x1) kernel with one group and no padding: a matrix product over the (strided) pixels."""
     return params.groups == 1 and all(k == 1 for k in w_shape[:-2]) and _unpadded(params.pads)
+
+
+_FEW_PER_GROUP = 4  # up to this many channels per group (in and out), a grouped convolution runs as depthwise
+
+
+def _is_few_per_group(w_shape, groups):
+    """2.._FEW_PER_GROUP input channels per group and as many output channels: see _as_depthwise."""
+    cg_in, c_out = w_shape[-2:]
+    return groups > 1 and 2 <= cg_in <= _FEW_PER_GROUP and c_out == groups * cg_in
+
+
+def _as_depthwise(x, w_shape, params):
+    """A grouped convolution with c = C_in // groups = C_out // groups as a depthwise one over one more (leading)
+    spatial dim of size c, the group's input channel i:
+    y[n, o, co] = sum_{i, k} x[n, o*s + k*d, (co // c)*c + i] * w[k, i, co] = sum_{i, k} xe[n, i, o*s + k*d, co] *
+    we[i, k, 0, co] with xe[n, i, ..., co] = x[n, ..., (co // c)*c + i] (a copy c times x's size) and
+    we = w with its C_in axis moved first. Each vector lane of the depthwise kernels is then an output channel,
+    where the gather tile would have used c of its B lanes. Returns (xe, we's shape, its parameters); callers pass
+    at most N // c images at a time (see _image_chunks), so that xe stays within x's size."""
+    c, c_out = w_shape[-2:]
+    n, spatial = x.shape[0], x.shape[1:-1]
+    xe = np.empty((n, c, *spatial, c_out), dtype=x.dtype)
+    call(_spread_groups, _c(x).reshape(n, -1, c_out), xe.reshape(n, c, -1, c_out), work=xe.size)
+    we_shape = (c, *w_shape[:-2], 1, c_out)
+    depthwise = params._replace(stride=(1, *params.stride), pads=((0, 0), *params.pads),
+                                dilation=(1, *params.dilation), groups=c_out)
+    return xe, we_shape, depthwise
+
+
+def _image_chunks(n, c):
+    """Slices of the batch of at most max(1, n // c) images each."""
+    step = max(1, n // c)
+    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+
+
+def _few_per_group_forward(x, w, bias, params, out):
+    """out = conv(x, w) + bias through `_as_depthwise`, a chunk of images at a time."""
+    c = w.shape[-2]
+    we = None
+    for part in _image_chunks(x.shape[0], c):
+        xe, we_shape, depthwise = _as_depthwise(x[part], w.shape, params)
+        we = _c(np.moveaxis(w, -2, 0)).reshape(we_shape) if we is None else we
+        chunk = out[part]
+        forward(xe, we, bias, depthwise, chunk.reshape(chunk.shape[0], 1, *chunk.shape[1:]))
+    return out
+
+
+def _few_per_group_grad_weight(gy, x, w_shape, params):
+    """dL/dw through `_as_depthwise`: the chunks' weight gradients added in order."""
+    total = None
+    for part in _image_chunks(x.shape[0], w_shape[-2]):
+        xe, we_shape, depthwise = _as_depthwise(x[part], w_shape, params)
+        gy_part = gy[part]
+        gwe = _depthwise_grad_weight(gy_part.reshape(gy_part.shape[0], 1, *gy_part.shape[1:]), xe, we_shape, depthwise)
+        total = gwe if total is None else total + gwe
+    return np.ascontiguousarray(np.moveaxis(total.reshape(we_shape[:-2] + we_shape[-1:]), 0, -2))
 
 
 def _strided_pixels(a, stride):
@@ -432,6 +508,8 @@ def forward(x, w, bias, params, out):
     """out = conv(x, w) + bias."""
     if _is_pointwise(w.shape, params) and out.size:
         return _pointwise_forward(x, w, bias, params, out)
+    if _is_few_per_group(w.shape, params.groups) and out.size:
+        return _few_per_group_forward(x, w, bias, params, out)
     if _is_depthwise(w.shape, params.groups):
         src, offset = _depthwise_source(x, params)
         return _depthwise_forward(src, _c(w[..., 0, :]), _bias_arg(bias, x.dtype), out, offset,
@@ -555,6 +633,8 @@ def grad_weight(gy, x, w_shape, params):
         return np.zeros(w_shape, dtype=gy.dtype)
     if _is_depthwise(w_shape, params.groups):
         return _depthwise_grad_weight(gy, x, w_shape, params)
+    if _is_few_per_group(w_shape, params.groups):
+        return _few_per_group_grad_weight(gy, x, w_shape, params)
     if _is_pointwise(w_shape, params):
         return _pointwise_grad_weight(gy, x, w_shape, params)
     kernel, cg_in, c_out = w_shape[:-2], w_shape[-2], w_shape[-1]

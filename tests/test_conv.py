@@ -138,6 +138,7 @@ GROUPS = {  # (C_in, C_out, groups)
     "g2": (4, 6, 2),
     "depthwise": (3, 3, 3),
     "dw_mult": (3, 6, 3),
+    "few": (6, 6, 2),         # 3 in and 3 out per group: computed as a depthwise convolution over the group
 }
 GROUPS_3D = dict(GROUPS, **{
     "cin1": (1, 5, 1),        # a single input channel

@@ -687,6 +687,7 @@ GROUPINGS = {  # (C_in, C_out, groups) of the convolution; the kernels take diff
     "grouped": (6, 9, 3),
     "depthwise": (4, 4, 4),
     "depthwise_x3": (4, 12, 4),   # channel multiplier 3
+    "few_per_group": (8, 8, 2),   # 4 in and 4 out per group: run by the depthwise kernels
 }
 
 
@@ -845,10 +846,10 @@ def _finite(a):
 NONFINITE_XFAIL = {  # (grouping, mode, poisoned argument) -> reason; reported to the kernels' owner
     **{(g, "zeros", "w"): "depthwise forward with zeros padding skips the taps that read padding, so 0 * NaN/Inf "
                           "weights never happen (the reference and the dense path give NaN there)"
-       for g in ("depthwise", "depthwise_x3")},
+       for g in ("depthwise", "depthwise_x3", "few_per_group")},
     **{(g, "zeros", "grad_out"): "depthwise weight gradient with zeros padding skips padded taps: 0 * NaN/Inf "
                                  "grad_out never happens (the reference gives NaN there)"
-       for g in ("depthwise", "depthwise_x3")},
+       for g in ("depthwise", "depthwise_x3", "few_per_group")},
     **{("dense_wide", m, "w"): "input gradient by sub-pixel phases multiplies the zero border of grad_out by "
                                "NaN/Inf weights: NaN at input positions that no output reads through that tap"
        for m in ("zeros", "reflect")},
@@ -1363,6 +1364,7 @@ WORKSPACE_CASES = {  # (x shape, w shape, groups): lane padding of grad_out, a w
     "one_output_channel_per_group": ((16, 16, 16, 64), (3, 3, 2, 32), 32),
     "large_weight_small_map": ((1, 4, 4, 256), (3, 3, 256, 256), 1),
     "dense": ((8, 12, 12, 32), (3, 3, 32, 48), 1),
+    "few_per_group": ((8, 12, 12, 32), (3, 3, 4, 32), 8),  # as depthwise over a spread copy of x
 }
 
 
