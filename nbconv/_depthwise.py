@@ -105,13 +105,12 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw):
                 for kw in range(k_w):
                     offsets[end * k_w + kw] = np.uint64(((row_src[row, end] - first) * w_src + kw * dw) * c_src)
                 end += 1
-            for ow0 in range(ow_lo, ow_hi, LP):
-                for cb in range(c_full // LB):
-                    for p in range(LP):
-                        bases[p] = np.uint64((first * w_src + (ow0 + p) * sw - off_w) * c_src + cb * LB)
-                        out_bases[p] = np.uint64((row * out_w + ow0 + p) * c_dst + cb * LB)
-                    micro_lanes_into(flat, bases, offsets[t * k_w:end * k_w], wpk[cb], t * k_w, 1, dst_flat, out_bases,
-                                     bias[cb * LB:], not direct)
+            for ow0 in range(ow_lo, ow_hi, LP):  # every block of LB channels in one call
+                for p in range(LP):
+                    bases[p] = np.uint64((first * w_src + (ow0 + p) * sw - off_w) * c_src)
+                    out_bases[p] = np.uint64((row * out_w + ow0 + p) * c_dst)
+                micro_lanes_into(flat, bases, offsets[t * k_w:end * k_w], wpk, t * k_w, 1, dst_flat, out_bases, bias,
+                                 not direct)
             t = end
 
 

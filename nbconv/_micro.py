@@ -59,13 +59,15 @@ def micro_lanes(src, a, c, v, v0, v_step, tile):
 
 
 def micro_lanes_into(src, a, c, v, v0, v_step, dst, d, base, add):
-    """dst[d[p] + b] = (dst[d[p] + b] if add else base[b]) + sum_s src[a[p] + c[s] + b] * v[v0 + s*v_step, b] for
-    p < LP, b < LB; src, dst flat, a, c, d unsigned, the LP rows of dst distinct, v C-contiguous rows of >= LB,
-    base >= LB contiguous values."""
+    """For every block k < len(v): dst[d[p] + k*LB + b] = (dst[d[p] + k*LB + b] if add else base[k*LB + b]) +
+    sum_s src[a[p] + c[s] + k*LB + b] * v[k, v0 + s*v_step, b] for p < LP, b < LB; src, dst flat, a, c, d unsigned,
+    the LP rows of dst distinct, v (blocks, rows, >= LB) with C-contiguous rows, base contiguous."""
     tile = np.empty((LP, LB), dtype=dst.dtype)
-    micro_lanes(src, a, c, v, v0, v_step, tile)
-    for p in range(LP):
-        dst[d[p]:d[p] + LB] = (dst[d[p]:d[p] + LB] if add else base[:LB]) + tile[p]
+    for k in range(v.shape[0]):
+        micro_lanes(src, a + np.uint64(k * LB), c, v[k], v0, v_step, tile)
+        for p in range(LP):
+            at = d[p] + k * LB
+            dst[at:at + LB] = (dst[at:at + LB] if add else base[k * LB:(k + 1) * LB]) + tile[p]
 
 
 # ---------------------------------------------------------------- LLVM code
@@ -85,25 +87,32 @@ def _emit(context, builder, sig, args, lanes_src, n_rows, n_lanes, accumulate):
     out_a = arrays[out_i]
     itemsize = context.get_abi_sizeof(context.get_value_type(sig.args[0].dtype))
 
-    def row_stride(arr, ndim):  # elements between rows of a 2-D operand
-        return builder.sdiv(cgutils.unpack_tuple(builder, arr.strides, ndim)[0], ir.Constant(i64, itemsize))
+    def row_stride(arr, ndim, axis=0):  # elements between steps along `axis`
+        return builder.sdiv(cgutils.unpack_tuple(builder, arr.strides, ndim)[axis], ir.Constant(i64, itemsize))
 
     out_stride = ir.Constant(i64, 0) if accumulate else row_stride(out_a, 2)
     d = arrays[7].data if accumulate else ir.Constant(a_a.data.type, None)
     base = arrays[8].data if accumulate else ir.Constant(out_a.data.type, None)
     add = (context.cast(builder, args[9], sig.args[9], types.boolean) if accumulate
            else ir.Constant(ir.IntType(1), 0))
+    if accumulate:  # v is (blocks, rows, lanes)
+        n_blocks = cgutils.unpack_tuple(builder, v_a.shape, 3)[0]
+        v_block, v_row = row_stride(v_a, 3, 0), row_stride(v_a, 3, 1)
+    else:
+        n_blocks, v_block, v_row = ir.Constant(i64, 1), ir.Constant(i64, 0), row_stride(v_a, sig.args[3].ndim)
     fn = _define(builder.module, context.get_value_type(sig.args[0].dtype), lanes_src, n_rows, n_lanes, accumulate)
     builder.call(fn, [src_a.data, a_a.data, c_a.data, cgutils.unpack_tuple(builder, c_a.shape, 1)[0], v_a.data,
-                      row_stride(v_a, sig.args[3].ndim), v0, v_step, out_a.data, out_stride, d, base, add])
+                      v_row, v0, v_step, out_a.data, out_stride, d, base, add, n_blocks, v_block])
     return context.get_dummy_value()
 
 
 def _define(module, elem, lanes_src, n_rows, n_lanes, accumulate):
     """The tile loop as a function of its own (noinline: inside it, every general register is free for the n_rows
-    row addresses): for p < n_rows, s < n: acc[p][j] = fmuladd(x(p, s, j), vector j of v row (v0 + s*v_step), acc[p][j]); then
-    out rows p = acc[p], or (`accumulate`) dst at d[p] = (dst there if add else base) + acc[p]. x is src[a[p] + c[s]] broadcast, or with `lanes_src` the vector
-    at src[a[p] + c[s] + j*VL]."""
+    row addresses): for p < n_rows, s < n: acc[p][j] = fmuladd(x(p, s, j), vector j of v row (v0 + s*v_step),
+    acc[p][j]); then
+    out rows p = acc[p], or (`accumulate`) dst at d[p] = (dst there if add else base) + acc[p]. x is src[a[p] + c[s]]
+    broadcast, or with `lanes_src` the vector at src[a[p] + c[s] + j*VL]. All of it once per block k < n_blocks,
+    with src, dst and base shifted by k*n_lanes and v by k*v_block (n_blocks is 1 but for micro_lanes_into)."""
     itemsize = 4 if isinstance(elem, ir.FloatType) else 8
     vl = VECTOR_BYTES // itemsize
     name = f"nbconv_micro_{'lanes' if lanes_src else 'tile'}{'_into' if accumulate else ''}_{n_rows}x{n_lanes}_f{itemsize * 8}_v{vl}"
@@ -112,11 +121,11 @@ def _define(module, elem, lanes_src, n_rows, n_lanes, accumulate):
     i64 = ir.IntType(64)
     ptr, iptr = elem.as_pointer(), i64.as_pointer()
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, iptr, iptr, i64, ptr, i64, i64, i64, ptr, i64, iptr,
-                                                              ptr, ir.IntType(1)]), name=name)
+                                                              ptr, ir.IntType(1), i64, i64]), name=name)
     fn.linkage = "internal"
     fn.attributes.add("noinline")
     fn.attributes.add("nounwind")
-    src, a, c, n_red, v, v_stride, v0, v_step, out, out_stride, d, base, add = fn.args
+    src, a, c, n_red, v_first, v_stride, v0, v_step, out, out_stride, d, base, add, n_blocks, v_block = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
 
     vec = ir.VectorType(elem, vl)
@@ -132,39 +141,44 @@ def _define(module, elem, lanes_src, n_rows, n_lanes, accumulate):
 
     bases = [builder.load(builder.gep(a, [ir.Constant(i64, p)])) for p in range(n_rows)]
     accs = [[cgutils.alloca_once(builder, vec) for _ in range(per_pass)] for _ in range(n_rows)]
-    for j0 in range(0, n_vec, per_pass):
-        js = range(j0, min(n_vec, j0 + per_pass))
-        for p in range(n_rows):
-            for k, _ in enumerate(js):
-                builder.store(zero, accs[p][k])
-        with cgutils.for_range(builder, n_red) as loop:
-            s = loop.index
-            cs = builder.load(builder.gep(c, [s]))
-            v_row = builder.mul(builder.add(v0, builder.mul(s, v_step)), v_stride)
-            ws = [builder.load(vec_at(v, v_row, j), align=itemsize) for j in js]
+    block_loop = cgutils.for_range(builder, n_blocks)  # blocks of n_lanes lanes (one, but for micro_lanes_into)
+    with block_loop as blk:
+        shift = builder.mul(blk.index, ir.Constant(i64, n_lanes))
+        v = builder.gep(v_first, [builder.mul(blk.index, v_block)])
+        rows = [builder.add(b_p, shift) for b_p in bases]
+        for j0 in range(0, n_vec, per_pass):
+            js = range(j0, min(n_vec, j0 + per_pass))
             for p in range(n_rows):
-                at = builder.add(bases[p], cs)
-                if not lanes_src:
-                    x = builder.load(builder.gep(src, [at]))
-                    xv = builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined), x,
-                                                                      ir.Constant(ir.IntType(32), 0)),
-                                                ir.Constant(vec, ir.Undefined), splat)
+                for k, _ in enumerate(js):
+                    builder.store(zero, accs[p][k])
+            with cgutils.for_range(builder, n_red) as loop:
+                s = loop.index
+                cs = builder.load(builder.gep(c, [s]))
+                v_row = builder.mul(builder.add(v0, builder.mul(s, v_step)), v_stride)
+                ws = [builder.load(vec_at(v, v_row, j), align=itemsize) for j in js]
+                for p in range(n_rows):
+                    at = builder.add(rows[p], cs)
+                    if not lanes_src:
+                        x = builder.load(builder.gep(src, [at]))
+                        xv = builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined), x,
+                                                                          ir.Constant(ir.IntType(32), 0)),
+                                                    ir.Constant(vec, ir.Undefined), splat)
+                    for k, j in enumerate(js):
+                        if lanes_src:
+                            xv = builder.load(vec_at(src, at, j), align=itemsize)
+                        builder.store(builder.call(fmuladd, [xv, ws[k], builder.load(accs[p][k])]), accs[p][k])
+            for p in range(n_rows):
+                if accumulate:
+                    d_p = builder.add(builder.load(builder.gep(d, [ir.Constant(i64, p)])), shift)
+                else:
+                    d_p = builder.mul(ir.Constant(i64, p), out_stride)
                 for k, j in enumerate(js):
-                    if lanes_src:
-                        xv = builder.load(vec_at(src, at, j), align=itemsize)
-                    builder.store(builder.call(fmuladd, [xv, ws[k], builder.load(accs[p][k])]), accs[p][k])
-        for p in range(n_rows):
-            if accumulate:
-                d_p = builder.load(builder.gep(d, [ir.Constant(i64, p)]))
-            else:
-                d_p = builder.mul(ir.Constant(i64, p), out_stride)
-            for k, j in enumerate(js):
-                at = vec_at(out, d_p, j)
-                acc = builder.load(accs[p][k])
-                if accumulate:  # dst[d[p] + b] = (dst[d[p] + b] if add else base[b]) + acc
-                    init = builder.select(add, at, vec_at(base, ir.Constant(i64, 0), j))
-                    acc = builder.fadd(builder.load(init, align=itemsize), acc)
-                builder.store(acc, at, align=itemsize)
+                    at = vec_at(out, d_p, j)
+                    acc = builder.load(accs[p][k])
+                    if accumulate:  # dst[d[p] + b] = (dst[d[p] + b] if add else base[b]) + acc
+                        init = builder.select(add, at, vec_at(base, shift, j))
+                        acc = builder.fadd(builder.load(init, align=itemsize), acc)
+                    builder.store(acc, at, align=itemsize)
     builder.ret_void()
     return fn
 

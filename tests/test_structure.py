@@ -13,11 +13,11 @@ from nbconv._jit import kernel
 
 
 @kernel()
-def _tiles(src, a, c, v, v0, v_step, tile, lanes_tile, dst, d, base, dst_add):
+def _tiles(src, a, c, v, v_blocks, v0, v_step, tile, lanes_tile, dst, d, base, dst_add):
     _micro.micro_tile(src, a, c, v, tile)
     _micro.micro_lanes(src, a, c, v, v0, v_step, lanes_tile)
-    _micro.micro_lanes_into(src, a, c, v, v0, v_step, dst, d, base, False)
-    _micro.micro_lanes_into(src, a, c, v, v0, v_step, dst_add, d, base, True)
+    _micro.micro_lanes_into(src, a, c, v_blocks, v0, v_step, dst, d, base, False)
+    _micro.micro_lanes_into(src, a, c, v_blocks, v0, v_step, dst_add, d, base, True)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -29,16 +29,17 @@ def test_micro_tiles_llvm_code_matches_numpy_bodies(dtype, n_red):
     a = rng.choice(200, max(P, LP), replace=False).astype(np.uint64)
     c = rng.integers(0, 150, n_red).astype(np.uint64)
     v = rng.standard_normal((2 * n_red + 1, B + 3)).astype(dtype)  # rows of B + 3: the tile reads B of each
-    d = (np.arange(LP) * (LB + 1)).astype(np.uint64)
-    dst = rng.standard_normal(LP * (LB + 1) + 5).astype(dtype)
-    base = rng.standard_normal(LB + 2).astype(dtype)
+    v_blocks = rng.standard_normal((2, 2 * n_red + 1, LB + 3)).astype(dtype)  # two blocks of LB lanes
+    d = (np.arange(LP) * (2 * LB + 1)).astype(np.uint64)
+    dst = rng.standard_normal(LP * (2 * LB + 1) + 5).astype(dtype)
+    base = rng.standard_normal(2 * LB + 2).astype(dtype)
     got = np.full((P, B), np.nan, dtype), np.full((LP, LB), np.nan, dtype), dst.copy(), dst.copy()
-    _tiles(src, a, c, v, 1, 2, got[0], got[1], got[2], d, base, got[3])
+    _tiles(src, a, c, v, v_blocks, 1, 2, got[0], got[1], got[2], d, base, got[3])
     want = np.empty((P, B), dtype), np.empty((LP, LB), dtype), dst.copy(), dst.copy()
     _micro.micro_tile(src, a, c, v, want[0])
     _micro.micro_lanes(src, a, c, v, 1, 2, want[1])
-    _micro.micro_lanes_into(src, a, c, v, 1, 2, want[2], d, base, False)
-    _micro.micro_lanes_into(src, a, c, v, 1, 2, want[3], d, base, True)
+    _micro.micro_lanes_into(src, a, c, v_blocks, 1, 2, want[2], d, base, False)
+    _micro.micro_lanes_into(src, a, c, v_blocks, 1, 2, want[3], d, base, True)
     assert not np.array_equal(want[2], want[3])
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
     for g, w in zip(got, want):
