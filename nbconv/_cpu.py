@@ -67,8 +67,8 @@ def _gather_conv(src, src_rows, src_step, offsets, wpk, bias_blocks, dst, dst_ro
                 r, j = divmod(min(q0 + p, n_pix - 1), row_len)
                 bases[p] = src_rows[r] + np.uint64(j * src_step + g * cg_src)
             for nb in range(n_blocks):
-                micro_tile(src, bases, offsets, wpk[g, nb], tile)
                 n_valid = min(B, cg_dst - nb * B)
+                micro_tile(src, bases, offsets, wpk[g, nb], tile, n_valid)
                 bias_block = bias_blocks[g, nb]
                 for p in range(min(P, n_pix - q0)):
                     r, j = divmod(q0 + p, row_len)
@@ -102,17 +102,18 @@ def _scatter_conv(gy, reduce_offsets, wpk, offsets, dst, dst_pix, cg_src, cg_dst
                 for p in range(P):
                     bases[p] = np.uint64((n * n_q + min(q0 + p, n_q - 1)) * c_src + g * cg_src)
                 for nb in range(n_blocks):
-                    micro_tile(gy_flat, bases, reduce_offsets, wpk[g, nb], tile)
+                    n_valid = min(B, n_cols - nb * B)
+                    micro_tile(gy_flat, bases, reduce_offsets, wpk[g, nb], tile, n_valid)
                     for p in range(min(P, n_q - q0)):
                         base = dst_pix[q0 + p] + g * cg_dst
-                        for b in range(min(B, n_cols - nb * B)):
+                        for b in range(n_valid):
                             image[base + offsets[nb * B + b]] += tile[p, b]
 
 
 @kernel(parallel=True)
 def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk):
     """partial[t, g, nb, r, b] = sum over pixels s of chunks t, t+T, ... (chunk pixels each) of
-    flat[rows[min(r, R-1)] + g*cg_src + pix[s]] * gy[s, g*cg_dst + nb*B + b] (zero for nb*B + b >= cg_dst);
+    flat[rows[min(r, R-1)] + g*cg_src + pix[s]] * gy[s, g*cg_dst + nb*B + b] (left zero for nb*B + b >= cg_dst);
     gy (S, C_out) C-contiguous, partial zeroed with rows padded to P; one slot t per parallel iteration."""
     n_slots, groups, n_blocks = partial.shape[0], partial.shape[1], partial.shape[2]
     n_rows = rows.shape[0]
@@ -142,10 +143,10 @@ def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk):
                     for r0 in range(0, n_rows, P):
                         for p in range(P):
                             bases[p] = rows[min(r0 + p, last)] + np.uint64(g * cg_src)
-                        micro_tile(flat, bases, pix_chunk, gy_chunk[:s1 - s0], tile)
+                        micro_tile(flat, bases, pix_chunk, gy_chunk[:s1 - s0], tile, n_valid)
                         for p in range(P):
                             acc_row = acc[r0 + p]
-                            for b in range(B):
+                            for b in range(n_valid):
                                 acc_row[b] += tile[p, b]
 
 

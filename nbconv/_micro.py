@@ -43,11 +43,11 @@ _ACCUMULATORS = 16 if WIDE else 10   # vector registers one reduction pass may h
 
 # ---------------------------------------------------------------- plain bodies (NUMBA_DISABLE_JIT=1)
 
-def micro_tile(src, a, c, v, tile):
-    """tile[p, b] = sum_s src[a[p] + c[s]] * v[s, b] for p < P, b < B; src flat, a and c unsigned, v (len(c), >= B)
-    C-contiguous rows."""
+def micro_tile(src, a, c, v, tile, lanes):
+    """tile[p, b] = sum_s src[a[p] + c[s]] * v[s, b] for p < P, b < lanes <= B (the other lanes of tile: unspecified);
+    src flat, a and c unsigned, v (len(c), >= B) C-contiguous rows."""
     n = c.shape[0]
-    tile[:, :] = src[a[:P, None] + c[None, :]] @ v[:n, :B]
+    tile[:, :lanes] = src[a[:P, None] + c[None, :]] @ v[:n, :lanes]
 
 
 def micro_lanes(src, a, c, v, v0, v_step, tile):
@@ -78,8 +78,10 @@ def _emit(context, builder, sig, args, lanes_src, n_rows, n_lanes, accumulate):
               for t, x in zip(sig.args, args)]
     src_a, a_a, c_a, v_a = arrays[:4]
     i64 = ir.IntType(64)
-    if len(args) == 5:  # micro_tile: v rows 0, 1, 2, ...; out = tile
+    used = ir.Constant(i64, n_lanes)
+    if len(args) == 6:  # micro_tile: v rows 0, 1, 2, ...; out = tile; the lanes it needs
         v0, v_step, out_i = ir.Constant(i64, 0), ir.Constant(i64, 1), 4
+        used = context.cast(builder, args[5], sig.args[5], types.intp)
     else:
         v0 = context.cast(builder, args[4], sig.args[4], types.intp)
         v_step = context.cast(builder, args[5], sig.args[5], types.intp)
@@ -102,7 +104,7 @@ def _emit(context, builder, sig, args, lanes_src, n_rows, n_lanes, accumulate):
         n_blocks, v_block, v_row = ir.Constant(i64, 1), ir.Constant(i64, 0), row_stride(v_a, sig.args[3].ndim)
     fn = _define(builder.module, context.get_value_type(sig.args[0].dtype), lanes_src, n_rows, n_lanes, accumulate)
     builder.call(fn, [src_a.data, a_a.data, c_a.data, cgutils.unpack_tuple(builder, c_a.shape, 1)[0], v_a.data,
-                      v_row, v0, v_step, out_a.data, out_stride, d, base, add, n_blocks, v_block])
+                      v_row, v0, v_step, out_a.data, out_stride, d, base, add, n_blocks, v_block, used])
     return context.get_dummy_value()
 
 
@@ -112,7 +114,8 @@ def _define(module, elem, lanes_src, n_rows, n_lanes, accumulate):
     acc[p][j]); then
     out rows p = acc[p], or (`accumulate`) dst at d[p] = (dst there if add else base) + acc[p]. x is src[a[p] + c[s]]
     broadcast, or with `lanes_src` the vector at src[a[p] + c[s] + j*VL]. All of it once per block k < n_blocks,
-    with src, dst and base shifted by k*n_lanes and v by k*v_block (n_blocks is 1 but for micro_lanes_into)."""
+    with src, dst and base shifted by k*n_lanes and v by k*v_block (n_blocks is 1 but for micro_lanes_into); only
+    the vectors j holding the first `used` lanes are computed and stored."""
     itemsize = 4 if isinstance(elem, ir.FloatType) else 8
     vl = VECTOR_BYTES // itemsize
     name = f"nbconv_micro_{'lanes' if lanes_src else 'tile'}{'_into' if accumulate else ''}_{n_rows}x{n_lanes}_f{itemsize * 8}_v{vl}"
@@ -121,11 +124,11 @@ def _define(module, elem, lanes_src, n_rows, n_lanes, accumulate):
     i64 = ir.IntType(64)
     ptr, iptr = elem.as_pointer(), i64.as_pointer()
     fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, iptr, iptr, i64, ptr, i64, i64, i64, ptr, i64, iptr,
-                                                              ptr, ir.IntType(1), i64, i64]), name=name)
+                                                              ptr, ir.IntType(1), i64, i64, i64]), name=name)
     fn.linkage = "internal"
     fn.attributes.add("noinline")
     fn.attributes.add("nounwind")
-    src, a, c, n_red, v_first, v_stride, v0, v_step, out, out_stride, d, base, add, n_blocks, v_block = fn.args
+    src, a, c, n_red, v_first, v_stride, v0, v_step, out, out_stride, d, base, add, n_blocks, v_block, used = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
 
     vec = ir.VectorType(elem, vl)
@@ -146,39 +149,54 @@ def _define(module, elem, lanes_src, n_rows, n_lanes, accumulate):
         shift = builder.mul(blk.index, ir.Constant(i64, n_lanes))
         v = builder.gep(v_first, [builder.mul(blk.index, v_block)])
         rows = [builder.add(b_p, shift) for b_p in bases]
-        for j0 in range(0, n_vec, per_pass):
-            js = range(j0, min(n_vec, j0 + per_pass))
-            for p in range(n_rows):
-                for k, _ in enumerate(js):
-                    builder.store(zero, accs[p][k])
-            with cgutils.for_range(builder, n_red) as loop:
-                s = loop.index
-                cs = builder.load(builder.gep(c, [s]))
-                v_row = builder.mul(builder.add(v0, builder.mul(s, v_step)), v_stride)
-                ws = [builder.load(vec_at(v, v_row, j), align=itemsize) for j in js]
+        def passes(m):  # the first m vectors of the tile, per_pass of them per pass over the reduction
+            for j0 in range(0, m, per_pass):
+                js = range(j0, min(m, j0 + per_pass))
                 for p in range(n_rows):
-                    at = builder.add(rows[p], cs)
-                    if not lanes_src:
-                        x = builder.load(builder.gep(src, [at]))
-                        xv = builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined), x,
-                                                                          ir.Constant(ir.IntType(32), 0)),
-                                                    ir.Constant(vec, ir.Undefined), splat)
+                    for k, _ in enumerate(js):
+                        builder.store(zero, accs[p][k])
+                with cgutils.for_range(builder, n_red) as loop:
+                    s = loop.index
+                    cs = builder.load(builder.gep(c, [s]))
+                    v_row = builder.mul(builder.add(v0, builder.mul(s, v_step)), v_stride)
+                    ws = [builder.load(vec_at(v, v_row, j), align=itemsize) for j in js]
+                    for p in range(n_rows):
+                        at = builder.add(rows[p], cs)
+                        if not lanes_src:
+                            x = builder.load(builder.gep(src, [at]))
+                            xv = builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined), x,
+                                                                              ir.Constant(ir.IntType(32), 0)),
+                                                        ir.Constant(vec, ir.Undefined), splat)
+                        for k, j in enumerate(js):
+                            if lanes_src:
+                                xv = builder.load(vec_at(src, at, j), align=itemsize)
+                            builder.store(builder.call(fmuladd, [xv, ws[k], builder.load(accs[p][k])]), accs[p][k])
+                for p in range(n_rows):
+                    if accumulate:
+                        d_p = builder.add(builder.load(builder.gep(d, [ir.Constant(i64, p)])), shift)
+                    else:
+                        d_p = builder.mul(ir.Constant(i64, p), out_stride)
                     for k, j in enumerate(js):
-                        if lanes_src:
-                            xv = builder.load(vec_at(src, at, j), align=itemsize)
-                        builder.store(builder.call(fmuladd, [xv, ws[k], builder.load(accs[p][k])]), accs[p][k])
-            for p in range(n_rows):
-                if accumulate:
-                    d_p = builder.add(builder.load(builder.gep(d, [ir.Constant(i64, p)])), shift)
-                else:
-                    d_p = builder.mul(ir.Constant(i64, p), out_stride)
-                for k, j in enumerate(js):
-                    at = vec_at(out, d_p, j)
-                    acc = builder.load(accs[p][k])
-                    if accumulate:  # dst[d[p] + b] = (dst[d[p] + b] if add else base[b]) + acc
-                        init = builder.select(add, at, vec_at(base, shift, j))
-                        acc = builder.fadd(builder.load(init, align=itemsize), acc)
-                    builder.store(acc, at, align=itemsize)
+                        at = vec_at(out, d_p, j)
+                        acc = builder.load(accs[p][k])
+                        if accumulate:  # dst[d[p] + b] = (dst[d[p] + b] if add else base[b]) + acc
+                            init = builder.select(add, at, vec_at(base, shift, j))
+                            acc = builder.fadd(builder.load(init, align=itemsize), acc)
+                        builder.store(acc, at, align=itemsize)
+
+        if n_vec == 1:
+            passes(1)
+        else:  # only the vectors holding the lanes the caller needs
+            n_used = builder.udiv(builder.add(used, ir.Constant(i64, vl - 1)), ir.Constant(i64, vl))
+            done = fn.append_basic_block("done")
+            cases = [fn.append_basic_block(f"vectors{m}") for m in range(1, n_vec + 1)]
+            switch = builder.switch(n_used, cases[-1])
+            for m, case in enumerate(cases, 1):
+                switch.add_case(ir.Constant(i64, m), case)
+                builder.position_at_end(case)
+                passes(m)
+                builder.branch(done)
+            builder.position_at_end(done)
     builder.ret_void()
     return fn
 
@@ -189,9 +207,10 @@ def _check_float(*arrays):
 
 
 @intrinsic
-def _tile_ir(typingctx, src, a, c, v, tile):
+def _tile_ir(typingctx, src, a, c, v, tile, lanes):
     _check_float(src, v, tile)
-    return types.void(src, a, c, v, tile), lambda ctx, b, sig, args: _emit(ctx, b, sig, args, False, P, B, False)
+    return (types.void(src, a, c, v, tile, lanes),
+            lambda ctx, b, sig, args: _emit(ctx, b, sig, args, False, P, B, False))
 
 
 @intrinsic
@@ -209,8 +228,8 @@ def _lanes_into_ir(typingctx, src, a, c, v, v0, v_step, dst, d, base, add):
 
 
 @overload(micro_tile)
-def _micro_tile_jit(src, a, c, v, tile):
-    return lambda src, a, c, v, tile: _tile_ir(src, a, c, v, tile)
+def _micro_tile_jit(src, a, c, v, tile, lanes):
+    return lambda src, a, c, v, tile, lanes: _tile_ir(src, a, c, v, tile, lanes)
 
 
 @overload(micro_lanes)

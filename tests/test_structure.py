@@ -13,16 +13,17 @@ from nbconv._jit import kernel
 
 
 @kernel()
-def _tiles(src, a, c, v, v_blocks, v0, v_step, tile, lanes_tile, dst, d, base, dst_add):
-    _micro.micro_tile(src, a, c, v, tile)
+def _tiles(src, a, c, v, lanes, v_blocks, v0, v_step, tile, lanes_tile, dst, d, base, dst_add):
+    _micro.micro_tile(src, a, c, v, tile, lanes)
     _micro.micro_lanes(src, a, c, v, v0, v_step, lanes_tile)
     _micro.micro_lanes_into(src, a, c, v_blocks, v0, v_step, dst, d, base, False)
     _micro.micro_lanes_into(src, a, c, v_blocks, v0, v_step, dst_add, d, base, True)
 
 
+@pytest.mark.parametrize("lanes", [1, 9, 17, 32])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_red", [0, 1, 7])
-def test_micro_tiles_llvm_code_matches_numpy_bodies(dtype, n_red):
+def test_micro_tiles_llvm_code_matches_numpy_bodies(dtype, n_red, lanes):
     rng = np.random.default_rng(n_red)
     P, B, LP, LB = _micro.P, _micro.B, _micro.LP, _micro.LB
     src = rng.standard_normal(400).astype(dtype)
@@ -34,9 +35,11 @@ def test_micro_tiles_llvm_code_matches_numpy_bodies(dtype, n_red):
     dst = rng.standard_normal(LP * (2 * LB + 1) + 5).astype(dtype)
     base = rng.standard_normal(2 * LB + 2).astype(dtype)
     got = np.full((P, B), np.nan, dtype), np.full((LP, LB), np.nan, dtype), dst.copy(), dst.copy()
-    _tiles(src, a, c, v, v_blocks, 1, 2, got[0], got[1], got[2], d, base, got[3])
+    lanes = min(lanes, B)
+    _tiles(src, a, c, v, lanes, v_blocks, 1, 2, got[0], got[1], got[2], d, base, got[3])
     want = np.empty((P, B), dtype), np.empty((LP, LB), dtype), dst.copy(), dst.copy()
-    _micro.micro_tile(src, a, c, v, want[0])
+    _micro.micro_tile(src, a, c, v, want[0], lanes)
+    got[0][:, lanes:] = want[0][:, lanes:] = 0  # unspecified lanes
     _micro.micro_lanes(src, a, c, v, 1, 2, want[1])
     _micro.micro_lanes_into(src, a, c, v_blocks, 1, 2, want[2], d, base, False)
     _micro.micro_lanes_into(src, a, c, v_blocks, 1, 2, want[3], d, base, True)
