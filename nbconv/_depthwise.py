@@ -60,16 +60,19 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw):
     # Interior: whole tiles of LP columns whose every tap is inside the row, and the full LB-channel blocks
     # (m == 1), run through the register tile; the other columns and channels through the plain loops.
     c_full = (c_dst // LB) * LB if m == 1 else 0
-    ow_lo, ow_hi = _interior(out_w, w_src, k_w, off_w, sw, dw)
-    ow_hi = ow_lo + (ow_hi - ow_lo) // LP * LP
+    ow_lo, ow_end = _interior(out_w, w_src, k_w, off_w, sw, dw)
+    ow_whole = ow_lo + (ow_end - ow_lo) // LP * LP  # the end of the whole tiles
     for row in prange(n_rows):
         out_row = dst[row]
         runs = 0  # runs of consecutive in-range taps: with one, the tile writes its part of dst (bias + sum) once
         for t in range(n_taps):
             if row_src[row, t] >= 0 and (t == 0 or row_src[row, t - 1] < 0):
                 runs += 1
-        tiled = c_full > 0 and ow_hi > ow_lo
+        tiled = c_full > 0 and ow_whole > ow_lo
         direct = tiled and runs == 1
+        # A row written directly also tiles the interior's last columns, with a tile that overlaps the one before
+        # it (stores, so the columns computed twice get the same values twice).
+        ow_hi = ow_end if direct else ow_whole
         for ow in range(out_w):
             out_px = out_row[ow]
             for c in range(c_full if direct and ow_lo <= ow < ow_hi else 0, c_dst):
@@ -105,7 +108,8 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw):
                 for kw in range(k_w):
                     offsets[end * k_w + kw] = np.uint64(((row_src[row, end] - first) * w_src + kw * dw) * c_src)
                 end += 1
-            for ow0 in range(ow_lo, ow_hi, LP):  # every block of LB channels in one call
+            for tile_start in range(ow_lo, ow_hi, LP):  # every block of LB channels in one call
+                ow0 = min(tile_start, ow_hi - LP)
                 for p in range(LP):
                     bases[p] = np.uint64((first * w_src + (ow0 + p) * sw - off_w) * c_src)
                     out_bases[p] = np.uint64((row * out_w + ow0 + p) * c_dst)
