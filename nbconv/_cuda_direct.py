@@ -33,6 +33,7 @@ transposed convolution is the same gather in "zeros" mode with the crop as `befo
 import functools
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from numba import cuda, float32, float64, int64
 
@@ -71,22 +72,29 @@ def geometry(params):
     return Geometry(*plain, *axes, mode=CODES[params.mode])
 
 
-_source_index = cuda.jit(device=True)(source_index)
+def _device(fn):
+    """`fn` as a CUDA device function; under the simulator the plain Python function, which the simulated
+    kernels call directly (the simulator's device-function wrapper swaps the module's `cuda` and, in
+    numba-cuda, takes two locks on every call: most of a direct kernel's simulated time)."""
+    return fn if numba.config.ENABLE_CUDASIM else cuda.jit(device=True)(fn)
 
 
-@cuda.jit(device=True)
+_source_index = _device(source_index)
+
+
+@_device
 def _imin(a, b):
     """The smaller of two integers (numba 0.68's own CUDA target fails to compile the builtin min)."""
     return a if a < b else b
 
 
-@cuda.jit(device=True)
+@_device
 def _imax(a, b):
     """The larger of two integers (numba 0.68's own CUDA target fails to compile the builtin max)."""
     return a if a > b else b
 
 
-@cuda.jit(device=True)
+@_device
 def _pixel(p, shape):
     """(n, d, h, w): coordinates of flat pixel index p in a channels-last (N, D, H, W, C) shape."""
     w = p % shape[3]
@@ -96,7 +104,7 @@ def _pixel(p, shape):
     return p // shape[1], p % shape[1], h, w
 
 
-@cuda.jit(device=True)
+@_device
 def _tap(t, shape):
     """(kd, kh, kw): coordinates of flat tap index t in a weight shape (KD, KH, KW, ...)."""
     kw = t % shape[2]
@@ -104,13 +112,13 @@ def _tap(t, shape):
     return t // shape[1], t % shape[1], kw
 
 
-@cuda.jit(device=True)
+@_device
 def _read(o, k, n, axis, mode):
     """Index of the element (axis of length n) that output position o reads through tap k; -1 for a zero pad."""
     return _source_index(o * axis.stride + k * axis.dilation - axis.before, n, mode)
 
 
-@cuda.jit(device=True)
+@_device
 def _reads(od, oh, ow, kd, kh, kw, x, geom):
     """(inside, d, h, w): the pixel of x (N, D, H, W, C) that output pixel (od, oh, ow) reads through tap
     (kd, kh, kw); inside is False where that is zero padding."""
@@ -120,7 +128,7 @@ def _reads(od, oh, ow, kd, kh, kw, x, geom):
     return d >= 0 and h >= 0 and w >= 0, d, h, w
 
 
-@cuda.jit(device=True)
+@_device
 def _readers(a, k, part, n, n_out, axis, mode):
     """[lo, hi): the output positions (of n_out) that may read element a (axis of length n) through tap
     k: part 0 those reading the leading padding, part 1 the one reading position a itself, part 2 those
