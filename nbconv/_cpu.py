@@ -307,12 +307,11 @@ def _image_chunks(n, c):
 def _few_per_group_forward(x, w, bias, params, out):
     """out = conv(x, w) + bias through `_as_depthwise`, a chunk of images at a time."""
     c = w.shape[-2]
-    we = None
+    we = _c(np.moveaxis(w, -2, 0))  # (c, *kernel, C_out): the depthwise weight, less its unit C_in axis
     for part in _image_chunks(x.shape[0], c):
         xe, we_shape, depthwise = _as_depthwise(x[part], w.shape, params)
-        we = _c(np.moveaxis(w, -2, 0)).reshape(we_shape) if we is None else we
         chunk = out[part]
-        forward(xe, we, bias, depthwise, chunk.reshape(chunk.shape[0], 1, *chunk.shape[1:]))
+        forward(xe, we.reshape(we_shape), bias, depthwise, chunk.reshape(chunk.shape[0], 1, *chunk.shape[1:]))
     return out
 
 
@@ -324,7 +323,7 @@ def _few_per_group_grad_weight(gy, x, w_shape, params):
         gy_part = gy[part]
         gwe = _depthwise_grad_weight(gy_part.reshape(gy_part.shape[0], 1, *gy_part.shape[1:]), xe, we_shape, depthwise)
         total = gwe if total is None else total + gwe
-    return np.ascontiguousarray(np.moveaxis(total.reshape(we_shape[:-2] + we_shape[-1:]), 0, -2))
+    return np.ascontiguousarray(np.moveaxis(total[..., 0, :], 0, -2))  # (c, *kernel, C_out) -> (*kernel, c, C_out)
 
 
 def _strided_pixels(a, stride):

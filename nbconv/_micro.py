@@ -111,9 +111,8 @@ def _emit(context, builder, sig, args, lanes_src, n_rows, n_lanes, accumulate):
 def _define(module, elem, lanes_src, n_rows, n_lanes, accumulate):
     """The tile loop as a function of its own (noinline: inside it, every general register is free for the n_rows
     row addresses): for p < n_rows, s < n: acc[p][j] = fmuladd(x(p, s, j), vector j of v row (v0 + s*v_step),
-    acc[p][j]); then
-    out rows p = acc[p], or (`accumulate`) dst at d[p] = (dst there if add else base) + acc[p]. x is src[a[p] + c[s]]
-    broadcast, or with `lanes_src` the vector at src[a[p] + c[s] + j*VL]. All of it once per block k < n_blocks,
+    acc[p][j]); then out rows p = acc[p], or (`accumulate`) dst at d[p] = (dst there if add else base) + acc[p].
+    x is src[a[p] + c[s]] broadcast, or with `lanes_src` the vector at src[a[p] + c[s] + j*VL]. All of it once per block k < n_blocks,
     with src, dst and base shifted by k*n_lanes and v by k*v_block (n_blocks is 1 but for micro_lanes_into); only
     the vectors j holding the first `used` lanes are computed and stored."""
     itemsize = 4 if isinstance(elem, ir.FloatType) else 8
@@ -149,6 +148,7 @@ def _define(module, elem, lanes_src, n_rows, n_lanes, accumulate):
         shift = builder.mul(blk.index, ir.Constant(i64, n_lanes))
         v = builder.gep(v_first, [builder.mul(blk.index, v_block)])
         rows = [builder.add(b_p, shift) for b_p in bases]
+
         def passes(m):  # the first m vectors of the tile, per_pass of them per pass over the reduction
             for j0 in range(0, m, per_pass):
                 js = range(j0, min(m, j0 + per_pass))
