@@ -36,6 +36,24 @@ PRELUDE = """
 """
 
 
+def test_tbb_layer_where_the_tbb_wheel_is_installed():
+    """Where pip installed the tbb wheel (nbconv's dependency on Linux x86-64), the kernels run on Numba's TBB
+    layer, also in a virtual environment, whose lib directory the dynamic loader does not search (without it,
+    Numba falls back to OpenMP, and forked workers abort)."""
+    import importlib.metadata
+    try:
+        importlib.metadata.distribution("tbb")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("the tbb wheel is not installed here")
+    if "NUMBA_THREADING_LAYER" in os.environ:
+        pytest.skip("NUMBA_THREADING_LAYER is set")
+    rc, out, err = run_script(PRELUDE + """
+    import numba
+    print("LAYER", numba.threading_layer())
+    """)
+    assert rc == 0 and "LAYER tbb" in out, (out, err[-2000:])
+
+
 @pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
 def test_pool_after_parent_used_the_kernels(method):
     code = PRELUDE + f"""
