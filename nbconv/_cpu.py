@@ -25,9 +25,11 @@ its scalar operand through a table of offsets, so the reduction index (taps x ch
 no im2col matrix is ever formed. Two shapes take other routes: with fewer than B input channels per
 group the gather would leave most lanes idle, so the input gradient computes each output pixel's
 columns (taps x input channels) and scatter-adds them (`_scatter_conv`); depthwise convolutions (one
-input channel per group) run in `_depthwise`, where each vector lane is its own channel. So do the forward
-and weight gradient of grouped convolutions with 2 to 4 channels per group in and out (ResNeXt-style),
-after the group's input channel becomes a spatial dim of its own (`_as_depthwise`).
+input channel per group) run in `_depthwise`, where each vector lane is its own channel. Grouped
+convolutions with 2 or 4 channels per group in and out (ResNeXt-style) and a channel count that fills whole
+vectors run their forward and input gradient through the gather kernel with the groups side by side in the
+lanes (`_micro.micro_groups`); their weight gradient, and the forward of other layouts with 2 to 4 channels per
+group, run in `_depthwise` after the group's input channel becomes a spatial dim of its own (`_as_depthwise`).
 
 Pointwise convolutions (1x1 kernels, one group, no padding) are plain matrix products over the pixels,
 (pixels, C_in) @ (C_in, C_out), and run as one call into NumPy's BLAS (`_pointwise_*`), whose kernels use
@@ -41,7 +43,7 @@ from numba import prange
 
 from . import _depthwise
 from ._jit import SLOTS, call, kernel
-from ._micro import LB, B, P, micro_tile
+from ._micro import LB, B, P, VECTOR_BYTES, micro_groups, micro_tile
 from ._padding import CODES, source_indices
 
 _WEIGHT_GRAD_CHUNK = 256  # most output pixels per chunk of the weight gradient (operands stay in L1/L2)
@@ -49,11 +51,14 @@ _WEIGHT_GRAD_CHUNK = 256  # most output pixels per chunk of the weight gradient 
 
 @kernel(parallel=True)
 def _gather_conv(src, src_rows, src_step, offsets, wpk, bias_blocks, dst, dst_rows, dst_step, row_len, cg_src,
-                 cg_dst):
+                 cg_dst, lane_groups):
     """dst[dst_rows[r] + j*dst_step + g*cg_dst + co] = bias_blocks[g, co // B, co % B] + sum_t
     src[src_rows[r] + j*src_step + g*cg_src + offsets[t]] * wpk[g, co // B, t, co % B] for r < len(src_rows),
     j < row_len, co < cg_dst; src and dst flat, src_rows and offsets unsigned, wpk and bias_blocks
-    (G, ceil(cg_dst / B), ...) C-contiguous; every source offset inside src, every destination distinct."""
+    (G, ceil(cg_dst / B), ...) C-contiguous; every source offset inside src, every destination distinct.
+    With lane_groups = c > 0 (G == 1, cg_src == cg_dst, a multiple of the vector length), each lane co instead sums
+    src[... + offsets[t] + co - co % c + (co + k) % c] * wpk[0, co // B, t*c + k, co % B] over t and k < c
+    (`micro_groups`: a grouped convolution with c channels per group, its groups side by side in the lanes)."""
     groups, n_blocks = wpk.shape[0], wpk.shape[1]
     # A tile is P consecutive output pixels in row-major order, so it may span rows and images.
     n_pix = src_rows.shape[0] * row_len
@@ -62,17 +67,25 @@ def _gather_conv(src, src_rows, src_step, offsets, wpk, bias_blocks, dst, dst_ro
         q0 = item * P
         tile = np.empty((P, B), dtype=dst.dtype)
         bases = np.empty(P, dtype=np.uint64)
+        firsts = np.empty(P, dtype=np.uint64)  # each row's source and destination offsets
+        d_firsts = np.empty(P, dtype=np.int64)
+        n_rows = min(P, n_pix - q0)
+        for p in range(P):
+            r, j = divmod(min(q0 + p, n_pix - 1), row_len)
+            firsts[p] = src_rows[r] + np.uint64(j * src_step)
+            d_firsts[p] = dst_rows[r] + j * dst_step
         for g in range(groups):
             for p in range(P):
-                r, j = divmod(min(q0 + p, n_pix - 1), row_len)
-                bases[p] = src_rows[r] + np.uint64(j * src_step + g * cg_src)
+                bases[p] = firsts[p] + np.uint64(g * cg_src)
             for nb in range(n_blocks):
                 n_valid = min(B, cg_dst - nb * B)
-                micro_tile(src, bases, offsets, wpk[g, nb], tile, n_valid)
+                if lane_groups:
+                    micro_groups(src, bases, nb * B, offsets, wpk[g, nb], tile, n_valid, lane_groups)
+                else:
+                    micro_tile(src, bases, offsets, wpk[g, nb], tile, n_valid)
                 bias_block = bias_blocks[g, nb]
-                for p in range(min(P, n_pix - q0)):
-                    r, j = divmod(q0 + p, row_len)
-                    d0 = dst_rows[r] + j * dst_step + g * cg_dst + nb * B
+                for p in range(n_rows):
+                    d0 = d_firsts[p] + g * cg_dst + nb * B
                     out = dst[d0:d0 + n_valid]
                     if n_valid == B:  # constant trip count: one vector add and store per register
                         for b in range(B):
@@ -278,6 +291,25 @@ def _is_few_per_group(w_shape, groups):
     """2.._FEW_PER_GROUP input channels per group and as many output channels: see _as_depthwise."""
     cg_in, c_out = w_shape[-2:]
     return groups > 1 and 2 <= cg_in <= _FEW_PER_GROUP and c_out == groups * cg_in
+
+
+def _lane_groups(w_shape, groups, dtype):
+    """c = C_in // groups when the forward and input gradient run with the groups side by side in the vector lanes
+    (`micro_groups`): c is 2 or 4, in and out, and C_out a multiple of the vector length; else 0."""
+    cg_in, c_out = w_shape[-2:]
+    lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
+    return cg_in if groups > 1 and cg_in in (2, 4) and c_out == groups * cg_in and c_out % lanes == 0 else 0
+
+
+def _rotated(w3, c):
+    """(T, c, C) weights (tap, input channel within the group, output channel) as the (1, T * c, C) rows of
+    micro_groups: row t*c + k holds, in lane co, the weight of input channel (co + k) % c of co's group."""
+    n_taps, _, ch = w3.shape
+    co = np.arange(ch)
+    rows = np.empty((n_taps, c, ch), dtype=w3.dtype)
+    for k in range(c):
+        rows[:, k] = w3[:, (co + k) % c, co]
+    return rows.reshape(1, n_taps * c, ch)
 
 
 def _as_depthwise(x, w_shape, params):
@@ -508,7 +540,8 @@ def forward(x, w, bias, params, out):
     """out = conv(x, w) + bias."""
     if _is_pointwise(w.shape, params) and out.size:
         return _pointwise_forward(x, w, bias, params, out)
-    if _is_few_per_group(w.shape, params.groups) and out.size:
+    lane_groups = _lane_groups(w.shape, params.groups, x.dtype)
+    if _is_few_per_group(w.shape, params.groups) and out.size and not lane_groups:
         return _few_per_group_forward(x, w, bias, params, out)
     if _is_depthwise(w.shape, params.groups):
         src, offset = _depthwise_source(x, params)
@@ -519,8 +552,13 @@ def forward(x, w, bias, params, out):
     kernel, (cg_in, c_out) = w.shape[:-2], w.shape[-2:]
     groups = params.groups
     xp = _pad(x, params.pads, params.mode)
-    offsets = _tap_offsets(kernel, params.dilation, xp.shape, cg_in)
-    wpk = _pack(w.reshape(-1, groups, c_out // groups).transpose(1, 0, 2))
+    if lane_groups:  # one "group" of all channels, each tap's cg_in source channels summed in the tile
+        offsets = _tap_offsets(kernel, params.dilation, xp.shape, 1)
+        wpk = _pack(_rotated(w.reshape(-1, cg_in, c_out), cg_in))
+        groups, cg_in = 1, c_out
+    else:
+        offsets = _tap_offsets(kernel, params.dilation, xp.shape, cg_in)
+        wpk = _pack(w.reshape(-1, groups, c_out // groups).transpose(1, 0, 2))
     out_spatial, strides = out.shape[1:-1], _strides(xp.shape)
     # one table entry per output row (n, o_0, ..., o_{nd-2}): the flat offset of its first input pixel
     src_rows = _grid([(0, 1, x.shape[0])] + [(0, s, o) for o, s in zip(out_spatial[:-1], params.stride)],
@@ -528,7 +566,7 @@ def forward(x, w, bias, params, out):
     dst_rows = np.arange(src_rows.shape[0], dtype=np.int64) * (out_spatial[-1] * c_out)
     call(_gather_conv, xp.reshape(-1), src_rows, params.stride[-1] * strides[-2], offsets, wpk,
          _bias_blocks(bias, wpk.shape[:2], x.dtype), out.reshape(-1), dst_rows, c_out, out_spatial[-1],
-         cg_in, c_out // groups, work=out.size * offsets.size)
+         cg_in, c_out // groups, lane_groups, work=out.size * offsets.size * max(1, lane_groups))
     return out
 
 
@@ -556,7 +594,8 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
                                      stride, dilation)
     if groups == 1 and all(k == 1 for k in kernel):
         return _pointwise_input_grad(gy, w, window, stride, shape, dst)
-    if cg_in < B:
+    lane_groups = _lane_groups(w.shape, groups, gy.dtype)
+    if cg_in < B and not lane_groups:
         # Few input channels per group would leave most lanes of the gather tile idle: compute the
         # columns (taps x input channels) for each output pixel and scatter-add them instead.
         gxp = np.zeros((n, *padded, cg_in * groups), dtype=gy.dtype)
@@ -589,7 +628,9 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
     if n == 0:
         return dst
     w_groups = w.reshape(*kernel, cg_in, groups, cg_out)
-    no_bias = _bias_blocks(None, (groups, -(-cg_in // B)), gy.dtype)
+    # with lane_groups, one "group" of all channels: the tile sums each group's cg_out channels of gy
+    dst_groups, cg_src, cg_dst = (1, c_out, c_out) if lane_groups else (groups, cg_out, cg_in)
+    no_bias = _bias_blocks(None, (dst_groups, -(-cg_dst // B)), gy.dtype)
     src_strides, dst_strides = _strides(gyp.shape), _strides(shape)
     nd = len(kernel)
     for phase in itertools.product(*(sorted(t) for t in taps)):
@@ -601,18 +642,21 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
         if min(counts) <= 0:
             continue
         # each phase's taps are a progression: k steps by stride / gcd, the shift e by -dilation / gcd
-        offsets = _grid([_progression([e + lo_d for _, e in t]) for t, lo_d in zip(phase_taps, lo)] + [(0, 1, cg_out)],
-                        src_strides[1:])
+        offsets = _grid([_progression([e + lo_d for _, e in t]) for t, lo_d in zip(phase_taps, lo)] +
+                        [(0, 1, 1 if lane_groups else cg_out)], src_strides[1:])
         wsel = w_groups[np.ix_(*[[k for k, _ in t] for t in phase_taps])]  # (*taps, cg_in, G, cg_out)
-        wmat = wsel.transpose(nd + 1, *range(nd), nd + 2, nd).reshape(groups, -1, cg_in)
+        if lane_groups:  # (taps, o, g*cg_in + i) = wsel[taps, i, g, o]
+            wpk = _pack(_rotated(wsel.transpose(*range(nd), nd + 2, nd + 1, nd).reshape(-1, cg_out, c_out), cg_out))
+        else:
+            wpk = _pack(wsel.transpose(nd + 1, *range(nd), nd + 2, nd).reshape(groups, -1, cg_in))
         src_rows = _grid([(0, 1, n)] + [(j0, 1, c) for j0, c in zip(j_lo[:-1], counts[:-1])],
                          src_strides[:-2]) + np.uint64(j_lo[-1] * c_out)
         dst_rows = _grid([(0, 1, n)] + [(q + s * j0 - a, s, c) for q, s, j0, c, a in
                                         zip(phase[:-1], stride, j_lo[:-1], counts[:-1], starts)],
                          dst_strides[:-2], np.int64) + (phase[-1] + stride[-1] * j_lo[-1] - starts[-1]) * shape[-1]
-        call(_gather_conv, gyp.reshape(-1), src_rows, c_out, offsets, _pack(wmat), no_bias, dst.reshape(-1),
-             dst_rows, stride[-1] * shape[-1], counts[-1], cg_out, cg_in,
-             work=n * math.prod(counts) * cg_in * groups * offsets.size)
+        call(_gather_conv, gyp.reshape(-1), src_rows, c_out, offsets, wpk, no_bias, dst.reshape(-1),
+             dst_rows, stride[-1] * shape[-1], counts[-1], cg_src, cg_dst, lane_groups,
+             work=n * math.prod(counts) * cg_in * groups * offsets.size * max(1, lane_groups))
     return dst
 
 

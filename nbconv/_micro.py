@@ -11,6 +11,9 @@ machines (whose LLVM tuning otherwise prefers 256-bit vectors) and compiles in m
 The tile shape follows the target: 8 x 32 with AVX-512 (16 of its 32 vector registers accumulate,
 for float32), 5 x 16 otherwise (10 of the 16 AVX2 registers). When P rows x B lanes need more registers
 than that budget (float64), the lanes are covered in several passes over the reduction.
+`micro_groups` is the tile for grouped convolutions with 2 or 4 channels per group (in and out): its lanes are
+output channels, so one vector holds several groups, and each source vector is multiplied as loaded and with the
+lanes of every group rotated (in-register shuffles), against weights stored in that rotated order.
 `micro_lanes*` serve the depthwise kernels, whose lanes are channels: LP x LB = 5 x 16 on every target
 (each multiply-add reads its own source vector, so more rows would not save loads; fewer rows leave fewer
 output columns to the kernels' scalar edge loops).
@@ -39,6 +42,7 @@ VECTOR_BYTES = 64 if WIDE else 32
 P, B = (8, 32) if WIDE else (5, 16)  # dense tile: rows (output pixels) x lanes (output channels)
 LP, LB = 5, 16                       # depthwise tiles: rows (output columns) x lanes (channels)
 _ACCUMULATORS = 16 if WIDE else 10   # vector registers one reduction pass may hold
+_REGISTERS = 32 if WIDE else 16      # vector registers of the target
 
 
 # ---------------------------------------------------------------- plain bodies (NUMBA_DISABLE_JIT=1)
@@ -48,6 +52,21 @@ def micro_tile(src, a, c, v, tile, lanes):
     src flat, a and c unsigned, v (len(c), >= B) C-contiguous rows."""
     n = c.shape[0]
     tile[:, :lanes] = src[a[:P, None] + c[None, :]] @ v[:n, :lanes]
+
+
+def micro_groups(src, a, shift, c, v, tile, lanes, cg):
+    """tile[p, b] = sum_{s, r < cg} src[a[p] + shift + c[s] + b - b % cg + (b + r) % cg] * v[s*cg + r, b] for p < P,
+    b < lanes <= B (the other lanes of tile: unspecified): lane b sums the cg source channels of its group (runs of cg
+    lanes), rotated by r, against the rows of v, which hold the weights in that rotated order. src flat, a and c
+    unsigned, v (len(c) * cg, >= B) C-contiguous rows, cg 2 or 4 (dividing a vector's lanes); every source vector
+    holding one of the first `lanes` lanes of a pixel lies inside src."""
+    n = c.shape[0]
+    b = np.arange(lanes)
+    tile[:, :lanes] = 0
+    for r in range(cg):
+        channels = (b - b % cg + (b + r) % cg).astype(np.uint64)
+        x = src[a[:P, None, None] + np.uint64(shift) + c[None, :, None] + channels]  # (P, n, lanes)
+        tile[:, :lanes] += (x * v[np.arange(n) * cg + r, :lanes]).sum(axis=1)
 
 
 def micro_lanes(src, a, c, v, v0, v_step, tile):
@@ -72,52 +91,77 @@ def micro_lanes_into(src, a, c, v, v0, v_step, dst, d, base, add):
 
 # ---------------------------------------------------------------- LLVM code
 
-def _emit(context, builder, sig, args, lanes_src, n_rows, n_lanes, accumulate):
-    """Call the tile function (defined once per module by `_define`) on the operands' data pointers."""
-    arrays = [context.make_array(t)(context, builder, x) if isinstance(t, types.Array) else x
-              for t, x in zip(sig.args, args)]
-    src_a, a_a, c_a, v_a = arrays[:4]
+_OPERANDS = {  # the operands of each tile function, by position
+    "tile": ("src", "a", "c", "v", "out", "used"),
+    "groups": ("src", "a", "shift", "c", "v", "out", "used", "cg"),
+    "lanes": ("src", "a", "c", "v", "v0", "v_step", "out"),
+    "lanes_into": ("src", "a", "c", "v", "v0", "v_step", "out", "d", "base", "add"),
+}
+
+
+def _emit(context, builder, sig, args, kind):
+    """Call the tile function of `kind` (defined once per module by `_define`) on the operands' data pointers."""
     i64 = ir.IntType(64)
-    used = ir.Constant(i64, n_lanes)
-    if len(args) == 6:  # micro_tile: v rows 0, 1, 2, ...; out = tile; the lanes it needs
-        v0, v_step, out_i = ir.Constant(i64, 0), ir.Constant(i64, 1), 4
-        used = context.cast(builder, args[5], sig.args[5], types.intp)
-    else:
-        v0 = context.cast(builder, args[4], sig.args[4], types.intp)
-        v_step = context.cast(builder, args[5], sig.args[5], types.intp)
-        out_i = 6
-    out_a = arrays[out_i]
-    itemsize = context.get_abi_sizeof(context.get_value_type(sig.args[0].dtype))
+    names = _OPERANDS[kind]
+    typ = dict(zip(names, sig.args))
+    val = dict(zip(names, args))
+    arr = {k: context.make_array(t)(context, builder, val[k]) for k, t in typ.items() if isinstance(t, types.Array)}
+    itemsize = context.get_abi_sizeof(context.get_value_type(typ["src"].dtype))
 
-    def row_stride(arr, ndim, axis=0):  # elements between steps along `axis`
-        return builder.sdiv(cgutils.unpack_tuple(builder, arr.strides, ndim)[axis], ir.Constant(i64, itemsize))
+    def integer(name, default):
+        return context.cast(builder, val[name], typ[name], types.intp) if name in val else ir.Constant(i64, default)
 
-    out_stride = ir.Constant(i64, 0) if accumulate else row_stride(out_a, 2)
-    d = arrays[7].data if accumulate else ir.Constant(a_a.data.type, None)
-    base = arrays[8].data if accumulate else ir.Constant(out_a.data.type, None)
-    add = (context.cast(builder, args[9], sig.args[9], types.boolean) if accumulate
-           else ir.Constant(ir.IntType(1), 0))
+    def row_stride(a, ndim, axis=0):  # elements between steps along `axis`
+        return builder.sdiv(cgutils.unpack_tuple(builder, a.strides, ndim)[axis], ir.Constant(i64, itemsize))
+
+    n_rows, n_lanes = (LP, LB) if kind.startswith("lanes") else (P, B)
+    accumulate = kind == "lanes_into"
+    src = arr["src"].data
+    if "shift" in val:
+        src = builder.gep(src, [integer("shift", 0)])
+    out = arr["out"]
+    out_stride = ir.Constant(i64, 0) if accumulate else row_stride(out, 2)
+    d = arr["d"].data if accumulate else ir.Constant(arr["a"].data.type, None)
+    base = arr["base"].data if accumulate else ir.Constant(out.data.type, None)
+    add = context.cast(builder, val["add"], typ["add"], types.boolean) if accumulate else ir.Constant(ir.IntType(1), 0)
     if accumulate:  # v is (blocks, rows, lanes)
-        n_blocks = cgutils.unpack_tuple(builder, v_a.shape, 3)[0]
-        v_block, v_row = row_stride(v_a, 3, 0), row_stride(v_a, 3, 1)
+        n_blocks = cgutils.unpack_tuple(builder, arr["v"].shape, 3)[0]
+        v_block, v_row = row_stride(arr["v"], 3, 0), row_stride(arr["v"], 3, 1)
     else:
-        n_blocks, v_block, v_row = ir.Constant(i64, 1), ir.Constant(i64, 0), row_stride(v_a, sig.args[3].ndim)
-    fn = _define(builder.module, context.get_value_type(sig.args[0].dtype), lanes_src, n_rows, n_lanes, accumulate)
-    builder.call(fn, [src_a.data, a_a.data, c_a.data, cgutils.unpack_tuple(builder, c_a.shape, 1)[0], v_a.data,
-                      v_row, v0, v_step, out_a.data, out_stride, d, base, add, n_blocks, v_block, used])
+        n_blocks, v_block, v_row = ir.Constant(i64, 1), ir.Constant(i64, 0), row_stride(arr["v"], typ["v"].ndim)
+    c_len = cgutils.unpack_tuple(builder, arr["c"].shape, 1)[0]
+    elem = context.get_value_type(typ["src"].dtype)
+
+    def call(group, v_step):
+        fn = _define(builder.module, elem, kind, group, n_rows, n_lanes)
+        builder.call(fn, [src, arr["a"].data, arr["c"].data, c_len, arr["v"].data, v_row, integer("v0", 0), v_step,
+                          out.data, out_stride, d, base, add, n_blocks, v_block, integer("used", n_lanes)])
+
+    if kind == "groups":  # one function per group size (the shuffle masks are constants)
+        cg = integer("cg", 0)
+        with builder.if_else(builder.icmp_unsigned("==", cg, ir.Constant(i64, 2))) as (two, four):
+            with two:
+                call(2, ir.Constant(i64, 2))
+            with four:
+                call(4, ir.Constant(i64, 4))
+    else:
+        call(0, integer("v_step", 1))
     return context.get_dummy_value()
 
 
-def _define(module, elem, lanes_src, n_rows, n_lanes, accumulate):
-    """The tile loop as a function of its own (noinline: inside it, every general register is free for the n_rows
-    row addresses): for p < n_rows, s < n: acc[p][j] = fmuladd(x(p, s, j), vector j of v row (v0 + s*v_step),
-    acc[p][j]); then out rows p = acc[p], or (`accumulate`) dst at d[p] = (dst there if add else base) + acc[p].
-    x is src[a[p] + c[s]] broadcast, or with `lanes_src` the vector at src[a[p] + c[s] + j*VL]. All of it once per block k < n_blocks,
-    with src, dst and base shifted by k*n_lanes and v by k*v_block (n_blocks is 1 but for micro_lanes_into); only
-    the vectors j holding the first `used` lanes are computed and stored."""
+def _define(module, elem, kind, group, n_rows, n_lanes):
+    """The tile loop of `kind` as a function of its own (noinline: inside it, every general register is free for the
+    n_rows row addresses): for p < n_rows, s < n: acc[p][j] = fmuladd(x(p, s, j), vector j of v row (v0 + s*v_step),
+    acc[p][j]); then out rows p = acc[p], or (lanes_into) dst at d[p] = (dst there if add else base) + acc[p].
+    x is src[a[p] + c[s]] broadcast (tile), or the vector at src[a[p] + c[s] + j*VL] (lanes). For groups, that vector
+    with the lanes of each run of `group` rotated by r, times v row s*group + r, summed over r < group. All of it once
+    per block k < n_blocks, with src, dst and base shifted by k*n_lanes and v by k*v_block (n_blocks is 1 but for
+    lanes_into); only the vectors j holding the first `used` lanes are computed and stored."""
     itemsize = 4 if isinstance(elem, ir.FloatType) else 8
     vl = VECTOR_BYTES // itemsize
-    name = f"nbconv_micro_{'lanes' if lanes_src else 'tile'}{'_into' if accumulate else ''}_{n_rows}x{n_lanes}_f{itemsize * 8}_v{vl}"
+    accumulate = kind == "lanes_into"
+    lanes_src = kind != "tile"
+    name = f"nbconv_micro_{kind}{group or ''}_{n_rows}x{n_lanes}_f{itemsize * 8}_v{vl}"
     if name in module.globals:
         return module.globals[name]
     i64 = ir.IntType(64)
@@ -137,12 +181,20 @@ def _define(module, elem, lanes_src, n_rows, n_lanes, accumulate):
     splat = ir.Constant(ir.VectorType(ir.IntType(32), vl), [0] * vl)
     n_vec = n_lanes // vl
     per_pass = max(1, min(n_vec, _ACCUMULATORS // n_rows))
+    if group:  # the group's weight vectors stay in registers beside the accumulators (and a source and its rotation)
+        per_pass = max(1, min(per_pass, (_REGISTERS - 2) // (n_rows + group)))
+    rotations = [ir.Constant(ir.VectorType(ir.IntType(32), vl), [l - l % group + (l % group + r) % group
+                                                                  for l in range(vl)]) for r in range(group)]
 
     def vec_at(data, index, j):  # pointer to the vector at element index + j*vl of a flat buffer
         return builder.bitcast(builder.gep(data, [builder.add(index, ir.Constant(i64, j * vl))]), vec.as_pointer())
 
     bases = [builder.load(builder.gep(a, [ir.Constant(i64, p)])) for p in range(n_rows)]
-    accs = [[cgutils.alloca_once(builder, vec) for _ in range(per_pass)] for _ in range(n_rows)]
+    # With groups, each accumulator is split in two (even and odd rotations, added at the end) when the tile alone
+    # has too few of them to hide the FMA latency (two FMA units, four cycles each).
+    split = 2 if group and n_rows * per_pass < 8 else 1
+    accs = [[[cgutils.alloca_once(builder, vec) for _ in range(split)] for _ in range(per_pass)]
+            for _ in range(n_rows)]
     block_loop = cgutils.for_range(builder, n_blocks)  # blocks of n_lanes lanes (one, but for micro_lanes_into)
     with block_loop as blk:
         shift = builder.mul(blk.index, ir.Constant(i64, n_lanes))
@@ -154,12 +206,14 @@ def _define(module, elem, lanes_src, n_rows, n_lanes, accumulate):
                 js = range(j0, min(m, j0 + per_pass))
                 for p in range(n_rows):
                     for k, _ in enumerate(js):
-                        builder.store(zero, accs[p][k])
+                        for half in accs[p][k]:
+                            builder.store(zero, half)
                 with cgutils.for_range(builder, n_red) as loop:
                     s = loop.index
                     cs = builder.load(builder.gep(c, [s]))
                     v_row = builder.mul(builder.add(v0, builder.mul(s, v_step)), v_stride)
-                    ws = [builder.load(vec_at(v, v_row, j), align=itemsize) for j in js]
+                    ws = [[builder.load(vec_at(v, builder.add(v_row, builder.mul(ir.Constant(i64, r), v_stride)), j),
+                                        align=itemsize) for j in js] for r in range(max(1, group))]
                     for p in range(n_rows):
                         at = builder.add(rows[p], cs)
                         if not lanes_src:
@@ -170,7 +224,11 @@ def _define(module, elem, lanes_src, n_rows, n_lanes, accumulate):
                         for k, j in enumerate(js):
                             if lanes_src:
                                 xv = builder.load(vec_at(src, at, j), align=itemsize)
-                            builder.store(builder.call(fmuladd, [xv, ws[k], builder.load(accs[p][k])]), accs[p][k])
+                            for r in range(max(1, group)):
+                                x_r = xv if r == 0 else builder.shuffle_vector(xv, ir.Constant(vec, ir.Undefined),
+                                                                                rotations[r])
+                                half = accs[p][k][r % split]
+                                builder.store(builder.call(fmuladd, [x_r, ws[r][k], builder.load(half)]), half)
                 for p in range(n_rows):
                     if accumulate:
                         d_p = builder.add(builder.load(builder.gep(d, [ir.Constant(i64, p)])), shift)
@@ -178,7 +236,9 @@ def _define(module, elem, lanes_src, n_rows, n_lanes, accumulate):
                         d_p = builder.mul(ir.Constant(i64, p), out_stride)
                     for k, j in enumerate(js):
                         at = vec_at(out, d_p, j)
-                        acc = builder.load(accs[p][k])
+                        acc = builder.load(accs[p][k][0])
+                        if split == 2:
+                            acc = builder.fadd(acc, builder.load(accs[p][k][1]))
                         if accumulate:  # dst[d[p] + b] = (dst[d[p] + b] if add else base[b]) + acc
                             init = builder.select(add, at, vec_at(base, shift, j))
                             acc = builder.fadd(builder.load(init, align=itemsize), acc)
@@ -210,26 +270,38 @@ def _check_float(*arrays):
 def _tile_ir(typingctx, src, a, c, v, tile, lanes):
     _check_float(src, v, tile)
     return (types.void(src, a, c, v, tile, lanes),
-            lambda ctx, b, sig, args: _emit(ctx, b, sig, args, False, P, B, False))
+            lambda ctx, b, sig, args: _emit(ctx, b, sig, args, "tile"))
+
+
+@intrinsic
+def _groups_ir(typingctx, src, a, shift, c, v, tile, lanes, cg):
+    _check_float(src, v, tile)
+    return (types.void(src, a, shift, c, v, tile, lanes, cg),
+            lambda ctx, b, sig, args: _emit(ctx, b, sig, args, "groups"))
 
 
 @intrinsic
 def _lanes_ir(typingctx, src, a, c, v, v0, v_step, tile):
     _check_float(src, v, tile)
     return (types.void(src, a, c, v, v0, v_step, tile),
-            lambda ctx, b, sig, args: _emit(ctx, b, sig, args, True, LP, LB, False))
+            lambda ctx, b, sig, args: _emit(ctx, b, sig, args, "lanes"))
 
 
 @intrinsic
 def _lanes_into_ir(typingctx, src, a, c, v, v0, v_step, dst, d, base, add):
     _check_float(src, v, dst, base)
     return (types.void(src, a, c, v, v0, v_step, dst, d, base, add),
-            lambda ctx, b, sig, args: _emit(ctx, b, sig, args, True, LP, LB, True))
+            lambda ctx, b, sig, args: _emit(ctx, b, sig, args, "lanes_into"))
 
 
 @overload(micro_tile)
 def _micro_tile_jit(src, a, c, v, tile, lanes):
     return lambda src, a, c, v, tile, lanes: _tile_ir(src, a, c, v, tile, lanes)
+
+
+@overload(micro_groups)
+def _micro_groups_jit(src, a, shift, c, v, tile, lanes, cg):
+    return lambda src, a, shift, c, v, tile, lanes, cg: _groups_ir(src, a, shift, c, v, tile, lanes, cg)
 
 
 @overload(micro_lanes)

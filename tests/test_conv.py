@@ -139,10 +139,12 @@ GROUPS = {  # (C_in, C_out, groups)
     "depthwise": (3, 3, 3),
     "dw_mult": (3, 6, 3),
     "few": (6, 6, 2),         # 3 in and 3 out per group: computed as a depthwise convolution over the group
+    "lanes4": (32, 32, 8),    # 4 in and 4 out per group, C a multiple of the vector length: groups side by side
 }
 GROUPS_3D = dict(GROUPS, **{
     "cin1": (1, 5, 1),        # a single input channel
     "wide": (33, 40, 1),      # >= 32 channels: register tiles (16 or 32 lanes), full and partial channel blocks
+    "lanes2": (16, 16, 8),    # 2 in and 2 out per group, groups side by side in the vector lanes
 })
 LAYOUTS = ("C", "F", "negative", "slice", "readonly")
 
@@ -694,8 +696,9 @@ T_X_SPATIAL = {1: (4,), 2: (4, 3), 3: (3, 4, 3)}
 T_PADDINGS = {"int0": {1: 0, 2: 0, 3: 0}, "int": {1: 1, 2: 1, 3: 1}, "per_dim": {1: (2,), 2: (1, 0), 3: (1, 0, 1)},
               "asym": {1: ((2, 0),), 2: ((0, 1), (2, 1)), 3: ((0, 1), (2, 1), (1, 0))},
               "valid": {1: "valid", 2: "valid", 3: "valid"}}
-T_GROUPS = {"g1": (3, 4, 1), "g2": (4, 6, 2), "depthwise": (3, 3, 3), "dw_mult": (3, 6, 3)}  # (C_in, C_out, g)
-T_GROUPS_3D = dict(T_GROUPS, cin1=(1, 4, 1), wide=(20, 17, 1))
+T_GROUPS = {"g1": (3, 4, 1), "g2": (4, 6, 2), "depthwise": (3, 3, 3), "dw_mult": (3, 6, 3),  # (C_in, C_out, g)
+            "lanes4": (32, 32, 8)}
+T_GROUPS_3D = dict(T_GROUPS, cin1=(1, 4, 1), wide=(20, 17, 1), lanes2=(16, 16, 8))
 
 TRANSPOSE_CASES = pairwise({
     "nd": (1, 2),

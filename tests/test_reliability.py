@@ -687,7 +687,8 @@ GROUPINGS = {  # (C_in, C_out, groups) of the convolution; the kernels take diff
     "grouped": (6, 9, 3),
     "depthwise": (4, 4, 4),
     "depthwise_x3": (4, 12, 4),   # channel multiplier 3
-    "few_per_group": (8, 8, 2),   # 4 in and 4 out per group: run by the depthwise kernels
+    "few_per_group": (6, 6, 2),   # 3 in and 3 out per group: run by the depthwise kernels
+    "lane_groups": (16, 16, 4),   # 4 in and 4 out per group, 16 channels: the groups side by side in the lanes
 }
 
 
@@ -850,9 +851,11 @@ NONFINITE_XFAIL = {  # (grouping, mode, poisoned argument) -> reason; reported t
     **{(g, "zeros", "grad_out"): "depthwise weight gradient with zeros padding skips padded taps: 0 * NaN/Inf "
                                  "grad_out never happens (the reference gives NaN there)"
        for g in ("depthwise", "depthwise_x3", "few_per_group")},
-    **{("dense_wide", m, "w"): "input gradient by sub-pixel phases multiplies the zero border of grad_out by "
-                               "NaN/Inf weights: NaN at input positions that no output reads through that tap"
-       for m in ("zeros", "reflect")},
+    **{(g, m, "w"): "input gradient by sub-pixel phases multiplies the zero border of grad_out by "
+                    "NaN/Inf weights: NaN at input positions that no output reads through that tap"
+       for g in ("dense_wide", "lane_groups") for m in ("zeros", "reflect")},
+    ("lane_groups", "zeros", "grad_out"): "weight gradient as depthwise (over a spread copy of x) with zeros "
+                                          "padding skips padded taps: 0 * NaN/Inf grad_out never happens",
 }
 
 
@@ -900,8 +903,9 @@ def test_nonfinite_propagation(rng, grouping, mode, target, value):
 
 
 TRANSPOSE_NONFINITE_XFAIL = {
-    ("dense_wide", "w"): "the transposed convolution is the phase-split input gradient: NaN/Inf weights times the "
-                         "zero border of x give NaN at outputs that no input reaches through that tap",
+    (g, "w"): "the transposed convolution is the phase-split input gradient: NaN/Inf weights times the "
+              "zero border of x give NaN at outputs that no input reaches through that tap"
+    for g in ("dense_wide", "lane_groups")
 }
 
 

@@ -49,6 +49,31 @@ def test_micro_tiles_llvm_code_matches_numpy_bodies(dtype, n_red, lanes):
         np.testing.assert_allclose(g, w, **tol)
 
 
+@kernel()
+def _group_tile(src, a, shift, c, v, tile, lanes, cg):
+    _micro.micro_groups(src, a, shift, c, v, tile, lanes, cg)
+
+
+@pytest.mark.parametrize("cg", [2, 4])
+@pytest.mark.parametrize("lanes", [4, 8, 16, 32])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_red", [0, 1, 7])
+def test_group_tile_llvm_code_matches_numpy_body(dtype, n_red, lanes, cg):
+    """micro_groups (the groups side by side in the lanes, each lane summing its group's rotated channels)."""
+    rng = np.random.default_rng(n_red)
+    P, B = _micro.P, _micro.B
+    lanes = min(lanes, B)
+    src = rng.standard_normal(600).astype(dtype)
+    a = (rng.choice(8, P, replace=False) * 40).astype(np.uint64)
+    c = (rng.integers(0, 5, n_red) * 40).astype(np.uint64)
+    v = rng.standard_normal((n_red * cg, B + 3)).astype(dtype)  # rows of B + 3: the tile reads B of each
+    got, want = np.full((P, B), np.nan, dtype), np.full((P, B), np.nan, dtype)
+    _group_tile(src, a, 4, c, v, got, lanes, cg)
+    _micro.micro_groups(src, a, 4, c, v, want, lanes, cg)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got[:, :lanes], want[:, :lanes], **tol)
+
+
 _NARROW_TILE_SCRIPT = """
 import numpy as np, nbconv, reference
 from nbconv import _micro
@@ -56,6 +81,7 @@ assert (_micro.P, _micro.B) == (5, 16), (_micro.P, _micro.B)
 rng = np.random.default_rng(0)
 cases = [((2, 9, 8, 20), (3, 3, 20, 37), dict(stride=2, padding=1)),             # dense, channel tails
          ((2, 7, 6, 12), (3, 2, 3, 40), dict(padding=(1, 0), groups=4)),        # few channels per group
+         ((2, 7, 6, 32), (3, 3, 4, 32), dict(padding=1, stride=(2, 1), groups=8)),  # groups side by side in lanes
          ((1, 9, 11, 48), (3, 3, 1, 48), dict(padding=1, groups=48, dilation=2))]  # depthwise
 for dtype, tol in ((np.float32, 2e-4), (np.float64, 1e-10)):
     for xs, ws, kw in cases:
