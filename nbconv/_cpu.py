@@ -181,13 +181,15 @@ def _spread_groups(x, xe):
                     dst[g0 + j] = v
 
 
-@kernel(parallel=True)
+@kernel()
 def _column_sums(mat, partial):
     """partial[t, c] = sum of mat[r, c] over the rows r of block t (of partial.shape[0] equal blocks);
-    mat C-contiguous, partial float64."""
+    mat C-contiguous, partial float64. Serial: memory-bound, and it runs between NumPy's BLAS products in the
+    pointwise backward, whose idle threads spin for a while after each (a parallel launch then shares the cores
+    with them: 3-8x as long on a 2-core AMD EPYC, 8x28x28x192 float32, 2.6 ms vs 0.3)."""
     n_slots = partial.shape[0]
     n_rows = mat.shape[0]
-    for t in prange(n_slots):
+    for t in range(n_slots):
         acc = partial[t]
         for r in range(t * n_rows // n_slots, (t + 1) * n_rows // n_slots):
             row = mat[r]
@@ -714,7 +716,7 @@ def grad_bias(gy):
     if c_out == 0:
         return np.zeros(0, dtype=gy.dtype)
     partial = np.zeros((SLOTS, c_out))
-    call(_column_sums, _c(gy).reshape(-1, c_out), partial, work=gy.size)
+    call(_column_sums, _c(gy).reshape(-1, c_out), partial)
     return partial.sum(axis=0).astype(gy.dtype)
 
 
