@@ -583,19 +583,27 @@ def _phase_taps(k_count, stride, dilation, size):
     return taps
 
 
-def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None):
+def _plus(a, bias):
+    """a + bias in place (a itself when bias is None)."""
+    if bias is not None:
+        a += bias
+    return a
+
+
+def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None, bias=None):
     """Gradient w.r.t. a padded input of spatial size `padded`, restricted to window = (starts, sizes) of it
-    (sub-pixel phases, no stride zeros), written into dst when given."""
+    (sub-pixel phases, no stride zeros), written into dst when given, plus `bias` when given (the transposed
+    convolution's; added by the phase products' tiles when every position belongs to a phase)."""
     n, out_spatial, c_out = gy.shape[0], gy.shape[1:-1], gy.shape[-1]
     kernel, cg_in = w.shape[:-2], w.shape[-2]
     cg_out = c_out // groups
     starts, sizes = window
     shape = (n, *sizes, cg_in * groups)
     if _is_depthwise(w.shape, groups):
-        return _depthwise_grad_input(gy, w, np.empty(shape, dtype=gy.dtype) if dst is None else dst, starts,
-                                     stride, dilation)
+        return _plus(_depthwise_grad_input(gy, w, np.empty(shape, dtype=gy.dtype) if dst is None else dst, starts,
+                                           stride, dilation), bias)
     if groups == 1 and all(k == 1 for k in kernel):
-        return _pointwise_input_grad(gy, w, window, stride, shape, dst)
+        return _plus(_pointwise_input_grad(gy, w, window, stride, shape, dst), bias)
     lane_groups = _lane_groups(w.shape, groups, gy.dtype)
     if cg_in < B and not lane_groups:
         # Few input channels per group would leave most lanes of the gather tile idle: compute the
@@ -609,9 +617,9 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
              gxp.reshape(n, math.prod(gxp.shape[1:])), dst_pix, cg_out, cg_in, work=gy.size * offsets.size)
         window_view = gxp[(slice(None), *(slice(a, a + size) for a, size in zip(starts, sizes)))]
         if dst is None:
-            return _c(window_view)
+            return _plus(_c(window_view), bias)
         np.copyto(dst, window_view)
-        return dst
+        return _plus(dst, bias)
     # gy zero-padded by lo before (the most negative shift) and enough after for every phase
     lo = [d * (k - 1) // s for k, s, d in zip(kernel, stride, dilation)]
     lengths = [lo_d + max(-(-p // s), o) for lo_d, p, s, o in zip(lo, padded, stride, out_spatial)]
@@ -628,11 +636,13 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
     elif empty_phase:
         dst[...] = 0
     if n == 0:
-        return dst
+        return _plus(dst, bias)
+    # positions outside every phase get the bias too: then it is added after the phase products
+    late_bias, bias = (bias, None) if empty_phase else (None, bias)
     w_groups = w.reshape(*kernel, cg_in, groups, cg_out)
     # with lane_groups, one "group" of all channels: the tile sums each group's cg_out channels of gy
     dst_groups, cg_src, cg_dst = (1, c_out, c_out) if lane_groups else (groups, cg_out, cg_in)
-    no_bias = _bias_blocks(None, (dst_groups, -(-cg_dst // B)), gy.dtype)
+    bias_blocks = _bias_blocks(bias, (dst_groups, -(-cg_dst // B)), gy.dtype)
     src_strides, dst_strides = _strides(gyp.shape), _strides(shape)
     nd = len(kernel)
     for phase in itertools.product(*(sorted(t) for t in taps)):
@@ -656,10 +666,10 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
         dst_rows = _grid([(0, 1, n)] + [(q + s * j0 - a, s, c) for q, s, j0, c, a in
                                         zip(phase[:-1], stride, j_lo[:-1], counts[:-1], starts)],
                          dst_strides[:-2], np.int64) + (phase[-1] + stride[-1] * j_lo[-1] - starts[-1]) * shape[-1]
-        call(_gather_conv, gyp.reshape(-1), src_rows, c_out, offsets, wpk, no_bias, dst.reshape(-1),
+        call(_gather_conv, gyp.reshape(-1), src_rows, c_out, offsets, wpk, bias_blocks, dst.reshape(-1),
              dst_rows, stride[-1] * shape[-1], counts[-1], cg_src, cg_dst, lane_groups,
              work=n * math.prod(counts) * cg_in * groups * offsets.size * max(1, lane_groups))
-    return dst
+    return _plus(dst, late_bias)
 
 
 def grad_input(gy, w, x_shape, params):
@@ -724,8 +734,5 @@ def transpose(x, w, bias, params, output_padding, out):
     """out = conv_transpose(x, w) + bias: the input gradient of a convolution whose output is x."""
     sizes = tuple(out.shape[1:-1])
     padded = tuple(n + a + b for n, (a, b) in zip(sizes, params.pads))
-    _padded_input_grad(x, w, padded, (tuple(a for a, _ in params.pads), sizes), params.stride, params.dilation,
-                       params.groups, dst=out)
-    if bias is not None:
-        out += bias
-    return out
+    return _padded_input_grad(x, w, padded, (tuple(a for a, _ in params.pads), sizes), params.stride,
+                              params.dilation, params.groups, dst=out, bias=bias)
