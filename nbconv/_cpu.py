@@ -46,6 +46,7 @@ from ._jit import SLOTS, call, kernel
 from ._micro import LB, B, P, VECTOR_BYTES, micro_groups, micro_tile
 from ._padding import CODES, source_indices
 
+_TILES_PER_ITEM = 8  # register tiles per parallel iteration of the gather kernel
 _WEIGHT_GRAD_CHUNK = 256  # most output pixels per chunk of the weight gradient (operands stay in L1/L2)
 
 
@@ -63,36 +64,37 @@ def _gather_conv(src, src_rows, src_step, offsets, wpk, bias_blocks, dst, dst_ro
     # A tile is P consecutive output pixels in row-major order, so it may span rows and images.
     n_pix = src_rows.shape[0] * row_len
     n_tiles = (n_pix + P - 1) // P
-    for item in prange(n_tiles):
-        q0 = item * P
+    # _TILES_PER_ITEM tiles per parallel iteration: the scratch arrays are allocated once for them
+    for item in prange((n_tiles + _TILES_PER_ITEM - 1) // _TILES_PER_ITEM):
         tile = np.empty((P, B), dtype=dst.dtype)
         bases = np.empty(P, dtype=np.uint64)
         firsts = np.empty(P, dtype=np.uint64)  # each row's source and destination offsets
         d_firsts = np.empty(P, dtype=np.int64)
-        n_rows = min(P, n_pix - q0)
-        for p in range(P):
-            r, j = divmod(min(q0 + p, n_pix - 1), row_len)
-            firsts[p] = src_rows[r] + np.uint64(j * src_step)
-            d_firsts[p] = dst_rows[r] + j * dst_step
-        for g in range(groups):
+        for q0 in range(item * _TILES_PER_ITEM * P, min(n_tiles, (item + 1) * _TILES_PER_ITEM) * P, P):
+            n_rows = min(P, n_pix - q0)
             for p in range(P):
-                bases[p] = firsts[p] + np.uint64(g * cg_src)
-            for nb in range(n_blocks):
-                n_valid = min(B, cg_dst - nb * B)
-                if lane_groups:
-                    micro_groups(src, bases, nb * B, offsets, wpk[g, nb], tile, n_valid, lane_groups)
-                else:
-                    micro_tile(src, bases, offsets, wpk[g, nb], tile, n_valid)
-                bias_block = bias_blocks[g, nb]
-                for p in range(n_rows):
-                    d0 = d_firsts[p] + g * cg_dst + nb * B
-                    out = dst[d0:d0 + n_valid]
-                    if n_valid == B:  # constant trip count: one vector add and store per register
-                        for b in range(B):
-                            out[b] = tile[p, b] + bias_block[b]
+                r, j = divmod(min(q0 + p, n_pix - 1), row_len)
+                firsts[p] = src_rows[r] + np.uint64(j * src_step)
+                d_firsts[p] = dst_rows[r] + j * dst_step
+            for g in range(groups):
+                for p in range(P):
+                    bases[p] = firsts[p] + np.uint64(g * cg_src)
+                for nb in range(n_blocks):
+                    n_valid = min(B, cg_dst - nb * B)
+                    if lane_groups:
+                        micro_groups(src, bases, nb * B, offsets, wpk[g, nb], tile, n_valid, lane_groups)
                     else:
-                        for b in range(n_valid):
-                            out[b] = tile[p, b] + bias_block[b]
+                        micro_tile(src, bases, offsets, wpk[g, nb], tile, n_valid)
+                    bias_block = bias_blocks[g, nb]
+                    for p in range(n_rows):
+                        d0 = d_firsts[p] + g * cg_dst + nb * B
+                        out = dst[d0:d0 + n_valid]
+                        if n_valid == B:  # constant trip count: one vector add and store per register
+                            for b in range(B):
+                                out[b] = tile[p, b] + bias_block[b]
+                        else:
+                            for b in range(n_valid):
+                                out[b] = tile[p, b] + bias_block[b]
 
 
 @kernel(parallel=True)
