@@ -12,8 +12,10 @@
 - Threading layers: Numba prefers TBB (installed with nbconv where wheels exist), which is thread-
   and fork-safe. Numba opens the TBB runtime by file name only, which finds the copy the tbb wheel puts
   in ``<prefix>/lib`` only when the Python executable's run path names that directory: not in a virtual
-  environment or a ``pip install --user``. nbconv therefore loads that copy by its full path first
-  (`_load_tbb`, once, before any kernel runs), so Numba finds it already loaded. GNU OpenMP aborts a forked child that runs a parallel kernel after its parent did;
+  environment or a ``pip install --user``. ``import nbconv`` therefore loads that copy by its full path
+  (`nbconv._tbb`), before Numba picks its layer (at its first parallel launch or thread-count query), so
+  Numba finds it already loaded. GNU OpenMP aborts a forked child that runs a parallel kernel after its
+  parent did;
   the `workqueue` layer aborts the process when two threads run parallel kernels at once, so under
   it `call` runs one kernel at a time. nbconv's locks are re-created in a forked child, so a fork
   while another thread holds one cannot deadlock the child.
@@ -23,10 +25,7 @@
 - With NUMBA_DISABLE_JIT=1 (Numba's debugging switch) the kernels run as plain Python: correct, and
   orders of magnitude slower.
 """
-import ctypes
 import os
-import site
-import sys
 import threading
 import warnings
 
@@ -66,21 +65,6 @@ def _serialized():
         except ValueError:  # no parallel kernel has run yet: the layer is not chosen
             return True
     return _layer == "workqueue"
-
-
-def _load_tbb():
-    """Load the TBB runtime installed by the tbb wheel (in sys.prefix/lib, or the user base's lib) by its full
-    path, so that Numba's later lookup of libtbb.so.12 by name finds it; nothing where there is none (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return
-    for prefix in (sys.prefix, site.getuserbase()):
-        path = os.path.join(prefix, "lib", "libtbb.so.12")
-        if os.path.isfile(path):
-            try:
-                ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-                return
-            except OSError:  # a broken copy: Numba chooses another layer, as it would without nbconv
-                pass
 
 
 _NO_CACHE_WARNING = ("nbconv: no writable Numba cache location ({error}); kernels compile in memory in every "
@@ -174,8 +158,6 @@ def call(dispatcher, *args, work=None):
     key = (dispatcher, tuple(_type_key(a) for a in args))
     if key not in _compiled:
         with _compile_lock:
-            if not _compiled:  # the first kernel of the process: before Numba picks its threading layer
-                _load_tbb()
             _compile(dispatcher, args)
             _compiled.add(key)
     threads = numba.get_num_threads()

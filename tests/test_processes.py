@@ -52,6 +52,13 @@ def test_tbb_layer_where_the_tbb_wheel_is_installed():
     print("LAYER", numba.threading_layer())
     """)
     assert rc == 0 and "LAYER tbb" in out, (out, err[-2000:])
+    # Numba also picks the layer when asked for the thread count: after `import nbconv`, TBB is there already
+    rc, out, err = run_script("""
+    import nbconv, numba
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    print("LAYER", numba.threading_layer())
+    """)
+    assert rc == 0 and "LAYER tbb" in out, (out, err[-2000:])
 
 
 @pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
