@@ -46,7 +46,8 @@ from ._jit import SLOTS, call, kernel
 from ._micro import LB, B, P, VECTOR_BYTES, micro_groups, micro_tile
 from ._padding import CODES, source_indices
 
-_TILES_PER_ITEM = 8  # register tiles per parallel iteration of the gather kernel
+_TILES_PER_ITEM = 8  # register tiles per parallel iteration of the gather kernel, at most
+_MIN_ITEMS = 64      # parallel iterations the gather kernel keeps, at least (where it has as many tiles)
 _WEIGHT_GRAD_CHUNK = 256  # most output pixels per chunk of the weight gradient (operands stay in L1/L2)
 
 
@@ -64,13 +65,15 @@ def _gather_conv(src, src_rows, src_step, offsets, wpk, bias_blocks, dst, dst_ro
     # A tile is P consecutive output pixels in row-major order, so it may span rows and images.
     n_pix = src_rows.shape[0] * row_len
     n_tiles = (n_pix + P - 1) // P
-    # _TILES_PER_ITEM tiles per parallel iteration: the scratch arrays are allocated once for them
-    for item in prange((n_tiles + _TILES_PER_ITEM - 1) // _TILES_PER_ITEM):
+    # up to _TILES_PER_ITEM tiles per parallel iteration (the scratch arrays are allocated once for them), fewer
+    # when that would leave fewer than _MIN_ITEMS iterations to share among the threads
+    per_item = min(_TILES_PER_ITEM, max(1, n_tiles // _MIN_ITEMS))
+    for item in prange((n_tiles + per_item - 1) // per_item):
         tile = np.empty((P, B), dtype=dst.dtype)
         bases = np.empty(P, dtype=np.uint64)
         firsts = np.empty(P, dtype=np.uint64)  # each row's source and destination offsets
         d_firsts = np.empty(P, dtype=np.int64)
-        for q0 in range(item * _TILES_PER_ITEM * P, min(n_tiles, (item + 1) * _TILES_PER_ITEM) * P, P):
+        for q0 in range(item * per_item * P, min(n_tiles, (item + 1) * per_item) * P, P):
             n_rows = min(P, n_pix - q0)
             for p in range(P):
                 r, j = divmod(min(q0 + p, n_pix - 1), row_len)
@@ -288,11 +291,13 @@ def _is_pointwise(w_shape, params):
     return params.groups == 1 and all(k == 1 for k in w_shape[:-2]) and _unpadded(params.pads)
 
 
-_FEW_PER_GROUP = 4  # up to this many channels per group (in and out), a grouped convolution runs as depthwise
+_FEW_PER_GROUP = 4  # up to this many channels per group (in and out), a grouped convolution's weight gradient
+                    # (and, unless _lane_groups, its forward) runs as depthwise
 
 
 def _is_few_per_group(w_shape, groups):
-    """2.._FEW_PER_GROUP input channels per group and as many output channels: see _as_depthwise."""
+    """2.._FEW_PER_GROUP input channels per group and as many output channels: see _as_depthwise (and
+    _lane_groups, which takes the forward and input gradient of some of these layouts)."""
     cg_in, c_out = w_shape[-2:]
     return groups > 1 and 2 <= cg_in <= _FEW_PER_GROUP and c_out == groups * cg_in
 

@@ -6,11 +6,13 @@ import sys
 
 
 def load():
-    """Load the TBB runtime installed by the tbb wheel (in sys.prefix/lib, or the user base's lib) by its full
-    path, so that Numba's later lookup of libtbb.so.12 by name finds it; nothing where there is none (Linux only)."""
+    """Load the TBB runtime installed by the tbb wheel (in sys.prefix/lib, or the user base's lib where user site
+    packages are enabled) by its full path, so that Numba's later lookup of libtbb.so.12 by name finds it; nothing
+    where there is none (Linux only)."""
     if not sys.platform.startswith("linux"):
         return
-    for prefix in (sys.prefix, site.getuserbase()):
+    prefixes = [sys.prefix] + ([site.getuserbase()] if site.ENABLE_USER_SITE else [])
+    for prefix in prefixes:
         path = os.path.join(prefix, "lib", "libtbb.so.12")
         if os.path.isfile(path):
             try:

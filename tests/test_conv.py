@@ -139,8 +139,8 @@ GROUPS = {  # (C_in, C_out, groups)
     "depthwise": (3, 3, 3),
     "dw_mult": (3, 6, 3),
     "few": (6, 6, 2),         # 3 in and 3 out per group: computed as a depthwise convolution over the group
-    "lanes4": (32, 32, 8),    # 4 in and 4 out per group, C a multiple of the vector length: groups side by side
-}
+    "lanes4": (24, 24, 6),    # 4 in and 4 out per group, C a multiple of the vector length: groups side by side
+}                             # (with 16-lane tiles, a full and a partial channel block)
 GROUPS_3D = dict(GROUPS, **{
     "cin1": (1, 5, 1),        # a single input channel
     "wide": (33, 40, 1),      # >= 32 channels: register tiles (16 or 32 lanes), full and partial channel blocks
