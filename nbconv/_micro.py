@@ -42,7 +42,6 @@ VECTOR_BYTES = 64 if WIDE else 32
 P, B = (8, 32) if WIDE else (5, 16)  # dense tile: rows (output pixels) x lanes (output channels)
 LP, LB = 5, 16                       # depthwise tiles: rows (output columns) x lanes (channels)
 _ACCUMULATORS = 16 if WIDE else 10   # vector registers one reduction pass may hold
-_REGISTERS = 32 if WIDE else 16      # vector registers of the target
 
 
 # ---------------------------------------------------------------- plain bodies (NUMBA_DISABLE_JIT=1)
@@ -180,9 +179,9 @@ def _define(module, elem, kind, group, n_rows, n_lanes):
     zero = ir.Constant(vec, [0.0] * vl)
     splat = ir.Constant(ir.VectorType(ir.IntType(32), vl), [0] * vl)
     n_vec = n_lanes // vl
-    per_pass = max(1, min(n_vec, _ACCUMULATORS // n_rows))
-    if group:  # the group's weight vectors stay in registers beside the accumulators (and a source and its rotation)
-        per_pass = max(1, min(per_pass, (_REGISTERS - 2) // (n_rows + group)))
+    # With groups, one vector per pass: its group weight vectors stay in registers beside the accumulators (and a
+    # source and its rotation); two vectors per pass spilled registers on every target (read from the assembly).
+    per_pass = 1 if group else max(1, min(n_vec, _ACCUMULATORS // n_rows))
     rotations = [ir.Constant(ir.VectorType(ir.IntType(32), vl), [l - l % group + (l % group + r) % group
                                                                   for l in range(vl)]) for r in range(group)]
 
@@ -191,8 +190,9 @@ def _define(module, elem, kind, group, n_rows, n_lanes):
 
     bases = [builder.load(builder.gep(a, [ir.Constant(i64, p)])) for p in range(n_rows)]
     # With groups, each accumulator is split in two (even and odd rotations, added at the end) when the tile alone
-    # has too few of them to hide the FMA latency (two FMA units, four cycles each).
-    split = 2 if group and n_rows * per_pass < 8 else 1
+    # has too few of them to hide the FMA latency (two FMA units, four cycles each); not for float64, where the
+    # split spilled registers on 16-register targets.
+    split = 2 if group and n_rows < 8 and itemsize == 4 else 1
     accs = [[[cgutils.alloca_once(builder, vec) for _ in range(split)] for _ in range(per_pass)]
             for _ in range(n_rows)]
     block_loop = cgutils.for_range(builder, n_blocks)  # blocks of n_lanes lanes (one, but for micro_lanes_into)
