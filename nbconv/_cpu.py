@@ -307,7 +307,7 @@ def _lane_groups(w_shape, groups, dtype):
     (`micro_groups`): c is 2 or 4, in and out, and C_out a multiple of the vector length; else 0."""
     cg_in, c_out = w_shape[-2:]
     lanes = VECTOR_BYTES // np.dtype(dtype).itemsize
-    return cg_in if groups > 1 and cg_in in (2, 4) and c_out == groups * cg_in and c_out % lanes == 0 else 0
+    return cg_in if _is_few_per_group(w_shape, groups) and cg_in in (2, 4) and c_out % lanes == 0 else 0
 
 
 def _rotated(w3, c):

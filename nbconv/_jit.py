@@ -15,9 +15,8 @@
   environment or a ``pip install --user``. ``import nbconv`` therefore loads that copy by its full path
   (`nbconv._tbb`), before Numba picks its layer (at its first parallel launch or thread-count query), so
   Numba finds it already loaded. GNU OpenMP aborts a forked child that runs a parallel kernel after its
-  parent did;
-  the `workqueue` layer aborts the process when two threads run parallel kernels at once, so under
-  it `call` runs one kernel at a time. nbconv's locks are re-created in a forked child, so a fork
+  parent did; the `workqueue` layer aborts the process when two threads run parallel kernels at once, so
+  under it `call` runs one kernel at a time. nbconv's locks are re-created in a forked child, so a fork
   while another thread holds one cannot deadlock the child.
 - A parallel launch costs tens of microseconds (milliseconds on an oversubscribed machine), so a
   call whose `work` (multiply-adds or elements touched) is below SERIAL_BELOW runs on the calling
