@@ -1,7 +1,5 @@
 """nbconv: Numba-accelerated channels-last convolutions, forward and backward, on NumPy arrays."""
 __version__ = "0.1.0"
-from . import _tbb
-_tbb.load()  # before Numba chooses its threading layer: see nbconv._jit
 from . import optim
 from ._device import cuda_available
 from .conv import Conv1dGrads, Conv2dGrads, Conv3dGrads, ConvGrads

@@ -1,6 +1,6 @@
 """`python -m nbconv info [--json]`: what nbconv runs on here. Versions (nbconv, Python, NumPy, Numba,
 llvmlite and the optional packages, read from their metadata without importing them), the CPU and
-its vector features, Numba's threading layer and thread count, the kernel cache's directory and
+its vector features, the thread count (and a test kernel's result), the kernel cache's directory and
 size, and CUDA availability. Paste its output into bug reports.
 """
 import importlib.metadata
@@ -10,11 +10,11 @@ import platform
 import sys
 
 OPTIONAL = ("torch", "numba-cuda", "scikit-learn", "tqdm", "matplotlib", "asv", "dask", "ml_dtypes",
-            "threadpoolctl", "tbb", "intel-openmp")
+            "threadpoolctl")
 # Vector features that matter to nbconv's register tiles, in the order shown.
 SIMD = ("sse4.2", "avx", "avx2", "fma", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512vnni",
         "avx512bf16", "avx512fp16", "amx-tile", "neon", "sve", "sve2")
-ENVIRONMENT = ("NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "NUMBA_CACHE_DIR", "NUMBA_DISABLE_JIT",
+ENVIRONMENT = ("NUMBA_NUM_THREADS", "NUMBA_CACHE_DIR", "NUMBA_DISABLE_JIT",
                "NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "NUMBA_ENABLE_CUDASIM", "OMP_NUM_THREADS",
                "CUDA_VISIBLE_DEVICES")
 
@@ -52,20 +52,20 @@ def _cpu():
 
 
 def _threading():
-    """Numba's thread count and threading layer (asking for the thread count makes Numba choose the layer; one
-    tiny cached nbconv kernel, a 3-tap convolution, runs to show that it works)."""
+    """The threads nbconv's kernels use (its own workers; see nbconv._jit), and whether a kernel runs: one tiny
+    cached nbconv kernel, a 3-tap convolution."""
     import numba
     import numpy as np
 
     import nbconv
+    from nbconv import _jit
 
-    info = {"numba_num_threads": numba.config.NUMBA_NUM_THREADS, "threads": None,
-            "requested_layer": numba.config.THREADING_LAYER, "layer": None, "error": None}
+    info = {"numba_num_threads": numba.config.NUMBA_NUM_THREADS, "threads": _jit.threads(), "kernel": None,
+            "error": None}
     try:
-        info["threads"] = numba.get_num_threads()
-        nbconv.conv1d(np.zeros((1, 3, 1)), np.zeros((3, 1, 1)))
-        info["layer"] = numba.threading_layer()
-    except Exception as error:  # e.g. a requested layer that is not installed
+        y = nbconv.conv1d(np.arange(3.0).reshape(1, 3, 1), np.ones((3, 1, 1)))
+        info["kernel"] = "ok" if y.shape == (1, 1, 1) and y[0, 0, 0] == 3.0 else f"wrong result {y.ravel()}"
+    except Exception as error:
         info["error"] = f"{type(error).__name__}: {error}"
     return info
 
@@ -123,9 +123,9 @@ def format_text(info):
              f"CPU: {cpu['model']} (LLVM target {cpu['llvm_name']}, {cpu['machine']}), "
              f"{cpu['usable_cpus']} of {cpu['cpu_count']} CPUs usable",
              f"  vector features: {' '.join(cpu['simd']) or 'none of ' + ' '.join(SIMD)}",
-             f"threads: {threading['threads']} of NUMBA_NUM_THREADS={threading['numba_num_threads']}; "
-             f"threading layer: " + (threading["layer"] or f"unknown ({threading['error']})")
-             + f" (requested: {threading['requested_layer']})",
+             f"threads: {threading['threads']} of NUMBA_NUM_THREADS={threading['numba_num_threads']} "
+             f"(nbconv's own workers; no Numba threading layer); a test kernel: "
+             + (threading["kernel"] or f"FAILED ({threading['error']})"),
              "",
              "kernel cache (Numba's, on disk):"]
     lines += [f"  {line}" for line in describe(info["cache"])]

@@ -39,36 +39,33 @@ import math
 import itertools
 
 import numpy as np
-from numba import prange
 
 from . import _depthwise
 from ._jit import SLOTS, call, kernel
 from ._micro import LB, B, P, VECTOR_BYTES, micro_groups, micro_tile
 from ._padding import CODES, source_indices
 
-_TILES_PER_ITEM = 8  # register tiles per parallel iteration of the gather kernel, at most
-_MIN_ITEMS = 64      # parallel iterations the gather kernel keeps, at least (where it has as many tiles)
+_TILES_PER_ITEM = 8  # register tiles per item (unit of work shared among threads) of the gather kernel, at most
+_MIN_ITEMS = 64      # items the gather kernel keeps, at least (where it has as many tiles)
 _WEIGHT_GRAD_CHUNK = 256  # most output pixels per chunk of the weight gradient (operands stay in L1/L2)
 
 
-@kernel(parallel=True)
+@kernel()
 def _gather_conv(src, src_rows, src_step, offsets, wpk, bias_blocks, dst, dst_rows, dst_step, row_len, cg_src,
-                 cg_dst, lane_groups):
+                 cg_dst, lane_groups, per_item, lo, hi):
     """dst[dst_rows[r] + j*dst_step + g*cg_dst + co] = bias_blocks[g, co // B, co % B] + sum_t
     src[src_rows[r] + j*src_step + g*cg_src + offsets[t]] * wpk[g, co // B, t, co % B] for r < len(src_rows),
     j < row_len, co < cg_dst; src and dst flat, src_rows and offsets unsigned, wpk and bias_blocks
     (G, ceil(cg_dst / B), ...) C-contiguous; every source offset inside src, every destination distinct.
     With lane_groups = c > 0 (G == 1, cg_src == cg_dst, a multiple of the vector length), each lane co instead sums
     src[... + offsets[t] + co - co % c + (co + k) % c] * wpk[0, co // B, t*c + k, co % B] over t and k < c
-    (`micro_groups`: a grouped convolution with c channels per group, its groups side by side in the lanes)."""
+    (`micro_groups`: a grouped convolution with c channels per group, its groups side by side in the lanes).
+    Items lo <= i < hi: the tiles (P consecutive output pixels in row-major order, which may span rows and
+    images) per_item*i up to per_item*(i + 1) (see _gather_items)."""
     groups, n_blocks = wpk.shape[0], wpk.shape[1]
-    # A tile is P consecutive output pixels in row-major order, so it may span rows and images.
     n_pix = src_rows.shape[0] * row_len
     n_tiles = (n_pix + P - 1) // P
-    # up to _TILES_PER_ITEM tiles per parallel iteration (the scratch arrays are allocated once for them), fewer
-    # when that would leave fewer than _MIN_ITEMS iterations to share among the threads
-    per_item = min(_TILES_PER_ITEM, max(1, n_tiles // _MIN_ITEMS))
-    for item in prange((n_tiles + per_item - 1) // per_item):
+    for item in range(lo, hi):
         tile = np.empty((P, B), dtype=dst.dtype)
         bases = np.empty(P, dtype=np.uint64)
         firsts = np.empty(P, dtype=np.uint64)  # each row's source and destination offsets
@@ -100,18 +97,17 @@ def _gather_conv(src, src_rows, src_step, offsets, wpk, bias_blocks, dst, dst_ro
                                 out[b] = tile[p, b] + bias_block[b]
 
 
-@kernel(parallel=True)
-def _scatter_conv(gy, reduce_offsets, wpk, offsets, dst, dst_pix, cg_src, cg_dst):
+@kernel()
+def _scatter_conv(gy, reduce_offsets, wpk, offsets, dst, dst_pix, cg_src, cg_dst, lo, hi):
     """dst[n, dst_pix[q] + g*cg_dst + offsets[j]] += sum_co gy[n*Q + q, g*cg_src + co] * wpk[g, j // B, co, j % B]
     for q < Q = len(dst_pix), j < len(offsets), co < len(reduce_offsets) (= arange(cg_src)); gy (N*Q, C_src) and
-    dst (N, image size) C-contiguous, dst zeroed; one image per parallel iteration (no write races)."""
-    n_img = dst.shape[0]
+    dst (N, image size) C-contiguous, dst zeroed; items lo <= n < hi: the images (no write races)."""
     n_q = dst_pix.shape[0]
     c_src = gy.shape[1]
     groups, n_blocks = wpk.shape[0], wpk.shape[1]
     n_cols = offsets.shape[0]
     gy_flat = gy.reshape(-1)
-    for n in prange(n_img):
+    for n in range(lo, hi):
         tile = np.empty((P, B), dtype=dst.dtype)
         bases = np.empty(P, dtype=np.uint64)
         image = dst[n]
@@ -128,17 +124,17 @@ def _scatter_conv(gy, reduce_offsets, wpk, offsets, dst, dst_pix, cg_src, cg_dst
                             image[base + offsets[nb * B + b]] += tile[p, b]
 
 
-@kernel(parallel=True)
-def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk):
+@kernel()
+def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, lo, hi):
     """partial[t, g, nb, r, b] = sum over pixels s of chunks t, t+T, ... (chunk pixels each) of
     flat[rows[min(r, R-1)] + g*cg_src + pix[s]] * gy[s, g*cg_dst + nb*B + b] (left zero for nb*B + b >= cg_dst);
-    gy (S, C_out) C-contiguous, partial zeroed with rows padded to P; one slot t per parallel iteration."""
+    gy (S, C_out) C-contiguous, partial zeroed with rows padded to P; items lo <= t < hi: the slots."""
     n_slots, groups, n_blocks = partial.shape[0], partial.shape[1], partial.shape[2]
     n_rows = rows.shape[0]
     n_pix = pix.shape[0]
     n_chunks = (n_pix + chunk - 1) // chunk
     last = n_rows - 1
-    for t in prange(n_slots):
+    for t in range(lo, hi):
         tile = np.empty((P, B), dtype=partial.dtype)
         bases = np.empty(P, dtype=np.uint64)
         gy_chunk = np.zeros((chunk, B), dtype=partial.dtype)  # B lanes of grad_out, packed per chunk
@@ -168,15 +164,16 @@ def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk):
                                 acc_row[b] += tile[p, b]
 
 
-@kernel(parallel=True)
-def _spread_groups(x, xe):
+@kernel()
+def _spread_groups(x, xe, lo, hi):
     """xe[n, i, q, g*c + j] = x[n, q, g*c + i] for i, j < c = xe.shape[1]: every output channel of group g gets the
-    group's input channel i; x (N, Q, C) and xe (N, c, Q, C) C-contiguous."""
-    n_img, n_pix, ch = x.shape
+    group's input channel i; x (N, Q, C) and xe (N, c, Q, C) C-contiguous; items lo <= r < hi: the pixels
+    (n, q) = divmod(r, Q)."""
+    n_pix, ch = x.shape[1], x.shape[2]
     c = xe.shape[1]
-    for r in prange(n_img * n_pix):
-        n = np.int64(r) // n_pix
-        q = np.int64(r) - n * n_pix
+    for r in range(lo, hi):
+        n = r // n_pix
+        q = r - n * n_pix
         src = x[n, q]
         for i in range(c):
             dst = xe[n, i, q]
@@ -203,6 +200,15 @@ def _column_sums(mat, partial):
 
 
 # ---------------------------------------------------------------- tables and operand layouts
+
+def _gather_items(n_pix):
+    """(tiles per item, items) of _gather_conv for n_pix output pixels: up to _TILES_PER_ITEM tiles per item (its
+    scratch arrays are allocated once for them), fewer when that would leave fewer than _MIN_ITEMS items to share
+    among the threads."""
+    n_tiles = -(-n_pix // P)
+    per_item = min(_TILES_PER_ITEM, max(1, n_tiles // _MIN_ITEMS))
+    return per_item, -(-n_tiles // per_item)
+
 
 def _c(a):
     """`a` as a C-contiguous, writeable, aligned array (a copy only when needed): one kernel type per dtype."""
@@ -332,7 +338,8 @@ def _as_depthwise(x, w_shape, params):
     c, c_out = w_shape[-2:]
     n, spatial = x.shape[0], x.shape[1:-1]
     xe = np.empty((n, c, *spatial, c_out), dtype=x.dtype)
-    call(_spread_groups, _c(x).reshape(n, -1, c_out), xe.reshape(n, c, -1, c_out), work=xe.size)
+    pixels = _c(x).reshape(n, -1, c_out)
+    call(_spread_groups, pixels, xe.reshape(n, c, -1, c_out), items=n * pixels.shape[1], work=xe.size)
     we_shape = (c, *w_shape[:-2], 1, c_out)
     depthwise = params._replace(stride=(1, *params.stride), pads=((0, 0), *params.pads),
                                 dilation=(1, *params.dilation), groups=c_out)
@@ -486,8 +493,9 @@ def _depthwise_forward(src, wk, bias, dst, offset, stride, dilation):
     row_src = _source_rows(src.shape, dst.shape[1:-1], kernel, stride, dilation, offset)
     w3 = wk.reshape(-1, kernel[-1], wk.shape[-1])
     bias = bias if bias.shape[0] else np.zeros(dst.shape[-1], dtype=dst.dtype)
-    call(_depthwise.forward, _rows(src), w3, _depthwise.lanes_weights(w3), row_src, bias, _rows(dst),
-         offset[-1], stride[-1], dilation[-1], work=dst.size * math.prod(kernel))
+    dst_rows = _rows(dst)
+    call(_depthwise.forward, _rows(src), w3, _depthwise.lanes_weights(w3), row_src, bias, dst_rows,
+         offset[-1], stride[-1], dilation[-1], items=dst_rows.shape[0], work=dst.size * math.prod(kernel))
     return dst
 
 
@@ -504,8 +512,9 @@ def _depthwise_grad_input(gy, w, dst, offset, stride, dilation):
                      lambda: _depthwise.row_table(gy.shape[0], _depthwise.adjoint_positions(
                          dst.shape[1:-2], kernel[:-1], stride[:-1], dilation[:-1], offset[:-1]), gy.shape[1:-2]))
     gy = _c(gy)
-    call(_depthwise.grad_input, _rows(gy), _c(w.reshape(-1, kernel[-1], w.shape[-1])), row_gy, _rows(dst),
-         offset[-1], stride[-1], dilation[-1], work=gy.size * math.prod(kernel))
+    dst_rows = _rows(dst)
+    call(_depthwise.grad_input, _rows(gy), _c(w.reshape(-1, kernel[-1], w.shape[-1])), row_gy, dst_rows,
+         offset[-1], stride[-1], dilation[-1], items=dst_rows.shape[0], work=gy.size * math.prod(kernel))
     return dst
 
 
@@ -518,7 +527,7 @@ def _depthwise_grad_weight(gy, x, w_shape, params):
     row_src = _source_rows(src.shape, gy.shape[1:-1], kernel, params.stride, params.dilation, offset)
     partial = np.zeros((SLOTS, row_src.shape[1], kernel[-1], c_out), dtype=gy.dtype)
     call(_depthwise.grad_weight, _rows(src), _rows(gy), gy_blocks, row_src, partial, offset[-1],
-         params.stride[-1], params.dilation[-1], work=gy.size * math.prod(kernel))
+         params.stride[-1], params.dilation[-1], items=SLOTS, work=gy.size * math.prod(kernel))
     return partial.sum(axis=0).reshape(w_shape)
 
 
@@ -573,9 +582,11 @@ def forward(x, w, bias, params, out):
     src_rows = _grid([(0, 1, x.shape[0])] + [(0, s, o) for o, s in zip(out_spatial[:-1], params.stride)],
                      strides[:-2])
     dst_rows = np.arange(src_rows.shape[0], dtype=np.int64) * (out_spatial[-1] * c_out)
+    per_item, n_items = _gather_items(src_rows.shape[0] * out_spatial[-1])
     call(_gather_conv, xp.reshape(-1), src_rows, params.stride[-1] * strides[-2], offsets, wpk,
          _bias_blocks(bias, wpk.shape[:2], x.dtype), out.reshape(-1), dst_rows, c_out, out_spatial[-1],
-         cg_in, c_out // groups, lane_groups, work=out.size * offsets.size * max(1, lane_groups))
+         cg_in, c_out // groups, lane_groups, per_item, items=n_items,
+         work=out.size * offsets.size * max(1, lane_groups))
     return out
 
 
@@ -621,7 +632,7 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
         dst_pix = _grid([(0, s, o) for o, s in zip(out_spatial, stride)], strides[1:-1], np.int64)
         w_cols = w.reshape(-1, groups, cg_out).transpose(1, 2, 0)
         call(_scatter_conv, _c(gy).reshape(-1, c_out), np.arange(cg_out, dtype=np.uint64), _pack(w_cols), offsets,
-             gxp.reshape(n, math.prod(gxp.shape[1:])), dst_pix, cg_out, cg_in, work=gy.size * offsets.size)
+             gxp.reshape(n, math.prod(gxp.shape[1:])), dst_pix, cg_out, cg_in, items=n, work=gy.size * offsets.size)
         window_view = gxp[(slice(None), *(slice(a, a + size) for a, size in zip(starts, sizes)))]
         if dst is None:
             return _plus(_c(window_view), bias)
@@ -673,8 +684,9 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
         dst_rows = _grid([(0, 1, n)] + [(q + s * j0 - a, s, c) for q, s, j0, c, a in
                                         zip(phase[:-1], stride, j_lo[:-1], counts[:-1], starts)],
                          dst_strides[:-2], np.int64) + (phase[-1] + stride[-1] * j_lo[-1] - starts[-1]) * shape[-1]
+        per_item, n_items = _gather_items(src_rows.shape[0] * counts[-1])
         call(_gather_conv, gyp.reshape(-1), src_rows, c_out, offsets, wpk, bias_blocks, dst.reshape(-1),
-             dst_rows, stride[-1] * shape[-1], counts[-1], cg_src, cg_dst, lane_groups,
+             dst_rows, stride[-1] * shape[-1], counts[-1], cg_src, cg_dst, lane_groups, per_item, items=n_items,
              work=n * math.prod(counts) * cg_in * groups * offsets.size * max(1, lane_groups))
     return _plus(dst, late_bias)
 
@@ -718,7 +730,7 @@ def grad_weight(gy, x, w_shape, params):
     n_slots = max(1, min(SLOTS, -(-pix.shape[0] // chunk), budget // block))
     partial = np.zeros((n_slots, groups, n_blocks, -(-n_rows // P) * P, B), dtype=gy.dtype)
     call(_weight_grad, xp.reshape(-1), rows, pix, _c(gy).reshape(-1, c_out), partial, cg_in, cg_out, chunk,
-         work=gy.size * n_rows)
+         items=n_slots, work=gy.size * n_rows)
     total = partial[0]
     for t in range(1, n_slots):  # the slots in a fixed order, in place (no second copy of the sums)
         total += partial[t]

@@ -10,7 +10,6 @@ in a fixed order, so results are bitwise reproducible for any thread count.
 import math
 
 import numpy as np
-from numba import prange
 
 from ._jit import kernel
 from ._micro import LB, LP, micro_lanes, micro_lanes_into
@@ -45,14 +44,14 @@ def _madd_row(acc, a, b, m, c_lo):
                 acc[ci * m + j] += av * b[ci * m + j]
 
 
-@kernel(parallel=True)
-def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw):
+@kernel()
+def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, lo, hi):
     """dst[r, ow, c] = bias[c] + sum over taps t with row_src[r, t] >= 0 and kw of src[row_src[r, t], ow*sw +
     kw*dw - off_w, c // m] * w[t, kw, c], zero outside the row; src (rows, W, C_src), w (T, KW, C_dst), dst
     (R, OW, C_dst), row_src (R, T) increasing along t where >= 0, wpk = lanes_weights(w), m = C_dst // C_src,
-    bias (C_dst,); all C-contiguous."""
+    bias (C_dst,); all C-contiguous; items lo <= r < hi: the rows of dst."""
     w_src, c_src = src.shape[1], src.shape[2]
-    n_rows, out_w, c_dst = dst.shape
+    out_w, c_dst = dst.shape[1], dst.shape[2]
     n_taps, k_w = w.shape[0], w.shape[1]
     m = c_dst // c_src
     flat = src.reshape(-1)
@@ -62,7 +61,7 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw):
     c_full = (c_dst // LB) * LB if m == 1 else 0
     ow_lo, ow_end = _interior(out_w, w_src, k_w, off_w, sw, dw)
     ow_whole = ow_lo + (ow_end - ow_lo) // LP * LP  # the end of the whole tiles
-    for row in prange(n_rows):
+    for row in range(lo, hi):
         out_row = dst[row]
         runs = 0  # runs of consecutive in-range taps: with one, the tile writes its part of dst (bias + sum) once
         for t in range(n_taps):
@@ -118,16 +117,16 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw):
             t = end
 
 
-@kernel(parallel=True)
-def grad_input(gy, w, row_gy, dst, off_w, sw, dw):
+@kernel()
+def grad_input(gy, w, row_gy, dst, off_w, sw, dw, lo, hi):
     """dst[r, i, ci] = sum of gy[row_gy[r, t], ow, ci*m + u] * w[t, kw, ci*m + u] over taps t with row_gy[r, t] >= 0,
     kw, ow with ow*sw + kw*dw = i + off_w, u < m; gy (R_gy, OW, C_out), w (T, KW, C_out), dst (R, W, C_dst),
-    row_gy (R, T); all C-contiguous."""
+    row_gy (R, T); all C-contiguous; items lo <= r < hi: the rows of dst."""
     out_w, c_out = gy.shape[1], gy.shape[2]
-    n_rows, w_dst, c_dst = dst.shape
+    w_dst, c_dst = dst.shape[1], dst.shape[2]
     n_taps, k_w = w.shape[0], w.shape[1]
     m = c_out // c_dst
-    for row in prange(n_rows):
+    for row in range(lo, hi):
         dst_row = dst[row]
         for i in range(w_dst):
             dst_px = dst_row[i]
@@ -155,12 +154,12 @@ def grad_input(gy, w, row_gy, dst, off_w, sw, dw):
                             acc[ci] = s
 
 
-@kernel(parallel=True)
-def grad_weight(src, gy, gy_blocks, row_src, partial, off_w, sw, dw):
+@kernel()
+def grad_weight(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, lo, hi):
     """partial[slot, t, kw, c] = sum over rows r of block slot (of partial.shape[0] equal blocks) with
     row_src[r, t] >= 0, and ow, of src[row_src[r, t], ow*sw + kw*dw - off_w, c // m] * gy[r, ow, c] (zero outside
     the row); src (rows, W, C_src), gy (R, OW, C_out), row_src (R, T); gy_blocks = gy as rows of LB channels when
-    m == 1 and LB divides C_out (else empty); partial zeroed, everything C-contiguous."""
+    m == 1 and LB divides C_out (else empty); partial zeroed, everything C-contiguous; items lo <= slot < hi."""
     w_src, c_src = src.shape[1], src.shape[2]
     n_rows, out_w, c_out = gy.shape
     n_slots, n_taps, k_w = partial.shape[0], partial.shape[1], partial.shape[2]
@@ -169,7 +168,7 @@ def grad_weight(src, gy, gy_blocks, row_src, partial, off_w, sw, dw):
     n_blocks = c_out // LB if gy_blocks.shape[0] > 0 else 0
     c_full = n_blocks * LB
     ow_lo, ow_hi = _interior(out_w, w_src, k_w, off_w, sw, dw)
-    for slot in prange(n_slots):
+    for slot in range(lo, hi):
         acc = partial[slot]
         acc_taps = acc.reshape(n_taps * k_w, c_out)
         tile = np.empty((LP, LB), dtype=partial.dtype)

@@ -9,71 +9,66 @@
   reduction instead of the register tile, and `nnan`/`ninf` would break NaN/Inf propagation.
 - The register tiles (`_micro.py`) are written as LLVM vector code, so no kernel depends on LLVM's SLP
   vectorizer, which Numba ships switched off (numba issue #8705); the user's setting is left alone.
-- Threading layers: Numba prefers TBB (installed with nbconv where wheels exist), which is thread-
-  and fork-safe. Numba opens the TBB runtime by file name only, which finds the copy the tbb wheel puts
-  in ``<prefix>/lib`` only when the Python executable's run path names that directory: not in a virtual
-  environment or a ``pip install --user``. ``import nbconv`` therefore loads that copy by its full path
-  (`nbconv._tbb`), before Numba picks its layer (at its first parallel launch or thread-count query), so
-  Numba finds it already loaded. GNU OpenMP aborts a forked child that runs a parallel kernel after its
-  parent did; the `workqueue` layer aborts the process when two threads run parallel kernels at once, so
-  under it `call` runs one kernel at a time. nbconv's locks are re-created in a forked child, so a fork
-  while another thread holds one cannot deadlock the child.
-- A parallel launch costs tens of microseconds (milliseconds on an oversubscribed machine), so a
-  call whose `work` (multiply-adds or elements touched) is below SERIAL_BELOW runs on the calling
-  thread only. Every kernel's result is independent of the thread count, so this changes no bits.
+- Threads: every kernel is serial (`parallel=False`: Numba's parfor passes and the per-loop gufunc
+  they generate about double a kernel's compile time) and releases the GIL. A kernel that can be split
+  takes the range [lo, hi) of its independent items as its last two arguments, and `call` shares the
+  items among nbconv's own worker threads (a ThreadPoolExecutor of NUMBA_NUM_THREADS - 1 threads, the
+  calling thread being the other) in contiguous chunks taken in turn, several per thread so that a core
+  slowed by other work takes fewer. Every item's result is computed by one thread in a fixed order, so
+  the bits do not depend on the thread count or the chunking. No Numba threading layer is ever started,
+  so nbconv is fork-safe under any layer (a forked child makes its own workers) and needs no TBB.
+  The thread count of a call: numba.get_num_threads() of the calling thread where the program has
+  started Numba's threads (it may have called numba.set_num_threads), else NUMBA_NUM_THREADS.
+- A hand-off to the workers costs tens of microseconds (milliseconds on an oversubscribed machine), so
+  a call whose `work` (multiply-adds or elements touched) is below SERIAL_BELOW runs on the calling
+  thread only.
 - With NUMBA_DISABLE_JIT=1 (Numba's debugging switch) the kernels run as plain Python: correct, and
   orders of magnitude slower.
 """
+import itertools
 import os
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
+import numba.np.ufunc.parallel as numba_parallel
 import numpy as np
 
 FASTMATH = frozenset({"contract"})
 SERIAL_BELOW = 1 << 18
+CHUNKS_PER_THREAD = 4  # chunks a split call's items are cut into, per thread (at most one item each)
 # Reductions split their rows over this many fixed partial-sum slots and add the slots in order, so
 # every result is bitwise identical for any number of threads.
 SLOTS = 8
 
 _compile_lock = threading.Lock()
 _compiled = set()
-_workqueue_lock = threading.Lock()
-_layer = None  # numba's threading layer, known once a parallel kernel has run
+_workers = None  # nbconv's worker threads, made at the first split call (and again in a forked child)
+_workers_lock = threading.Lock()
 _kernels = []  # every dispatcher made by `kernel` (to discard their caches together)
 _warned_no_cache = False
 
 
 def _reinit_after_fork():
-    """In a forked child: fresh locks (a parent thread may have held one at the fork)."""
-    global _compile_lock, _workqueue_lock
+    """In a forked child: fresh locks (a parent thread may have held one at the fork), and no workers (the
+    parent's threads do not exist in the child)."""
+    global _compile_lock, _workers_lock, _workers
     _compile_lock = threading.Lock()
-    _workqueue_lock = threading.Lock()
+    _workers_lock = threading.Lock()
+    _workers = None
 
 
 os.register_at_fork(after_in_child=_reinit_after_fork)
-
-
-def _serialized():
-    """True while concurrent kernel calls could reach the workqueue layer (and before any layer is chosen)."""
-    global _layer
-    if _layer is None:
-        try:
-            _layer = numba.threading_layer()
-        except ValueError:  # no parallel kernel has run yet: the layer is not chosen
-            return True
-    return _layer == "workqueue"
 
 
 _NO_CACHE_WARNING = ("nbconv: no writable Numba cache location ({error}); kernels compile in memory in every "
                      "process. Set NUMBA_CACHE_DIR to a writable directory to cache them.")
 
 
-def kernel(parallel=False, inline="never"):
+def kernel(inline="never"):
     """Decorator for nbconv's CPU kernels (nothing is compiled until the first call)."""
-    options = dict(parallel=parallel, fastmath=set(FASTMATH), nogil=True, error_model="numpy",
-                   boundscheck=False, inline=inline)
+    options = dict(fastmath=set(FASTMATH), nogil=True, error_model="numpy", boundscheck=False, inline=inline)
 
     def decorate(fn):
         try:
@@ -149,25 +144,59 @@ def _type_key(a):
     return type(a)
 
 
-def call(dispatcher, *args, work=None):
-    """dispatcher(*args), compiling (or loading from cache) the first time, on one thread when `work` is
-    below SERIAL_BELOW."""
+def threads():
+    """The number of threads a call may use (see the module docstring)."""
+    if getattr(numba_parallel, "_is_initialized", True):
+        return numba.get_num_threads()
+    return numba.config.NUMBA_NUM_THREADS
+
+
+def _pool():
+    global _workers
+    with _workers_lock:
+        if _workers is None:
+            _workers = ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1), thread_name_prefix="nbconv")
+        return _workers
+
+
+def _split(dispatcher, args, items, n_threads):
+    """dispatcher(*args, lo, hi) over contiguous chunks of range(items), shared by the calling thread and
+    n_threads - 1 workers, each taking the next chunk when it is done with one."""
+    n_chunks = min(items, n_threads * CHUNKS_PER_THREAD)
+    bounds = [items * i // n_chunks for i in range(n_chunks + 1)]
+    taken = itertools.count()  # next() on it is atomic under the GIL
+    operands = [args]  # emptied on return: a cancelled helper left in the queue then holds no array
+
+    def share():
+        while (i := next(taken)) < n_chunks:
+            dispatcher(*operands[0], bounds[i], bounds[i + 1])
+
+    helpers = [_pool().submit(share) for _ in range(min(n_threads, n_chunks) - 1)]
+    try:
+        share()
+    finally:
+        for helper in helpers:  # a helper still queued (the workers busy with another call) has nothing left
+            if not helper.cancel():
+                helper.result()
+        operands.clear()
+
+
+def call(dispatcher, *args, items=None, work=None):
+    """dispatcher(*args), compiling (or loading from cache) the first time; with `items`, the kernel's last two
+    arguments lo, hi are added: the whole range(items) on the calling thread when `work` is below SERIAL_BELOW
+    (or one thread is allowed), else shared among threads (`_split`)."""
+    if items is not None:
+        full = (*args, 0, items)
+    else:
+        full = args
     if not isinstance(dispatcher, numba.core.dispatcher.Dispatcher):  # NUMBA_DISABLE_JIT=1: plain Python
-        return dispatcher(*args)
-    key = (dispatcher, tuple(_type_key(a) for a in args))
+        return dispatcher(*full)
+    key = (dispatcher, tuple(_type_key(a) for a in full))
     if key not in _compiled:
         with _compile_lock:
-            _compile(dispatcher, args)
+            _compile(dispatcher, full)
             _compiled.add(key)
-    threads = numba.get_num_threads()
-    serial = work is not None and work < SERIAL_BELOW and threads > 1
-    if serial:
-        numba.set_num_threads(1)
-    try:
-        if _serialized():
-            with _workqueue_lock:
-                return dispatcher(*args)
-        return dispatcher(*args)
-    finally:
-        if serial:
-            numba.set_num_threads(threads)
+    n_threads = threads() if items is not None and items > 1 and (work is None or work >= SERIAL_BELOW) else 1
+    if n_threads == 1:
+        return dispatcher(*full)
+    return _split(dispatcher, args, items, n_threads)

@@ -3,7 +3,7 @@
 Callers (nbconv.ops) validate arguments and pass C-contiguous arrays; batch normalization sees its
 input flattened to (M, C) rows. Per-channel vectors are float64. Reductions use a fixed number of
 partial-sum slots, so results do not depend on the number of threads. These kernels do about one
-operation per element, so a small problem runs on one thread: starting a parallel region costs tens
+operation per element, so a small problem runs on one thread: handing work to threads costs tens
 of microseconds on an idle machine and can cost tens of milliseconds when the cores are oversubscribed.
 
 Pooling: one family of kernels serves 1, 2 and 3 spatial dims. Every call is viewed as 3-D, with unit
@@ -18,11 +18,10 @@ input, so every window holds an in-range element.
 import math
 
 import numpy as np
-from numba import prange
 
 from ._jit import SLOTS, call, kernel
 
-SEGMENT = 64  # output pixels along the last spatial axis per parallel task (any value gives the same bits)
+SEGMENT = 64  # output pixels along the last spatial axis per task (any value gives the same bits)
 
 
 @kernel(inline="always")
@@ -41,15 +40,16 @@ def _window(o, stride, pad, k, n):
     return origin, max(0, -origin), min(k, n - origin)
 
 
-@kernel(parallel=True)
-def _max_pool(x, kernel, stride, pads, out, argmax):
+@kernel()
+def _max_pool(x, kernel, stride, pads, out, argmax, lo, hi):
     """out[n, i, j, l, c] = max over the in-range x[n, i*s0 - p0 + a, j*s1 - p1 + b, l*s2 - p2 + e, c]
     (a < k0, b < k1, e < k2; the first maximum in (a, b, e) order wins, NaN propagates) and argmax
-    its flat spatial index (d*H + h)*W + w; x, out, argmax C-contiguous (N, D, H, W, C)."""
-    n_img, d_in, h_in, w_in, channels = x.shape
+    its flat spatial index (d*H + h)*W + w; x, out, argmax C-contiguous (N, D, H, W, C); items lo <= task < hi:
+    the (output row, segment of SEGMENT columns) pairs (see _tasks)."""
+    _, d_in, h_in, w_in, channels = x.shape
     d_out, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
     segments = (w_out + SEGMENT - 1) // SEGMENT
-    for task in prange(n_img * d_out * h_out * segments):
+    for task in range(lo, hi):
         n, i, j, segment = _task(task, segments, d_out, h_out)
         d0, a_lo, a_hi = _window(i, stride[0], pads[0], kernel[0], d_in)
         h0, b_lo, b_hi = _window(j, stride[1], pads[1], kernel[1], h_in)
@@ -77,26 +77,27 @@ def _max_pool(x, kernel, stride, pads, out, argmax):
                                 where[c] = pos
 
 
-@kernel(parallel=True)
-def _max_pool_grad(gy, argmax, gx):
+@kernel()
+def _max_pool_grad(gy, argmax, gx, lo, hi):
     """gx[n, argmax[n, p, c], c] += gy[n, p, c] over the output pixels p in order; gy and argmax
-    (N, P, C), gx zero-filled (N, S, C), all C-contiguous."""
-    n_img, pixels, channels = gy.shape
-    for n in prange(n_img):
+    (N, P, C), gx zero-filled (N, S, C), all C-contiguous; items lo <= n < hi: the images."""
+    pixels, channels = gy.shape[1], gy.shape[2]
+    for n in range(lo, hi):
         for p in range(pixels):
             for c in range(channels):
                 gx[n, argmax[n, p, c], c] += gy[n, p, c]
 
 
-@kernel(parallel=True)
-def _avg_pool(x, kernel, stride, pads, scale, out):
+@kernel()
+def _avg_pool(x, kernel, stride, pads, scale, out, lo, hi):
     """out[n, i, j, l, c] = scale * the sum of the in-range x[n, i*s0 - p0 + a, j*s1 - p1 + b,
     l*s2 - p2 + e, c] over a < k0, b < k1, e < k2 in that order (float64 accumulation; with
-    scale = 1 / (k0*k1*k2) padding counts as zeros); x and out C-contiguous (N, D, H, W, C)."""
-    n_img, d_in, h_in, w_in, channels = x.shape
+    scale = 1 / (k0*k1*k2) padding counts as zeros); x and out C-contiguous (N, D, H, W, C); items
+    lo <= task < hi as in _max_pool."""
+    _, d_in, h_in, w_in, channels = x.shape
     d_out, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
     segments = (w_out + SEGMENT - 1) // SEGMENT
-    for task in prange(n_img * d_out * h_out * segments):
+    for task in range(lo, hi):
         n, i, j, segment = _task(task, segments, d_out, h_out)
         d0, a_lo, a_hi = _window(i, stride[0], pads[0], kernel[0], d_in)
         h0, b_lo, b_hi = _window(j, stride[1], pads[1], kernel[1], h_in)
@@ -115,13 +116,14 @@ def _avg_pool(x, kernel, stride, pads, scale, out):
                 dst[c] = acc[c] * scale
 
 
-@kernel(parallel=True)
-def _avg_pool_grad(gy, kernel, stride, pads, scale, gx):
+@kernel()
+def _avg_pool_grad(gy, kernel, stride, pads, scale, gx, lo, hi):
     """gx[n, i*s0 - p0 + a, j*s1 - p1 + b, l*s2 - p2 + e, c] += gy[n, i, j, l, c] * scale at the
-    in-range positions, output pixels in order; gx zero-filled, both C-contiguous (N, D, H, W, C)."""
-    n_img, d_out, h_out, w_out, channels = gy.shape
+    in-range positions, output pixels in order; gx zero-filled, both C-contiguous (N, D, H, W, C); items
+    lo <= n < hi: the images."""
+    d_out, h_out, w_out, channels = gy.shape[1], gy.shape[2], gy.shape[3], gy.shape[4]
     d_in, h_in, w_in = gx.shape[1], gx.shape[2], gx.shape[3]
-    for n in prange(n_img):
+    for n in range(lo, hi):
         for i in range(d_out):
             d0, a_lo, a_hi = _window(i, stride[0], pads[0], kernel[0], d_in)
             for j in range(h_out):
@@ -137,14 +139,15 @@ def _avg_pool_grad(gy, kernel, stride, pads, scale, gx):
                                     dst[c] += src[c] * scale
 
 
-@kernel(parallel=True)
-def _channel_sums(a, b, center_a, center_b, partial):
+@kernel()
+def _channel_sums(a, b, center_a, center_b, partial, lo, hi):
     """partial[s, 0, c] = sum_r a[r, c] and partial[s, 1, c] = sum_r (a[r, c] - center_a[c]) *
-    (b[r, c] - center_b[c]) over slot s's block of rows; a, b (M, C) C-contiguous, partial (SLOTS, 2, C)."""
+    (b[r, c] - center_b[c]) over slot s's block of rows; a, b (M, C) C-contiguous, partial (SLOTS, 2, C);
+    items lo <= s < hi: the slots."""
     rows, channels = a.shape
     slots = partial.shape[0]
     block = (rows + slots - 1) // slots
-    for s in prange(slots):
+    for s in range(lo, hi):
         total = partial[s, 0]
         cross = partial[s, 1]
         total[:] = 0.0
@@ -157,11 +160,12 @@ def _channel_sums(a, b, center_a, center_b, partial):
                 cross[c] += (ar[c] - center_a[c]) * (br[c] - center_b[c])
 
 
-@kernel(parallel=True)
-def _channel_affine(a, b, scale_a, scale_b, shift, out):
-    """out[r, c] = scale_a[c] * a[r, c] + scale_b[c] * b[r, c] + shift[c]; a, b, out (M, C) C-contiguous."""
-    rows, channels = a.shape
-    for r in prange(rows):
+@kernel()
+def _channel_affine(a, b, scale_a, scale_b, shift, out, lo, hi):
+    """out[r, c] = scale_a[c] * a[r, c] + scale_b[c] * b[r, c] + shift[c]; a, b, out (M, C) C-contiguous;
+    items lo <= r < hi: the rows."""
+    channels = a.shape[1]
+    for r in range(lo, hi):
         ar = a[r]
         br = b[r]
         dst = out[r]
@@ -179,6 +183,12 @@ def _as_5d(a):
     return a.reshape(a.shape[0], *_three(a.shape[1:-1], 1), a.shape[-1])
 
 
+def _tasks(out_shape):
+    """The number of pooling tasks for an output of shape (N, *spatial, C): its rows times the segments of a row."""
+    spatial = _three(out_shape[1:-1], 1)
+    return out_shape[0] * spatial[0] * spatial[1] * -(-spatial[2] // SEGMENT)
+
+
 def max_pool(x, kernel, stride, pads, out_spatial):
     """(out, argmax) of the max pooling of C-contiguous x (N, *spatial, C), 1 to 3 spatial dims;
     `kernel`, `stride`, `pads` and `out_spatial` have one entry per spatial dim; argmax holds the flat
@@ -187,7 +197,7 @@ def max_pool(x, kernel, stride, pads, out_spatial):
     out = np.empty(shape, x.dtype)
     argmax = np.empty(shape, np.int64)
     call(_max_pool, _as_5d(x), _three(kernel, 1), _three(stride, 1), _three(pads, 0), _as_5d(out), _as_5d(argmax),
-         work=x.size)
+         items=_tasks(shape), work=x.size)
     return out, argmax
 
 
@@ -196,7 +206,7 @@ def max_pool_grad(gy, argmax, x_shape, dtype):
     n, c = x_shape[0], x_shape[-1]
     pixels = (n, math.prod(gy.shape[1:-1]), c)
     gx = np.zeros((n, math.prod(x_shape[1:-1]), c), dtype)
-    call(_max_pool_grad, gy.reshape(pixels), argmax.reshape(pixels), gx, work=gx.size)
+    call(_max_pool_grad, gy.reshape(pixels), argmax.reshape(pixels), gx, items=n, work=gx.size)
     return gx.reshape(x_shape)
 
 
@@ -204,7 +214,7 @@ def avg_pool(x, kernel, stride, pads, out_spatial):
     """Average pooling (padding counted as zeros) of C-contiguous x (N, *spatial, C), 1 to 3 spatial dims."""
     out = np.empty((x.shape[0], *out_spatial, x.shape[-1]), x.dtype)
     call(_avg_pool, _as_5d(x), _three(kernel, 1), _three(stride, 1), _three(pads, 0), 1.0 / math.prod(kernel),
-         _as_5d(out), work=x.size)
+         _as_5d(out), items=_tasks(out.shape), work=x.size)
     return out
 
 
@@ -212,14 +222,14 @@ def avg_pool_grad(gy, kernel, stride, pads, x_shape, dtype):
     """Gradient of avg_pool for the input, given C-contiguous gy."""
     gx = np.zeros(x_shape, dtype)
     call(_avg_pool_grad, _as_5d(gy), _three(kernel, 1), _three(stride, 1), _three(pads, 0), 1.0 / math.prod(kernel),
-         _as_5d(gx), work=gx.size)
+         _as_5d(gx), items=x_shape[0], work=gx.size)
     return gx
 
 
 def channel_sums(a, b, center_a, center_b):
     """(sum_r a[r], sum_r (a[r] - center_a) * (b[r] - center_b)) per channel, in float64."""
     partial = np.empty((SLOTS, 2, a.shape[1]))
-    call(_channel_sums, a, b, center_a, center_b, partial, work=a.size)
+    call(_channel_sums, a, b, center_a, center_b, partial, items=SLOTS, work=a.size)
     totals = partial.sum(axis=0)
     return totals[0], totals[1]
 
@@ -227,5 +237,5 @@ def channel_sums(a, b, center_a, center_b):
 def channel_affine(a, b, scale_a, scale_b, shift):
     """scale_a * a + scale_b * b + shift per channel, in a's dtype."""
     out = np.empty(a.shape, a.dtype)
-    call(_channel_affine, a, b, scale_a, scale_b, shift, out, work=a.size)
+    call(_channel_affine, a, b, scale_a, scale_b, shift, out, items=a.shape[0], work=a.size)
     return out

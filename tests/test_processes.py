@@ -36,29 +36,36 @@ PRELUDE = """
 """
 
 
-def test_tbb_layer_where_the_tbb_wheel_is_installed():
-    """Where pip installed the tbb wheel (nbconv's dependency on Linux x86-64), the kernels run on Numba's TBB
-    layer, also in a virtual environment, whose lib directory the dynamic loader does not search (without it,
-    Numba falls back to OpenMP, and forked workers abort)."""
-    import importlib.metadata
-    try:
-        importlib.metadata.distribution("tbb")
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip("the tbb wheel is not installed here")
-    if "NUMBA_THREADING_LAYER" in os.environ:
-        pytest.skip("NUMBA_THREADING_LAYER is set")
+def test_kernels_run_on_nbconvs_workers_without_a_numba_threading_layer():
+    """The kernels share their work among nbconv's own worker threads; Numba's threading layer (TBB, OpenMP or
+    workqueue, each with its own fork and thread limits) is never started."""
     rc, out, err = run_script(PRELUDE + """
-    import numba
-    print("LAYER", numba.threading_layer())
-    """)
-    assert rc == 0 and "LAYER tbb" in out, (out, err[-2000:])
-    # Numba also picks the layer when asked for the thread count: after `import nbconv`, TBB is there already
-    rc, out, err = run_script("""
-    import nbconv, numba
-    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-    print("LAYER", numba.threading_layer())
-    """)
-    assert rc == 0 and "LAYER tbb" in out, (out, err[-2000:])
+    import threading
+    import numba.np.ufunc.parallel as numba_parallel
+    print("LAYER STARTED", numba_parallel._is_initialized)
+    print("WORKERS", sum(t.name.startswith("nbconv") for t in threading.enumerate()))
+    """, env={"NUMBA_NUM_THREADS": "2"})
+    assert rc == 0 and "LAYER STARTED False" in out and "WORKERS 1" in out, (out, err[-2000:])
+
+
+@pytest.mark.parametrize("layer", ["omp", "workqueue"])
+def test_fork_after_the_program_started_numbas_threads(layer):
+    """A program that runs parallel Numba code of its own (here it sets Numba's thread count, which starts the
+    layer) under OpenMP or workqueue, uses nbconv, then forks workers that use nbconv: they compute (GNU OpenMP
+    would abort a child that runs a parallel Numba region after its parent did; nbconv's kernels run none)."""
+    code = PRELUDE + """
+    import multiprocessing as mp, numba
+    numba.set_num_threads(2)
+    assert job(0) == expected
+    with mp.get_context("fork").Pool(2) as pool:
+        results = pool.map_async(job, range(4)).get(timeout=200)
+    assert results == [expected] * 4, (results, expected)
+    print("OK")
+    """
+    rc, out, err = run_script(code, env={"NUMBA_THREADING_LAYER": layer, "NUMBA_NUM_THREADS": "2"})
+    if rc != 0 and "No threading layer could be loaded" in err:
+        pytest.skip(f"Numba's {layer} layer is not available here")
+    assert rc == 0 and "OK" in out, (out, err[-2000:])
 
 
 @pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
@@ -115,14 +122,14 @@ def test_torch_dataloader_workers_call_nbconv():
 
 
 def test_fork_while_another_thread_holds_the_locks():
-    """A thread holds nbconv's compile and workqueue locks while the process forks: the child still
+    """A thread holds nbconv's compile and worker-pool locks while the process forks: the child still
     computes (its locks are fresh), including a kernel compiled for the first time in the child."""
     code = PRELUDE + """
     import os, threading
     from nbconv import _jit
     held, release = threading.Event(), threading.Event()
     def holder():
-        with _jit._compile_lock, _jit._workqueue_lock:
+        with _jit._compile_lock, _jit._workers_lock:
             held.set()
             release.wait(60)
     t = threading.Thread(target=holder); t.start(); held.wait(10)

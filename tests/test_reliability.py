@@ -1125,40 +1125,70 @@ def test_repeated_calls_are_bitwise_identical():
 
 
 def test_thread_count_does_not_change_bits(monkeypatch):
-    """numba.set_num_threads(1) vs 2 (and every count up to NUMBA_NUM_THREADS when more): same bits.
-    Every parallel kernel of the workload must really run on several threads (small calls run on one)."""
+    """numba.set_num_threads(1) vs 2 (and every count up to NUMBA_NUM_THREADS when more), and another number of
+    chunks per thread: same bits. Every kernel of the workload that can share its items among threads must
+    really be split at least once (small calls run on one thread)."""
     from nbconv import _jit
     most = numba.config.NUMBA_NUM_THREADS
     if most < 2:
         pytest.skip("numba has a single thread here (NUMBA_NUM_THREADS=1)")
-    ran = {}   # kernel name -> ran on more than one thread at least once
-    real_call = _cpu.call
+    split = {}   # kernel name -> shared among threads at least once
+    real_call, real_split = _jit.call, _jit._split
 
-    def recording_call(dispatcher, *args, work=None):
-        parallel = numba.get_num_threads() > 1 and (work is None or work >= getattr(_jit, "SERIAL_BELOW", 0))
-        name = getattr(dispatcher, "__name__", str(dispatcher))
-        if getattr(dispatcher, "targetoptions", {}).get("parallel", True):  # serial kernels: nothing to check
-            ran[name] = ran.get(name, False) or parallel
-        return real_call(dispatcher, *args, work=work)
+    def recording_call(dispatcher, *args, items=None, work=None):
+        if items is not None:
+            split.setdefault(dispatcher.__name__, False)
+        return real_call(dispatcher, *args, items=items, work=work)
+
+    def recording_split(dispatcher, args, items, n_threads):
+        split[dispatcher.__name__] = True
+        return real_split(dispatcher, args, items, n_threads)
 
     monkeypatch.setattr(_cpu, "call", recording_call)
+    monkeypatch.setattr(_jit, "_split", recording_split)
     calls = workload()
     saved = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
         single = run_workload(calls)
+        assert not any(split.values()), split
         for n in sorted({2, most, (most + 1) // 2} - {1}):
             numba.set_num_threads(n)
             assert_bitwise(run_workload(calls), single, f"{n} threads vs 1")
+        monkeypatch.setattr(_jit, "CHUNKS_PER_THREAD", 3)
+        assert_bitwise(run_workload(calls), single, "3 chunks per thread vs 1 thread")
     finally:
         numba.set_num_threads(saved)
     assert numba.get_num_threads() == saved
-    assert len(ran) >= 6 and all(ran.values()), f"kernels that never ran on several threads: {ran}"
+    assert len(split) >= 6 and all(split.values()), f"kernels never shared among threads: {split}"
 
 
-def test_eight_python_threads_default_layer():
-    """8 Python threads calling forward and backward at once under the threading layer numba picked
-    here: no error, no abort, every result bitwise equal to a serial run."""
+def test_a_call_keeps_no_array_alive_after_it_returns(rng):
+    """With nbconv's workers busy (here: blocked), a call does all its chunks itself and cancels the hand-offs left
+    in the workers' queue; those must not keep the call's arrays alive once it returns."""
+    import weakref
+    from nbconv import _jit
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has a single thread here (NUMBA_NUM_THREADS=1)")
+    x = randn(rng, (4, 32, 32, 16), np.float32)
+    w = randn(rng, (3, 3, 16, 32), np.float32)
+    nbconv.conv2d(x, w, padding=1)  # compiled
+    release = threading.Event()
+    blockers = [_jit._pool().submit(release.wait, 60) for _ in range(numba.config.NUMBA_NUM_THREADS - 1)]
+    try:
+        y = nbconv.conv2d(x, w, padding=1)
+        alive = weakref.ref(y)
+        del y
+        assert alive() is None, "the output is still referenced after the call returned"
+    finally:
+        release.set()
+        for b in blockers:
+            b.result()
+
+
+def test_eight_python_threads():
+    """8 Python threads calling forward and backward at once (sharing nbconv's workers): no error, no abort,
+    every result bitwise equal to a serial run."""
     calls = workload()
     baseline = run_workload(calls)
     assert not hammer(calls, baseline)
@@ -1171,9 +1201,10 @@ _SUBPROCESS = textwrap.dedent("""
     import numba
     import numpy as np
     import test_reliability as T
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)  # the program starts Numba's threads
+    print("LAYER", numba.threading_layer())
     calls = T.workload()
     baseline = T.run_workload(calls)
-    print("LAYER", numba.threading_layer())
     problems = T.hammer(calls, baseline)
     print("PROBLEMS", len(problems))
     print(*problems[:5], sep="\\n")
@@ -1182,8 +1213,8 @@ _SUBPROCESS = textwrap.dedent("""
 
 
 def test_eight_python_threads_workqueue_layer(tmp_path):
-    """The same under NUMBA_THREADING_LAYER=workqueue, which aborts the process on concurrent use
-    unless nbconv serializes the calls; its results are also the bits of this process's layer."""
+    """The same in a program that started Numba's workqueue layer (which aborts the process when two threads
+    use it at once; nbconv's kernels do not use it); its results are also the bits of this process."""
     out = tmp_path / "results.npz"
     env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
     tests = os.path.dirname(os.path.abspath(__file__))
@@ -1196,7 +1227,7 @@ def test_eight_python_threads_workqueue_layer(tmp_path):
     baseline = run_workload(workload())
     with np.load(out) as saved:
         other = {k: tuple(saved[f"{k}-{i}"] for i in range(len(v))) for k, v in baseline.items()}
-    assert_bitwise(other, baseline, "workqueue layer vs this process's layer")
+    assert_bitwise(other, baseline, "under the workqueue layer vs this process")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1419,9 +1450,9 @@ def test_work_follows_array_sizes_not_parameter_values(monkeypatch, name):
     real_call = _cpu.call
     launched = []
 
-    def counting_call(dispatcher, *args, work=None):
-        launched.append(work or 0)
-        return real_call(dispatcher, *args, work=work)
+    def counting_call(dispatcher, *args, items=None, work=None):
+        launched.append(max(work or 0, items or 0))  # the items shared among threads follow the sizes too
+        return real_call(dispatcher, *args, items=items, work=work)
 
     monkeypatch.setattr(_cpu, "call", counting_call)
     call()
