@@ -82,14 +82,14 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, lo, hi):
                 continue
             src_row = src[sr]
             for kw in range(k_w):
-                lo, hi = _valid_range(out_w, kw * dw - off_w, sw, w_src)
+                va, vb = _valid_range(out_w, kw * dw - off_w, sw, w_src)
                 wv = w[t, kw]
-                for ow in range(lo, min(hi, ow_lo)):
+                for ow in range(va, min(vb, ow_lo)):
                     _madd_row(out_row[ow], src_row[ow * sw + kw * dw - off_w], wv, m, 0)
-                for ow in range(max(lo, ow_hi), hi):
+                for ow in range(max(va, ow_hi), vb):
                     _madd_row(out_row[ow], src_row[ow * sw + kw * dw - off_w], wv, m, 0)
                 if c_full < c_dst:
-                    for ow in range(max(lo, ow_lo), min(hi, ow_hi)):
+                    for ow in range(max(va, ow_lo), min(vb, ow_hi)):
                         _madd_row(out_row[ow], src_row[ow * sw + kw * dw - off_w], wv, m, c_full)
         if not tiled:
             continue
@@ -138,9 +138,9 @@ def grad_input(gy, w, row_gy, dst, off_w, sw, dw, lo, hi):
                 continue
             gy_row = gy[gr]
             for kw in range(k_w):
-                lo, hi = _valid_range(out_w, kw * dw - off_w, sw, w_dst)
+                va, vb = _valid_range(out_w, kw * dw - off_w, sw, w_dst)
                 wv = w[t, kw]
-                for ow in range(lo, hi):
+                for ow in range(va, vb):
                     acc = dst_row[ow * sw + kw * dw - off_w]
                     g = gy_row[ow]
                     if m == 1:
@@ -187,14 +187,14 @@ def grad_weight(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, lo, hi):
                     continue
                 src_row = src[sr]
                 for kw in range(k_w):
-                    lo, hi = _valid_range(out_w, kw * dw - off_w, sw, w_src)
+                    va, vb = _valid_range(out_w, kw * dw - off_w, sw, w_src)
                     acc_tap = acc[t, kw]
-                    for ow in range(lo, min(hi, ow_lo)):
+                    for ow in range(va, min(vb, ow_lo)):
                         _madd_row(acc_tap, src_row[ow * sw + kw * dw - off_w], gy_row[ow], m, 0)
-                    for ow in range(max(lo, ow_hi), hi):
+                    for ow in range(max(va, ow_hi), vb):
                         _madd_row(acc_tap, src_row[ow * sw + kw * dw - off_w], gy_row[ow], m, 0)
                     if c_full < c_out:
-                        for ow in range(max(lo, ow_lo), min(hi, ow_hi)):
+                        for ow in range(max(va, ow_lo), min(vb, ow_hi)):
                             _madd_row(acc_tap, src_row[ow * sw + kw * dw - off_w], gy_row[ow], m, c_full)
                     tap_ids[n_valid] = t * k_w + kw
                     tap_bases[n_valid] = np.uint64((sr * w_src + kw * dw) * c_src)

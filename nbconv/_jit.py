@@ -14,7 +14,7 @@
   takes the range [lo, hi) of its independent items as its last two arguments, and `call` shares the
   items among nbconv's own worker threads (a ThreadPoolExecutor of NUMBA_NUM_THREADS - 1 threads, the
   calling thread being the other) in contiguous chunks taken in turn, several per thread so that a core
-  slowed by other work takes fewer. Every item's result is computed by one thread in a fixed order, so
+  slowed by other work takes fewer (`_split`). Every item's result is computed by one thread in a fixed order, so
   the bits do not depend on the thread count or the chunking. No Numba threading layer is ever started,
   so nbconv is fork-safe under any layer (a forked child makes its own workers) and needs no TBB.
   The thread count of a call: numba.get_num_threads() of the calling thread where the program has
@@ -29,7 +29,7 @@ import itertools
 import os
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numba
 import numba.np.ufunc.parallel as numba_parallel
@@ -146,7 +146,7 @@ def _type_key(a):
 
 def threads():
     """The number of threads a call may use (see the module docstring)."""
-    if getattr(numba_parallel, "_is_initialized", True):
+    if getattr(numba_parallel, "_is_initialized", False):  # asking Numba otherwise would start its threads
         return numba.get_num_threads()
     return numba.config.NUMBA_NUM_THREADS
 
@@ -159,26 +159,56 @@ def _pool():
         return _workers
 
 
+def _join(helpers, job):
+    """Cancel the helpers still queued and wait for the others to finish their chunk; a KeyboardInterrupt
+    meanwhile stops the chunks not yet taken and is returned (raised by the caller once nothing runs)."""
+    interrupted = None
+    for helper in helpers:
+        while not helper.cancel() and not helper.done():
+            try:
+                wait([helper])
+            except KeyboardInterrupt as error:
+                job["stop"] = True
+                interrupted = error
+    return interrupted
+
+
 def _split(dispatcher, args, items, n_threads):
     """dispatcher(*args, lo, hi) over contiguous chunks of range(items), shared by the calling thread and
-    n_threads - 1 workers, each taking the next chunk when it is done with one."""
+    n_threads - 1 workers, each taking the next chunk when it is done with one. It returns (or raises) only once
+    no chunk runs any more: an exception in a chunk, or a KeyboardInterrupt, stops the chunks not yet taken and is
+    raised (the calling thread's first); a hand-off left in the workers' queue is cancelled and holds no array.
+    Once the interpreter is shutting down (no new work for the workers), the calling thread does every chunk."""
     n_chunks = min(items, n_threads * CHUNKS_PER_THREAD)
     bounds = [items * i // n_chunks for i in range(n_chunks + 1)]
     taken = itertools.count()  # next() on it is atomic under the GIL
-    operands = [args]  # emptied on return: a cancelled helper left in the queue then holds no array
+    job = {"args": args, "stop": False}
 
     def share():
-        while (i := next(taken)) < n_chunks:
-            dispatcher(*operands[0], bounds[i], bounds[i + 1])
+        try:
+            while not job["stop"] and (i := next(taken)) < n_chunks:
+                dispatcher(*job["args"], bounds[i], bounds[i + 1])
+        except BaseException:
+            job["stop"] = True
+            raise
 
-    helpers = [_pool().submit(share) for _ in range(min(n_threads, n_chunks) - 1)]
+    helpers = []
+    error = None
     try:
+        for _ in range(min(n_threads, n_chunks) - 1):
+            try:
+                helpers.append(_pool().submit(share))
+            except RuntimeError:  # "cannot schedule new futures after (interpreter) shutdown"
+                break
         share()
-    finally:
-        for helper in helpers:  # a helper still queued (the workers busy with another call) has nothing left
-            if not helper.cancel():
-                helper.result()
-        operands.clear()
+    except BaseException as caught:
+        job["stop"] = True
+        error = caught
+    interrupted = _join(helpers, job)
+    job.clear()
+    for failure in (error, interrupted, *(h.exception() for h in helpers if not h.cancelled())):
+        if failure is not None:
+            raise failure
 
 
 def call(dispatcher, *args, items=None, work=None):

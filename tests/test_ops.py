@@ -231,7 +231,7 @@ def test_pooling_argument_errors():
 
 
 def test_pooling_on_many_threads_matches_torch(rng):
-    """Large enough to run the parallel kernels (above _pool.SERIAL_BELOW), in float32."""
+    """Large enough to run the parallel kernels (above _jit.SERIAL_BELOW), in float32."""
     numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
     x = rng.standard_normal((8, 32, 32, 80)).astype(np.float32)
     for ours, theirs in [(nbconv.max_pool2d, F.max_pool2d), (nbconv.avg_pool2d, F.avg_pool2d)]:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import nbconv
-from nbconv import _cpu
+from nbconv import _cpu, _pool
 
 try:
     from . import reference as R
@@ -1026,8 +1026,8 @@ def test_any_layout_gives_the_same_bits(rng, grouping, kind, dtype):
 
 def workload():
     """name -> zero-argument call returning a tuple of arrays: forward, the three gradients and the
-    transposed convolution on dense, grouped and depthwise (with multiplier) problems in 1-D, 2-D and 3-D, large enough
-    that every parallel loop (and every fixed reduction slot) is split across threads."""
+    transposed convolution on dense, grouped and depthwise (with multiplier) problems in 1-D, 2-D and 3-D, pooling and
+    batch normalization, large enough that every kernel (and every fixed reduction slot) is split across threads."""
     rng = np.random.default_rng(11)
     f32, f64 = np.float32, np.float64
     x = randn(rng, (8, 32, 32, 16), f32)
@@ -1069,7 +1069,23 @@ def workload():
                                     + tuple(nbconv.conv3d_backward(gy3, x3, w3, **conv3))),
         "depthwise3d_backward": lambda: ((nbconv.conv3d(x3, wd3, groups=16, padding=1),)
                                          + tuple(nbconv.conv3d_backward(gyd3, x3, wd3, groups=16, padding=1))),
+        "pooling_and_batch_norm": lambda: _pool_norm_grads(gy, gyd),
     }
+
+
+def _pool_norm_grads(x, g):
+    """max_pool2d, avg_pool2d and batch_norm (training) of x, and the gradients of their sum weighted by g."""
+    from nbconv import Tensor
+    xt = Tensor(x, requires_grad=True)
+    weight = Tensor(np.linspace(0.5, 1.5, x.shape[-1]).astype(x.dtype), requires_grad=True)
+    outs = [nbconv.max_pool2d(xt, 3, stride=1, padding=1), nbconv.avg_pool2d(xt, 3, stride=1, padding=1),
+            nbconv.batch_norm(xt, weight, None)]
+    total = None
+    for k, y in enumerate(outs):
+        term = (y * np.roll(g, k, axis=-1)).sum()
+        total = term if total is None else total + term
+    total.backward()
+    return (*(y.data for y in outs), xt.grad, weight.grad)
 
 
 def run_workload(calls):
@@ -1145,6 +1161,7 @@ def test_thread_count_does_not_change_bits(monkeypatch):
         return real_split(dispatcher, args, items, n_threads)
 
     monkeypatch.setattr(_cpu, "call", recording_call)
+    monkeypatch.setattr(_pool, "call", recording_call)
     monkeypatch.setattr(_jit, "_split", recording_split)
     calls = workload()
     saved = numba.get_num_threads()
@@ -1160,7 +1177,7 @@ def test_thread_count_does_not_change_bits(monkeypatch):
     finally:
         numba.set_num_threads(saved)
     assert numba.get_num_threads() == saved
-    assert len(split) >= 6 and all(split.values()), f"kernels never shared among threads: {split}"
+    assert len(split) >= 12 and all(split.values()), f"kernels never shared among threads: {split}"
 
 
 def test_a_call_keeps_no_array_alive_after_it_returns(rng):
@@ -1184,6 +1201,65 @@ def test_a_call_keeps_no_array_alive_after_it_returns(rng):
         release.set()
         for b in blockers:
             b.result()
+
+
+def _chunk_recorder(fail_when):
+    """A stand-in kernel for _jit._split: records [lo, hi, thread name, state] of each chunk (state: False while it
+    runs, then True, or "raised"); sleeps 20 ms per chunk so that the workers take some; raises RuntimeError in the
+    chunks where fail_when(lo, thread name) holds."""
+    import time
+    log = []
+
+    def chunk(lo, hi):
+        entry = [lo, hi, threading.current_thread().name, False]
+        log.append(entry)
+        time.sleep(0.02)
+        if fail_when(lo, entry[2]):
+            entry[3] = "raised"
+            raise RuntimeError(f"chunk {lo}")
+        entry[3] = True
+
+    return chunk, log
+
+
+@pytest.mark.parametrize("who", ["caller", "worker"])
+def test_a_failing_chunk_stops_the_split_and_is_raised_once_nothing_runs(who):
+    """An exception in a chunk (in the calling thread or a worker) is raised by the call, after every chunk that
+    started has finished and no other chunk starts: nothing writes into the call's arrays after it returns."""
+    import time
+    from nbconv import _jit
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has a single thread here (NUMBA_NUM_THREADS=1)")
+    on_worker = who == "worker"
+    chunk, log = _chunk_recorder(lambda lo, name: name.startswith("nbconv") == on_worker)
+    with pytest.raises(RuntimeError, match="chunk"):
+        _jit._split(chunk, (), 64, 2)
+    ran = len(log)
+    assert all(entry[3] in (True, "raised") for entry in log), log  # every chunk that started has ended
+    time.sleep(0.1)
+    assert len(log) == ran < 8, log  # no chunk started after the call returned; the others were skipped
+    assert any(entry[2].startswith("nbconv") for entry in log) or not on_worker, log
+
+
+def test_split_runs_everything_on_the_caller_during_interpreter_shutdown():
+    """A non-daemon thread that calls nbconv after the main thread has finished (the worker pool refuses new work
+    then): the call computes on its own thread."""
+    code = """
+    import threading, time
+    import numpy as np, nbconv
+    x = np.random.default_rng(0).standard_normal((8, 32, 32, 16)).astype(np.float32)
+    w = np.ones((3, 3, 16, 32), np.float32)
+    expected = nbconv.conv2d(x, w, padding=1)
+    def late():
+        time.sleep(0.5)  # the main thread has finished by now: the interpreter is shutting down
+        print("LATE", np.array_equal(nbconv.conv2d(x, w, padding=1), expected), flush=True)
+    threading.Thread(target=late).start()
+    """
+    env = dict(os.environ, NUMBA_NUM_THREADS="2", PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__))))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and "LATE True" in proc.stdout, (proc.stdout, proc.stderr[-2000:])
 
 
 def test_eight_python_threads():
