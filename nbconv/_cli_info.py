@@ -1,7 +1,7 @@
 """`python -m nbconv info [--json]`: what nbconv runs on here. Versions (nbconv, Python, NumPy, Numba,
 llvmlite and the optional packages, read from their metadata without importing them), the CPU and
-its vector features, the thread count (and a test kernel's result), the kernel cache's directory and
-size, and CUDA availability. Paste its output into bug reports.
+its vector features, the thread count (and a test kernel's result), Numba's threading layer where
+the program started it, the kernel cache's directory and size, and CUDA availability. Paste its output into bug reports.
 """
 import importlib.metadata
 import json
@@ -14,7 +14,7 @@ OPTIONAL = ("torch", "numba-cuda", "scikit-learn", "tqdm", "matplotlib", "asv", 
 # Vector features that matter to nbconv's register tiles, in the order shown.
 SIMD = ("sse4.2", "avx", "avx2", "fma", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512vnni",
         "avx512bf16", "avx512fp16", "amx-tile", "neon", "sve", "sve2")
-ENVIRONMENT = ("NUMBA_NUM_THREADS", "NUMBA_CACHE_DIR", "NUMBA_DISABLE_JIT",
+ENVIRONMENT = ("NUMBA_NUM_THREADS", "NUMBA_THREADING_LAYER", "NUMBA_CACHE_DIR", "NUMBA_DISABLE_JIT",
                "NUMBA_CPU_NAME", "NUMBA_CPU_FEATURES", "NUMBA_ENABLE_CUDASIM", "OMP_NUM_THREADS",
                "CUDA_VISIBLE_DEVICES")
 
@@ -52,15 +52,19 @@ def _cpu():
 
 
 def _threading():
-    """The threads nbconv's kernels use (its own workers; see nbconv._jit), and whether a kernel runs: one tiny
+    """The threads nbconv's kernels use (its own workers; see nbconv._jit), Numba's threading layer where the
+    program has started it (nbconv does not: asking for it here would), and whether a kernel runs: one tiny
     cached nbconv kernel, a 3-tap convolution."""
     import numba
+    import numba.np.ufunc.parallel as numba_parallel
     import numpy as np
 
     import nbconv
     from nbconv import _jit
 
+    started = getattr(numba_parallel, "_is_initialized", False)
     info = {"numba_num_threads": numba.config.NUMBA_NUM_THREADS, "threads": _jit.threads(), "kernel": None,
+            "requested_layer": numba.config.THREADING_LAYER, "layer": numba.threading_layer() if started else None,
             "error": None}
     try:
         y = nbconv.conv1d(np.arange(3.0).reshape(1, 3, 1), np.ones((3, 1, 1)))
@@ -124,8 +128,9 @@ def format_text(info):
              f"{cpu['usable_cpus']} of {cpu['cpu_count']} CPUs usable",
              f"  vector features: {' '.join(cpu['simd']) or 'none of ' + ' '.join(SIMD)}",
              f"threads: {threading['threads']} of NUMBA_NUM_THREADS={threading['numba_num_threads']} "
-             f"(nbconv's own workers; no Numba threading layer); a test kernel: "
-             + (threading["kernel"] or f"FAILED ({threading['error']})"),
+             f"(nbconv's own workers); a test kernel: " + (threading["kernel"] or f"FAILED ({threading['error']})"),
+             "Numba's threading layer: " + (threading["layer"] or "not started (nbconv's kernels do not use it)")
+             + f" (requested: {threading['requested_layer']})",
              "",
              "kernel cache (Numba's, on disk):"]
     lines += [f"  {line}" for line in describe(info["cache"])]

@@ -128,6 +128,7 @@ def test_info_json_describes_versions_cpu_threads_cache_and_cuda(capsys):
     assert info["versions"]["numpy"] == np.__version__ and info["versions"]["numba"] == numba.__version__
     assert info["cpu"]["llvm_name"] and info["cpu"]["cpu_count"] >= 1
     assert info["threading"]["kernel"] == "ok", info["threading"]
+    assert info["threading"]["layer"] in (None, "tbb", "omp", "workqueue"), info["threading"]
     assert info["threading"]["threads"] >= 1
     assert info["cache"]["dirs"] and info["cache"]["files"] >= 1   # the probe kernel is cached at least
     assert info["cuda"]["available"] is nbconv.cuda_available()
@@ -137,7 +138,7 @@ def test_info_text_names_each_section():
     result = _run("info")
     assert result.returncode == 0, result.stderr
     for needle in (f"nbconv {nbconv.__version__}", "NumPy ", "Numba ", "CPU: ", "vector features:",
-                   "a test kernel: ok", "kernel cache", "python -m nbconv cache --clear", "CUDA: "):
+                   "a test kernel: ok", "threading layer: ", "kernel cache", "python -m nbconv cache --clear", "CUDA: "):
         assert needle in result.stdout, (needle, result.stdout)
 
 
