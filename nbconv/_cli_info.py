@@ -1,7 +1,8 @@
 """`python -m nbconv info [--json]`: what nbconv runs on here. Versions (nbconv, Python, NumPy, Numba,
 llvmlite and the optional packages, read from their metadata without importing them), the CPU and
 its vector features, the thread count (and a test kernel's result), Numba's threading layer where
-the program started it, the kernel cache's directory and size, and CUDA availability. Paste its output into bug reports.
+the program started it, the kernel cache's directory and size, and CUDA availability. Paste its output
+into bug reports.
 """
 import importlib.metadata
 import json
@@ -56,13 +57,12 @@ def _threading():
     program has started it (nbconv does not: asking for it here would), and whether a kernel runs: one tiny
     cached nbconv kernel, a 3-tap convolution."""
     import numba
-    import numba.np.ufunc.parallel as numba_parallel
     import numpy as np
 
     import nbconv
     from nbconv import _jit
 
-    started = getattr(numba_parallel, "_is_initialized", False)
+    started = _jit.numba_threads_started()
     info = {"numba_num_threads": numba.config.NUMBA_NUM_THREADS, "threads": _jit.threads(), "kernel": None,
             "requested_layer": numba.config.THREADING_LAYER, "layer": numba.threading_layer() if started else None,
             "error": None}

@@ -187,8 +187,8 @@ def _spread_groups(x, xe, lo, hi):
 def _column_sums(mat, partial):
     """partial[t, c] = sum of mat[r, c] over the rows r of block t (of partial.shape[0] equal blocks);
     mat C-contiguous, partial float64. Serial: memory-bound, and it runs between NumPy's BLAS products in the
-    pointwise backward, whose idle threads spin for a while after each (a parallel launch then shares the cores
-    with them: 3-8x as long on a 2-core AMD EPYC, 8x28x28x192 float32, 2.6 ms vs 0.3)."""
+    pointwise backward, whose idle threads spin for a while after each (a launch on several threads then shares
+    the cores with them: 3-8x as long on a 2-core AMD EPYC, 8x28x28x192 float32, 2.6 ms vs 0.3)."""
     n_slots = partial.shape[0]
     n_rows = mat.shape[0]
     for t in range(n_slots):

@@ -14,8 +14,8 @@
   takes the range [lo, hi) of its independent items as its last two arguments, and `call` shares the
   items among nbconv's own worker threads (a ThreadPoolExecutor of NUMBA_NUM_THREADS - 1 threads, the
   calling thread being the other) in contiguous chunks taken in turn, several per thread so that a core
-  slowed by other work takes fewer (`_split`). Every item's result is computed by one thread in a fixed order, so
-  the bits do not depend on the thread count or the chunking. No Numba threading layer is ever started,
+  slowed by other work takes fewer (`_split`). Every item's result is computed by one thread in a fixed
+  order, so the bits do not depend on the thread count or the chunking. No Numba threading layer is ever started,
   so nbconv is fork-safe under any layer (a forked child makes its own workers) and needs no TBB.
   The thread count of a call: numba.get_num_threads() of the calling thread where the program has
   started Numba's threads (it may have called numba.set_num_threads), else NUMBA_NUM_THREADS.
@@ -144,11 +144,15 @@ def _type_key(a):
     return type(a)
 
 
+def numba_threads_started():
+    """Whether the program has started Numba's threading layer (asking Numba anything about its threads
+    would start it)."""
+    return getattr(numba_parallel, "_is_initialized", False)
+
+
 def threads():
     """The number of threads a call may use (see the module docstring)."""
-    if getattr(numba_parallel, "_is_initialized", False):  # asking Numba otherwise would start its threads
-        return numba.get_num_threads()
-    return numba.config.NUMBA_NUM_THREADS
+    return numba.get_num_threads() if numba_threads_started() else numba.config.NUMBA_NUM_THREADS
 
 
 def _pool():
@@ -215,10 +219,7 @@ def call(dispatcher, *args, items=None, work=None):
     """dispatcher(*args), compiling (or loading from cache) the first time; with `items`, the kernel's last two
     arguments lo, hi are added: the whole range(items) on the calling thread when `work` is below SERIAL_BELOW
     (or one thread is allowed), else shared among threads (`_split`)."""
-    if items is not None:
-        full = (*args, 0, items)
-    else:
-        full = args
+    full = args if items is None else (*args, 0, items)
     if not isinstance(dispatcher, numba.core.dispatcher.Dispatcher):  # NUMBA_DISABLE_JIT=1: plain Python
         return dispatcher(*full)
     key = (dispatcher, tuple(_type_key(a) for a in full))

@@ -138,7 +138,8 @@ def test_info_text_names_each_section():
     result = _run("info")
     assert result.returncode == 0, result.stderr
     for needle in (f"nbconv {nbconv.__version__}", "NumPy ", "Numba ", "CPU: ", "vector features:",
-                   "a test kernel: ok", "threading layer: ", "kernel cache", "python -m nbconv cache --clear", "CUDA: "):
+                   "a test kernel: ok", "threading layer: ", "kernel cache", "python -m nbconv cache --clear",
+                   "CUDA: "):
         assert needle in result.stdout, (needle, result.stdout)
 
 
