@@ -32,8 +32,10 @@ lanes (`_micro.micro_groups`); their weight gradient, and the forward of other l
 group, run in `_depthwise` after the group's input channel becomes a spatial dim of its own (`_as_depthwise`).
 
 Pointwise convolutions (1x1 kernels, one group, no padding) are plain matrix products over the pixels,
-(pixels, C_in) @ (C_in, C_out), and run as one call into NumPy's BLAS (`_pointwise_*`), whose kernels use
-the widest vector registers of the machine.
+(pixels, C_in) @ (C_in, C_out). Their forward and input gradient run through the gather kernel too, which
+writes bias and product in one pass over the output, unless the weight outgrows the cache (_BLAS_WEIGHT_BYTES):
+then one call into NumPy's BLAS, which packs the weight once for all pixels, does better. Their weight gradient,
+a long reduction over the pixels, is always one BLAS product (`_pointwise_*`).
 """
 import math
 import itertools
@@ -41,18 +43,20 @@ import itertools
 import numpy as np
 
 from . import _depthwise
-from ._jit import SLOTS, call, kernel
-from ._micro import LB, B, P, VECTOR_BYTES, micro_groups, micro_tile
+from ._jit import CHUNKS_PER_THREAD, SLOTS, call, kernel, threads
+from ._micro import LB, B, P, VECTOR_BYTES, micro_groups, micro_tile, micro_tile_into
 from ._padding import CODES, source_indices
+from ._shapes import ConvParams
 
 _TILES_PER_ITEM = 8  # register tiles per item (unit of work shared among threads) of the gather kernel, at most
-_MIN_ITEMS = 64      # items the gather kernel keeps, at least (where it has as many tiles)
+_PANEL_BYTES = 192 << 10  # packed weights the gather kernel keeps in use across an item's tiles (in L2)
+_BLAS_WEIGHT_BYTES = 512 << 10  # a larger pointwise weight goes to BLAS (the gather kernel streams it per item)
 _WEIGHT_GRAD_CHUNK = 256  # most output pixels per chunk of the weight gradient (operands stay in L1/L2)
 
 
 @kernel()
 def _gather_conv(src, src_rows, src_step, offsets, wpk, bias_blocks, dst, dst_rows, dst_step, row_len, cg_src,
-                 cg_dst, lane_groups, per_item, lo, hi):
+                 cg_dst, lane_groups, per_item, panel, lo, hi):
     """dst[dst_rows[r] + j*dst_step + g*cg_dst + co] = bias_blocks[g, co // B, co % B] + sum_t
     src[src_rows[r] + j*src_step + g*cg_src + offsets[t]] * wpk[g, co // B, t, co % B] for r < len(src_rows),
     j < row_len, co < cg_dst; src and dst flat, src_rows and offsets unsigned, wpk and bias_blocks
@@ -61,40 +65,54 @@ def _gather_conv(src, src_rows, src_step, offsets, wpk, bias_blocks, dst, dst_ro
     src[... + offsets[t] + co - co % c + (co + k) % c] * wpk[0, co // B, t*c + k, co % B] over t and k < c
     (`micro_groups`: a grouped convolution with c channels per group, its groups side by side in the lanes).
     Items lo <= i < hi: the tiles (P consecutive output pixels in row-major order, which may span rows and
-    images) per_item*i up to per_item*(i + 1) (see _gather_items)."""
+    images) per_item*i up to per_item*(i + 1) (see _gather_items); each item's tiles run through `panel` blocks of
+    wpk at a time (a panel of weights stays in cache across the item's tiles)."""
     groups, n_blocks = wpk.shape[0], wpk.shape[1]
     n_pix = src_rows.shape[0] * row_len
     n_tiles = (n_pix + P - 1) // P
+    # whole tiles write their whole blocks of B lanes straight to dst (micro_tile_into); the rest goes through `tile`
+    n_whole = 0 if lane_groups else cg_dst // B
+    bias_flat = bias_blocks.reshape(groups, -1)
+    tile = np.empty((P, B), dtype=dst.dtype)
+    bases = np.empty(P, dtype=np.uint64)
+    d_bases = np.empty(P, dtype=np.uint64)
+    firsts = np.empty(per_item * P, dtype=np.uint64)  # each pixel's source and destination offsets
+    d_firsts = np.empty(per_item * P, dtype=np.int64)
     for item in range(lo, hi):
-        tile = np.empty((P, B), dtype=dst.dtype)
-        bases = np.empty(P, dtype=np.uint64)
-        firsts = np.empty(P, dtype=np.uint64)  # each row's source and destination offsets
-        d_firsts = np.empty(P, dtype=np.int64)
-        for q0 in range(item * per_item * P, min(n_tiles, (item + 1) * per_item) * P, P):
-            n_rows = min(P, n_pix - q0)
-            for p in range(P):
-                r, j = divmod(min(q0 + p, n_pix - 1), row_len)
-                firsts[p] = src_rows[r] + np.uint64(j * src_step)
-                d_firsts[p] = dst_rows[r] + j * dst_step
-            for g in range(groups):
-                for p in range(P):
-                    bases[p] = firsts[p] + np.uint64(g * cg_src)
-                for nb in range(n_blocks):
-                    n_valid = min(B, cg_dst - nb * B)
-                    if lane_groups:
-                        micro_groups(src, bases, nb * B, offsets, wpk[g, nb], tile, n_valid, lane_groups)
-                    else:
-                        micro_tile(src, bases, offsets, wpk[g, nb], tile, n_valid)
-                    bias_block = bias_blocks[g, nb]
-                    for p in range(n_rows):
-                        d0 = d_firsts[p] + g * cg_dst + nb * B
-                        out = dst[d0:d0 + n_valid]
-                        if n_valid == B:  # constant trip count: one vector add and store per register
-                            for b in range(B):
-                                out[b] = tile[p, b] + bias_block[b]
+        q_lo = item * per_item * P
+        n_q = min(n_tiles * P, q_lo + per_item * P) - q_lo
+        for i in range(n_q):
+            r, j = divmod(min(q_lo + i, n_pix - 1), row_len)
+            firsts[i] = src_rows[r] + np.uint64(j * src_step)
+            d_firsts[i] = dst_rows[r] + j * dst_step
+        for g in range(groups):
+            for b0 in range(0, n_blocks, panel):
+                b1 = min(n_blocks, b0 + panel)
+                for t0 in range(0, n_q, P):
+                    n_rows = min(P, n_pix - q_lo - t0)
+                    for p in range(P):
+                        bases[p] = firsts[t0 + p] + np.uint64(g * cg_src)
+                    whole = min(b1, n_whole) if n_rows == P else b0
+                    if whole > b0:
+                        for p in range(P):
+                            d_bases[p] = np.uint64(d_firsts[t0 + p] + g * cg_dst + b0 * B)
+                        micro_tile_into(src, bases, offsets, wpk[g, b0:whole], dst, d_bases, bias_flat[g, b0 * B:])
+                    for nb in range(max(b0, whole), b1):
+                        n_valid = min(B, cg_dst - nb * B)
+                        if lane_groups:
+                            micro_groups(src, bases, nb * B, offsets, wpk[g, nb], tile, n_valid, lane_groups)
                         else:
-                            for b in range(n_valid):
-                                out[b] = tile[p, b] + bias_block[b]
+                            micro_tile(src, bases, offsets, wpk[g, nb], tile, n_valid)
+                        bias_block = bias_blocks[g, nb]
+                        for p in range(n_rows):
+                            d0 = d_firsts[t0 + p] + g * cg_dst + nb * B
+                            out = dst[d0:d0 + n_valid]
+                            if n_valid == B:  # constant trip count: one vector add and store per register
+                                for b in range(B):
+                                    out[b] = tile[p, b] + bias_block[b]
+                            else:
+                                for b in range(n_valid):
+                                    out[b] = tile[p, b] + bias_block[b]
 
 
 @kernel()
@@ -202,12 +220,18 @@ def _column_sums(mat, partial):
 # ---------------------------------------------------------------- tables and operand layouts
 
 def _gather_items(n_pix):
-    """(tiles per item, items) of _gather_conv for n_pix output pixels: up to _TILES_PER_ITEM tiles per item (its
-    scratch arrays are allocated once for them), fewer when that would leave fewer than _MIN_ITEMS items to share
-    among the threads."""
+    """(tiles per item, items) of _gather_conv for n_pix output pixels: up to _TILES_PER_ITEM tiles per item (they
+    share each panel of weights), fewer when that would leave fewer than two chunks' worth of items per thread (the
+    grouping of tiles into items does not change any result)."""
     n_tiles = -(-n_pix // P)
-    per_item = min(_TILES_PER_ITEM, max(1, n_tiles // _MIN_ITEMS))
+    per_item = min(_TILES_PER_ITEM, max(1, n_tiles // (2 * CHUNKS_PER_THREAD * threads())))
     return per_item, -(-n_tiles // per_item)
+
+
+def _panel(wpk):
+    """Blocks of packed weights wpk (G, blocks, R, B) that _gather_conv runs an item's tiles through at a time: as
+    many as fit in _PANEL_BYTES (at least one)."""
+    return max(1, _PANEL_BYTES // (wpk.shape[2] * wpk.shape[3] * wpk.itemsize))
 
 
 def _c(a):
@@ -295,6 +319,11 @@ def _is_depthwise(w_shape, groups):
 def _is_pointwise(w_shape, params):
     """A 1x1 (x1) kernel with one group and no padding: a matrix product over the (strided) pixels."""
     return params.groups == 1 and all(k == 1 for k in w_shape[:-2]) and _unpadded(params.pads)
+
+
+def _on_blas(w_shape, dtype):
+    """Whether a pointwise product with this weight runs in NumPy's BLAS: a weight above _BLAS_WEIGHT_BYTES."""
+    return w_shape[-2] * w_shape[-1] * np.dtype(dtype).itemsize > _BLAS_WEIGHT_BYTES
 
 
 _FEW_PER_GROUP = 4  # up to this many channels per group (in and out), a grouped convolution's weight gradient
@@ -398,7 +427,14 @@ def _pointwise_input_grad(gy, w, window, stride, shape, dst):
     """Gradient w.r.t. the window (starts, sizes) of a padded input of shape `shape`, for a 1x1 kernel with one
     group: gy @ w.T at the window positions o*s - start it holds, zero elsewhere (into dst when given)."""
     starts, sizes = window
-    products = (gy.reshape(-1, gy.shape[-1]) @ w.reshape(w.shape[-2:]).T).reshape(*gy.shape[:-1], shape[-1])
+    w_t = w.reshape(w.shape[-2:]).T
+    if _on_blas(w.shape, gy.dtype):
+        products = (gy.reshape(-1, gy.shape[-1]) @ w_t).reshape(*gy.shape[:-1], shape[-1])
+    else:  # the pointwise forward of gy with w's channels swapped
+        nd = gy.ndim - 2
+        unit = ConvParams(stride=(1,) * nd, pads=((0, 0),) * nd, dilation=(1,) * nd, groups=1, mode="zeros")
+        products = forward(_c(gy), _c(w_t).reshape(*(1,) * nd, *w_t.shape), None, unit,
+                           np.empty((*gy.shape[:-1], shape[-1]), dtype=gy.dtype))
     first = [-(-a // s) for a, s in zip(starts, stride)]  # the outputs o with 0 <= o*s - a < size
     last = [max(f, min(o, (a + size - 1) // s + 1)) for f, o, a, size, s in
             zip(first, gy.shape[1:-1], starts, sizes, stride)]
@@ -556,7 +592,7 @@ def check_out(out, inputs):
 
 def forward(x, w, bias, params, out):
     """out = conv(x, w) + bias."""
-    if _is_pointwise(w.shape, params) and out.size:
+    if _is_pointwise(w.shape, params) and out.size and _on_blas(w.shape, x.dtype):
         return _pointwise_forward(x, w, bias, params, out)
     lane_groups = _lane_groups(w.shape, params.groups, x.dtype)
     if _is_few_per_group(w.shape, params.groups) and out.size and not lane_groups:
@@ -585,7 +621,7 @@ def forward(x, w, bias, params, out):
     per_item, n_items = _gather_items(src_rows.shape[0] * out_spatial[-1])
     call(_gather_conv, xp.reshape(-1), src_rows, params.stride[-1] * strides[-2], offsets, wpk,
          _bias_blocks(bias, wpk.shape[:2], x.dtype), out.reshape(-1), dst_rows, c_out, out_spatial[-1],
-         cg_in, c_out // groups, lane_groups, per_item, items=n_items,
+         cg_in, c_out // groups, lane_groups, per_item, _panel(wpk), items=n_items,
          work=out.size * offsets.size * max(1, lane_groups))
     return out
 
@@ -686,7 +722,8 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
                          dst_strides[:-2], np.int64) + (phase[-1] + stride[-1] * j_lo[-1] - starts[-1]) * shape[-1]
         per_item, n_items = _gather_items(src_rows.shape[0] * counts[-1])
         call(_gather_conv, gyp.reshape(-1), src_rows, c_out, offsets, wpk, bias_blocks, dst.reshape(-1),
-             dst_rows, stride[-1] * shape[-1], counts[-1], cg_src, cg_dst, lane_groups, per_item, items=n_items,
+             dst_rows, stride[-1] * shape[-1], counts[-1], cg_src, cg_dst, lane_groups, per_item, _panel(wpk),
+             items=n_items,
              work=n * math.prod(counts) * cg_in * groups * offsets.size * max(1, lane_groups))
     return _plus(dst, late_bias)
 

@@ -68,6 +68,18 @@ def micro_groups(src, a, shift, c, v, tile, lanes, cg):
         tile[:, :lanes] += (x * v[np.arange(n) * cg + r, :lanes]).sum(axis=1)
 
 
+def micro_tile_into(src, a, c, v, dst, d, base):
+    """For every block k < len(v): dst[d[p] + k*B + b] = base[k*B + b] + sum_s src[a[p] + c[s]] * v[k, s, b] for
+    p < P, b < B (micro_tile over several whole blocks of lanes, written straight to dst); src, dst flat, a, c, d
+    unsigned, the P rows of dst distinct, v (blocks, len(c), >= B) with C-contiguous rows, base contiguous."""
+    tile = np.empty((P, B), dtype=dst.dtype)
+    for k in range(v.shape[0]):
+        micro_tile(src, a, c, v[k], tile, B)
+        for p in range(P):
+            at = d[p] + k * B
+            dst[at:at + B] = base[k * B:(k + 1) * B] + tile[p]
+
+
 def micro_lanes(src, a, c, v, v0, v_step, tile):
     """tile[p, b] = sum_s src[a[p] + c[s] + b] * v[v0 + s*v_step, b] for p < LP, b < LB; src flat, a and c unsigned,
     v C-contiguous rows of >= LB."""
@@ -95,6 +107,7 @@ _OPERANDS = {  # the operands of each tile function, by position
     "groups": ("src", "a", "shift", "c", "v", "out", "used", "cg"),
     "lanes": ("src", "a", "c", "v", "v0", "v_step", "out"),
     "lanes_into": ("src", "a", "c", "v", "v0", "v_step", "out", "d", "base", "add"),
+    "tile_into": ("src", "a", "c", "v", "out", "d", "base"),
 }
 
 
@@ -114,7 +127,7 @@ def _emit(context, builder, sig, args, kind):
         return builder.sdiv(cgutils.unpack_tuple(builder, a.strides, ndim)[axis], ir.Constant(i64, itemsize))
 
     n_rows, n_lanes = (LP, LB) if kind.startswith("lanes") else (P, B)
-    accumulate = kind == "lanes_into"
+    accumulate = kind.endswith("_into")
     src = arr["src"].data
     if "shift" in val:
         src = builder.gep(src, [integer("shift", 0)])
@@ -122,7 +135,7 @@ def _emit(context, builder, sig, args, kind):
     out_stride = ir.Constant(i64, 0) if accumulate else row_stride(out, 2)
     d = arr["d"].data if accumulate else ir.Constant(arr["a"].data.type, None)
     base = arr["base"].data if accumulate else ir.Constant(out.data.type, None)
-    add = context.cast(builder, val["add"], typ["add"], types.boolean) if accumulate else ir.Constant(ir.IntType(1), 0)
+    add = context.cast(builder, val["add"], typ["add"], types.boolean) if "add" in val else ir.Constant(ir.IntType(1), 0)
     if accumulate:  # v is (blocks, rows, lanes)
         n_blocks = cgutils.unpack_tuple(builder, arr["v"].shape, 3)[0]
         v_block, v_row = row_stride(arr["v"], 3, 0), row_stride(arr["v"], 3, 1)
@@ -158,8 +171,8 @@ def _define(module, elem, kind, group, n_rows, n_lanes):
     lanes_into); only the vectors j holding the first `used` lanes are computed and stored."""
     itemsize = 4 if isinstance(elem, ir.FloatType) else 8
     vl = VECTOR_BYTES // itemsize
-    accumulate = kind == "lanes_into"
-    lanes_src = kind != "tile"
+    accumulate = kind.endswith("_into")
+    lanes_src = kind.startswith("lanes") or kind == "groups"
     name = f"nbconv_micro_{kind}{group or ''}_{n_rows}x{n_lanes}_f{itemsize * 8}_v{vl}"
     if name in module.globals:
         return module.globals[name]
@@ -199,7 +212,7 @@ def _define(module, elem, kind, group, n_rows, n_lanes):
     with block_loop as blk:
         shift = builder.mul(blk.index, ir.Constant(i64, n_lanes))
         v = builder.gep(v_first, [builder.mul(blk.index, v_block)])
-        rows = [builder.add(b_p, shift) for b_p in bases]
+        rows = [builder.add(b_p, shift) for b_p in bases] if lanes_src else bases  # a tile's source: every block
 
         def passes(m):  # the first m vectors of the tile, per_pass of them per pass over the reduction
             for j0 in range(0, m, per_pass):
@@ -304,6 +317,18 @@ def _micro_groups_jit(src, a, shift, c, v, tile, lanes, cg):
     return lambda src, a, shift, c, v, tile, lanes, cg: _groups_ir(src, a, shift, c, v, tile, lanes, cg)
 
 
+@intrinsic
+def _tile_into_ir(typingctx, src, a, c, v, dst, d, base):
+    _check_float(src, v, dst, base)
+    return (types.void(src, a, c, v, dst, d, base),
+            lambda ctx, b, sig, args: _emit(ctx, b, sig, args, "tile_into"))
+
+
+@overload(micro_tile_into)
+def _micro_tile_into_jit(src, a, c, v, dst, d, base):
+    return lambda src, a, c, v, dst, d, base: _tile_into_ir(src, a, c, v, dst, d, base)
+
+
 @overload(micro_lanes)
 def _micro_lanes_jit(src, a, c, v, v0, v_step, tile):
     return lambda src, a, c, v, v0, v_step, tile: _lanes_ir(src, a, c, v, v0, v_step, tile)
@@ -313,3 +338,4 @@ def _micro_lanes_jit(src, a, c, v, v0, v_step, tile):
 def _micro_lanes_into_jit(src, a, c, v, v0, v_step, dst, d, base, add):
     return lambda src, a, c, v, v0, v_step, dst, d, base, add: _lanes_into_ir(src, a, c, v, v0, v_step, dst, d, base,
                                                                               add)
+
