@@ -202,6 +202,28 @@ def _spread_groups(x, xe, lo, hi):
 
 
 @kernel()
+def _pad_rows(x, table, before, xp, lo, hi):
+    """xp[r, before + i] = x[table[r], i] for i < x.shape[1] where table[r] >= 0, zero elsewhere in row r of xp: rows
+    of channels-last pixels, x (R, W*C) and xp (R', W'*C) C-contiguous, before + x.shape[1] <= xp.shape[1]; items
+    lo <= r < hi: the rows of xp."""
+    w, width = x.shape[1], xp.shape[1]
+    for r in range(lo, hi):
+        dst = xp[r]
+        s = table[r]
+        if s < 0:
+            for i in range(width):
+                dst[i] = 0
+            continue
+        src = x[s]
+        for i in range(before):
+            dst[i] = 0
+        for i in range(w):
+            dst[before + i] = src[i]
+        for i in range(before + w, width):
+            dst[i] = 0
+
+
+@kernel()
 def _column_sums(mat, partial):
     """partial[t, c] = sum of mat[r, c] over the rows r of block t (of partial.shape[0] equal blocks);
     mat C-contiguous, partial float64. Serial: memory-bound, and it runs between NumPy's BLAS products in the
@@ -461,12 +483,25 @@ def _pad(x, pads, mode):
     if _unpadded(pads):
         return _c(x)
     if mode == "zeros":
-        shape = (x.shape[0], *(n + a + b for n, (a, b) in zip(x.shape[1:-1], pads)), x.shape[-1])
-        xp = np.zeros(shape, dtype=x.dtype)
-        xp[(slice(None), *(slice(a, a + n) for n, (a, _) in zip(x.shape[1:-1], pads)))] = x
-        return xp
+        return _zero_padded(x, pads)
     np_mode = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[mode]
     return _c(np.pad(x, ((0, 0), *pads, (0, 0)), mode=np_mode))  # np.pad keeps F order
+
+
+def _zero_padded(x, pads):
+    """x zero-padded per `pads` ((before, after) >= 0 per spatial dim) as a new C-contiguous array, written once, by
+    nbconv's threads (np.zeros and a copy would write it twice, on one thread)."""
+    x = _c(x)
+    n, spatial, c = x.shape[0], x.shape[1:-1], x.shape[-1]
+    sizes = [size + a + b for size, (a, b) in zip(spatial, pads)]
+    if x.size == 0:
+        return np.zeros((n, *sizes, c), dtype=x.dtype)
+    table = _cached(("padded rows", n, tuple(spatial[:-1]), tuple(pads[:-1])), lambda: _depthwise.row_table(
+        n, [np.arange(size)[:, None] - a for size, (a, _) in zip(sizes[:-1], pads[:-1])], spatial[:-1]).ravel())
+    xp = np.empty((n, *sizes, c), dtype=x.dtype)
+    call(_pad_rows, x.reshape(-1, spatial[-1] * c), table, pads[-1][0] * c, xp.reshape(-1, sizes[-1] * c),
+         items=table.shape[0], work=xp.size)
+    return xp
 
 
 def _fold(gxp, shape, pads, mode):
@@ -680,8 +715,7 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
     if lo == [0] * len(lo) and lengths == list(out_spatial):  # 1x1 kernels at stride 1: no border needed
         gyp = _c(gy)
     else:
-        gyp = np.zeros((n, *lengths, c_out), dtype=gy.dtype)
-        gyp[(slice(None), *(slice(a, a + o) for a, o in zip(lo, out_spatial)))] = gy
+        gyp = _zero_padded(gy, [(a, length - a - o) for a, length, o in zip(lo, lengths, out_spatial)])
     taps = [_phase_taps(k, s, d, p) for k, s, d, p in zip(kernel, stride, dilation, padded)]
     # a phase that no tap reaches in some dim receives no gradient: its positions must be zeroed
     empty_phase = any(len(t) < min(s, p) for t, s, p in zip(taps, stride, padded))
