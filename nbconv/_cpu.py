@@ -243,10 +243,10 @@ def _column_sums(mat, partial):
 
 def _gather_items(n_pix):
     """(tiles per item, items) of _gather_conv for n_pix output pixels: up to _TILES_PER_ITEM tiles per item (they
-    share each panel of weights), fewer when that would leave fewer than two chunks' worth of items per thread (the
+    share each panel of weights), fewer when the smallest chunks of a split call would be less than an item (the
     grouping of tiles into items does not change any result)."""
     n_tiles = -(-n_pix // P)
-    per_item = min(_TILES_PER_ITEM, max(1, n_tiles // (2 * CHUNKS_PER_THREAD * threads())))
+    per_item = min(_TILES_PER_ITEM, max(1, n_tiles // (CHUNKS_PER_THREAD * threads())))
     return per_item, -(-n_tiles // per_item)
 
 

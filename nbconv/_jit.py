@@ -13,8 +13,9 @@
   they generate about double a kernel's compile time) and releases the GIL. A kernel that can be split
   takes the range [lo, hi) of its independent items as its last two arguments, and `call` shares the
   items among nbconv's own worker threads (a ThreadPoolExecutor of NUMBA_NUM_THREADS - 1 threads, the
-  calling thread being the other) in contiguous chunks taken in turn, several per thread so that a core
-  slowed by other work takes fewer (`_split`). Every item's result is computed by one thread in a fixed
+  calling thread being the other) in contiguous chunks taken in turn, largest first and shrinking towards
+  the end (guided scheduling), so that a core slowed by other work takes fewer and the threads finish
+  together (`_split`). Every item's result is computed by one thread in a fixed
   order, so the bits do not depend on the thread count or the chunking. No Numba threading layer is ever started,
   so nbconv is fork-safe under any layer (a forked child makes its own workers) and needs no TBB.
   The thread count of a call: numba.get_num_threads() of the calling thread where the program has
@@ -37,7 +38,7 @@ import numpy as np
 
 FASTMATH = frozenset({"contract"})
 SERIAL_BELOW = 1 << 18
-CHUNKS_PER_THREAD = 4  # chunks a split call's items are cut into, per thread (at most one item each)
+CHUNKS_PER_THREAD = 16  # a split call's smallest chunks hold 1 / (threads x this) of its items (at least one)
 # Reductions split their rows over this many fixed partial-sum slots and add the slots in order, so
 # every result is bitwise identical for any number of threads.
 SLOTS = 8
@@ -177,14 +178,25 @@ def _join(helpers, job):
     return interrupted
 
 
+def _chunk_bounds(items, n_threads):
+    """Bounds of the chunks of range(items), in the order they are taken: each a 1 / (2 n_threads) share of the
+    items left, down to 1 / (n_threads * CHUNKS_PER_THREAD) of them (guided scheduling: a few chunks, and small
+    ones at the end, where a thread that finished early would otherwise wait for a large one)."""
+    smallest = max(1, items // (n_threads * CHUNKS_PER_THREAD))
+    bounds = [0]
+    while bounds[-1] < items:
+        bounds.append(min(items, bounds[-1] + max(smallest, (items - bounds[-1]) // (2 * n_threads))))
+    return bounds
+
+
 def _split(dispatcher, args, items, n_threads):
     """dispatcher(*args, lo, hi) over contiguous chunks of range(items), shared by the calling thread and
     n_threads - 1 workers, each taking the next chunk when it is done with one. It returns (or raises) only once
     no chunk runs any more: an exception in a chunk, or a KeyboardInterrupt, stops the chunks not yet taken and is
     raised (the calling thread's first); a hand-off left in the workers' queue is cancelled and holds no array.
     Once the interpreter is shutting down (no new work for the workers), the calling thread does every chunk."""
-    n_chunks = min(items, n_threads * CHUNKS_PER_THREAD)
-    bounds = [items * i // n_chunks for i in range(n_chunks + 1)]
+    bounds = _chunk_bounds(items, n_threads)
+    n_chunks = len(bounds) - 1
     taken = itertools.count()  # next() on it is atomic under the GIL
     job = {"args": args, "stop": False}
 

@@ -1203,6 +1203,21 @@ def test_a_call_keeps_no_array_alive_after_it_returns(rng):
             b.result()
 
 
+@pytest.mark.parametrize("items", [1, 2, 7, 40, 820, 10 ** 6])
+@pytest.mark.parametrize("n_threads", [2, 3, 16])
+def test_split_chunks_cover_the_items_once_largest_first(items, n_threads):
+    """Guided chunks: contiguous, covering range(items) exactly once, never growing (but for the remainder at the
+    end), none below the smallest share, and few of them."""
+    from nbconv import _jit
+    bounds = _jit._chunk_bounds(items, n_threads)
+    sizes = np.diff(bounds)
+    assert bounds[0] == 0 and bounds[-1] == items and (sizes > 0).all(), bounds
+    assert (np.diff(sizes[:-1]) <= 0).all(), sizes
+    smallest = max(1, items // (n_threads * _jit.CHUNKS_PER_THREAD))
+    assert (sizes[:-1] >= smallest).all(), sizes
+    assert len(sizes) <= n_threads * _jit.CHUNKS_PER_THREAD + 2 * n_threads * 8, sizes
+
+
 def _chunk_recorder(fail_when):
     """A stand-in kernel for _jit._split: records [lo, hi, thread name, state] of each chunk (state: False while it
     runs, then True, or "raised"); sleeps 20 ms per chunk so that the workers take some; raises RuntimeError in the
