@@ -22,9 +22,11 @@ convolution is exactly gxp, cropped by its padding.
 
 All three products run through one register-tiled inner product (`_micro.micro_tile`) that reads
 its scalar operand through a table of offsets, so the reduction index (taps x channels) is flat and
-no im2col matrix is ever formed. Two shapes take other routes: with fewer than B input channels per
+no im2col matrix is ever formed. Other shapes take other routes: with fewer than B input channels per
 group the gather would leave most lanes idle, so the input gradient computes each output pixel's
-columns (taps x input channels) and scatter-adds them (`_scatter_conv`); depthwise convolutions (one
+columns (taps x input channels) and scatter-adds them (`_scatter_conv`); the forward of a layer with one input
+channel and fewer than B output channels (LeNet's first) puts output columns in the lanes (`_column_conv`,
+on `_micro.micro_lanes`); depthwise convolutions (one
 input channel per group) run in `_depthwise`, where each vector lane is its own channel. Grouped
 convolutions with 2 or 4 channels per group in and out (ResNeXt-style) and a channel count that fills whole
 vectors run their forward and input gradient through the gather kernel with the groups side by side in the
@@ -44,7 +46,7 @@ import numpy as np
 
 from . import _depthwise
 from ._jit import CHUNKS_PER_THREAD, SLOTS, call, kernel, threads
-from ._micro import LB, B, P, VECTOR_BYTES, micro_groups, micro_tile, micro_tile_into
+from ._micro import LB, LP, B, P, VECTOR_BYTES, micro_groups, micro_lanes, micro_tile, micro_tile_into
 from ._padding import CODES, source_indices
 from ._shapes import ConvParams
 
@@ -113,6 +115,37 @@ def _gather_conv(src, src_rows, src_step, offsets, wpk, bias_blocks, dst, dst_ro
                             else:
                                 for b in range(n_valid):
                                     out[b] = tile[p, b] + bias_block[b]
+
+
+@kernel()
+def _column_conv(src, src_rows, offsets, wb, bias, dst, lo, hi):
+    """dst[r, ow, co] = bias[co] + sum_s src[src_rows[r] + ow + offsets[s]] * wb[co*T + s, 0] for r < R, ow < OW,
+    co < C (T = len(offsets)): a convolution with one input channel and unit stride along the last dim, its vector
+    lanes LB consecutive output columns (`micro_lanes`) instead of output channels, for C below a tile's lanes. src
+    flat (the padded input), src_rows and offsets unsigned, wb (C*T, >= LB) each row one weight repeated, dst (R, OW,
+    C) C-contiguous, R >= LP, OW >= LB; items lo <= i < hi: the output rows LP*i .. LP*i + LP - 1 (the last item's
+    rows end at R; rows and columns computed twice get the same values twice)."""
+    n_rows, out_w, c_out = dst.shape
+    n_taps = offsets.shape[0]
+    tiles = np.empty((c_out, LP, LB), dtype=dst.dtype)
+    flat_tiles = tiles.reshape(-1)
+    flat_dst = dst.reshape(-1)
+    bases = np.empty(LP, dtype=np.uint64)
+    for item in range(lo, hi):
+        r0 = min(item * LP, n_rows - LP)
+        for col in range(0, out_w, LB):
+            ow0 = min(col, out_w - LB)
+            for p in range(LP):
+                bases[p] = src_rows[r0 + p] + np.uint64(ow0)
+            for co in range(c_out):
+                micro_lanes(src, bases, offsets, wb, co * n_taps, 1, tiles[co])
+            for co in range(c_out):  # the tiles' lanes (columns) to pixels of c_out channels
+                bias_co = bias[co]
+                for p in range(LP):
+                    at = ((r0 + p) * out_w + ow0) * c_out + co
+                    t0 = (co * LP + p) * LB
+                    for b in range(LB):
+                        flat_dst[at + b * c_out] = flat_tiles[t0 + b] + bias_co
 
 
 @kernel()
@@ -357,6 +390,15 @@ def _is_few_per_group(w_shape, groups):
     _lane_groups, which takes the forward and input gradient of some of these layouts)."""
     cg_in, c_out = w_shape[-2:]
     return groups > 1 and 2 <= cg_in <= _FEW_PER_GROUP and c_out == groups * cg_in
+
+
+def _column_lanes(w_shape, params, out_shape):
+    """Whether the forward runs in _column_conv: one input channel, one group, fewer output channels than a tile's
+    lanes (the gather tile would leave most of them idle), unit stride along the last dim, and at least LP output
+    rows of LB columns."""
+    rows = math.prod(out_shape[:-2])
+    return (params.groups == 1 and w_shape[-2] == 1 and w_shape[-1] < B and params.stride[-1] == 1
+            and out_shape[-2] >= LB and rows >= LP)
 
 
 def _lane_groups(w_shape, groups, dtype):
@@ -641,6 +683,16 @@ def forward(x, w, bias, params, out):
     kernel, (cg_in, c_out) = w.shape[:-2], w.shape[-2:]
     groups = params.groups
     xp = _pad(x, params.pads, params.mode)
+    out_spatial, strides = out.shape[1:-1], _strides(xp.shape)
+    # one table entry per output row (n, o_0, ..., o_{nd-2}): the flat offset of its first input pixel
+    src_rows = _grid([(0, 1, x.shape[0])] + [(0, s, o) for o, s in zip(out_spatial[:-1], params.stride)],
+                     strides[:-2])
+    if _column_lanes(w.shape, params, out.shape):
+        wb = np.repeat(w.reshape(-1, c_out).T.reshape(-1, 1), LB, axis=1)  # row co*T + t: w[t, co] in every lane
+        call(_column_conv, xp.reshape(-1), src_rows, _tap_offsets(kernel, params.dilation, xp.shape, 1), wb,
+             np.zeros(c_out, dtype=x.dtype) if bias is None else _c(bias), _rows(out),
+             items=-(-src_rows.shape[0] // LP), work=out.size * math.prod(kernel))
+        return out
     if lane_groups:  # one "group" of all channels, each tap's cg_in source channels summed in the tile
         offsets = _tap_offsets(kernel, params.dilation, xp.shape, 1)
         wpk = _pack(_rotated(w.reshape(-1, cg_in, c_out), cg_in))
@@ -648,10 +700,6 @@ def forward(x, w, bias, params, out):
     else:
         offsets = _tap_offsets(kernel, params.dilation, xp.shape, cg_in)
         wpk = _pack(w.reshape(-1, groups, c_out // groups).transpose(1, 0, 2))
-    out_spatial, strides = out.shape[1:-1], _strides(xp.shape)
-    # one table entry per output row (n, o_0, ..., o_{nd-2}): the flat offset of its first input pixel
-    src_rows = _grid([(0, 1, x.shape[0])] + [(0, s, o) for o, s in zip(out_spatial[:-1], params.stride)],
-                     strides[:-2])
     dst_rows = np.arange(src_rows.shape[0], dtype=np.int64) * (out_spatial[-1] * c_out)
     per_item, n_items = _gather_items(src_rows.shape[0] * out_spatial[-1])
     call(_gather_conv, xp.reshape(-1), src_rows, params.stride[-1] * strides[-2], offsets, wpk,

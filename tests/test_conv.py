@@ -20,6 +20,7 @@ import pytest
 
 import nbconv
 from nbconv import _cpu
+from nbconv._shapes import conv_params
 try:
     from . import reference as R
 except ImportError:   # tests/ is not a package: pytest puts it on sys.path
@@ -1127,3 +1128,42 @@ def test_pointwise_transpose(rng, nd, stride, padding, output_padding, pointwise
     y = fn("conv_transpose", nd)(x, w, b, **kw)
     assert_close(y, expected, magnitude, np.float64, "vs reference")
     assert_close(y, torch_conv_transpose(x, w, b, **kw), magnitude, np.float64, "vs torch")
+
+
+# ---------------------------------------------------------------------------------------------------
+# one input channel, few output channels: the CPU backend's column-lanes forward (LeNet's first layer)
+# ---------------------------------------------------------------------------------------------------
+
+COLUMN_CASES = {  # x spatial, kernel, options: at least 5 output rows of at least 16 columns
+    "lenet": ((9, 21), (5, 5), dict(padding=2)),
+    "1d": ((37,), (3,), dict(padding=((2, 0),), dilation=2)),
+    "3d_strided": ((4, 6, 19), (2, 3, 3), dict(stride=(2, 2, 1), padding=1)),
+    "reflect": ((7, 17), (3, 2), dict(padding=(1, 3), padding_mode="reflect")),
+    "valid": ((6, 20), (2, 3), dict(padding=0, dilation=(2, 1))),
+}
+
+
+@pytest.mark.parametrize("case", tuple(COLUMN_CASES))
+@pytest.mark.parametrize("c_out", (1, 6, 15))
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_column_lanes_forward(rng, case, c_out, dtype):
+    """C_in = 1 with fewer output channels than a tile's lanes: vector lanes over output columns (`_column_conv`),
+    against both oracles, with and without bias."""
+    spatial, kernel, opts = COLUMN_CASES[case]
+    nd = len(spatial)
+    kw = dict(stride=1, padding=0, dilation=1, groups=1, padding_mode="zeros")
+    kw.update(opts)
+    x = randn(rng, (5, *spatial, 1), dtype)
+    w = randn(rng, (*kernel, 1, c_out), dtype)
+    b = randn(rng, (c_out,), dtype)
+    y = fn("conv", nd)(x, w, b, **kw)
+    params = conv_params(x.shape, w.shape, stride=kw["stride"], padding=kw["padding"], dilation=kw["dilation"],
+                         groups=1, padding_mode=kw["padding_mode"])
+    assert _cpu._column_lanes(w.shape, params, y.shape) == (c_out < _cpu.B), "the case must reach the kernel"
+    expected, magnitude = reference_forward(x, w, b, kw)
+    assert_close(y, expected, magnitude, dtype, "forward vs reference")
+    ty = torch_conv(x, w, b, stride=kw["stride"], padding=kw["padding"], dilation=kw["dilation"], groups=1,
+                    mode=kw["padding_mode"])
+    assert_close(y, ty, magnitude, dtype, "forward vs torch")
+    no_bias, _ = reference_forward(x, w, None, kw)
+    assert_close(fn("conv", nd)(x, w, None, **kw), no_bias, magnitude, dtype, "no bias")
