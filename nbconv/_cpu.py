@@ -45,7 +45,7 @@ import itertools
 import numpy as np
 
 from . import _depthwise
-from ._jit import CHUNKS_PER_THREAD, SLOTS, call, kernel, threads
+from ._jit import CHUNKS_PER_THREAD, SLOTS, call, call_all, kernel, threads
 from ._micro import LB, LP, B, P, VECTOR_BYTES, micro_groups, micro_lanes, micro_tile, micro_tile_into
 from ._padding import CODES, source_indices
 from ._shapes import ConvParams
@@ -781,6 +781,7 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
     bias_blocks = _bias_blocks(bias, (dst_groups, -(-cg_dst // B)), gy.dtype)
     src_strides, dst_strides = _strides(gyp.shape), _strides(shape)
     nd = len(kernel)
+    phases, work = [], 0
     for phase in itertools.product(*(sorted(t) for t in taps)):
         phase_taps = [taps[d][q] for d, q in enumerate(phase)]
         # padded positions q + s*j inside the window: j in [j_lo, j_hi) per dim
@@ -803,10 +804,11 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
                                         zip(phase[:-1], stride, j_lo[:-1], counts[:-1], starts)],
                          dst_strides[:-2], np.int64) + (phase[-1] + stride[-1] * j_lo[-1] - starts[-1]) * shape[-1]
         per_item, n_items = _gather_items(src_rows.shape[0] * counts[-1])
-        call(_gather_conv, gyp.reshape(-1), src_rows, c_out, offsets, wpk, bias_blocks, dst.reshape(-1),
-             dst_rows, stride[-1] * shape[-1], counts[-1], cg_src, cg_dst, lane_groups, per_item, _panel(wpk),
-             items=n_items,
-             work=n * math.prod(counts) * cg_in * groups * offsets.size * max(1, lane_groups))
+        phases.append((_gather_conv, (gyp.reshape(-1), src_rows, c_out, offsets, wpk, bias_blocks, dst.reshape(-1),
+                                      dst_rows, stride[-1] * shape[-1], counts[-1], cg_src, cg_dst, lane_groups,
+                                      per_item, _panel(wpk)), n_items))
+        work += n * math.prod(counts) * cg_in * groups * offsets.size * max(1, lane_groups)
+    call_all(phases, work)  # the phases write disjoint positions of dst: one hand-off to the threads for all
     return _plus(dst, late_bias)
 
 

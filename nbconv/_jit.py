@@ -191,19 +191,33 @@ def _chunk_bounds(items, n_threads):
 
 def _split(dispatcher, args, items, n_threads):
     """dispatcher(*args, lo, hi) over contiguous chunks of range(items), shared by the calling thread and
-    n_threads - 1 workers, each taking the next chunk when it is done with one. It returns (or raises) only once
-    no chunk runs any more: an exception in a chunk, or a KeyboardInterrupt, stops the chunks not yet taken and is
-    raised (the calling thread's first); a hand-off left in the workers' queue is cancelled and holds no array.
-    Once the interpreter is shutting down (no new work for the workers), the calling thread does every chunk."""
-    bounds = _chunk_bounds(items, n_threads)
+    n_threads - 1 workers (`_split_jobs` with one job)."""
+    _split_jobs([(dispatcher, args, items)], n_threads)
+
+
+def _split_jobs(jobs, n_threads):
+    """dispatcher(*args, lo, hi) for every (dispatcher, args, items) of `jobs`, over contiguous chunks of the jobs'
+    items laid end to end (a chunk may end one job and start the next), shared by the calling thread and
+    n_threads - 1 workers, each taking the next chunk when it is done with one: one hand-off for them all. It
+    returns (or raises) only once no chunk runs any more: an exception in a chunk, or a KeyboardInterrupt, stops
+    the chunks not yet taken and is raised (the calling thread's first); a hand-off left in the workers' queue is
+    cancelled and holds no array. Once the interpreter is shutting down (no new work for the workers), the calling
+    thread does every chunk."""
+    starts = list(itertools.accumulate((items for _, _, items in jobs), initial=0))
+    bounds = _chunk_bounds(starts[-1], n_threads)
     n_chunks = len(bounds) - 1
     taken = itertools.count()  # next() on it is atomic under the GIL
-    job = {"args": args, "stop": False}
+    job = {"jobs": jobs, "stop": False}
+
+    def run(lo, hi):  # the items lo..hi of the jobs laid end to end
+        for (dispatcher, args, _), first, end in zip(job["jobs"], starts, starts[1:]):
+            if lo < end and first < hi:
+                dispatcher(*args, max(lo, first) - first, min(hi, end) - first)
 
     def share():
         try:
             while not job["stop"] and (i := next(taken)) < n_chunks:
-                dispatcher(*job["args"], bounds[i], bounds[i + 1])
+                run(bounds[i], bounds[i + 1])
         except BaseException:
             job["stop"] = True
             raise
@@ -227,6 +241,14 @@ def _split(dispatcher, args, items, n_threads):
             raise failure
 
 
+def _ensure_compiled(dispatcher, full):
+    key = (dispatcher, tuple(_type_key(a) for a in full))
+    if key not in _compiled:
+        with _compile_lock:
+            _compile(dispatcher, full)
+            _compiled.add(key)
+
+
 def call(dispatcher, *args, items=None, work=None):
     """dispatcher(*args), compiling (or loading from cache) the first time; with `items`, the kernel's last two
     arguments lo, hi are added: the whole range(items) on the calling thread when `work` is below SERIAL_BELOW
@@ -234,12 +256,24 @@ def call(dispatcher, *args, items=None, work=None):
     full = args if items is None else (*args, 0, items)
     if not isinstance(dispatcher, numba.core.dispatcher.Dispatcher):  # NUMBA_DISABLE_JIT=1: plain Python
         return dispatcher(*full)
-    key = (dispatcher, tuple(_type_key(a) for a in full))
-    if key not in _compiled:
-        with _compile_lock:
-            _compile(dispatcher, full)
-            _compiled.add(key)
+    _ensure_compiled(dispatcher, full)
     n_threads = threads() if items is not None and items > 1 and (work is None or work >= SERIAL_BELOW) else 1
     if n_threads == 1:
         return dispatcher(*full)
     return _split(dispatcher, args, items, n_threads)
+
+
+def call_all(jobs, work):
+    """call(dispatcher, *args, items=items) for every (dispatcher, args, items) of `jobs` (independent: no two write
+    the same memory), their items shared among threads together (`_split_jobs`: one hand-off for them all) unless
+    their total `work` is below SERIAL_BELOW."""
+    jobs = [(dispatcher, args, items) for dispatcher, args, items in jobs if items > 0]
+    for dispatcher, args, items in jobs:
+        if isinstance(dispatcher, numba.core.dispatcher.Dispatcher):
+            _ensure_compiled(dispatcher, (*args, 0, items))
+    n_threads = threads() if jobs and work >= SERIAL_BELOW and sum(items for _, _, items in jobs) > 1 else 1
+    if n_threads == 1 or not isinstance(jobs[0][0], numba.core.dispatcher.Dispatcher):
+        for dispatcher, args, items in jobs:
+            dispatcher(*args, 0, items)
+        return
+    _split_jobs(jobs, n_threads)

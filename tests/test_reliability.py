@@ -1149,20 +1149,27 @@ def test_thread_count_does_not_change_bits(monkeypatch):
     if most < 2:
         pytest.skip("numba has a single thread here (NUMBA_NUM_THREADS=1)")
     split = {}   # kernel name -> shared among threads at least once
-    real_call, real_split = _jit.call, _jit._split
+    real_call, real_call_all, real_split = _jit.call, _jit.call_all, _jit._split_jobs
 
     def recording_call(dispatcher, *args, items=None, work=None):
         if items is not None:
             split.setdefault(dispatcher.__name__, False)
         return real_call(dispatcher, *args, items=items, work=work)
 
-    def recording_split(dispatcher, args, items, n_threads):
-        split[dispatcher.__name__] = True
-        return real_split(dispatcher, args, items, n_threads)
+    def recording_call_all(jobs, work):
+        for dispatcher, _, _ in jobs:
+            split.setdefault(dispatcher.__name__, False)
+        return real_call_all(jobs, work)
+
+    def recording_split(jobs, n_threads):
+        for dispatcher, _, _ in jobs:
+            split[dispatcher.__name__] = True
+        return real_split(jobs, n_threads)
 
     monkeypatch.setattr(_cpu, "call", recording_call)
+    monkeypatch.setattr(_cpu, "call_all", recording_call_all)
     monkeypatch.setattr(_pool, "call", recording_call)
-    monkeypatch.setattr(_jit, "_split", recording_split)
+    monkeypatch.setattr(_jit, "_split_jobs", recording_split)
     calls = workload()
     saved = numba.get_num_threads()
     try:
@@ -1216,6 +1223,22 @@ def test_split_chunks_cover_the_items_once_largest_first(items, n_threads):
     smallest = max(1, items // (n_threads * _jit.CHUNKS_PER_THREAD))
     assert (sizes[:-1] >= smallest).all(), sizes
     assert len(sizes) <= n_threads * _jit.CHUNKS_PER_THREAD + 2 * n_threads * 8, sizes
+
+
+def test_split_jobs_run_every_item_of_every_job_once():
+    """Jobs laid end to end and cut into chunks that may span two of them: each job sees exactly its own items."""
+    from nbconv import _jit
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has a single thread here (NUMBA_NUM_THREADS=1)")
+    seen = {name: np.zeros(items, dtype=int) for name, items in (("a", 37), ("b", 1), ("c", 250), ("d", 5))}
+
+    def job(name):
+        def run(lo, hi):
+            seen[name][lo:hi] += 1
+        return run
+
+    _jit._split_jobs([(job(name), (), len(counts)) for name, counts in seen.items()], 2)
+    assert all((counts == 1).all() for counts in seen.values()), seen
 
 
 def _chunk_recorder(fail_when):
