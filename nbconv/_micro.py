@@ -10,7 +10,8 @@ machines (whose LLVM tuning otherwise prefers 256-bit vectors) and compiles in m
 
 The tile shape follows the target: 8 x 32 with AVX-512 (16 of its 32 vector registers accumulate,
 for float32), 5 x 16 otherwise (10 of the 16 AVX2 registers). When P rows x B lanes need more registers
-than that budget (float64), the lanes are covered in several passes over the reduction.
+than that budget (float64), the lanes are covered in several passes over the reduction. `micro_tile_into` runs
+the same tile over several blocks of lanes and writes each straight into the output, plus a bias.
 `micro_groups` is the tile for grouped convolutions with 2 or 4 channels per group (in and out): its lanes are
 output channels, so one vector holds several groups, and each source vector is multiplied as loaded and with the
 lanes of every group rotated (in-register shuffles), against weights stored in that rotated order.
@@ -135,7 +136,8 @@ def _emit(context, builder, sig, args, kind):
     out_stride = ir.Constant(i64, 0) if accumulate else row_stride(out, 2)
     d = arr["d"].data if accumulate else ir.Constant(arr["a"].data.type, None)
     base = arr["base"].data if accumulate else ir.Constant(out.data.type, None)
-    add = context.cast(builder, val["add"], typ["add"], types.boolean) if "add" in val else ir.Constant(ir.IntType(1), 0)
+    no = ir.Constant(ir.IntType(1), 0)
+    add = context.cast(builder, val["add"], typ["add"], types.boolean) if "add" in val else no  # tile_into: never
     if accumulate:  # v is (blocks, rows, lanes)
         n_blocks = cgutils.unpack_tuple(builder, arr["v"].shape, 3)[0]
         v_block, v_row = row_stride(arr["v"], 3, 0), row_stride(arr["v"], 3, 1)
@@ -164,11 +166,11 @@ def _emit(context, builder, sig, args, kind):
 def _define(module, elem, kind, group, n_rows, n_lanes):
     """The tile loop of `kind` as a function of its own (noinline: inside it, every general register is free for the
     n_rows row addresses): for p < n_rows, s < n: acc[p][j] = fmuladd(x(p, s, j), vector j of v row (v0 + s*v_step),
-    acc[p][j]); then out rows p = acc[p], or (lanes_into) dst at d[p] = (dst there if add else base) + acc[p].
+    acc[p][j]); then out rows p = acc[p], or (*_into) dst at d[p] = (dst there if add else base) + acc[p].
     x is src[a[p] + c[s]] broadcast (tile), or the vector at src[a[p] + c[s] + j*VL] (lanes). For groups, that vector
     with the lanes of each run of `group` rotated by r, times v row s*group + r, summed over r < group. All of it once
-    per block k < n_blocks, with src, dst and base shifted by k*n_lanes and v by k*v_block (n_blocks is 1 but for
-    lanes_into); only the vectors j holding the first `used` lanes are computed and stored."""
+    per block k < n_blocks, with dst and base (and, for lanes, src) shifted by k*n_lanes and v by k*v_block
+    (n_blocks is 1 but for *_into); only the vectors j holding the first `used` lanes are computed and stored."""
     itemsize = 4 if isinstance(elem, ir.FloatType) else 8
     vl = VECTOR_BYTES // itemsize
     accumulate = kind.endswith("_into")
@@ -208,7 +210,7 @@ def _define(module, elem, kind, group, n_rows, n_lanes):
     split = 2 if group and n_rows < 8 and itemsize == 4 else 1
     accs = [[[cgutils.alloca_once(builder, vec) for _ in range(split)] for _ in range(per_pass)]
             for _ in range(n_rows)]
-    block_loop = cgutils.for_range(builder, n_blocks)  # blocks of n_lanes lanes (one, but for micro_lanes_into)
+    block_loop = cgutils.for_range(builder, n_blocks)  # blocks of n_lanes lanes (one, but for the *_into kinds)
     with block_loop as blk:
         shift = builder.mul(blk.index, ir.Constant(i64, n_lanes))
         v = builder.gep(v_first, [builder.mul(blk.index, v_block)])
