@@ -1048,6 +1048,9 @@ def workload():
     gy3 = randn(rng, (4, 4, 12, 12, 16), f32)
     wd3 = randn(rng, (3, 3, 3, 1, 16), f32)         # depthwise 3-D
     gyd3 = randn(rng, (4, 8, 12, 12, 16), f32)
+    xl = randn(rng, (16, 28, 28, 1), f32)
+    wl = randn(rng, (5, 5, 1, 6), f32)             # one input channel, output columns in the lanes
+    wp = randn(rng, (1, 1, 16, 32), f32)           # pointwise, on the gather kernel
     dense = dict(padding=1)
     grouped = dict(stride=2, padding="same", groups=3, padding_mode="reflect")
     depthwise = dict(padding=1, groups=16)
@@ -1070,6 +1073,8 @@ def workload():
         "depthwise3d_backward": lambda: ((nbconv.conv3d(x3, wd3, groups=16, padding=1),)
                                          + tuple(nbconv.conv3d_backward(gyd3, x3, wd3, groups=16, padding=1))),
         "pooling_and_batch_norm": lambda: _pool_norm_grads(gy, gyd),
+        "one_input_channel_forward": lambda: (nbconv.conv2d(xl, wl, b[:6], padding=2),),
+        "pointwise_backward": lambda: ((nbconv.conv2d(x, wp, b),) + tuple(nbconv.conv2d_backward(gy, x, wp))),
     }
 
 
