@@ -34,10 +34,10 @@ lanes (`_micro.micro_groups`); their weight gradient, and the forward of other l
 group, run in `_depthwise` after the group's input channel becomes a spatial dim of its own (`_as_depthwise`).
 
 Pointwise convolutions (1x1 kernels, one group, no padding) are plain matrix products over the pixels,
-(pixels, C_in) @ (C_in, C_out). Their forward and input gradient run through the gather kernel too, which
-writes bias and product in one pass over the output, unless the weight outgrows the cache (_BLAS_WEIGHT_BYTES):
-then one call into NumPy's BLAS, which packs the weight once for all pixels, does better. Their weight gradient,
-a long reduction over the pixels, is always one BLAS product (`_pointwise_*`).
+(pixels, C_in) @ (C_in, C_out), and run through the same kernels (the tile writes bias and product in one pass
+over the output). Not through NumPy's BLAS: OpenBLAS's float32 products change in their last bits with its
+thread count (measured for 1 vs 2 threads on the benchmark's 1x1 shapes), which also changes when several
+Python threads call it at once, so its results were not reproducible.
 """
 import math
 import itertools
@@ -52,7 +52,6 @@ from ._shapes import ConvParams
 
 _TILES_PER_ITEM = 8  # register tiles per item (unit of work shared among threads) of the gather kernel, at most
 _PANEL_BYTES = 192 << 10  # packed weights the gather kernel keeps in use across an item's tiles (in L2)
-_BLAS_WEIGHT_BYTES = 512 << 10  # a larger pointwise weight goes to BLAS (the gather kernel streams it per item)
 _WEIGHT_GRAD_CHUNK = 256  # most output pixels per chunk of the weight gradient (operands stay in L1/L2)
 
 
@@ -259,9 +258,9 @@ def _pad_rows(x, table, before, xp, lo, hi):
 @kernel()
 def _column_sums(mat, partial):
     """partial[t, c] = sum of mat[r, c] over the rows r of block t (of partial.shape[0] equal blocks);
-    mat C-contiguous, partial float64. Serial: memory-bound, and it runs between NumPy's BLAS products in the
-    pointwise backward, whose idle threads spin for a while after each (a launch on several threads then shares
-    the cores with them: 3-8x as long on a 2-core AMD EPYC, 8x28x28x192 float32, 2.6 ms vs 0.3)."""
+    mat C-contiguous, partial float64. Serial: memory-bound, and a launch on several threads shared the cores with
+    other thread pools still spinning after their own work (NumPy's BLAS: 3-8x as long on a 2-core AMD EPYC,
+    8x28x28x192 float32, 2.6 ms vs 0.3)."""
     n_slots = partial.shape[0]
     n_rows = mat.shape[0]
     for t in range(n_slots):
@@ -371,16 +370,6 @@ def _is_depthwise(w_shape, groups):
     return groups > 1 and w_shape[-2] == 1
 
 
-def _is_pointwise(w_shape, params):
-    """A 1x1 (x1) kernel with one group and no padding: a matrix product over the (strided) pixels."""
-    return params.groups == 1 and all(k == 1 for k in w_shape[:-2]) and _unpadded(params.pads)
-
-
-def _on_blas(w_shape, dtype):
-    """Whether a pointwise product with this weight runs in NumPy's BLAS: a weight above _BLAS_WEIGHT_BYTES."""
-    return w_shape[-2] * w_shape[-1] * np.dtype(dtype).itemsize > _BLAS_WEIGHT_BYTES
-
-
 _FEW_PER_GROUP = 4  # up to this many channels per group (in and out), a grouped convolution's weight gradient
                     # (and, unless _lane_groups, its forward) runs as depthwise
 
@@ -467,38 +456,15 @@ def _few_per_group_grad_weight(gy, x, w_shape, params):
     return np.ascontiguousarray(np.moveaxis(total[..., 0, :], 0, -2))  # (c, *kernel, C_out) -> (*kernel, c, C_out)
 
 
-def _strided_pixels(a, stride):
-    """The pixels a[:, ::s_0, ::s_1, ...] of a channels-last array as (pixels, C) rows (a view when possible)."""
-    if any(s != 1 for s in stride):
-        a = a[(slice(None), *(slice(None, None, s) for s in stride))]
-    return a.reshape(-1, a.shape[-1])
-
-
-def _pointwise_forward(x, w, bias, params, out):
-    """out = x[strided pixels] @ w + bias for a pointwise convolution (one BLAS matrix product)."""
-    np.matmul(_strided_pixels(x, params.stride), w.reshape(w.shape[-2:]), out=out.reshape(-1, out.shape[-1]))
-    if bias is not None:
-        out += bias
-    return out
-
-
-def _pointwise_grad_weight(gy, x, w_shape, params):
-    """dL/dw = x[strided pixels].T @ gy for a pointwise convolution."""
-    return (_strided_pixels(x, params.stride).T @ gy.reshape(-1, gy.shape[-1])).reshape(w_shape)
-
-
 def _pointwise_input_grad(gy, w, window, stride, shape, dst):
     """Gradient w.r.t. the window (starts, sizes) of a padded input of shape `shape`, for a 1x1 kernel with one
     group: gy @ w.T at the window positions o*s - start it holds, zero elsewhere (into dst when given)."""
     starts, sizes = window
     w_t = w.reshape(w.shape[-2:]).T
-    if _on_blas(w.shape, gy.dtype):
-        products = (gy.reshape(-1, gy.shape[-1]) @ w_t).reshape(*gy.shape[:-1], shape[-1])
-    else:  # the pointwise forward of gy with w's channels swapped
-        nd = gy.ndim - 2
-        unit = ConvParams(stride=(1,) * nd, pads=((0, 0),) * nd, dilation=(1,) * nd, groups=1, mode="zeros")
-        products = forward(_c(gy), _c(w_t).reshape(*(1,) * nd, *w_t.shape), None, unit,
-                           np.empty((*gy.shape[:-1], shape[-1]), dtype=gy.dtype))
+    nd = gy.ndim - 2
+    unit = ConvParams(stride=(1,) * nd, pads=((0, 0),) * nd, dilation=(1,) * nd, groups=1, mode="zeros")
+    products = forward(_c(gy), _c(w_t).reshape(*(1,) * nd, *w_t.shape), None, unit,  # gy's pointwise forward
+                       np.empty((*gy.shape[:-1], shape[-1]), dtype=gy.dtype))
     first = [-(-a // s) for a, s in zip(starts, stride)]  # the outputs o with 0 <= o*s - a < size
     last = [max(f, min(o, (a + size - 1) // s + 1)) for f, o, a, size, s in
             zip(first, gy.shape[1:-1], starts, sizes, stride)]
@@ -669,8 +635,6 @@ def check_out(out, inputs):
 
 def forward(x, w, bias, params, out):
     """out = conv(x, w) + bias."""
-    if _is_pointwise(w.shape, params) and out.size and _on_blas(w.shape, x.dtype):
-        return _pointwise_forward(x, w, bias, params, out)
     lane_groups = _lane_groups(w.shape, params.groups, x.dtype)
     if _is_few_per_group(w.shape, params.groups) and out.size and not lane_groups:
         return _few_per_group_forward(x, w, bias, params, out)
@@ -831,8 +795,6 @@ def grad_weight(gy, x, w_shape, params):
         return _depthwise_grad_weight(gy, x, w_shape, params)
     if _is_few_per_group(w_shape, params.groups):
         return _few_per_group_grad_weight(gy, x, w_shape, params)
-    if _is_pointwise(w_shape, params):
-        return _pointwise_grad_weight(gy, x, w_shape, params)
     kernel, cg_in, c_out = w_shape[:-2], w_shape[-2], w_shape[-1]
     groups = params.groups
     cg_out = c_out // groups

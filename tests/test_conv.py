@@ -1065,24 +1065,17 @@ def check_random_configuration(cfg):
 
 
 # ---------------------------------------------------------------------------------------------------
-# pointwise (1x1) convolutions: the CPU backend's matrix-product routes (gather kernel, or BLAS for large weights)
+# pointwise (1x1) convolutions: matrix products over the pixels
 # ---------------------------------------------------------------------------------------------------
 
 POINTWISE_STRIDES = {"1": {1: 1, 2: 1, 3: 1}, "2": {1: 2, 2: 2, 3: 2}, "mixed": {1: (3,), 2: (2, 1), 3: (1, 3, 2)}}
-
-
-@pytest.fixture(params=["gather", "blas"])
-def pointwise_route(request, monkeypatch):
-    """Every pointwise weight on the CPU backend's gather kernel, or every one on NumPy's BLAS."""
-    monkeypatch.setattr(_cpu, "_BLAS_WEIGHT_BYTES", 1 << 62 if request.param == "gather" else 0)
-    return request.param
 
 
 @over_nd()
 @pytest.mark.parametrize("stride", tuple(POINTWISE_STRIDES))
 @pytest.mark.parametrize("layout_kind", ("C", "F", "slice"))
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_pointwise_forward_and_backward(rng, nd, stride, layout_kind, dtype, pointwise_route):
+def test_pointwise_forward_and_backward(rng, nd, stride, layout_kind, dtype):
     """1x1 kernels with one group and no padding (one matrix product per pass) against both oracles,
     with 17 -> 20 channels and an odd spatial size, so strided pixels leave the last row unread."""
     kw = dict(stride=POINTWISE_STRIDES[stride][nd], padding=0, dilation=2, groups=1, padding_mode="zeros")
@@ -1111,7 +1104,7 @@ def test_pointwise_forward_and_backward(rng, nd, stride, layout_kind, dtype, poi
 @pytest.mark.parametrize("stride", tuple(POINTWISE_STRIDES))
 @pytest.mark.parametrize("padding", ("int0", "int", "asym"))
 @pytest.mark.parametrize("output_padding", ("zero", "max"))
-def test_pointwise_transpose(rng, nd, stride, padding, output_padding, pointwise_route):
+def test_pointwise_transpose(rng, nd, stride, padding, output_padding):
     """Transposed 1x1 convolutions (the matrix product placed at every s-th position, cropped by the padding,
     zero in the output padding) against both oracles."""
     strides = R._norm(POINTWISE_STRIDES[stride][nd], nd)
