@@ -48,7 +48,6 @@ from . import _depthwise
 from ._jit import CHUNKS_PER_THREAD, SLOTS, call, call_all, kernel, threads
 from ._micro import LB, LP, B, P, VECTOR_BYTES, micro_groups, micro_lanes, micro_tile, micro_tile_into
 from ._padding import CODES, source_indices
-from ._shapes import ConvParams
 
 _TILES_PER_ITEM = 8  # register tiles per item (unit of work shared among threads) of the gather kernel, at most
 _PANEL_BYTES = 192 << 10  # packed weights the gather kernel keeps in use across an item's tiles (in L2)
@@ -456,31 +455,6 @@ def _few_per_group_grad_weight(gy, x, w_shape, params):
     return np.ascontiguousarray(np.moveaxis(total[..., 0, :], 0, -2))  # (c, *kernel, C_out) -> (*kernel, c, C_out)
 
 
-def _pointwise_input_grad(gy, w, window, stride, shape, dst):
-    """Gradient w.r.t. the window (starts, sizes) of a padded input of shape `shape`, for a 1x1 kernel with one
-    group: gy @ w.T at the window positions o*s - start it holds, zero elsewhere (into dst when given)."""
-    starts, sizes = window
-    w_t = w.reshape(w.shape[-2:]).T
-    nd = gy.ndim - 2
-    unit = ConvParams(stride=(1,) * nd, pads=((0, 0),) * nd, dilation=(1,) * nd, groups=1, mode="zeros")
-    products = forward(_c(gy), _c(w_t).reshape(*(1,) * nd, *w_t.shape), None, unit,  # gy's pointwise forward
-                       np.empty((*gy.shape[:-1], shape[-1]), dtype=gy.dtype))
-    first = [-(-a // s) for a, s in zip(starts, stride)]  # the outputs o with 0 <= o*s - a < size
-    last = [max(f, min(o, (a + size - 1) // s + 1)) for f, o, a, size, s in
-            zip(first, gy.shape[1:-1], starts, sizes, stride)]
-    src = products[(slice(None), *(slice(f, l) for f, l in zip(first, last)))]
-    covers = src.shape == tuple(shape) and all(s == 1 for s in stride)  # then first*s - a == 0 in every dim
-    if covers and dst is None:
-        return np.ascontiguousarray(src)
-    if dst is None:
-        dst = np.zeros(shape, dtype=gy.dtype)
-    elif not covers:
-        dst[...] = 0
-    target = dst[(slice(None), *(slice(f * s - a, None, s) for f, s, a in zip(first, stride, starts)))]
-    np.copyto(target[tuple(slice(0, n) for n in src.shape)], src)
-    return dst
-
-
 def _unpadded(pads):
     return not any(p for pair in pads for p in pair)
 
@@ -703,8 +677,6 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
     if _is_depthwise(w.shape, groups):
         return _plus(_depthwise_grad_input(gy, w, np.empty(shape, dtype=gy.dtype) if dst is None else dst, starts,
                                            stride, dilation), bias)
-    if groups == 1 and all(k == 1 for k in kernel):
-        return _plus(_pointwise_input_grad(gy, w, window, stride, shape, dst), bias)
     lane_groups = _lane_groups(w.shape, groups, gy.dtype)
     if cg_in < B and not lane_groups:
         # Few input channels per group would leave most lanes of the gather tile idle: compute the
