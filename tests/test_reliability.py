@@ -1284,6 +1284,22 @@ def test_a_failing_chunk_stops_the_split_and_is_raised_once_nothing_runs(who):
     assert any(entry[2].startswith("nbconv") for entry in log) or not on_worker, log
 
 
+def test_workers_keep_helping_after_a_chunk_raised():
+    """A worker whose chunk raised goes on serving later calls."""
+    from nbconv import _jit
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has a single thread here (NUMBA_NUM_THREADS=1)")
+    chunk, log = _chunk_recorder(lambda lo, name: name.startswith("nbconv"))
+    with pytest.raises(RuntimeError, match="chunk"):
+        _jit._split(chunk, (), 64, 2)
+    assert any(entry[3] == "raised" for entry in log), log
+    chunk, log = _chunk_recorder(lambda lo, name: False)
+    _jit._split(chunk, (), 64, 2)
+    assert sorted((lo, hi) for lo, hi, *_ in log) == [(b, e) for b, e in zip(_jit._chunk_bounds(64, 2),
+                                                                            _jit._chunk_bounds(64, 2)[1:])]
+    assert any(entry[2].startswith("nbconv") for entry in log), log
+
+
 def test_split_runs_everything_on_the_caller_during_interpreter_shutdown():
     """A non-daemon thread that calls nbconv after the main thread has finished (the worker pool refuses new work
     then): the call computes on its own thread."""
