@@ -254,6 +254,9 @@ def _pad_rows(x, table, before, xp, lo, hi):
             dst[i] = 0
 
 
+_SUM_WIDTH = 128  # grad_bias folds rows of fewer channels into rows of at least this many
+
+
 @kernel()
 def _column_sums(mat, partial):
     """partial[t, c] = sum of mat[r, c] over the rows r of block t (of partial.shape[0] equal blocks);
@@ -799,9 +802,16 @@ def grad_bias(gy):
     c_out = gy.shape[-1]
     if c_out == 0:
         return np.zeros(0, dtype=gy.dtype)
-    partial = np.zeros((SLOTS, c_out))
-    call(_column_sums, _c(gy).reshape(-1, c_out), partial)
-    return partial.sum(axis=0).astype(gy.dtype)
+    mat = _c(gy).reshape(-1, c_out)
+    # Few channels: `fold` rows side by side as one of >= _SUM_WIDTH columns (a long vectorized inner loop instead
+    # of a short one per row), added back together at the end; the rows left over go to one more slot.
+    fold = max(1, min(mat.shape[0], _SUM_WIDTH // c_out))
+    whole = mat.shape[0] // fold * fold
+    partial = np.zeros((SLOTS, fold * c_out))
+    call(_column_sums, mat[:whole].reshape(-1, fold * c_out), partial)
+    rest = np.zeros((1, c_out))
+    call(_column_sums, mat[whole:], rest)
+    return (partial.sum(axis=0).reshape(fold, c_out).sum(axis=0) + rest[0]).astype(gy.dtype)
 
 
 def transpose(x, w, bias, params, output_padding, out):

@@ -473,6 +473,18 @@ def test_forward_out(rng, nd, dtype):
     np.testing.assert_array_equal(again, out)   # same kernels either way
 
 
+@pytest.mark.parametrize("c", [1, 3, 6, 16, 100, 128, 200])
+@pytest.mark.parametrize("rows", [1, 7, 131])
+def test_bias_gradient_sums_every_row(rng, c, rows):
+    """grad_out summed over N and space, for channel counts whose rows the kernel lays side by side (< 128) and
+    larger ones, and row counts that leave rows over: the float64 sum of every element."""
+    gy = randn(rng, (rows, 1, c), np.float64)
+    np.testing.assert_allclose(nbconv.conv.bias_grad(gy), gy.sum(axis=(0, 1)), rtol=1e-12, atol=1e-12)
+    g32 = gy.astype(np.float32)
+    np.testing.assert_allclose(nbconv.conv.bias_grad(g32), g32.astype(np.float64).sum(axis=(0, 1)), rtol=1e-6,
+                               atol=1e-6)
+
+
 @over_nd((2, 3))
 def test_forward_bias_is_added_per_channel(rng, nd):
     x, w, b, kw = make_conv_case(rng, dict(nd=nd, dtype=np.float64, groups="dw_mult", stride="1",
