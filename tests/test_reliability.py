@@ -1058,6 +1058,7 @@ def workload():
     conv3 = dict(stride=(2, 1, 1), padding=1, padding_mode="replicate")
     return {
         "forward": lambda: (nbconv.conv2d(x, w, b, **dense),),
+        "wide_forward": lambda: (nbconv.conv2d(gy, np.ascontiguousarray(np.swapaxes(w, 2, 3)), b[:16], **dense),),
         "backward": lambda: tuple(nbconv.conv2d_backward(gy, x, w, **dense)),
         "grouped_forward": lambda: (nbconv.conv2d(xg, wg, None, **grouped),),
         "grouped_backward": lambda: tuple(nbconv.conv2d_backward(gyg, xg, wg, **grouped)),
