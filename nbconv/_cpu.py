@@ -346,12 +346,12 @@ def _tap_offsets(kernel, dilation, shape, cg):
     return _grid([(0, d, k) for k, d in zip(kernel, dilation)] + [(0, 1, cg)], strides[1:])
 
 
-def _aligned_zeros(shape, dtype, align=64):
-    """np.zeros(shape, dtype) starting on an `align`-byte boundary (a cache line: the register tiles' vector
+def _aligned_empty(shape, dtype, align=64):
+    """np.empty(shape, dtype) starting on an `align`-byte boundary (a cache line: the register tiles' vector
     loads from it then never straddle two lines)."""
     dtype = np.dtype(dtype)
     size = math.prod(shape) * dtype.itemsize
-    raw = np.zeros(size + align, dtype=np.uint8)
+    raw = np.empty(size + align, dtype=np.uint8)
     start = -raw.ctypes.data % align
     return raw[start:start + size].view(dtype).reshape(shape)
 
@@ -360,11 +360,12 @@ def _pack(mat):
     """(G, R, Cg) -> (G, ceil(Cg / B), R, B), zero-filled past Cg: B-wide column blocks, rows contiguous,
     cache-line aligned."""
     groups, n_rows, cg = mat.shape
-    n_blocks = -(-cg // B)
-    out = _aligned_zeros((groups, n_blocks, n_rows, B), mat.dtype)
-    for nb in range(n_blocks):
-        width = min(B, cg - nb * B)
-        out[:, nb, :, :width] = mat[:, :, nb * B:nb * B + width]
+    full, rest = divmod(cg, B)
+    out = _aligned_empty((groups, full + (rest > 0), n_rows, B), mat.dtype)
+    out[:, :full] = mat[:, :, :full * B].reshape(groups, n_rows, full, B).transpose(0, 2, 1, 3)
+    if rest:
+        out[:, full, :, :rest] = mat[:, :, full * B:]
+        out[:, full, :, rest:] = 0
     return out
 
 
@@ -732,7 +733,8 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
         # each phase's taps are a progression: k steps by stride / gcd, the shift e by -dilation / gcd
         offsets = _grid([_progression([e + lo_d for _, e in t]) for t, lo_d in zip(phase_taps, lo)] +
                         [(0, 1, 1 if lane_groups else cg_out)], src_strides[1:])
-        wsel = w_groups[np.ix_(*[[k for k, _ in t] for t in phase_taps])]  # (*taps, cg_in, G, cg_out)
+        wsel = w_groups[tuple(slice(t[0][0], t[-1][0] + 1, _progression([k for k, _ in t])[1])
+                              for t in phase_taps)]  # (*taps, cg_in, G, cg_out): a view
         if lane_groups:  # (taps, o, g*cg_in + i) = wsel[taps, i, g, o]
             wpk = _pack(_rotated(wsel.transpose(*range(nd), nd + 2, nd + 1, nd).reshape(-1, cg_out, c_out), cg_out))
         else:
