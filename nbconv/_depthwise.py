@@ -31,17 +31,19 @@ def _interior(out_w, w_src, k_w, off_w, sw, dw):
     return lo, hi
 
 
-@kernel()
-def _madd_row(acc, a, b, m, c_lo):
-    """acc[c] += a[c // m] * b[c] for c_lo <= c < len(acc) (c_lo is 0 unless m == 1)."""
+@kernel(inline="always")
+def _madd_row(acc, i, a, j, b, k, n, m, c_lo):
+    """acc[i + c] += a[j + c // m] * b[k + c] for c_lo <= c < n (c_lo is 0 unless m == 1): flat arrays and offsets,
+    so that no loop creates array views (each view costs an atomic reference count update, shared across threads)."""
+    i, j, k = np.uint64(i), np.uint64(j), np.uint64(k)  # unsigned: no negative-index wraparound in the loops
     if m == 1:
-        for c in range(c_lo, acc.shape[0]):
-            acc[c] += a[c] * b[c]
+        for c in range(np.uint64(c_lo), np.uint64(n)):
+            acc[i + c] += a[j + c] * b[k + c]
     else:
-        for ci in range(a.shape[0]):
-            av = a[ci]
-            for j in range(m):
-                acc[ci * m + j] += av * b[ci * m + j]
+        for ci in range(np.uint64(n // m)):
+            av = a[j + ci]
+            for u in range(np.uint64(m)):
+                acc[i + ci * np.uint64(m) + u] += av * b[k + ci * np.uint64(m) + u]
 
 
 @kernel()
@@ -56,13 +58,17 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, lo, hi):
     m = c_dst // c_src
     flat = src.reshape(-1)
     dst_flat = dst.reshape(-1)
+    w_flat = w.reshape(-1)
     # Interior: whole tiles of LP columns whose every tap is inside the row, and the full LB-channel blocks
     # (m == 1), run through the register tile; the other columns and channels through the plain loops.
     c_full = (c_dst // LB) * LB if m == 1 else 0
     ow_lo, ow_end = _interior(out_w, w_src, k_w, off_w, sw, dw)
     ow_whole = ow_lo + (ow_end - ow_lo) // LP * LP  # the end of the whole tiles
+    bases = np.empty(LP, dtype=np.uint64)
+    out_bases = np.empty(LP, dtype=np.uint64)
+    offsets = np.empty(n_taps * k_w, dtype=np.uint64)
     for row in range(lo, hi):
-        out_row = dst[row]
+        out_at = row * out_w * c_dst  # row's first element in dst_flat
         runs = 0  # runs of consecutive in-range taps: with one, the tile writes its part of dst (bias + sum) once
         for t in range(n_taps):
             if row_src[row, t] >= 0 and (t == 0 or row_src[row, t - 1] < 0):
@@ -73,29 +79,25 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, lo, hi):
         # it (stores, so the columns computed twice get the same values twice).
         ow_hi = ow_end if direct else ow_whole
         for ow in range(out_w):
-            out_px = out_row[ow]
             for c in range(c_full if direct and ow_lo <= ow < ow_hi else 0, c_dst):
-                out_px[c] = bias[c]
-        for t in range(n_taps):
-            sr = row_src[row, t]
-            if sr < 0:
-                continue
-            src_row = src[sr]
-            for kw in range(k_w):
-                va, vb = _valid_range(out_w, kw * dw - off_w, sw, w_src)
-                wv = w[t, kw]
-                for ow in range(va, min(vb, ow_lo)):
-                    _madd_row(out_row[ow], src_row[ow * sw + kw * dw - off_w], wv, m, 0)
-                for ow in range(max(va, ow_hi), vb):
-                    _madd_row(out_row[ow], src_row[ow * sw + kw * dw - off_w], wv, m, 0)
-                if c_full < c_dst:
-                    for ow in range(max(va, ow_lo), min(vb, ow_hi)):
-                        _madd_row(out_row[ow], src_row[ow * sw + kw * dw - off_w], wv, m, c_full)
+                dst_flat[out_at + ow * c_dst + c] = bias[c]
+        # the columns and channels outside the tiles: plain loops, only where there are any
+        if ow_lo > 0 or ow_hi < out_w or c_full < c_dst:
+            for t in range(n_taps):
+                sr = row_src[row, t]
+                if sr < 0:
+                    continue
+                for kw in range(k_w):
+                    va, vb = _valid_range(out_w, kw * dw - off_w, sw, w_src)
+                    w_at = (t * k_w + kw) * c_dst
+                    src_at = (sr * w_src + kw * dw - off_w) * c_src  # + ow * sw * c_src for column ow
+                    for ow in range(va, vb):
+                        c_lo = c_full if ow_lo <= ow < ow_hi else 0
+                        if c_lo < c_dst:
+                            _madd_row(dst_flat, out_at + ow * c_dst, flat, src_at + ow * sw * c_src, w_flat, w_at,
+                                      c_dst, m, c_lo)
         if not tiled:
             continue
-        bases = np.empty(LP, dtype=np.uint64)
-        out_bases = np.empty(LP, dtype=np.uint64)
-        offsets = np.empty(n_taps * k_w, dtype=np.uint64)
         t = 0
         while t < n_taps:  # each run of consecutive in-range taps is one register-tile pass
             if row_src[row, t] < 0:
@@ -107,13 +109,13 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, lo, hi):
                 for kw in range(k_w):
                     offsets[end * k_w + kw] = np.uint64(((row_src[row, end] - first) * w_src + kw * dw) * c_src)
                 end += 1
+            run_offsets = offsets[t * k_w:end * k_w]
             for tile_start in range(ow_lo, ow_hi, LP):  # every block of LB channels in one call
                 ow0 = min(tile_start, ow_hi - LP)
                 for p in range(LP):
                     bases[p] = np.uint64((first * w_src + (ow0 + p) * sw - off_w) * c_src)
-                    out_bases[p] = np.uint64((row * out_w + ow0 + p) * c_dst)
-                micro_lanes_into(flat, bases, offsets[t * k_w:end * k_w], wpk, t * k_w, 1, dst_flat, out_bases, bias,
-                                 not direct)
+                    out_bases[p] = np.uint64(out_at + (ow0 + p) * c_dst)
+                micro_lanes_into(flat, bases, run_offsets, wpk, t * k_w, 1, dst_flat, out_bases, bias, not direct)
             t = end
 
 
@@ -168,34 +170,32 @@ def grad_weight(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, lo, hi):
     n_blocks = c_out // LB if gy_blocks.shape[0] > 0 else 0
     c_full = n_blocks * LB
     ow_lo, ow_hi = _interior(out_w, w_src, k_w, off_w, sw, dw)
+    partial_flat, gy_flat = partial.reshape(-1), gy.reshape(-1)
+    tap_size = c_out  # partial[slot, t, kw] is the tap (t * k_w + kw) of the slot, c_out elements long
     for slot in range(lo, hi):
-        acc = partial[slot]
-        acc_taps = acc.reshape(n_taps * k_w, c_out)
+        slot_at = slot * n_taps * k_w * tap_size
         tile = np.empty((LP, LB), dtype=partial.dtype)
         bases = np.empty(LP, dtype=np.uint64)
-        pix = np.empty(max(ow_hi - ow_lo, 1), dtype=np.uint64)
+        pix = np.empty(ow_hi - ow_lo, dtype=np.uint64)
         for i in range(ow_hi - ow_lo):
             pix[i] = np.uint64(((ow_lo + i) * sw - off_w) * c_src)
         tap_ids = np.empty(n_taps * k_w, dtype=np.int64)
         tap_bases = np.empty(n_taps * k_w, dtype=np.uint64)
         for row in range(slot * n_rows // n_slots, (slot + 1) * n_rows // n_slots):
-            gy_row = gy[row]
             n_valid = 0
             for t in range(n_taps):
                 sr = row_src[row, t]
                 if sr < 0:
                     continue
-                src_row = src[sr]
                 for kw in range(k_w):
                     va, vb = _valid_range(out_w, kw * dw - off_w, sw, w_src)
-                    acc_tap = acc[t, kw]
-                    for ow in range(va, min(vb, ow_lo)):
-                        _madd_row(acc_tap, src_row[ow * sw + kw * dw - off_w], gy_row[ow], m, 0)
-                    for ow in range(max(va, ow_hi), vb):
-                        _madd_row(acc_tap, src_row[ow * sw + kw * dw - off_w], gy_row[ow], m, 0)
-                    if c_full < c_out:
-                        for ow in range(max(va, ow_lo), min(vb, ow_hi)):
-                            _madd_row(acc_tap, src_row[ow * sw + kw * dw - off_w], gy_row[ow], m, c_full)
+                    acc_at = slot_at + (t * k_w + kw) * tap_size
+                    src_at = (sr * w_src + kw * dw - off_w) * c_src  # + ow * sw * c_src for column ow
+                    for ow in range(va, vb):
+                        c_lo = c_full if ow_lo <= ow < ow_hi else 0
+                        if c_lo < c_out:
+                            _madd_row(partial_flat, acc_at, flat, src_at + ow * sw * c_src, gy_flat,
+                                      (row * out_w + ow) * c_out, c_out, m, c_lo)
                     tap_ids[n_valid] = t * k_w + kw
                     tap_bases[n_valid] = np.uint64((sr * w_src + kw * dw) * c_src)
                     n_valid += 1
@@ -205,12 +205,11 @@ def grad_weight(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, lo, hi):
                 for t0 in range(0, n_valid, LP):
                     for p in range(LP):
                         bases[p] = tap_bases[min(t0 + p, n_valid - 1)] + np.uint64(cb * LB)
-                    micro_lanes(flat, bases, pix[:ow_hi - ow_lo], gy_blocks, (row * out_w + ow_lo) * n_blocks + cb,
-                                n_blocks, tile)
+                    micro_lanes(flat, bases, pix, gy_blocks, (row * out_w + ow_lo) * n_blocks + cb, n_blocks, tile)
                     for p in range(min(LP, n_valid - t0)):
-                        acc_tap = acc_taps[tap_ids[t0 + p]]
+                        acc_at = slot_at + tap_ids[t0 + p] * tap_size + cb * LB
                         for b in range(LB):
-                            acc_tap[cb * LB + b] += tile[p, b]
+                            partial_flat[acc_at + b] += tile[p, b]
 
 
 def lanes_weights(w):
