@@ -46,7 +46,8 @@ import numpy as np
 
 from . import _depthwise
 from ._jit import CHUNKS_PER_THREAD, SLOTS, call, call_all, kernel, threads
-from ._micro import LB, LP, B, P, VECTOR_BYTES, micro_groups, micro_lanes, micro_tile, micro_tile_into
+from ._micro import (LB, LP, B, P, VECTOR_BYTES, micro_groups, micro_lanes, micro_tile, micro_tile_into,
+                     window_supported)
 from ._padding import CODES, source_indices
 
 _TILES_PER_ITEM = 8  # register tiles per item (unit of work shared among threads) of the gather kernel, at most
@@ -552,7 +553,8 @@ def _depthwise_forward(src, wk, bias, dst, offset, stride, dilation):
     bias = bias if bias.shape[0] else np.zeros(dst.shape[-1], dtype=dst.dtype)
     dst_rows = _rows(dst)
     call(_depthwise.forward, _rows(src), w3, _depthwise.lanes_weights(w3), row_src, bias, dst_rows,
-         offset[-1], stride[-1], dilation[-1], items=dst_rows.shape[0], work=dst.size * math.prod(kernel))
+         offset[-1], stride[-1], dilation[-1], window_supported(kernel[-1], stride[-1], dilation[-1]),
+         items=dst_rows.shape[0], work=dst.size * math.prod(kernel))
     return dst
 
 

@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from ._jit import kernel
-from ._micro import LB, LP, micro_lanes, micro_lanes_into
+from ._micro import LB, LP, micro_lanes, micro_lanes_into, micro_window_into
 
 
 @kernel()
@@ -47,11 +47,12 @@ def _madd_row(acc, i, a, j, b, k, n, m, c_lo):
 
 
 @kernel()
-def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, lo, hi):
+def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, lo, hi):
     """dst[r, ow, c] = bias[c] + sum over taps t with row_src[r, t] >= 0 and kw of src[row_src[r, t], ow*sw +
     kw*dw - off_w, c // m] * w[t, kw, c], zero outside the row; src (rows, W, C_src), w (T, KW, C_dst), dst
     (R, OW, C_dst), row_src (R, T) increasing along t where >= 0, wpk = lanes_weights(w), m = C_dst // C_src,
-    bias (C_dst,); all C-contiguous; items lo <= r < hi: the rows of dst."""
+    bias (C_dst,), window = window_supported(KW, sw, dw) (the tile then loads each source vector once); all
+    C-contiguous; items lo <= r < hi: the rows of dst."""
     w_src, c_src = src.shape[1], src.shape[2]
     out_w, c_dst = dst.shape[1], dst.shape[2]
     n_taps, k_w = w.shape[0], w.shape[1]
@@ -67,6 +68,7 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, lo, hi):
     bases = np.empty(LP, dtype=np.uint64)
     out_bases = np.empty(LP, dtype=np.uint64)
     offsets = np.empty(n_taps * k_w, dtype=np.uint64)
+    row_offsets = np.empty(n_taps, dtype=np.uint64)
     for row in range(lo, hi):
         out_at = row * out_w * c_dst  # row's first element in dst_flat
         runs = 0  # runs of consecutive in-range taps: with one, the tile writes its part of dst (bias + sum) once
@@ -106,16 +108,21 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, lo, hi):
             first = row_src[row, t]
             end = t
             while end < n_taps and row_src[row, end] >= 0:
+                row_offsets[end] = np.uint64((row_src[row, end] - first) * w_src * c_src)
                 for kw in range(k_w):
-                    offsets[end * k_w + kw] = np.uint64(((row_src[row, end] - first) * w_src + kw * dw) * c_src)
+                    offsets[end * k_w + kw] = row_offsets[end] + np.uint64(kw * dw * c_src)
                 end += 1
-            run_offsets = offsets[t * k_w:end * k_w]
+            run_offsets, run_rows = offsets[t * k_w:end * k_w], row_offsets[t:end]
             for tile_start in range(ow_lo, ow_hi, LP):  # every block of LB channels in one call
                 ow0 = min(tile_start, ow_hi - LP)
                 for p in range(LP):
                     bases[p] = np.uint64((first * w_src + (ow0 + p) * sw - off_w) * c_src)
                     out_bases[p] = np.uint64(out_at + (ow0 + p) * c_dst)
-                micro_lanes_into(flat, bases, run_offsets, wpk, t * k_w, 1, dst_flat, out_bases, bias, not direct)
+                if window:
+                    micro_window_into(flat, bases[0], run_rows, c_src, wpk, t * k_w, dst_flat, out_bases, bias,
+                                      not direct, k_w, sw)
+                else:
+                    micro_lanes_into(flat, bases, run_offsets, wpk, t * k_w, 1, dst_flat, out_bases, bias, not direct)
             t = end
 
 

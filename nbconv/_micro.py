@@ -17,7 +17,10 @@ output channels, so one vector holds several groups, and each source vector is m
 lanes of every group rotated (in-register shuffles), against weights stored in that rotated order.
 `micro_lanes*` serve the depthwise kernels, whose lanes are channels: LP x LB = 5 x 16 on every target
 (each multiply-add reads its own source vector, so more rows would not save loads; fewer rows leave fewer
-output columns to the kernels' scalar edge loops).
+output columns to the kernels' scalar edge loops). `micro_window_into` is `micro_lanes_into` for a depthwise row of
+k_w consecutive taps (dilation 1): output columns p*sw + kw share source vectors, so it loads each once per row
+(7 loads instead of 15 for 5 columns of a 3-tap row at stride 1), its column loop unrolled for each (k_w, sw) of
+WINDOWS.
 """
 import llvmlite.binding as llvm
 import numpy as np
@@ -99,6 +102,25 @@ def micro_lanes_into(src, a, c, v, v0, v_step, dst, d, base, add):
         for p in range(LP):
             at = d[p] + k * LB
             dst[at:at + LB] = (dst[at:at + LB] if add else base[k * LB:(k + 1) * LB]) + tile[p]
+
+
+WINDOWS = ((3, 1), (3, 2), (5, 1), (5, 2))  # the (k_w, sw) pairs micro_window_into is compiled for
+
+
+def window_supported(k_w, sw, dw):
+    """Whether micro_window_into serves a depthwise row of k_w taps, stride sw and dilation dw."""
+    return dw == 1 and (k_w, sw) in WINDOWS
+
+
+def micro_window_into(src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw):
+    """For every block k < len(v): dst[d[p] + k*LB + b] = (dst[d[p] + k*LB + b] if add else base[k*LB + b]) +
+    sum_{t, kw < k_w} src[a0 + rows[t] + (p*sw + kw)*pix + k*LB + b] * v[k, v0 + t*k_w + kw, b] for p < LP, b < LB:
+    micro_lanes_into for taps that are k_w consecutive columns of each row rows[t] (dilation 1), loading each source
+    vector once for every output column that reads it; (k_w, sw) in WINDOWS; src, dst flat, rows and d unsigned,
+    the LP rows of dst distinct, v (blocks, rows, >= LB) with C-contiguous rows, base contiguous."""
+    a = np.array([a0 + p * sw * pix for p in range(LP)], dtype=np.uint64)
+    c = np.array([r + kw * pix for r in rows for kw in range(k_w)], dtype=np.uint64)
+    micro_lanes_into(src, a, c, v, v0, 1, dst, d, base, add)
 
 
 # ---------------------------------------------------------------- LLVM code
@@ -276,6 +298,97 @@ def _define(module, elem, kind, group, n_rows, n_lanes):
     return fn
 
 
+def _define_window(module, elem):
+    """micro_window_into as a function of its own: per block, per vector j of the block's lanes (one pass each),
+    LP accumulators; for each row t (a loop), the k_w weight vectors of the row, then every source column
+    i <= (LP - 1)*sw + k_w - 1 loaded once and multiply-added into the accumulators p with p*sw + kw = i; the columns
+    unrolled for each (k_w, sw) of WINDOWS (a switch on them), as no other loop order reads each vector once."""
+    itemsize = 4 if isinstance(elem, ir.FloatType) else 8
+    vl = VECTOR_BYTES // itemsize
+    name = f"nbconv_micro_window_{LP}x{LB}_f{itemsize * 8}_v{vl}"
+    if name in module.globals:
+        return module.globals[name]
+    i64 = ir.IntType(64)
+    ptr, iptr = elem.as_pointer(), i64.as_pointer()
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, i64, iptr, i64, i64, ptr, i64, i64, ptr, iptr, ptr,
+                                                              ir.IntType(1), i64, i64, i64, i64]), name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    fn.attributes.add("nounwind")
+    src, a0, rows, n_t, pix, v_first, v_stride, v0, out, d, base, add, n_blocks, v_block, k_w, sw = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    vec = ir.VectorType(elem, vl)
+    fmuladd = cgutils.get_or_insert_function(module, ir.FunctionType(vec, [vec] * 3),
+                                             f"llvm.fmuladd.v{vl}{'f32' if itemsize == 4 else 'f64'}")
+    zero = ir.Constant(vec, [0.0] * vl)
+    accs = [cgutils.alloca_once(builder, vec) for _ in range(LP)]
+    d_p = [builder.load(builder.gep(d, [ir.Constant(i64, p)])) for p in range(LP)]
+
+    def vec_at(data, index):
+        return builder.bitcast(builder.gep(data, [index]), vec.as_pointer())
+
+    def const(value):
+        return ir.Constant(i64, value)
+
+    done = fn.append_basic_block("done")
+    cases = {pair: fn.append_basic_block(f"window{pair[0]}s{pair[1]}") for pair in WINDOWS}
+    switch = builder.switch(builder.add(builder.mul(k_w, const(16)), sw), done)
+    for (kw_n, sw_n), block in cases.items():
+        switch.add_case(const(kw_n * 16 + sw_n), block)
+        builder.position_at_end(block)
+        with cgutils.for_range(builder, n_blocks) as blk:
+            v = builder.gep(v_first, [builder.mul(blk.index, v_block)])
+            lane0 = builder.mul(blk.index, const(LB))
+            for j in range(LB // vl):  # one pass over the rows per vector of the block
+                shift = builder.add(lane0, const(j * vl))
+                for acc in accs:
+                    builder.store(zero, acc)
+                with cgutils.for_range(builder, n_t) as loop:
+                    t = loop.index
+                    row = builder.add(builder.add(a0, builder.load(builder.gep(rows, [t]))), shift)
+                    w_row = builder.add(v0, builder.mul(t, const(kw_n)))
+                    ws = [builder.load(vec_at(v, builder.add(builder.mul(builder.add(w_row, const(kw)), v_stride),
+                                                             const(j * vl))), align=itemsize) for kw in range(kw_n)]
+                    for i in range((LP - 1) * sw_n + kw_n):
+                        users = [(p, i - p * sw_n) for p in range(LP) if 0 <= i - p * sw_n < kw_n]
+                        x = builder.load(vec_at(src, builder.add(row, builder.mul(const(i), pix))), align=itemsize)
+                        for p, kw in users:
+                            builder.store(builder.call(fmuladd, [x, ws[kw], builder.load(accs[p])]), accs[p])
+                for p in range(LP):
+                    at = vec_at(out, builder.add(d_p[p], shift))
+                    init = builder.select(add, at, vec_at(base, shift))
+                    builder.store(builder.fadd(builder.load(init, align=itemsize), builder.load(accs[p])), at,
+                                  align=itemsize)
+        builder.branch(done)
+    builder.position_at_end(done)
+    builder.ret_void()
+    return fn
+
+
+def _emit_window(context, builder, sig, args):
+    """Call micro_window_into's function (defined once per module) on the operands' data pointers."""
+    i64 = ir.IntType(64)
+    names = ("src", "a0", "rows", "pix", "v", "v0", "out", "d", "base", "add", "k_w", "sw")
+    typ = dict(zip(names, sig.args))
+    val = dict(zip(names, args))
+    arr = {k: context.make_array(t)(context, builder, val[k]) for k, t in typ.items() if isinstance(t, types.Array)}
+    itemsize = context.get_abi_sizeof(context.get_value_type(typ["src"].dtype))
+
+    def integer(name):
+        return context.cast(builder, val[name], typ[name], types.intp)
+
+    def row_stride(axis):
+        return builder.sdiv(cgutils.unpack_tuple(builder, arr["v"].strides, 3)[axis], ir.Constant(i64, itemsize))
+
+    n_t = cgutils.unpack_tuple(builder, arr["rows"].shape, 1)[0]
+    n_blocks = cgutils.unpack_tuple(builder, arr["v"].shape, 3)[0]
+    fn = _define_window(builder.module, context.get_value_type(typ["src"].dtype))
+    builder.call(fn, [arr["src"].data, integer("a0"), arr["rows"].data, n_t, integer("pix"), arr["v"].data,
+                      row_stride(1), integer("v0"), arr["out"].data, arr["d"].data, arr["base"].data,
+                      context.cast(builder, val["add"], typ["add"], types.boolean), n_blocks, row_stride(0),
+                      integer("k_w"), integer("sw")])
+    return context.get_dummy_value()
+
 def _check_float(*arrays):
     if arrays[0].dtype not in (types.float32, types.float64) or any(a.dtype != arrays[0].dtype for a in arrays):
         raise TypeError(f"nbconv micro tile: operands of one float dtype expected, got {arrays}")
@@ -340,4 +453,18 @@ def _micro_lanes_jit(src, a, c, v, v0, v_step, tile):
 def _micro_lanes_into_jit(src, a, c, v, v0, v_step, dst, d, base, add):
     return lambda src, a, c, v, v0, v_step, dst, d, base, add: _lanes_into_ir(src, a, c, v, v0, v_step, dst, d, base,
                                                                               add)
+
+
+
+@intrinsic
+def _window_ir(typingctx, src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw):
+    _check_float(src, v, dst, base)
+    return (types.void(src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw),
+            lambda ctx, b, sig, args: _emit_window(ctx, b, sig, args))
+
+
+@overload(micro_window_into)
+def _micro_window_into_jit(src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw):
+    return lambda src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw: _window_ir(src, a0, rows, pix, v, v0, dst,
+                                                                                     d, base, add, k_w, sw)
 

@@ -485,6 +485,24 @@ def test_bias_gradient_sums_every_row(rng, c, rows):
                                atol=1e-6)
 
 
+@pytest.mark.parametrize("k, stride, dilation", [(3, 1, 1), (3, 2, 1), (5, 1, 1), (5, 2, 1), (3, 1, 2), (7, 1, 1)])
+def test_depthwise_tiles_against_reference(rng, k, stride, dilation):
+    """Depthwise layers wide enough for the register tiles (channels >= LB, rows of >= LP output columns): the
+    window tile for the (kernel width, stride) pairs it is compiled for, the general tile for the others (dilation,
+    k = 7); zero padding (edge columns, and in 3-D border rows whose taps leave gaps), channels left over, float32
+    and float64, against the reference."""
+    for nd, dtype, c in ((2, np.float32, 40), (3, np.float64, 16)):
+        x = randn(rng, (2,) + (6,) * (nd - 1) + (29, c), dtype)
+        w = randn(rng, (k,) * nd + (1, c), dtype)
+        b = randn(rng, (c,), dtype)
+        pad = dilation * (k - 1) // 2
+        y = fn("conv", nd)(x, w, b, stride=stride, padding=pad, dilation=dilation, groups=c)
+        ref = R.conv_forward(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), stride=stride,
+                             pads=pad, dilation=dilation, groups=c)
+        tol = 1e-4 if dtype == np.float32 else 1e-10
+        np.testing.assert_allclose(y, ref, rtol=tol, atol=tol)
+
+
 @over_nd((2, 3))
 def test_forward_bias_is_added_per_channel(rng, nd):
     x, w, b, kw = make_conv_case(rng, dict(nd=nd, dtype=np.float64, groups="dw_mult", stride="1",

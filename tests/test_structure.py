@@ -58,6 +58,36 @@ def test_micro_tiles_llvm_code_matches_numpy_bodies(dtype, n_red, lanes):
 
 
 @kernel()
+def _window_tile(src, a0, rows, pix, v_blocks, v0, dst, d, base, add, k_w, sw):
+    _micro.micro_window_into(src, a0, rows, pix, v_blocks, v0, dst, d, base, add, k_w, sw)
+
+
+@pytest.mark.parametrize("window", _micro.WINDOWS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_rows", [0, 1, 3])
+@pytest.mark.parametrize("add", [False, True])
+def test_window_tile_llvm_code_matches_numpy_body(window, dtype, n_rows, add):
+    """micro_window_into (each source vector loaded once for the columns that read it) for every (k_w, stride) it
+    is compiled for: two blocks of LB lanes, rows of the source at scattered offsets, pixels 2*LB + 3 apart."""
+    k_w, sw = window
+    rng = np.random.default_rng(n_rows)
+    LP, LB = _micro.LP, _micro.LB
+    pix = 2 * LB + 3
+    src = rng.standard_normal(6 * 40 * pix).astype(dtype)
+    rows = (rng.choice(5, n_rows, replace=False) * 40 * pix).astype(np.uint64)
+    v_blocks = rng.standard_normal((2, 1 + n_rows * k_w, LB + 3)).astype(dtype)
+    d = (np.arange(LP)[::-1] * (2 * LB + 1)).astype(np.uint64)
+    dst = rng.standard_normal(LP * (2 * LB + 1) + 5).astype(dtype)
+    base = rng.standard_normal(2 * LB + 2).astype(dtype)
+    got, want = dst.copy(), dst.copy()
+    _window_tile(src, 7, rows, pix, v_blocks, 1, got, d, base, add, k_w, sw)
+    _micro.micro_window_into(src, 7, rows, pix, v_blocks, 1, want, d, base, add, k_w, sw)
+    assert np.array_equal(want, dst) == (add and n_rows == 0)  # adding no rows leaves dst as it was
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got, want, **tol)
+
+
+@kernel()
 def _group_tile(src, a, shift, c, v, tile, lanes, cg):
     _micro.micro_groups(src, a, shift, c, v, tile, lanes, cg)
 
@@ -90,7 +120,9 @@ rng = np.random.default_rng(0)
 cases = [((2, 9, 8, 20), (3, 3, 20, 37), dict(stride=2, padding=1)),             # dense, channel tails
          ((2, 7, 6, 12), (3, 2, 3, 40), dict(padding=(1, 0), groups=4)),        # few channels per group
          ((2, 7, 6, 32), (3, 3, 4, 32), dict(padding=1, stride=(2, 1), groups=8)),  # groups side by side in lanes
-         ((1, 9, 11, 48), (3, 3, 1, 48), dict(padding=1, groups=48, dilation=2))]  # depthwise
+         ((1, 9, 11, 48), (3, 3, 1, 48), dict(padding=1, groups=48, dilation=2)),  # depthwise
+         ((1, 9, 13, 48), (3, 3, 1, 48), dict(padding=1, groups=48)),              # depthwise, window tile
+         ((1, 9, 23, 40), (5, 5, 1, 40), dict(padding=2, groups=40, stride=2))]    # window tile, stride 2
 for dtype, tol in ((np.float32, 2e-4), (np.float64, 1e-10)):
     for xs, ws, kw in cases:
         x, w = rng.standard_normal(xs).astype(dtype), rng.standard_normal(ws).astype(dtype)
