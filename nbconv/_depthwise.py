@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from ._jit import kernel
-from ._micro import LB, LP, micro_lanes, micro_lanes_into, micro_window_into
+from ._micro import LB, LP, micro_lanes, micro_lanes_into, micro_pixel_into, micro_window_into
 
 
 @kernel()
@@ -61,7 +61,8 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, lo, hi):
     dst_flat = dst.reshape(-1)
     w_flat = w.reshape(-1)
     # Interior: whole tiles of LP columns whose every tap is inside the row, and the full LB-channel blocks
-    # (m == 1), run through the register tile; the other columns and channels through the plain loops.
+    # (m == 1), run through the register tile; the full blocks of the other columns through the one-pixel tile over
+    # the pixel's taps in range; the channels left over (and every channel when m > 1) through the plain loops.
     c_full = (c_dst // LB) * LB if m == 1 else 0
     ow_lo, ow_end = _interior(out_w, w_src, k_w, off_w, sw, dw)
     ow_whole = ow_lo + (ow_end - ow_lo) // LP * LP  # the end of the whole tiles
@@ -69,6 +70,8 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, lo, hi):
     out_bases = np.empty(LP, dtype=np.uint64)
     offsets = np.empty(n_taps * k_w, dtype=np.uint64)
     row_offsets = np.empty(n_taps, dtype=np.uint64)
+    pixel_offsets = np.empty(n_taps * k_w, dtype=np.uint64)
+    pixel_weights = np.empty(n_taps * k_w, dtype=np.uint64)
     for row in range(lo, hi):
         out_at = row * out_w * c_dst  # row's first element in dst_flat
         runs = 0  # runs of consecutive in-range taps: with one, the tile writes its part of dst (bias + sum) once
@@ -80,11 +83,27 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, lo, hi):
         # A row written directly also tiles the interior's last columns, with a tile that overlaps the one before
         # it (stores, so the columns computed twice get the same values twice).
         ow_hi = ow_end if direct else ow_whole
-        for ow in range(out_w):
-            for c in range(c_full if direct and ow_lo <= ow < ow_hi else 0, c_dst):
+        for ow in range(out_w):  # bias where a tile adds, or where the plain loops do
+            for c in range(0 if ow_lo <= ow < ow_hi and not direct else c_full, c_dst):
                 dst_flat[out_at + ow * c_dst + c] = bias[c]
-        # the columns and channels outside the tiles: plain loops, only where there are any
-        if ow_lo > 0 or ow_hi < out_w or c_full < c_dst:
+        if c_full > 0:
+            for ow in range(out_w):
+                if ow_lo <= ow < ow_hi:
+                    continue
+                n_s = 0  # the column's taps in range
+                for t in range(n_taps):
+                    sr = row_src[row, t]
+                    if sr < 0:
+                        continue
+                    for kw in range(k_w):
+                        col = ow * sw + kw * dw - off_w
+                        if 0 <= col < w_src:
+                            pixel_offsets[n_s] = np.uint64((sr * w_src + col) * c_src)
+                            pixel_weights[n_s] = np.uint64(t * k_w + kw)
+                            n_s += 1
+                micro_pixel_into(flat, pixel_offsets, pixel_weights, n_s, wpk, dst_flat, out_at + ow * c_dst, bias)
+        # the channels outside the tiles: plain loops, only where there are any
+        if c_full < c_dst:
             for t in range(n_taps):
                 sr = row_src[row, t]
                 if sr < 0:
@@ -94,10 +113,8 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, lo, hi):
                     w_at = (t * k_w + kw) * c_dst
                     src_at = (sr * w_src + kw * dw - off_w) * c_src  # + ow * sw * c_src for column ow
                     for ow in range(va, vb):
-                        c_lo = c_full if ow_lo <= ow < ow_hi else 0
-                        if c_lo < c_dst:
-                            _madd_row(dst_flat, out_at + ow * c_dst, flat, src_at + ow * sw * c_src, w_flat, w_at,
-                                      c_dst, m, c_lo)
+                        _madd_row(dst_flat, out_at + ow * c_dst, flat, src_at + ow * sw * c_src, w_flat, w_at, c_dst, m,
+                                  c_full)
         if not tiled:
             continue
         t = 0

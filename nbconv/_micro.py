@@ -123,6 +123,20 @@ def micro_window_into(src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw):
     micro_lanes_into(src, a, c, v, v0, 1, dst, d, base, add)
 
 
+
+def micro_pixel_into(src, c, wi, n, v, dst, d, base):
+    """For every block k < len(v): dst[d + k*LB + b] = base[k*LB + b] + sum_{s < n} src[c[s] + k*LB + b] *
+    v[k, wi[s], b] for b < LB: one output pixel of a depthwise layer over an arbitrary list of taps (the edge
+    columns, whose taps in range differ from column to column), summed in four interleaved partial sums (s mod 4)
+    added at the end; src, dst flat, c and wi unsigned, v (blocks, rows, >= LB) with C-contiguous rows."""
+    acc = np.zeros((v.shape[0], 4, LB), dtype=dst.dtype)
+    for k in range(v.shape[0]):
+        for s in range(n):
+            at = c[s] + np.uint64(k * LB)
+            acc[k, s % 4] += src[at:at + np.uint64(LB)] * v[k, wi[s], :LB]
+        dst[d + k * LB:d + (k + 1) * LB] = base[k * LB:(k + 1) * LB] + ((acc[k, 0] + acc[k, 1]) +
+                                                                   (acc[k, 2] + acc[k, 3]))
+
 # ---------------------------------------------------------------- LLVM code
 
 _OPERANDS = {  # the operands of each tile function, by position
@@ -365,6 +379,87 @@ def _define_window(module, elem):
     return fn
 
 
+def _define_pixel(module, elem):
+    """micro_pixel_into as a function of its own: per block and vector of its lanes, four accumulators (taps s mod 4,
+    so that four multiply-adds are in flight), added pairwise at the end, plus the base."""
+    itemsize = 4 if isinstance(elem, ir.FloatType) else 8
+    vl = VECTOR_BYTES // itemsize
+    name = f"nbconv_micro_pixel_{LB}_f{itemsize * 8}_v{vl}"
+    if name in module.globals:
+        return module.globals[name]
+    i64 = ir.IntType(64)
+    ptr, iptr = elem.as_pointer(), i64.as_pointer()
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, iptr, iptr, i64, ptr, i64, i64, ptr, i64, ptr, i64]),
+                     name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    fn.attributes.add("nounwind")
+    src, c, wi, n, v_first, v_stride, v_block, out, d, base, n_blocks = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    vec = ir.VectorType(elem, vl)
+    fmuladd = cgutils.get_or_insert_function(module, ir.FunctionType(vec, [vec] * 3),
+                                             f"llvm.fmuladd.v{vl}{'f32' if itemsize == 4 else 'f64'}")
+    zero = ir.Constant(vec, [0.0] * vl)
+    n_vec = LB // vl
+    accs = [[cgutils.alloca_once(builder, vec) for _ in range(4)] for _ in range(n_vec)]
+
+    def vec_at(data, index):
+        return builder.bitcast(builder.gep(data, [index]), vec.as_pointer())
+
+    def const(value):
+        return ir.Constant(i64, value)
+
+    def taps(s, parts):  # the multiply-adds of tap s into partial sums `parts` (one per vector)
+        at = builder.load(builder.gep(c, [s]))
+        w_row = builder.mul(builder.load(builder.gep(wi, [s])), v_stride)
+        for j in range(n_vec):
+            x = builder.load(vec_at(src, builder.add(builder.add(at, lane0), const(j * vl))), align=itemsize)
+            w = builder.load(vec_at(v, builder.add(w_row, const(j * vl))), align=itemsize)
+            builder.store(builder.call(fmuladd, [x, w, builder.load(parts[j])]), parts[j])
+
+    with cgutils.for_range(builder, n_blocks) as blk:
+        v = builder.gep(v_first, [builder.mul(blk.index, v_block)])
+        lane0 = builder.mul(blk.index, const(LB))
+        for j in range(n_vec):
+            for acc in accs[j]:
+                builder.store(zero, acc)
+        quads = builder.udiv(n, const(4))
+        with cgutils.for_range(builder, quads) as loop:
+            for r in range(4):
+                taps(builder.add(builder.mul(loop.index, const(4)), const(r)), [accs[j][r] for j in range(n_vec)])
+        rest = builder.sub(n, builder.mul(quads, const(4)))
+        for r in range(3):  # the last n % 4 taps, tap s into partial sum s % 4
+            with builder.if_then(builder.icmp_unsigned(">", rest, const(r))):
+                taps(builder.add(builder.mul(quads, const(4)), const(r)), [accs[j][r] for j in range(n_vec)])
+        for j in range(n_vec):
+            parts = [builder.load(acc) for acc in accs[j]]
+            total = builder.fadd(builder.fadd(parts[0], parts[1]), builder.fadd(parts[2], parts[3]))
+            at = builder.add(builder.add(d, lane0), const(j * vl))
+            b = builder.load(vec_at(base, builder.add(lane0, const(j * vl))), align=itemsize)
+            builder.store(builder.fadd(b, total), vec_at(out, at), align=itemsize)
+    builder.ret_void()
+    return fn
+
+
+def _emit_pixel(context, builder, sig, args):
+    """Call micro_pixel_into's function (defined once per module) on the operands' data pointers."""
+    i64 = ir.IntType(64)
+    names = ("src", "c", "wi", "n", "v", "out", "d", "base")
+    typ = dict(zip(names, sig.args))
+    val = dict(zip(names, args))
+    arr = {k: context.make_array(t)(context, builder, val[k]) for k, t in typ.items() if isinstance(t, types.Array)}
+    itemsize = context.get_abi_sizeof(context.get_value_type(typ["src"].dtype))
+
+    def row_stride(axis):
+        return builder.sdiv(cgutils.unpack_tuple(builder, arr["v"].strides, 3)[axis], ir.Constant(i64, itemsize))
+
+    fn = _define_pixel(builder.module, context.get_value_type(typ["src"].dtype))
+    builder.call(fn, [arr["src"].data, arr["c"].data, arr["wi"].data,
+                      context.cast(builder, val["n"], typ["n"], types.intp), arr["v"].data, row_stride(1), row_stride(0),
+                      arr["out"].data, context.cast(builder, val["d"], typ["d"], types.intp), arr["base"].data,
+                      cgutils.unpack_tuple(builder, arr["v"].shape, 3)[0]])
+    return context.get_dummy_value()
+
 def _emit_window(context, builder, sig, args):
     """Call micro_window_into's function (defined once per module) on the operands' data pointers."""
     i64 = ir.IntType(64)
@@ -468,3 +563,14 @@ def _micro_window_into_jit(src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw
     return lambda src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw: _window_ir(src, a0, rows, pix, v, v0, dst,
                                                                                      d, base, add, k_w, sw)
 
+
+
+@intrinsic
+def _pixel_ir(typingctx, src, c, wi, n, v, dst, d, base):
+    _check_float(src, v, dst, base)
+    return (types.void(src, c, wi, n, v, dst, d, base), lambda ctx, b, sig, args: _emit_pixel(ctx, b, sig, args))
+
+
+@overload(micro_pixel_into)
+def _micro_pixel_into_jit(src, c, wi, n, v, dst, d, base):
+    return lambda src, c, wi, n, v, dst, d, base: _pixel_ir(src, c, wi, n, v, dst, d, base)

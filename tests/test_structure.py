@@ -88,6 +88,32 @@ def test_window_tile_llvm_code_matches_numpy_body(window, dtype, n_rows, add):
 
 
 @kernel()
+def _pixel_tile(src, c, wi, n, v_blocks, dst, d, base):
+    _micro.micro_pixel_into(src, c, wi, n, v_blocks, dst, d, base)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [0, 1, 3, 4, 9])
+def test_pixel_tile_llvm_code_matches_numpy_body(dtype, n):
+    """micro_pixel_into (one pixel over a list of taps, four partial sums): tap counts around multiples of four,
+    two blocks of LB lanes, weight rows in any order."""
+    rng = np.random.default_rng(n)
+    LB = _micro.LB
+    src = rng.standard_normal(2000).astype(dtype)
+    c = rng.integers(0, 1900, n).astype(np.uint64)
+    wi = rng.permutation(12)[:n].astype(np.uint64)
+    v_blocks = rng.standard_normal((2, 12, LB + 3)).astype(dtype)
+    dst = rng.standard_normal(3 * LB).astype(dtype)
+    base = rng.standard_normal(2 * LB + 2).astype(dtype)
+    got, want = dst.copy(), dst.copy()
+    _pixel_tile(src, c, wi, n, v_blocks, got, 5, base)
+    _micro.micro_pixel_into(src, c, wi, n, v_blocks, want, 5, base)
+    assert not np.array_equal(want, dst)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got, want, **tol)
+
+
+@kernel()
 def _group_tile(src, a, shift, c, v, tile, lanes, cg):
     _micro.micro_groups(src, a, shift, c, v, tile, lanes, cg)
 
