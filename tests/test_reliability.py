@@ -1285,6 +1285,27 @@ def test_a_failing_chunk_stops_the_split_and_is_raised_once_nothing_runs(who):
     assert any(entry[2].startswith("nbconv") for entry in log) or not on_worker, log
 
 
+def test_each_thread_takes_its_own_chunk_first():
+    """The first chunks, one per thread, are that thread's own: the caller runs the first, a worker the second (the
+    same data on the same cores from call to call); every chunk still runs once."""
+    from nbconv import _jit
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has a single thread here (NUMBA_NUM_THREADS=1)")
+    bounds = _jit._chunk_bounds(64, 2)
+    assert _jit._static_chunks(64, 2) == 2 and bounds[2] == 2 * int(64 * _jit.STATIC_SHARE) // 2
+    second = []
+    for _ in range(3):
+        chunk, log = _chunk_recorder(lambda lo, name: False)
+        _jit._split(chunk, (), 64, 2)
+        assert sorted((lo, hi) for lo, hi, *_ in log) == list(zip(bounds, bounds[1:]))
+        owner = {(lo, hi): name for lo, hi, name, _ in log}
+        assert owner[bounds[0], bounds[1]] == threading.current_thread().name, log
+        second.append(owner[bounds[1], bounds[2]])
+    # the caller takes the worker's chunk only if the worker has not started after its own chunk and the shared ones
+    # (7 x 20 ms): not on every one of three calls
+    assert any(name.startswith("nbconv") for name in second), second
+
+
 def test_workers_keep_helping_after_a_chunk_raised():
     """A worker whose chunk raised goes on serving later calls."""
     from nbconv import _jit
