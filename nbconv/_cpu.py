@@ -221,16 +221,17 @@ def _spread_groups(x, xe, lo, hi):
     (n, q) = divmod(r, Q)."""
     n_pix, ch = x.shape[1], x.shape[2]
     c = xe.shape[1]
+    x_flat, xe_flat = x.reshape(-1), xe.reshape(-1)  # flat indexing: no array view (reference count) per pixel
     for r in range(lo, hi):
         n = r // n_pix
         q = r - n * n_pix
-        src = x[n, q]
+        src = r * ch
         for i in range(c):
-            dst = xe[n, i, q]
+            dst = ((n * c + i) * n_pix + q) * ch
             for g0 in range(0, ch, c):
-                v = src[g0 + i]
+                v = x_flat[src + g0 + i]
                 for j in range(c):
-                    dst[g0 + j] = v
+                    xe_flat[dst + g0 + j] = v
 
 
 @kernel()
