@@ -489,8 +489,9 @@ def test_bias_gradient_sums_every_row(rng, c, rows):
 def test_depthwise_tiles_against_reference(rng, k, stride, dilation):
     """Depthwise layers wide enough for the register tiles (channels >= LB, rows of >= LP output columns): the
     window tile for the (kernel width, stride) pairs it is compiled for, the general tile for the others (dilation,
-    k = 7); zero padding (edge columns, and in 3-D border rows whose taps leave gaps), channels left over, float32
-    and float64, against the reference."""
+    k = 7), the one-pixel tile at the edges; zero padding (edge columns, and in
+    3-D border rows whose taps leave gaps), channels left over, float32 and float64: forward and the three
+    gradients against the reference."""
     for nd, dtype, c in ((2, np.float32, 40), (3, np.float64, 16)):
         x = randn(rng, (2,) + (6,) * (nd - 1) + (29, c), dtype)
         w = randn(rng, (k,) * nd + (1, c), dtype)
@@ -501,6 +502,12 @@ def test_depthwise_tiles_against_reference(rng, k, stride, dilation):
                              pads=pad, dilation=dilation, groups=c)
         tol = 1e-4 if dtype == np.float32 else 1e-10
         np.testing.assert_allclose(y, ref, rtol=tol, atol=tol)
+        gy = randn(rng, y.shape, dtype)
+        grads = getattr(nbconv, f"conv{nd}d_backward")(gy, x, w, stride=stride, padding=pad, dilation=dilation, groups=c)
+        ref_grads = R.conv_grads(gy.astype(np.float64), x.astype(np.float64), w.astype(np.float64), stride=stride,
+                                 pads=pad, dilation=dilation, groups=c)
+        for got, want in zip(grads, ref_grads):
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol * 10)
 
 
 @over_nd((2, 3))
