@@ -199,6 +199,28 @@ def _emit(context, builder, sig, args, kind):
     return context.get_dummy_value()
 
 
+def _new_function(module, name, arg_types):
+    """A new internal, noinline, nounwind void function of `module` and a builder at its entry, or (the function, None)
+    when the module already defines `name` (noinline: inside it, every general register is free for the tile)."""
+    if name in module.globals:
+        return module.globals[name], None
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), arg_types), name=name)
+    fn.linkage = "internal"
+    fn.attributes.add("noinline")
+    fn.attributes.add("nounwind")
+    return fn, ir.IRBuilder(fn.append_basic_block("entry"))
+
+
+def _vector_ops(module, elem):
+    """(vector type of one register, its llvm.fmuladd, its zero, elements per register, bytes per element)."""
+    itemsize = 4 if isinstance(elem, ir.FloatType) else 8
+    vl = VECTOR_BYTES // itemsize
+    vec = ir.VectorType(elem, vl)
+    fmuladd = cgutils.get_or_insert_function(module, ir.FunctionType(vec, [vec] * 3),
+                                             f"llvm.fmuladd.v{vl}{'f32' if itemsize == 4 else 'f64'}")
+    return vec, fmuladd, ir.Constant(vec, [0.0] * vl), vl, itemsize
+
+
 def _define(module, elem, kind, group, n_rows, n_lanes):
     """The tile loop of `kind` as a function of its own (noinline: inside it, every general register is free for the
     n_rows row addresses): for p < n_rows, s < n: acc[p][j] = fmuladd(x(p, s, j), vector j of v row (v0 + s*v_step),
@@ -207,27 +229,17 @@ def _define(module, elem, kind, group, n_rows, n_lanes):
     with the lanes of each run of `group` rotated by r, times v row s*group + r, summed over r < group. All of it once
     per block k < n_blocks, with dst and base (and, for lanes, src) shifted by k*n_lanes and v by k*v_block
     (n_blocks is 1 but for *_into); only the vectors j holding the first `used` lanes are computed and stored."""
-    itemsize = 4 if isinstance(elem, ir.FloatType) else 8
-    vl = VECTOR_BYTES // itemsize
+    vec, fmuladd, zero, vl, itemsize = _vector_ops(module, elem)
     accumulate = kind.endswith("_into")
     lanes_src = kind.startswith("lanes") or kind == "groups"
-    name = f"nbconv_micro_{kind}{group or ''}_{n_rows}x{n_lanes}_f{itemsize * 8}_v{vl}"
-    if name in module.globals:
-        return module.globals[name]
     i64 = ir.IntType(64)
     ptr, iptr = elem.as_pointer(), i64.as_pointer()
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, iptr, iptr, i64, ptr, i64, i64, i64, ptr, i64, iptr,
-                                                              ptr, ir.IntType(1), i64, i64, i64]), name=name)
-    fn.linkage = "internal"
-    fn.attributes.add("noinline")
-    fn.attributes.add("nounwind")
+    fn, builder = _new_function(module, f"nbconv_micro_{kind}{group or ''}_{n_rows}x{n_lanes}_f{itemsize * 8}_v{vl}",
+                                [ptr, iptr, iptr, i64, ptr, i64, i64, i64, ptr, i64, iptr, ptr, ir.IntType(1), i64, i64,
+                                 i64])
+    if builder is None:
+        return fn
     src, a, c, n_red, v_first, v_stride, v0, v_step, out, out_stride, d, base, add, n_blocks, v_block, used = fn.args
-    builder = ir.IRBuilder(fn.append_basic_block("entry"))
-
-    vec = ir.VectorType(elem, vl)
-    fmuladd = cgutils.get_or_insert_function(module, ir.FunctionType(vec, [vec] * 3),
-                                             f"llvm.fmuladd.v{vl}{'f32' if itemsize == 4 else 'f64'}")
-    zero = ir.Constant(vec, [0.0] * vl)
     splat = ir.Constant(ir.VectorType(ir.IntType(32), vl), [0] * vl)
     n_vec = n_lanes // vl
     # With groups, one vector per pass: its group weight vectors stay in registers beside the accumulators (and a
@@ -317,24 +329,15 @@ def _define_window(module, elem):
     LP accumulators; for each row t (a loop), the k_w weight vectors of the row, then every source column
     i <= (LP - 1)*sw + k_w - 1 loaded once and multiply-added into the accumulators p with p*sw + kw = i; the columns
     unrolled for each (k_w, sw) of WINDOWS (a switch on them), as no other loop order reads each vector once."""
-    itemsize = 4 if isinstance(elem, ir.FloatType) else 8
-    vl = VECTOR_BYTES // itemsize
-    name = f"nbconv_micro_window_{LP}x{LB}_f{itemsize * 8}_v{vl}"
-    if name in module.globals:
-        return module.globals[name]
+    vec, fmuladd, zero, vl, itemsize = _vector_ops(module, elem)
     i64 = ir.IntType(64)
     ptr, iptr = elem.as_pointer(), i64.as_pointer()
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, i64, iptr, i64, i64, ptr, i64, i64, ptr, iptr, ptr,
-                                                              ir.IntType(1), i64, i64, i64, i64]), name=name)
-    fn.linkage = "internal"
-    fn.attributes.add("noinline")
-    fn.attributes.add("nounwind")
+    fn, builder = _new_function(module, f"nbconv_micro_window_{LP}x{LB}_f{itemsize * 8}_v{vl}",
+                                [ptr, i64, iptr, i64, i64, ptr, i64, i64, ptr, iptr, ptr, ir.IntType(1), i64, i64, i64,
+                                 i64])
+    if builder is None:
+        return fn
     src, a0, rows, n_t, pix, v_first, v_stride, v0, out, d, base, add, n_blocks, v_block, k_w, sw = fn.args
-    builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    vec = ir.VectorType(elem, vl)
-    fmuladd = cgutils.get_or_insert_function(module, ir.FunctionType(vec, [vec] * 3),
-                                             f"llvm.fmuladd.v{vl}{'f32' if itemsize == 4 else 'f64'}")
-    zero = ir.Constant(vec, [0.0] * vl)
     accs = [cgutils.alloca_once(builder, vec) for _ in range(LP)]
     d_p = [builder.load(builder.gep(d, [ir.Constant(i64, p)])) for p in range(LP)]
 
@@ -382,24 +385,14 @@ def _define_window(module, elem):
 def _define_pixel(module, elem):
     """micro_pixel_into as a function of its own: per block and vector of its lanes, four accumulators (taps s mod 4,
     so that four multiply-adds are in flight), added pairwise at the end, plus the base."""
-    itemsize = 4 if isinstance(elem, ir.FloatType) else 8
-    vl = VECTOR_BYTES // itemsize
-    name = f"nbconv_micro_pixel_{LB}_f{itemsize * 8}_v{vl}"
-    if name in module.globals:
-        return module.globals[name]
+    vec, fmuladd, zero, vl, itemsize = _vector_ops(module, elem)
     i64 = ir.IntType(64)
     ptr, iptr = elem.as_pointer(), i64.as_pointer()
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [ptr, iptr, iptr, i64, ptr, i64, i64, ptr, i64, ptr, i64]),
-                     name=name)
-    fn.linkage = "internal"
-    fn.attributes.add("noinline")
-    fn.attributes.add("nounwind")
+    fn, builder = _new_function(module, f"nbconv_micro_pixel_{LB}_f{itemsize * 8}_v{vl}",
+                                [ptr, iptr, iptr, i64, ptr, i64, i64, ptr, i64, ptr, i64])
+    if builder is None:
+        return fn
     src, c, wi, n, v_first, v_stride, v_block, out, d, base, n_blocks = fn.args
-    builder = ir.IRBuilder(fn.append_basic_block("entry"))
-    vec = ir.VectorType(elem, vl)
-    fmuladd = cgutils.get_or_insert_function(module, ir.FunctionType(vec, [vec] * 3),
-                                             f"llvm.fmuladd.v{vl}{'f32' if itemsize == 4 else 'f64'}")
-    zero = ir.Constant(vec, [0.0] * vl)
     n_vec = LB // vl
     accs = [[cgutils.alloca_once(builder, vec) for _ in range(4)] for _ in range(n_vec)]
 
@@ -454,10 +447,9 @@ def _emit_pixel(context, builder, sig, args):
         return builder.sdiv(cgutils.unpack_tuple(builder, arr["v"].strides, 3)[axis], ir.Constant(i64, itemsize))
 
     fn = _define_pixel(builder.module, context.get_value_type(typ["src"].dtype))
-    builder.call(fn, [arr["src"].data, arr["c"].data, arr["wi"].data,
-                      context.cast(builder, val["n"], typ["n"], types.intp), arr["v"].data, row_stride(1), row_stride(0),
-                      arr["out"].data, context.cast(builder, val["d"], typ["d"], types.intp), arr["base"].data,
-                      cgutils.unpack_tuple(builder, arr["v"].shape, 3)[0]])
+    n, d = (context.cast(builder, val[k], typ[k], types.intp) for k in ("n", "d"))
+    builder.call(fn, [arr["src"].data, arr["c"].data, arr["wi"].data, n, arr["v"].data, row_stride(1), row_stride(0),
+                      arr["out"].data, d, arr["base"].data, cgutils.unpack_tuple(builder, arr["v"].shape, 3)[0]])
     return context.get_dummy_value()
 
 def _emit_window(context, builder, sig, args):
