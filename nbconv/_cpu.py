@@ -600,7 +600,8 @@ def as_array(a):
 
 def empty(shape, dtype):
     """A new result array, starting on a cache line: the next layer's vector loads from it then never straddle two
-    lines (on AVX-512, where a vector is a whole line, that makes a depthwise layer up to 1.4x faster)."""
+    lines (on AVX-512, where a vector is a whole line, a depthwise layer reading an aligned input ran 1.1-1.35x
+    faster than one at NumPy's usual 16 bytes past a line)."""
     return _aligned_empty(shape, dtype)
 
 

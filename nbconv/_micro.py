@@ -15,12 +15,12 @@ the same tile over several blocks of lanes and writes each straight into the out
 `micro_groups` is the tile for grouped convolutions with 2 or 4 channels per group (in and out): its lanes are
 output channels, so one vector holds several groups, and each source vector is multiplied as loaded and with the
 lanes of every group rotated (in-register shuffles), against weights stored in that rotated order.
-`micro_lanes*` serve the depthwise kernels, whose lanes are channels: LP x LB = 5 x 16 on every target
-(each multiply-add reads its own source vector, so more rows would not save loads; fewer rows leave fewer
-output columns to the kernels' scalar edge loops). `micro_window_into` is `micro_lanes_into` for a depthwise row of
-k_w consecutive taps (dilation 1): output columns p*sw + kw share source vectors, so it loads each once per row
+`micro_lanes*` serve the depthwise kernels, whose lanes are channels: LP x LB = 5 x 16 on every target (10 rows
+were no faster on AVX-512, measured). `micro_window_into` is `micro_lanes_into` for a depthwise row of k_w
+consecutive taps (dilation 1): output columns p*sw + kw share source vectors, so it loads each once per row
 (7 loads instead of 15 for 5 columns of a 3-tap row at stride 1), its column loop unrolled for each (k_w, sw) of
-WINDOWS.
+WINDOWS. `micro_pixel_into` computes one output pixel over a list of taps: the depthwise edge columns, whose taps
+in range differ from column to column.
 """
 import llvmlite.binding as llvm
 import numpy as np
@@ -123,7 +123,6 @@ def micro_window_into(src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw):
     micro_lanes_into(src, a, c, v, v0, 1, dst, d, base, add)
 
 
-
 def micro_pixel_into(src, c, wi, n, v, dst, d, base):
     """For every block k < len(v): dst[d + k*LB + b] = base[k*LB + b] + sum_{s < n} src[c[s] + k*LB + b] *
     v[k, wi[s], b] for b < LB: one output pixel of a depthwise layer over an arbitrary list of taps (the edge
@@ -136,6 +135,7 @@ def micro_pixel_into(src, c, wi, n, v, dst, d, base):
             acc[k, s % 4] += src[at:at + np.uint64(LB)] * v[k, wi[s], :LB]
         dst[d + k * LB:d + (k + 1) * LB] = base[k * LB:(k + 1) * LB] + ((acc[k, 0] + acc[k, 1]) +
                                                                    (acc[k, 2] + acc[k, 3]))
+
 
 # ---------------------------------------------------------------- LLVM code
 
