@@ -12,8 +12,8 @@
 - Threads: every kernel is serial (`parallel=False`: Numba's parfor passes and the per-loop gufunc
   they generate about double a kernel's compile time) and releases the GIL. A kernel that can be split
   takes the range [lo, hi) of its independent items as its last two arguments, and `call` shares the
-  items among nbconv's own worker threads (a ThreadPoolExecutor of NUMBA_NUM_THREADS - 1 threads, the
-  calling thread being the other) in contiguous chunks: first one per thread, its own (together STATIC_SHARE of
+  items among nbconv's own worker threads (`_workers`: NUMBA_NUM_THREADS - 1 threads that poll for work for a
+  millisecond after each task, the calling thread being the other) in contiguous chunks: first one per thread, its own (together STATIC_SHARE of
   the items: a layer called again finds its data in the caches of the cores that used it last time), then
   chunks taken in turn, largest first and shrinking towards the end (guided scheduling), so that a core slowed
   by other work takes fewer and the threads finish together (`_split`); an own chunk whose thread has not started
@@ -22,8 +22,8 @@
   so nbconv is fork-safe under any layer (a forked child makes its own workers) and needs no TBB.
   The thread count of a call: numba.get_num_threads() of the calling thread where the program has
   started Numba's threads (it may have called numba.set_num_threads), else NUMBA_NUM_THREADS.
-- A hand-off to the workers costs tens of microseconds (milliseconds on an oversubscribed machine), so
-  a call whose `work` (multiply-adds or elements touched) is below SERIAL_BELOW runs on the calling
+- A hand-off to the workers costs microseconds when they are polling, tens of them when they sleep (milliseconds
+  on an oversubscribed machine), so a call whose `work` (multiply-adds or elements touched) is below SERIAL_BELOW runs on the calling
   thread only.
 - With NUMBA_DISABLE_JIT=1 (Numba's debugging switch) the kernels run as plain Python: correct, and
   orders of magnitude slower.
@@ -32,11 +32,12 @@ import itertools
 import os
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor, wait
 
 import numba
 import numba.np.ufunc.parallel as numba_parallel
 import numpy as np
+
+from . import _workers
 
 FASTMATH = frozenset({"contract"})
 SERIAL_BELOW = 1 << 18
@@ -50,19 +51,15 @@ SLOTS = 8
 
 _compile_lock = threading.Lock()
 _compiled = set()
-_workers = None  # nbconv's worker threads, made at the first split call (and again in a forked child)
-_workers_lock = threading.Lock()
 _kernels = []  # every dispatcher made by `kernel` (to discard their caches together)
 _warned_no_cache = False
 
 
 def _reinit_after_fork():
-    """In a forked child: fresh locks (a parent thread may have held one at the fork), and no workers (the
-    parent's threads do not exist in the child)."""
-    global _compile_lock, _workers_lock, _workers
+    """In a forked child: a fresh lock (a parent thread may have held it at the fork; `_workers` does the same for
+    its team)."""
+    global _compile_lock
     _compile_lock = threading.Lock()
-    _workers_lock = threading.Lock()
-    _workers = None
 
 
 os.register_at_fork(after_in_child=_reinit_after_fork)
@@ -91,6 +88,9 @@ def kernel(inline="never"):
         return dispatcher
 
     return decorate
+
+
+POLLS = kernel()(_workers.poll_task), kernel()(_workers.poll_done)  # the worker team's polling, compiled
 
 
 def cache_dirs():
@@ -161,28 +161,6 @@ def threads():
     return numba.get_num_threads() if numba_threads_started() else numba.config.NUMBA_NUM_THREADS
 
 
-def _pool():
-    global _workers
-    with _workers_lock:
-        if _workers is None:
-            _workers = ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1), thread_name_prefix="nbconv")
-        return _workers
-
-
-def _join(helpers, job):
-    """Cancel the helpers still queued and wait for the others to finish their chunk; a KeyboardInterrupt
-    meanwhile stops the chunks not yet taken and is returned (raised by the caller once nothing runs)."""
-    interrupted = None
-    for helper in helpers:
-        while not helper.cancel() and not helper.done():
-            try:
-                wait([helper])
-            except KeyboardInterrupt as error:
-                job["stop"] = True
-                interrupted = error
-    return interrupted
-
-
 def _static_chunks(items, n_threads):
     """How many chunks _chunk_bounds starts with that are each thread's own (n_threads, or 0 for too few items)."""
     return n_threads if items * STATIC_SHARE // n_threads >= max(1, items // (n_threads * CHUNKS_PER_THREAD)) else 0
@@ -211,54 +189,57 @@ def _split(dispatcher, args, items, n_threads):
 def _split_jobs(jobs, n_threads):
     """dispatcher(*args, lo, hi) for every (dispatcher, args, items) of `jobs`, over contiguous chunks of the jobs'
     items laid end to end (a chunk may end one job and start the next), shared by the calling thread and
-    n_threads - 1 workers, each taking the next chunk when it is done with one: one hand-off for them all. It
-    returns (or raises) only once no chunk runs any more: an exception in a chunk, or a KeyboardInterrupt, stops
-    the chunks not yet taken and is raised (the calling thread's first); a hand-off left in the workers' queue is
-    cancelled and holds no array. Once the interpreter is shutting down (no new work for the workers), the calling
-    thread does every chunk."""
+    n_threads - 1 workers of nbconv's team (`_workers`), each taking the next chunk when it is done with one: one
+    hand-off for them all. It returns (or raises) only once no chunk runs any more: an exception in a chunk, or a
+    KeyboardInterrupt, stops the chunks not yet taken and is raised (the calling thread's first). While another
+    thread's call uses the team, the calling thread does every chunk."""
     starts = list(itertools.accumulate((items for _, _, items in jobs), initial=0))
     bounds = _chunk_bounds(starts[-1], n_threads)
     n_chunks = len(bounds) - 1
     n_own = _static_chunks(starts[-1], n_threads)  # chunk j < n_own: thread j's own, taken first
     taken = itertools.count(n_own)  # next() on it is atomic under the GIL
     claims = [itertools.count() for _ in range(n_own)]  # an own chunk runs once: whoever gets 0 from its count
-    job = {"jobs": jobs, "stop": False}
+    job = {"jobs": jobs, "stop": False, "publish": lambda: None}
 
-    def run(lo, hi):  # the items lo..hi of the jobs laid end to end
+    def run(lo, hi, me):  # the items lo..hi of the jobs laid end to end
         for (dispatcher, args, _), first, end in zip(job["jobs"], starts, starts[1:]):
             if lo < end and first < hi:
+                if me == 0:
+                    job["publish"]()  # the workers start (once) as the caller's first kernel releases the GIL
                 dispatcher(*args, max(lo, first) - first, min(hi, end) - first)
 
     def share(me):  # thread `me`'s own chunk, then the shared ones, then the own chunks of threads not started yet
         try:
             if me < n_own and not job["stop"] and next(claims[me]) == 0:
-                run(bounds[me], bounds[me + 1])
+                run(bounds[me], bounds[me + 1], me)
             while not job["stop"] and (i := next(taken)) < n_chunks:
-                run(bounds[i], bounds[i + 1])
+                run(bounds[i], bounds[i + 1], me)
             for i in range(n_own):
                 if not job["stop"] and next(claims[i]) == 0:
-                    run(bounds[i], bounds[i + 1])
+                    run(bounds[i], bounds[i + 1], me)
         except BaseException:
             job["stop"] = True
             raise
 
-    helpers = []
-    error = None
-    try:
-        for me in range(1, min(n_threads, n_chunks)):
-            try:
-                helpers.append(_pool().submit(share, me))
-            except RuntimeError:  # "cannot schedule new futures after (interpreter) shutdown"
-                break
-        share(0)
-    except BaseException as caught:
+    def stop():
         job["stop"] = True
-        error = caught
-    interrupted = _join(helpers, job)
+
+    crew = _workers.team(*POLLS)
+    if crew is None:  # another thread's call is using the workers: this one runs every chunk alone
+        errors = []
+        try:
+            share(0)
+        except BaseException as error:
+            errors.append(error)
+    else:
+        job["publish"] = crew.publish
+        try:
+            errors = crew.run(lambda me: share(me) if me < n_threads else None, stop)
+        finally:
+            _workers.release(crew)
     job.clear()
-    for failure in (error, interrupted, *(h.exception() for h in helpers if not h.cancelled())):
-        if failure is not None:
-            raise failure
+    if errors:
+        raise errors[0]
 
 
 def _ensure_compiled(dispatcher, full):

@@ -122,16 +122,19 @@ def test_torch_dataloader_workers_call_nbconv():
 
 
 def test_fork_while_another_thread_holds_the_locks():
-    """A thread holds nbconv's compile and worker-pool locks while the process forks: the child still
-    computes (its locks are fresh), including a kernel compiled for the first time in the child."""
+    """A thread holds nbconv's compile and worker-team locks, and the team itself, while the process forks: the
+    child still computes on a team of its own (its locks are fresh), including a kernel compiled for the first time
+    in the child."""
     code = PRELUDE + """
     import os, threading
-    from nbconv import _jit
+    from nbconv import _jit, _workers
     held, release = threading.Event(), threading.Event()
     def holder():
-        with _jit._compile_lock, _jit._workers_lock:
+        crew = _workers.team(*_jit.POLLS)
+        with _jit._compile_lock, _workers._team_lock:
             held.set()
             release.wait(60)
+        _workers.release(crew)
     t = threading.Thread(target=holder); t.start(); held.wait(10)
     pid = os.fork()
     if pid == 0:

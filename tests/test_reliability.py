@@ -1193,27 +1193,27 @@ def test_thread_count_does_not_change_bits(monkeypatch):
     assert len(split) >= 12 and all(split.values()), f"kernels never shared among threads: {split}"
 
 
-def test_a_call_keeps_no_array_alive_after_it_returns(rng):
-    """With nbconv's workers busy (here: blocked), a call does all its chunks itself and cancels the hand-offs left
-    in the workers' queue; those must not keep the call's arrays alive once it returns."""
+@pytest.mark.parametrize("team_busy", [False, True], ids=["on_the_team", "team_busy"])
+def test_a_call_keeps_no_array_alive_after_it_returns(rng, team_busy):
+    """A call split among nbconv's workers, or done alone while another call holds the team (here: held), keeps no
+    reference to its arrays once it returns (the team drops its task)."""
     import weakref
-    from nbconv import _jit
+    from nbconv import _jit, _workers
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("numba has a single thread here (NUMBA_NUM_THREADS=1)")
     x = randn(rng, (4, 32, 32, 16), np.float32)
     w = randn(rng, (3, 3, 16, 32), np.float32)
-    nbconv.conv2d(x, w, padding=1)  # compiled
-    release = threading.Event()
-    blockers = [_jit._pool().submit(release.wait, 60) for _ in range(numba.config.NUMBA_NUM_THREADS - 1)]
+    nbconv.conv2d(x, w, padding=1)  # compiled, and the team made
+    held = _workers.team(*_jit.POLLS) if team_busy else None
+    assert held is not None or not team_busy
     try:
         y = nbconv.conv2d(x, w, padding=1)
         alive = weakref.ref(y)
         del y
         assert alive() is None, "the output is still referenced after the call returned"
     finally:
-        release.set()
-        for b in blockers:
-            b.result()
+        if held is not None:
+            _workers.release(held)
 
 
 @pytest.mark.parametrize("items", [1, 2, 7, 40, 820, 10 ** 6])
@@ -1304,6 +1304,25 @@ def test_each_thread_takes_its_own_chunk_first():
     # the caller takes the worker's chunk only if the worker has not started after its own chunk and the shared ones
     # (7 x 20 ms): not on every one of three calls
     assert any(name.startswith("nbconv") for name in second), second
+
+
+def test_idle_workers_stop_polling():
+    """Workers poll for the next task for about a millisecond after each one, then sleep: a process that stopped
+    calling nbconv uses no CPU for it (measured: the process's CPU time over 0.3 s of idle), and the next call
+    wakes them."""
+    import time
+    from nbconv import _jit, _workers
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has a single thread here (NUMBA_NUM_THREADS=1)")
+    chunk, log = _chunk_recorder(lambda lo, name: False)
+    _jit._split(chunk, (), 64, 2)
+    time.sleep(20 * _workers.SPIN_SECONDS)
+    cpu = time.process_time()
+    time.sleep(0.3)
+    assert time.process_time() - cpu < 0.05
+    chunk, log = _chunk_recorder(lambda lo, name: False)
+    _jit._split(chunk, (), 64, 2)
+    assert any(entry[2].startswith("nbconv") for entry in log), log
 
 
 def test_workers_keep_helping_after_a_chunk_raised():
