@@ -45,7 +45,7 @@ import itertools
 import numpy as np
 
 from . import _depthwise
-from ._jit import CHUNKS_PER_THREAD, SLOTS, call, call_all, kernel, threads
+from ._jit import CHUNKS_PER_THREAD, SLOTS, call, call_all, chunk_items, kernel, threads
 from ._micro import (LB, LP, B, P, VECTOR_BYTES, micro_groups, micro_lanes, micro_tile, micro_tile_into,
                      window_supported)
 from ._padding import CODES, source_indices
@@ -57,7 +57,7 @@ _WEIGHT_GRAD_CHUNK = 256  # most output pixels per chunk of the weight gradient 
 
 @kernel()
 def _gather_conv(src, src_rows, src_step, offsets, wpk, bias_blocks, dst, dst_rows, dst_step, row_len, cg_src,
-                 cg_dst, lane_groups, per_item, panel, lo, hi):
+                 cg_dst, lane_groups, per_item, panel, sched, me):
     """dst[dst_rows[r] + j*dst_step + g*cg_dst + co] = bias_blocks[g, co // B, co % B] + sum_t
     src[src_rows[r] + j*src_step + g*cg_src + offsets[t]] * wpk[g, co // B, t, co % B] for r < len(src_rows),
     j < row_len, co < cg_dst; src and dst flat, src_rows and offsets unsigned, wpk and bias_blocks
@@ -65,9 +65,9 @@ def _gather_conv(src, src_rows, src_step, offsets, wpk, bias_blocks, dst, dst_ro
     With lane_groups = c > 0 (G == 1, cg_src == cg_dst, a multiple of the vector length), each lane co instead sums
     src[... + offsets[t] + co - co % c + (co + k) % c] * wpk[0, co // B, t*c + k, co % B] over t and k < c
     (`micro_groups`: a grouped convolution with c channels per group, its groups side by side in the lanes).
-    Items lo <= i < hi: the tiles (P consecutive output pixels in row-major order, which may span rows and
-    images) per_item*i up to per_item*(i + 1) (see _gather_items); each item's tiles run through `panel` blocks of
-    wpk at a time (a panel of weights stays in cache across the item's tiles)."""
+    Items i of chunk_items(sched, me): the tiles (P consecutive output pixels in row-major order, which may span
+    rows and images) per_item*i up to per_item*(i + 1) (see _gather_items); each item's tiles run through `panel`
+    blocks of wpk at a time (a panel of weights stays in cache across the item's tiles)."""
     groups, n_blocks = wpk.shape[0], wpk.shape[1]
     n_pix = src_rows.shape[0] * row_len
     n_tiles = (n_pix + P - 1) // P
@@ -79,7 +79,7 @@ def _gather_conv(src, src_rows, src_step, offsets, wpk, bias_blocks, dst, dst_ro
     d_bases = np.empty(P, dtype=np.uint64)
     firsts = np.empty(per_item * P, dtype=np.uint64)  # each pixel's source and destination offsets
     d_firsts = np.empty(per_item * P, dtype=np.int64)
-    for item in range(lo, hi):
+    for item in chunk_items(sched, me):
         q_lo = item * per_item * P
         n_q = min(n_tiles * P, q_lo + per_item * P) - q_lo
         for i in range(n_q):
@@ -117,20 +117,20 @@ def _gather_conv(src, src_rows, src_step, offsets, wpk, bias_blocks, dst, dst_ro
 
 
 @kernel()
-def _column_conv(src, src_rows, offsets, wb, bias, dst, lo, hi):
+def _column_conv(src, src_rows, offsets, wb, bias, dst, sched, me):
     """dst[r, ow, co] = bias[co] + sum_s src[src_rows[r] + ow + offsets[s]] * wb[co*T + s, 0] for r < R, ow < OW,
     co < C (T = len(offsets)): a convolution with one input channel and unit stride along the last dim, its vector
     lanes LB consecutive output columns (`micro_lanes`) instead of output channels, for C below a tile's lanes. src
     flat (the padded input), src_rows and offsets unsigned, wb (C*T, >= LB) each row one weight repeated, dst (R, OW,
-    C) C-contiguous, R >= LP, OW >= LB; items lo <= i < hi: the output rows LP*i .. LP*i + LP - 1 (the last item's
-    rows end at R; rows and columns computed twice get the same values twice)."""
+    C) C-contiguous, R >= LP, OW >= LB; items i of chunk_items(sched, me): the output rows LP*i .. LP*i + LP - 1
+    (the last item's rows end at R; rows and columns computed twice get the same values twice)."""
     n_rows, out_w, c_out = dst.shape
     n_taps = offsets.shape[0]
     tiles = np.empty((c_out, LP, LB), dtype=dst.dtype)
     flat_tiles = tiles.reshape(-1)
     flat_dst = dst.reshape(-1)
     bases = np.empty(LP, dtype=np.uint64)
-    for item in range(lo, hi):
+    for item in chunk_items(sched, me):
         r0 = min(item * LP, n_rows - LP)
         for col in range(0, out_w, LB):
             ow0 = min(col, out_w - LB)
@@ -148,16 +148,16 @@ def _column_conv(src, src_rows, offsets, wb, bias, dst, lo, hi):
 
 
 @kernel()
-def _scatter_conv(gy, reduce_offsets, wpk, offsets, dst, dst_pix, cg_src, cg_dst, lo, hi):
+def _scatter_conv(gy, reduce_offsets, wpk, offsets, dst, dst_pix, cg_src, cg_dst, sched, me):
     """dst[n, dst_pix[q] + g*cg_dst + offsets[j]] += sum_co gy[n*Q + q, g*cg_src + co] * wpk[g, j // B, co, j % B]
     for q < Q = len(dst_pix), j < len(offsets), co < len(reduce_offsets) (= arange(cg_src)); gy (N*Q, C_src) and
-    dst (N, image size) C-contiguous, dst zeroed; items lo <= n < hi: the images (no write races)."""
+    dst (N, image size) C-contiguous, dst zeroed; items n of chunk_items(sched, me): the images (no write races)."""
     n_q = dst_pix.shape[0]
     c_src = gy.shape[1]
     groups, n_blocks = wpk.shape[0], wpk.shape[1]
     n_cols = offsets.shape[0]
     gy_flat = gy.reshape(-1)
-    for n in range(lo, hi):
+    for n in chunk_items(sched, me):
         tile = np.empty((P, B), dtype=dst.dtype)
         bases = np.empty(P, dtype=np.uint64)
         image = dst[n]
@@ -175,16 +175,16 @@ def _scatter_conv(gy, reduce_offsets, wpk, offsets, dst, dst_pix, cg_src, cg_dst
 
 
 @kernel()
-def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, lo, hi):
+def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, sched, me):
     """partial[t, g, nb, r, b] = sum over pixels s of chunks t, t+T, ... (chunk pixels each) of
     flat[rows[min(r, R-1)] + g*cg_src + pix[s]] * gy[s, g*cg_dst + nb*B + b] (left zero for nb*B + b >= cg_dst);
-    gy (S, C_out) C-contiguous, partial zeroed with rows padded to P; items lo <= t < hi: the slots."""
+    gy (S, C_out) C-contiguous, partial zeroed with rows padded to P; items t of chunk_items(sched, me): the slots."""
     n_slots, groups, n_blocks = partial.shape[0], partial.shape[1], partial.shape[2]
     n_rows = rows.shape[0]
     n_pix = pix.shape[0]
     n_chunks = (n_pix + chunk - 1) // chunk
     last = n_rows - 1
-    for t in range(lo, hi):
+    for t in chunk_items(sched, me):
         tile = np.empty((P, B), dtype=partial.dtype)
         bases = np.empty(P, dtype=np.uint64)
         gy_chunk = np.zeros((chunk, B), dtype=partial.dtype)  # B lanes of grad_out, packed per chunk
@@ -215,14 +215,14 @@ def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, lo, hi):
 
 
 @kernel()
-def _spread_groups(x, xe, lo, hi):
+def _spread_groups(x, xe, sched, me):
     """xe[n, i, q, g*c + j] = x[n, q, g*c + i] for i, j < c = xe.shape[1]: every output channel of group g gets the
-    group's input channel i; x (N, Q, C) and xe (N, c, Q, C) C-contiguous; items lo <= r < hi: the pixels
+    group's input channel i; x (N, Q, C) and xe (N, c, Q, C) C-contiguous; items r of chunk_items(sched, me): the pixels
     (n, q) = divmod(r, Q)."""
     n_pix, ch = x.shape[1], x.shape[2]
     c = xe.shape[1]
     x_flat, xe_flat = x.reshape(-1), xe.reshape(-1)  # flat indexing: no array view (reference count) per pixel
-    for r in range(lo, hi):
+    for r in chunk_items(sched, me):
         n = r // n_pix
         q = r - n * n_pix
         src = r * ch
@@ -235,12 +235,12 @@ def _spread_groups(x, xe, lo, hi):
 
 
 @kernel()
-def _pad_rows(x, table, before, xp, lo, hi):
+def _pad_rows(x, table, before, xp, sched, me):
     """xp[r, before + i] = x[table[r], i] for i < x.shape[1] where table[r] >= 0, zero elsewhere in row r of xp: rows
     of channels-last pixels, x (R, W*C) and xp (R', W'*C) C-contiguous, before + x.shape[1] <= xp.shape[1]; items
-    lo <= r < hi: the rows of xp."""
+    r of chunk_items(sched, me): the rows of xp."""
     w, width = x.shape[1], xp.shape[1]
-    for r in range(lo, hi):
+    for r in chunk_items(sched, me):
         dst = xp[r]
         s = table[r]
         if s < 0:

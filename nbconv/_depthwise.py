@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from ._jit import kernel
+from ._jit import chunk_items, kernel
 from ._micro import LB, LP, micro_lanes, micro_lanes_into, micro_pixel_into, micro_window_into
 
 
@@ -47,12 +47,12 @@ def _madd_row(acc, i, a, j, b, k, n, m, c_lo):
 
 
 @kernel()
-def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, lo, hi):
+def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, sched, me):
     """dst[r, ow, c] = bias[c] + sum over taps t with row_src[r, t] >= 0 and kw of src[row_src[r, t], ow*sw +
     kw*dw - off_w, c // m] * w[t, kw, c], zero outside the row; src (rows, W, C_src), w (T, KW, C_dst), dst
     (R, OW, C_dst), row_src (R, T) increasing along t where >= 0, wpk = lanes_weights(w), m = C_dst // C_src,
     bias (C_dst,), window = window_supported(KW, sw, dw) (the tile then loads each source vector once); all
-    C-contiguous; items lo <= r < hi: the rows of dst."""
+    C-contiguous; items r of chunk_items(sched, me): the rows of dst."""
     w_src, c_src = src.shape[1], src.shape[2]
     out_w, c_dst = dst.shape[1], dst.shape[2]
     n_taps, k_w = w.shape[0], w.shape[1]
@@ -72,7 +72,7 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, lo, hi):
     row_offsets = np.empty(n_taps, dtype=np.uint64)
     pixel_offsets = np.empty(n_taps * k_w, dtype=np.uint64)
     pixel_weights = np.empty(n_taps * k_w, dtype=np.uint64)
-    for row in range(lo, hi):
+    for row in chunk_items(sched, me):
         out_at = row * out_w * c_dst  # row's first element in dst_flat
         runs = 0  # runs of consecutive in-range taps: with one, the tile writes its part of dst (bias + sum) once
         for t in range(n_taps):
@@ -144,15 +144,15 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, lo, hi):
 
 
 @kernel()
-def grad_input(gy, w, row_gy, dst, off_w, sw, dw, lo, hi):
+def grad_input(gy, w, row_gy, dst, off_w, sw, dw, sched, me):
     """dst[r, i, ci] = sum of gy[row_gy[r, t], ow, ci*m + u] * w[t, kw, ci*m + u] over taps t with row_gy[r, t] >= 0,
     kw, ow with ow*sw + kw*dw = i + off_w, u < m; gy (R_gy, OW, C_out), w (T, KW, C_out), dst (R, W, C_dst),
-    row_gy (R, T); all C-contiguous; items lo <= r < hi: the rows of dst."""
+    row_gy (R, T); all C-contiguous; items r of chunk_items(sched, me): the rows of dst."""
     out_w, c_out = gy.shape[1], gy.shape[2]
     w_dst, c_dst = dst.shape[1], dst.shape[2]
     n_taps, k_w = w.shape[0], w.shape[1]
     m = c_out // c_dst
-    for row in range(lo, hi):
+    for row in chunk_items(sched, me):
         dst_row = dst[row]
         for i in range(w_dst):
             dst_px = dst_row[i]
@@ -181,11 +181,12 @@ def grad_input(gy, w, row_gy, dst, off_w, sw, dw, lo, hi):
 
 
 @kernel()
-def grad_weight(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, lo, hi):
+def grad_weight(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, sched, me):
     """partial[slot, t, kw, c] = sum over rows r of block slot (of partial.shape[0] equal blocks) with
     row_src[r, t] >= 0, and ow, of src[row_src[r, t], ow*sw + kw*dw - off_w, c // m] * gy[r, ow, c] (zero outside
     the row); src (rows, W, C_src), gy (R, OW, C_out), row_src (R, T); gy_blocks = gy as rows of LB channels when
-    m == 1 and LB divides C_out (else empty); partial zeroed, everything C-contiguous; items lo <= slot < hi."""
+    m == 1 and LB divides C_out (else empty); partial zeroed, everything C-contiguous; items: the slots of
+    chunk_items(sched, me)."""
     w_src, c_src = src.shape[1], src.shape[2]
     n_rows, out_w, c_out = gy.shape
     n_slots, n_taps, k_w = partial.shape[0], partial.shape[1], partial.shape[2]
@@ -196,7 +197,7 @@ def grad_weight(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, lo, hi):
     ow_lo, ow_hi = _interior(out_w, w_src, k_w, off_w, sw, dw)
     partial_flat, gy_flat = partial.reshape(-1), gy.reshape(-1)
     tap_size = c_out  # partial[slot, t, kw] is the tap (t * k_w + kw) of the slot, c_out elements long
-    for slot in range(lo, hi):
+    for slot in chunk_items(sched, me):
         slot_at = slot * n_taps * k_w * tap_size
         tile = np.empty((LP, LB), dtype=partial.dtype)
         bases = np.empty(LP, dtype=np.uint64)

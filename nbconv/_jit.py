@@ -11,24 +11,24 @@
   vectorizer, which Numba ships switched off (numba issue #8705); the user's setting is left alone.
 - Threads: every kernel is serial (`parallel=False`: Numba's parfor passes and the per-loop gufunc
   they generate about double a kernel's compile time) and releases the GIL. A kernel that can be split
-  takes the range [lo, hi) of its independent items as its last two arguments, and `call` shares the
-  items among nbconv's own worker threads (`_workers`: NUMBA_NUM_THREADS - 1 threads that poll for work for a
-  millisecond after each task, the calling thread being the other) in contiguous chunks: first one per thread, its own (together STATIC_SHARE of
-  the items: a layer called again finds its data in the caches of the cores that used it last time), then
-  chunks taken in turn, largest first and shrinking towards the end (guided scheduling), so that a core slowed
-  by other work takes fewer and the threads finish together (`_split`); an own chunk whose thread has not started
-  when the others run out of work is taken by one of them. Every item's result is computed by one thread in a fixed
-  order, so the bits do not depend on the thread count or the chunking. No Numba threading layer is ever started,
-  so nbconv is fork-safe under any layer (a forked child makes its own workers) and needs no TBB.
-  The thread count of a call: numba.get_num_threads() of the calling thread where the program has
-  started Numba's threads (it may have called numba.set_num_threads), else NUMBA_NUM_THREADS.
+  takes a schedule of its independent items and a thread number as its last two arguments (sched, me) and loops
+  over `chunk_items(sched, me)`; `call` runs it on the calling thread and nbconv's own worker threads (`_workers`:
+  NUMBA_NUM_THREADS - 1 threads that poll for work for a while after each task). The threads claim contiguous
+  chunks of the items with atomic counters, inside the kernel (no return to Python, and no GIL, between chunks):
+  first one per thread, its own (together STATIC_SHARE of the items: a layer called again finds its data in the
+  caches of the cores that used it last time), then chunks taken in turn, largest first and shrinking towards the
+  end (guided scheduling), so that a core slowed by other work takes fewer and the threads finish together; an own
+  chunk whose thread has not started when the others run out of work is taken by one of them. Every item's result
+  is computed by one thread in a fixed order, so the bits do not depend on the thread count or the chunking. No
+  Numba threading layer is ever started, so nbconv is fork-safe under any layer (a forked child makes its own
+  workers) and needs no TBB. The thread count of a call: numba.get_num_threads() of the calling thread where the
+  program has started Numba's threads (it may have called numba.set_num_threads), else NUMBA_NUM_THREADS.
 - A hand-off to the workers costs microseconds when they are polling, tens of them when they sleep (milliseconds
-  on an oversubscribed machine), so a call whose `work` (multiply-adds or elements touched) is below SERIAL_BELOW runs on the calling
-  thread only.
+  on an oversubscribed machine), so a call whose `work` (multiply-adds or elements touched) is below SERIAL_BELOW
+  runs on the calling thread only.
 - With NUMBA_DISABLE_JIT=1 (Numba's debugging switch) the kernels run as plain Python: correct, and
   orders of magnitude slower.
 """
-import itertools
 import os
 import threading
 import warnings
@@ -38,6 +38,7 @@ import numba.np.ufunc.parallel as numba_parallel
 import numpy as np
 
 from . import _workers
+from ._workers import atomic_add, atomic_load
 
 FASTMATH = frozenset({"contract"})
 SERIAL_BELOW = 1 << 18
@@ -180,49 +181,82 @@ def _chunk_bounds(items, n_threads):
     return bounds
 
 
+# A schedule: the int64 array from which the threads of one call claim its chunks of items.
+_N_CHUNKS, _N_OWN, _NEXT, _STOP, _CLAIMS = range(5)  # then one claim per own chunk, then the chunk bounds
+
+
+def schedule(items, n_threads):
+    """The schedule of range(items) among n_threads threads: the chunks of _chunk_bounds, the first _static_chunks of
+    them each thread's own (one chunk for a single thread)."""
+    bounds = _chunk_bounds(items, n_threads) if n_threads > 1 else [0, items]
+    n_own = _static_chunks(items, n_threads) if n_threads > 1 else 0
+    sched = np.zeros(_CLAIMS + n_own + len(bounds), dtype=np.int64)
+    sched[_N_CHUNKS], sched[_N_OWN], sched[_NEXT] = len(bounds) - 1, n_own, n_own
+    sched[_CLAIMS + n_own:] = bounds
+    return sched
+
+
+# The two generators are compiled into the kernels that loop over them, and not cached on their own: Numba does not
+# register a generator loaded from its cache for the compilation of a new caller (KeyError while lowering it).
+@numba.njit(nogil=True)
+def chunks(sched, me):
+    """(lo, hi) of each chunk of `sched` that thread `me` claims, in turn: its own chunk, then the shared chunks one
+    at a time as the threads ask for them, then the own chunks of threads that have not started; none once the
+    schedule is stopped. Every chunk goes to exactly one thread."""
+    n_chunks, n_own = sched[_N_CHUNKS], sched[_N_OWN]
+    bounds = _CLAIMS + n_own
+    if me < n_own and atomic_load(sched, _STOP) == 0 and atomic_add(sched, _CLAIMS + me, 1) == 0:
+        yield sched[bounds + me], sched[bounds + me + 1]
+    while atomic_load(sched, _STOP) == 0:
+        i = atomic_add(sched, _NEXT, 1)
+        if i >= n_chunks:
+            break
+        yield sched[bounds + i], sched[bounds + i + 1]
+    for i in range(n_own):
+        if atomic_load(sched, _STOP) == 0 and atomic_add(sched, _CLAIMS + i, 1) == 0:
+            yield sched[bounds + i], sched[bounds + i + 1]
+
+
+@numba.njit(nogil=True)
+def chunk_items(sched, me):
+    """The items of the chunks of `sched` that thread `me` claims (`chunks`): what a kernel's item loop runs over."""
+    for lo, hi in chunks(sched, me):
+        for item in range(lo, hi):
+            yield item
+
+
 def _split(dispatcher, args, items, n_threads):
-    """dispatcher(*args, lo, hi) over contiguous chunks of range(items), shared by the calling thread and
-    n_threads - 1 workers (`_split_jobs` with one job)."""
+    """dispatcher(*args, sched, me) on the calling thread and n_threads - 1 workers, sharing the items of one
+    schedule (`_split_jobs` with one job)."""
     _split_jobs([(dispatcher, args, items)], n_threads)
 
 
 def _split_jobs(jobs, n_threads):
-    """dispatcher(*args, lo, hi) for every (dispatcher, args, items) of `jobs`, over contiguous chunks of the jobs'
-    items laid end to end (a chunk may end one job and start the next), shared by the calling thread and
-    n_threads - 1 workers of nbconv's team (`_workers`), each taking the next chunk when it is done with one: one
-    hand-off for them all. It returns (or raises) only once no chunk runs any more: an exception in a chunk, or a
-    KeyboardInterrupt, stops the chunks not yet taken and is raised (the calling thread's first). While another
-    thread's call uses the team, the calling thread does every chunk."""
-    starts = list(itertools.accumulate((items for _, _, items in jobs), initial=0))
-    bounds = _chunk_bounds(starts[-1], n_threads)
-    n_chunks = len(bounds) - 1
-    n_own = _static_chunks(starts[-1], n_threads)  # chunk j < n_own: thread j's own, taken first
-    taken = itertools.count(n_own)  # next() on it is atomic under the GIL
-    claims = [itertools.count() for _ in range(n_own)]  # an own chunk runs once: whoever gets 0 from its count
-    job = {"jobs": jobs, "stop": False, "publish": lambda: None}
-
-    def run(lo, hi, me):  # the items lo..hi of the jobs laid end to end
-        for (dispatcher, args, _), first, end in zip(job["jobs"], starts, starts[1:]):
-            if lo < end and first < hi:
-                if me == 0:
-                    job["publish"]()  # the workers start (once) as the caller's first kernel releases the GIL
-                dispatcher(*args, max(lo, first) - first, min(hi, end) - first)
-
-    def share(me):  # thread `me`'s own chunk, then the shared ones, then the own chunks of threads not started yet
-        try:
-            if me < n_own and not job["stop"] and next(claims[me]) == 0:
-                run(bounds[me], bounds[me + 1], me)
-            while not job["stop"] and (i := next(taken)) < n_chunks:
-                run(bounds[i], bounds[i + 1], me)
-            for i in range(n_own):
-                if not job["stop"] and next(claims[i]) == 0:
-                    run(bounds[i], bounds[i + 1], me)
-        except BaseException:
-            job["stop"] = True
-            raise
+    """dispatcher(*args, sched, me) for every (dispatcher, args, items) of `jobs`, on the calling thread (me = 0) and
+    n_threads - 1 workers of nbconv's team (`_workers`), each job's items in a schedule of its own from which every
+    thread's kernel claims chunks (`chunk_items`) until none is left, then goes on to the next job: one hand-off
+    for them all, and no return to Python between chunks. It returns (or raises) only once no kernel runs any more:
+    an exception in one stops the schedules (no chunk is claimed after it) and is raised (the calling thread's
+    first); a KeyboardInterrupt is raised once the kernels have returned. While another thread's call uses the
+    team, the calling thread does every chunk."""
+    scheds = [schedule(items, n_threads) for _, _, items in jobs]
+    publish = [lambda: None]
 
     def stop():
-        job["stop"] = True
+        for sched in scheds:
+            sched[_STOP] = 1
+
+    def share(me):
+        if me >= n_threads:
+            return
+        try:
+            for (dispatcher, args, _), sched in zip(jobs, scheds):
+                if me == 0:
+                    publish[0]()  # the workers start (once) as the caller's first kernel releases the GIL
+                dispatcher(*args, sched, me)
+        except BaseException:
+            stop()
+            raise
 
     crew = _workers.team(*POLLS)
     if crew is None:  # another thread's call is using the workers: this one runs every chunk alone
@@ -232,12 +266,11 @@ def _split_jobs(jobs, n_threads):
         except BaseException as error:
             errors.append(error)
     else:
-        job["publish"] = crew.publish
+        publish[0] = crew.publish
         try:
-            errors = crew.run(lambda me: share(me) if me < n_threads else None, stop)
+            errors = crew.run(share, stop)
         finally:
             _workers.release(crew)
-    job.clear()
     if errors:
         raise errors[0]
 
@@ -252,9 +285,9 @@ def _ensure_compiled(dispatcher, full):
 
 def call(dispatcher, *args, items=None, work=None):
     """dispatcher(*args), compiling (or loading from cache) the first time; with `items`, the kernel's last two
-    arguments lo, hi are added: the whole range(items) on the calling thread when `work` is below SERIAL_BELOW
-    (or one thread is allowed), else shared among threads (`_split`)."""
-    full = args if items is None else (*args, 0, items)
+    arguments sched, me are added: the kernel runs over range(items) (`chunk_items`) on the calling thread when
+    `work` is below SERIAL_BELOW (or one thread is allowed), else shared among threads (`_split`)."""
+    full = args if items is None else (*args, schedule(items, 1), 0)
     if not isinstance(dispatcher, numba.core.dispatcher.Dispatcher):  # NUMBA_DISABLE_JIT=1: plain Python
         return dispatcher(*full)
     _ensure_compiled(dispatcher, full)
@@ -271,10 +304,10 @@ def call_all(jobs, work):
     jobs = [(dispatcher, args, items) for dispatcher, args, items in jobs if items > 0]
     for dispatcher, args, items in jobs:
         if isinstance(dispatcher, numba.core.dispatcher.Dispatcher):
-            _ensure_compiled(dispatcher, (*args, 0, items))
+            _ensure_compiled(dispatcher, (*args, schedule(items, 1), 0))
     n_threads = threads() if jobs and work >= SERIAL_BELOW and sum(items for _, _, items in jobs) > 1 else 1
     if n_threads == 1 or not isinstance(jobs[0][0], numba.core.dispatcher.Dispatcher):
         for dispatcher, args, items in jobs:
-            dispatcher(*args, 0, items)
+            dispatcher(*args, schedule(items, 1), 0)
         return
     _split_jobs(jobs, n_threads)

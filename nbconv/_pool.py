@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from ._jit import SLOTS, call, kernel
+from ._jit import SLOTS, call, chunk_items, kernel
 
 SEGMENT = 64  # output pixels along the last spatial axis per task (any value gives the same bits)
 
@@ -41,15 +41,15 @@ def _window(o, stride, pad, k, n):
 
 
 @kernel()
-def _max_pool(x, kernel, stride, pads, out, argmax, lo, hi):
+def _max_pool(x, kernel, stride, pads, out, argmax, sched, me):
     """out[n, i, j, l, c] = max over the in-range x[n, i*s0 - p0 + a, j*s1 - p1 + b, l*s2 - p2 + e, c]
     (a < k0, b < k1, e < k2; the first maximum in (a, b, e) order wins, NaN propagates) and argmax
-    its flat spatial index (d*H + h)*W + w; x, out, argmax C-contiguous (N, D, H, W, C); items lo <= task < hi:
-    the (output row, segment of SEGMENT columns) pairs (see _tasks)."""
+    its flat spatial index (d*H + h)*W + w; x, out, argmax C-contiguous (N, D, H, W, C); items task of
+    chunk_items(sched, me): the (output row, segment of SEGMENT columns) pairs (see _tasks)."""
     _, d_in, h_in, w_in, channels = x.shape
     d_out, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
     segments = (w_out + SEGMENT - 1) // SEGMENT
-    for task in range(lo, hi):
+    for task in chunk_items(sched, me):
         n, i, j, segment = _task(task, segments, d_out, h_out)
         d0, a_lo, a_hi = _window(i, stride[0], pads[0], kernel[0], d_in)
         h0, b_lo, b_hi = _window(j, stride[1], pads[1], kernel[1], h_in)
@@ -78,26 +78,26 @@ def _max_pool(x, kernel, stride, pads, out, argmax, lo, hi):
 
 
 @kernel()
-def _max_pool_grad(gy, argmax, gx, lo, hi):
+def _max_pool_grad(gy, argmax, gx, sched, me):
     """gx[n, argmax[n, p, c], c] += gy[n, p, c] over the output pixels p in order; gy and argmax
-    (N, P, C), gx zero-filled (N, S, C), all C-contiguous; items lo <= n < hi: the images."""
+    (N, P, C), gx zero-filled (N, S, C), all C-contiguous; items n of chunk_items(sched, me): the images."""
     pixels, channels = gy.shape[1], gy.shape[2]
-    for n in range(lo, hi):
+    for n in chunk_items(sched, me):
         for p in range(pixels):
             for c in range(channels):
                 gx[n, argmax[n, p, c], c] += gy[n, p, c]
 
 
 @kernel()
-def _avg_pool(x, kernel, stride, pads, scale, out, lo, hi):
+def _avg_pool(x, kernel, stride, pads, scale, out, sched, me):
     """out[n, i, j, l, c] = scale * the sum of the in-range x[n, i*s0 - p0 + a, j*s1 - p1 + b,
     l*s2 - p2 + e, c] over a < k0, b < k1, e < k2 in that order (float64 accumulation; with
     scale = 1 / (k0*k1*k2) padding counts as zeros); x and out C-contiguous (N, D, H, W, C); items
-    lo <= task < hi as in _max_pool."""
+    task of chunk_items(sched, me) as in _max_pool."""
     _, d_in, h_in, w_in, channels = x.shape
     d_out, h_out, w_out = out.shape[1], out.shape[2], out.shape[3]
     segments = (w_out + SEGMENT - 1) // SEGMENT
-    for task in range(lo, hi):
+    for task in chunk_items(sched, me):
         n, i, j, segment = _task(task, segments, d_out, h_out)
         d0, a_lo, a_hi = _window(i, stride[0], pads[0], kernel[0], d_in)
         h0, b_lo, b_hi = _window(j, stride[1], pads[1], kernel[1], h_in)
@@ -117,13 +117,13 @@ def _avg_pool(x, kernel, stride, pads, scale, out, lo, hi):
 
 
 @kernel()
-def _avg_pool_grad(gy, kernel, stride, pads, scale, gx, lo, hi):
+def _avg_pool_grad(gy, kernel, stride, pads, scale, gx, sched, me):
     """gx[n, i*s0 - p0 + a, j*s1 - p1 + b, l*s2 - p2 + e, c] += gy[n, i, j, l, c] * scale at the
     in-range positions, output pixels in order; gx zero-filled, both C-contiguous (N, D, H, W, C); items
-    lo <= n < hi: the images."""
+    n of chunk_items(sched, me): the images."""
     d_out, h_out, w_out, channels = gy.shape[1], gy.shape[2], gy.shape[3], gy.shape[4]
     d_in, h_in, w_in = gx.shape[1], gx.shape[2], gx.shape[3]
-    for n in range(lo, hi):
+    for n in chunk_items(sched, me):
         for i in range(d_out):
             d0, a_lo, a_hi = _window(i, stride[0], pads[0], kernel[0], d_in)
             for j in range(h_out):
@@ -140,14 +140,14 @@ def _avg_pool_grad(gy, kernel, stride, pads, scale, gx, lo, hi):
 
 
 @kernel()
-def _channel_sums(a, b, center_a, center_b, partial, lo, hi):
+def _channel_sums(a, b, center_a, center_b, partial, sched, me):
     """partial[s, 0, c] = sum_r a[r, c] and partial[s, 1, c] = sum_r (a[r, c] - center_a[c]) *
     (b[r, c] - center_b[c]) over slot s's block of rows; a, b (M, C) C-contiguous, partial (SLOTS, 2, C);
-    items lo <= s < hi: the slots."""
+    items s of chunk_items(sched, me): the slots."""
     rows, channels = a.shape
     slots = partial.shape[0]
     block = (rows + slots - 1) // slots
-    for s in range(lo, hi):
+    for s in chunk_items(sched, me):
         total = partial[s, 0]
         cross = partial[s, 1]
         total[:] = 0.0
@@ -161,11 +161,11 @@ def _channel_sums(a, b, center_a, center_b, partial, lo, hi):
 
 
 @kernel()
-def _channel_affine(a, b, scale_a, scale_b, shift, out, lo, hi):
+def _channel_affine(a, b, scale_a, scale_b, shift, out, sched, me):
     """out[r, c] = scale_a[c] * a[r, c] + scale_b[c] * b[r, c] + shift[c]; a, b, out (M, C) C-contiguous;
-    items lo <= r < hi: the rows."""
+    items r of chunk_items(sched, me): the rows."""
     channels = a.shape[1]
-    for r in range(lo, hi):
+    for r in chunk_items(sched, me):
         ar = a[r]
         br = b[r]
         dst = out[r]

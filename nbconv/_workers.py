@@ -18,41 +18,77 @@ import time
 
 import numba
 import numpy as np
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 SPIN_SECONDS = 3e-4  # a worker polls this long for the next task after each task, then sleeps
 LINGER_SECONDS = 12e-6  # a worker that sees a new task waits this long before it takes the GIL (see below)
 
 
+_python_atomics = threading.Lock()  # the plain bodies' atomicity (NUMBA_DISABLE_JIT=1, Python stand-ins)
+
+
+def atomic_load(flags, i):
+    """flags[i], read from memory on every call (compiled: an acquire load the compiler may not hoist out of a
+    loop)."""
+    return flags[i]
+
+
+def atomic_add(flags, i, value):
+    """flags[i] += value atomically; returns the value before (compiled: one atomic read-modify-write)."""
+    with _python_atomics:
+        before = flags[i]
+        flags[i] = before + value
+    return before
+
+
 @intrinsic
 def _load_acquire(typingctx, flags, i):
-    """flags[i], read from memory on every call (an atomic load the compiler may not hoist out of a loop)."""
-    sig = flags.dtype(flags, i)
-
     def codegen(context, builder, signature, args):
         array = context.make_array(signature.args[0])(context, builder, args[0])
-        return builder.load_atomic(builder.gep(array.data, [args[1]]), "acquire", 8)
+        return builder.load_atomic(builder.gep(array.data, [args[1]]), "acquire", flags.dtype.bitwidth // 8)
 
-    return sig, codegen
+    return flags.dtype(flags, i), codegen
+
+
+@intrinsic
+def _fetch_add(typingctx, flags, i, value):
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        added = context.cast(builder, args[2], signature.args[2], flags.dtype)
+        return builder.atomic_rmw("add", builder.gep(array.data, [args[1]]), added, "seq_cst")
+
+    return flags.dtype(flags, i, value), codegen
+
+
+@overload(atomic_load)
+def _atomic_load_compiled(flags, i):
+    return lambda flags, i: _load_acquire(flags, i)
+
+
+@overload(atomic_add)
+def _atomic_add_compiled(flags, i, value):
+    return lambda flags, i, value: _fetch_add(flags, i, value)
 
 
 def poll_task(flags, seen, polls, linger):
-    """(A kernel: `_jit` compiles it.) flags[0] once it differs from `seen` (after `linger` more polls), or `seen` after `polls` polls."""
+    """flags[0] once it differs from `seen` (after `linger` more polls), or `seen` after `polls` polls (a kernel:
+    `_jit` compiles it)."""
     for _ in range(polls):
-        now = _load_acquire(flags, 0)
+        now = atomic_load(flags, 0)
         if now != seen:
             for _ in range(linger):
-                _load_acquire(flags, 0)
+                atomic_load(flags, 0)
             return now
     return seen
 
 
 def poll_done(flags, generation, polls):
-    """(A kernel: `_jit` compiles it.) Whether flags[1:] all equal `generation` (the workers finished it) within `polls` polls."""
+    """Whether flags[1:] all equal `generation` (the workers finished it) within `polls` polls (a kernel: `_jit`
+    compiles it)."""
     for _ in range(polls):
         done = True
         for me in range(1, flags.shape[0]):
-            if _load_acquire(flags, me) != generation:
+            if atomic_load(flags, me) != generation:
                 done = False
         if done:
             return True

@@ -19,6 +19,7 @@ import pytest
 
 import nbconv
 from nbconv import _cpu, _pool
+from nbconv._jit import chunk_items
 
 try:
     from . import reference as R
@@ -1232,36 +1233,57 @@ def test_split_chunks_cover_the_items_once_largest_first(items, n_threads):
 
 
 def test_split_jobs_run_every_item_of_every_job_once():
-    """Jobs laid end to end and cut into chunks that may span two of them: each job sees exactly its own items."""
+    """Several jobs in one hand-off, each with a schedule of its own: each job sees exactly its own items, once."""
     from nbconv import _jit
     if numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("numba has a single thread here (NUMBA_NUM_THREADS=1)")
     seen = {name: np.zeros(items, dtype=int) for name, items in (("a", 37), ("b", 1), ("c", 250), ("d", 5))}
 
     def job(name):
-        def run(lo, hi):
-            seen[name][lo:hi] += 1
+        def run(sched, me):
+            for lo, hi in _jit.chunks(sched, me):
+                seen[name][lo:hi] += 1
         return run
 
     _jit._split_jobs([(job(name), (), len(counts)) for name, counts in seen.items()], 2)
     assert all((counts == 1).all() for counts in seen.values()), seen
 
 
+@numba.njit(nogil=True)
+def _count_items(counts, sched, me):
+    for item in chunk_items(sched, me):
+        counts[item] += 1
+
+
+def test_threads_claim_every_chunk_once_in_compiled_code():
+    """Two threads claiming chunks of one schedule at the same time, without the GIL (atomic counters): every item
+    counted exactly once, over many calls with many small chunks."""
+    from nbconv import _jit
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has a single thread here (NUMBA_NUM_THREADS=1)")
+    for items in [1, 2, 3, 64, 1000] * 40:
+        counts = np.zeros(items, dtype=np.int64)
+        _jit._split(_count_items, (counts,), items, 2)
+        assert (counts == 1).all(), (items, np.flatnonzero(counts != 1)[:10])
+
+
 def _chunk_recorder(fail_when):
-    """A stand-in kernel for _jit._split: records [lo, hi, thread name, state] of each chunk (state: False while it
-    runs, then True, or "raised"); sleeps 20 ms per chunk so that the workers take some; raises RuntimeError in the
-    chunks where fail_when(lo, thread name) holds."""
+    """A stand-in kernel for _jit._split: records [lo, hi, thread name, state] of each chunk it claims from the
+    schedule (state: False while it runs, then True, or "raised"); sleeps 20 ms per chunk so that the workers take
+    some; raises RuntimeError in the chunks where fail_when(lo, thread name) holds."""
     import time
+    from nbconv import _jit
     log = []
 
-    def chunk(lo, hi):
-        entry = [lo, hi, threading.current_thread().name, False]
-        log.append(entry)
-        time.sleep(0.02)
-        if fail_when(lo, entry[2]):
-            entry[3] = "raised"
-            raise RuntimeError(f"chunk {lo}")
-        entry[3] = True
+    def chunk(sched, me):
+        for lo, hi in _jit.chunks(sched, me):
+            entry = [lo, hi, threading.current_thread().name, False]
+            log.append(entry)
+            time.sleep(0.02)
+            if fail_when(lo, entry[2]):
+                entry[3] = "raised"
+                raise RuntimeError(f"chunk {lo}")
+            entry[3] = True
 
     return chunk, log
 
