@@ -18,6 +18,7 @@ import time
 
 import numba
 import numpy as np
+from numba import types
 from numba.extending import intrinsic, overload
 
 SPIN_SECONDS = 3e-4  # a worker polls this long for the next task after each task, then sleeps
@@ -43,6 +44,9 @@ def atomic_add(flags, i, value):
 
 @intrinsic
 def _load_acquire(typingctx, flags, i):
+    if not (isinstance(flags, types.Array) and isinstance(flags.dtype, types.Integer)):
+        return None  # a typing error naming the arguments
+
     def codegen(context, builder, signature, args):
         array = context.make_array(signature.args[0])(context, builder, args[0])
         return builder.load_atomic(builder.gep(array.data, [args[1]]), "acquire", flags.dtype.bitwidth // 8)
@@ -52,6 +56,9 @@ def _load_acquire(typingctx, flags, i):
 
 @intrinsic
 def _fetch_add(typingctx, flags, i, value):
+    if not (isinstance(flags, types.Array) and isinstance(flags.dtype, types.Integer)):
+        return None
+
     def codegen(context, builder, signature, args):
         array = context.make_array(signature.args[0])(context, builder, args[0])
         added = context.cast(builder, args[2], signature.args[2], flags.dtype)
