@@ -176,42 +176,43 @@ def _scatter_conv(gy, reduce_offsets, wpk, offsets, dst, dst_pix, cg_src, cg_dst
 
 @kernel()
 def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, sched, me):
-    """partial[t, g, nb, r, b] = sum over pixels s of chunks t, t+T, ... (chunk pixels each) of
+    """partial[t, g, nb, r, b] = sum over pixels s of chunks t, t+T, ... (chunk pixels each, in that order) of
     flat[rows[min(r, R-1)] + g*cg_src + pix[s]] * gy[s, g*cg_dst + nb*B + b] (left zero for nb*B + b >= cg_dst);
-    gy (S, C_out) C-contiguous, partial zeroed with rows padded to P; items t of chunk_items(sched, me): the slots."""
+    gy (S, C_out) C-contiguous, partial zeroed with rows padded to P; items i of chunk_items(sched, me): the
+    (slot t, group g, block nb) = (i // (G*NB), i // NB % G, i % NB), each summed by one thread."""
     n_slots, groups, n_blocks = partial.shape[0], partial.shape[1], partial.shape[2]
     n_rows = rows.shape[0]
     n_pix = pix.shape[0]
     n_chunks = (n_pix + chunk - 1) // chunk
     last = n_rows - 1
-    for t in chunk_items(sched, me):
-        tile = np.empty((P, B), dtype=partial.dtype)
-        bases = np.empty(P, dtype=np.uint64)
-        gy_chunk = np.zeros((chunk, B), dtype=partial.dtype)  # B lanes of grad_out, packed per chunk
+    tile = np.empty((P, B), dtype=partial.dtype)
+    bases = np.empty(P, dtype=np.uint64)
+    gy_chunk = np.zeros((chunk, B), dtype=partial.dtype)  # B lanes of grad_out, packed per chunk
+    for item in chunk_items(sched, me):
+        t, g_nb = divmod(item, groups * n_blocks)
+        g, nb = divmod(g_nb, n_blocks)
+        c0 = g * cg_dst + nb * B
+        n_valid = min(B, cg_dst - nb * B)
+        acc = partial[t, g, nb]
         for ck in range(t, n_chunks, n_slots):
             s0 = ck * chunk
             s1 = min(s0 + chunk, n_pix)
             pix_chunk = pix[s0:s1]
-            for g in range(groups):
-                for nb in range(n_blocks):  # this block of grad_out stays in L1 across the rows of w
-                    c0 = g * cg_dst + nb * B
-                    n_valid = min(B, cg_dst - nb * B)
-                    for s in range(s1 - s0):
-                        gy_row = gy[s0 + s]
-                        lanes = gy_chunk[s]
-                        for b in range(n_valid):
-                            lanes[b] = gy_row[c0 + b]
-                        for b in range(n_valid, B):
-                            lanes[b] = 0
-                    acc = partial[t, g, nb]
-                    for r0 in range(0, n_rows, P):
-                        for p in range(P):
-                            bases[p] = rows[min(r0 + p, last)] + np.uint64(g * cg_src)
-                        micro_tile(flat, bases, pix_chunk, gy_chunk[:s1 - s0], tile, n_valid)
-                        for p in range(P):
-                            acc_row = acc[r0 + p]
-                            for b in range(n_valid):
-                                acc_row[b] += tile[p, b]
+            for s in range(s1 - s0):  # this block of grad_out stays in L1 across the rows of w
+                gy_row = gy[s0 + s]
+                lanes = gy_chunk[s]
+                for b in range(n_valid):
+                    lanes[b] = gy_row[c0 + b]
+                for b in range(n_valid, B):
+                    lanes[b] = 0
+            for r0 in range(0, n_rows, P):
+                for p in range(P):
+                    bases[p] = rows[min(r0 + p, last)] + np.uint64(g * cg_src)
+                micro_tile(flat, bases, pix_chunk, gy_chunk[:s1 - s0], tile, n_valid)
+                for p in range(P):
+                    acc_row = acc[r0 + p]
+                    for b in range(n_valid):
+                        acc_row[b] += tile[p, b]
 
 
 @kernel()
@@ -786,8 +787,8 @@ def grad_weight(gy, x, w_shape, params):
                 _strides(xp.shape)[:-1])
     n_rows, n_blocks = rows.shape[0], -(-cg_out // B)
     block = groups * n_blocks * -(-n_rows // P) * P * B  # one slot of partial sums
-    # At least as many equal chunks as slots, so that the slots (and the threads) share the work evenly;
-    # fewer slots when the workspace (padded copy of x and partial sums) would outgrow twice the largest
+    # At least as many equal chunks as slots, so that the slots share the work evenly (the threads share the
+    # (slot, group, block of B output channels) items); fewer slots when the workspace (padded copy of x and partial sums) would outgrow twice the largest
     # operand (a large weight on a small image): the slot count depends on the shapes only, so results
     # stay the same for any number of threads.
     budget = 2 * max(x.size, gy.size, math.prod(w_shape)) - (xp.size if xp is not x else 0)
@@ -795,7 +796,7 @@ def grad_weight(gy, x, w_shape, params):
     n_slots = max(1, min(SLOTS, -(-pix.shape[0] // chunk), budget // block))
     partial = np.zeros((n_slots, groups, n_blocks, -(-n_rows // P) * P, B), dtype=gy.dtype)
     call(_weight_grad, xp.reshape(-1), rows, pix, _c(gy).reshape(-1, c_out), partial, cg_in, cg_out, chunk,
-         items=n_slots, work=gy.size * n_rows)
+         items=n_slots * groups * n_blocks, work=gy.size * n_rows)
     total = partial[0]
     for t in range(1, n_slots):  # the slots in a fixed order, in place (no second copy of the sums)
         total += partial[t]
