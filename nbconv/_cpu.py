@@ -360,14 +360,18 @@ def _aligned_empty(shape, dtype, align=64):
 
 
 def _pack(mat):
-    """(G, R, Cg) -> (G, ceil(Cg / B), R, B), zero-filled past Cg: B-wide column blocks, rows contiguous,
-    cache-line aligned."""
-    groups, n_rows, cg = mat.shape
+    """(G, *R, Cg) -> (G, ceil(Cg / B), prod(R), B), zero-filled past Cg: B-wide column blocks, rows (the R axes
+    flattened) contiguous, cache-line aligned. mat may be any view: one copy, which reads Cg in runs of B (a
+    transposed weight is not first copied whole)."""
+    groups, rows_shape, cg = mat.shape[0], mat.shape[1:-1], mat.shape[-1]
     full, rest = divmod(cg, B)
-    out = _aligned_empty((groups, full + (rest > 0), n_rows, B), mat.dtype)
-    out[:, :full] = mat[:, :, :full * B].reshape(groups, n_rows, full, B).transpose(0, 2, 1, 3)
+    out = _aligned_empty((groups, full + (rest > 0), math.prod(rows_shape), B), mat.dtype)
+    blocks = out[:, :full].reshape(groups, full, *rows_shape, B)
+    nr = len(rows_shape)
+    blocks[...] = mat[..., :full * B].reshape(groups, *rows_shape, full, B).transpose(0, nr + 1, *range(1, nr + 1),
+                                                                                      nr + 2)
     if rest:
-        out[:, full, :, :rest] = mat[:, :, full * B:]
+        out[:, full, :, :rest] = mat[..., full * B:].reshape(groups, -1, rest)
         out[:, full, :, rest:] = 0
     return out
 
@@ -744,7 +748,7 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
         if lane_groups:  # (taps, o, g*cg_in + i) = wsel[taps, i, g, o]
             wpk = _pack(_rotated(wsel.transpose(*range(nd), nd + 2, nd + 1, nd).reshape(-1, cg_out, c_out), cg_out))
         else:
-            wpk = _pack(wsel.transpose(nd + 1, *range(nd), nd + 2, nd).reshape(groups, -1, cg_in))
+            wpk = _pack(wsel.transpose(nd + 1, *range(nd), nd + 2, nd))  # (G, *taps, cg_out, cg_in)
         src_rows = _grid([(0, 1, n)] + [(j0, 1, c) for j0, c in zip(j_lo[:-1], counts[:-1])],
                          src_strides[:-2]) + np.uint64(j_lo[-1] * c_out)
         dst_rows = _grid([(0, 1, n)] + [(q + s * j0 - a, s, c) for q, s, j0, c, a in
