@@ -91,7 +91,7 @@ def kernel(inline="never"):
     return decorate
 
 
-POLLS = kernel()(_workers.poll_task), kernel()(_workers.poll_done)  # the worker team's polling, compiled
+POLLS = tuple(kernel()(f) for f in (_workers.poll_task, _workers.poll_done, _workers.post))  # the team's, compiled
 
 
 def cache_dirs():
@@ -236,8 +236,8 @@ def _split_jobs(jobs, n_threads):
     n_threads - 1 workers of nbconv's team (`_workers`), each job's items in a schedule of its own from which every
     thread's kernel claims chunks (`chunk_items`) until none is left, then goes on to the next job: one hand-off
     for them all, and no return to Python between chunks. It returns (or raises) only once no kernel runs any more:
-    an exception in one stops the schedules (no chunk is claimed after it) and is raised (the calling thread's
-    first); a KeyboardInterrupt is raised once the kernels have returned. While another thread's call uses the
+    an exception in one stops the schedules (a thread claims at most the chunk it was taking) and is raised (the
+    calling thread's first); a KeyboardInterrupt is raised once the kernels have returned. While another thread's call uses the
     team, the calling thread does every chunk."""
     scheds = [schedule(items, n_threads) for _, _, items in jobs]
     publish = [lambda: None]
@@ -247,8 +247,6 @@ def _split_jobs(jobs, n_threads):
             sched[_STOP] = 1
 
     def share(me):
-        if me >= n_threads:
-            return
         try:
             for (dispatcher, args, _), sched in zip(jobs, scheds):
                 if me == 0:
@@ -258,21 +256,31 @@ def _split_jobs(jobs, n_threads):
             stop()
             raise
 
-    crew = _workers.team(*POLLS)
-    if crew is None:  # another thread's call is using the workers: this one runs every chunk alone
-        errors = []
-        try:
-            share(0)
-        except BaseException as error:
-            errors.append(error)
-    else:
-        publish[0] = crew.publish
-        try:
-            errors = crew.run(share, stop)
-        finally:
+    crew = None
+    try:
+        crew = _workers.team(_compiled_polls())
+        if crew is None:  # another thread's call is using the workers: this one runs every chunk alone
+            errors = []
+            try:
+                share(0)
+            except BaseException as error:
+                errors.append(error)
+        else:
+            publish[0] = crew.publish
+            errors = crew.run(share, stop, n_threads)
+    finally:
+        if crew is not None:
             _workers.release(crew)
     if errors:
         raise errors[0]
+
+
+def _compiled_polls():
+    """POLLS, compiled (or loaded from the cache, which is discarded if it fails to load) through `_compile`."""
+    start = np.zeros(2, dtype=np.int64)
+    for dispatcher, args in zip(POLLS, ((start, 0, 0, 1, 0), (start, 0, 1, 1), (start, 0, 0))):
+        _ensure_compiled(dispatcher, args)
+    return POLLS
 
 
 def _ensure_compiled(dispatcher, full):

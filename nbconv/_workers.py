@@ -9,6 +9,8 @@ LINGER_SECONDS more before it takes the GIL, so that it finds the GIL free (the 
 before its own first kernel, which releases the GIL) instead of sleeping until then: measured from the caller's
 first kernel to the worker's, 11-13 us at the median with a 12 us linger, 37-39 us with 4 us (a sleep on the GIL).
 
+A call on n threads starts workers 1..n-1 only; each posts its completion with an atomic store, ordered after its
+results. A KeyboardInterrupt in the caller stops the task's schedules and is raised once the workers are done.
 One call at a time uses the team (`Team.run`); another thread calling meanwhile gets None from `team()` and does
 its work alone. Workers are daemon threads; a forked child makes its own team.
 """
@@ -29,13 +31,14 @@ _python_atomics = threading.Lock()  # the plain bodies' atomicity (NUMBA_DISABLE
 
 
 def atomic_load(flags, i):
-    """flags[i], read from memory on every call (compiled: an acquire load the compiler may not hoist out of a
-    loop)."""
+    """flags[i] (flags a contiguous integer array, 0 <= i < len(flags)), read from memory on every call (compiled: an
+    acquire load the compiler may not hoist out of a loop)."""
     return flags[i]
 
 
 def atomic_add(flags, i, value):
-    """flags[i] += value atomically; returns the value before (compiled: one atomic read-modify-write)."""
+    """flags[i] += value atomically (flags and i as for atomic_load); returns the value before (compiled: one
+    sequentially consistent read-modify-write)."""
     with _python_atomics:
         before = flags[i]
         flags[i] = before + value
@@ -77,105 +80,121 @@ def _atomic_add_compiled(flags, i, value):
     return lambda flags, i, value: _fetch_add(flags, i, value)
 
 
-def poll_task(flags, seen, polls, linger):
-    """flags[0] once it differs from `seen` (after `linger` more polls), or `seen` after `polls` polls (a kernel:
+def poll_task(start, me, seen, polls, linger):
+    """start[me] once it differs from `seen` (after `linger` more polls), or `seen` after `polls` polls (a kernel:
     `_jit` compiles it)."""
     for _ in range(polls):
-        now = atomic_load(flags, 0)
+        now = atomic_load(start, me)
         if now != seen:
             for _ in range(linger):
-                atomic_load(flags, 0)
+                atomic_load(start, me)
             return now
     return seen
 
 
-def poll_done(flags, generation, polls):
-    """Whether flags[1:] all equal `generation` (the workers finished it) within `polls` polls (a kernel: `_jit`
+def poll_done(done, generation, n, polls):
+    """Whether done[1:n] all equal `generation` (those workers finished it) within `polls` polls (a kernel: `_jit`
     compiles it)."""
     for _ in range(polls):
-        done = True
-        for me in range(1, flags.shape[0]):
-            if atomic_load(flags, me) != generation:
-                done = False
-        if done:
+        finished = True
+        for me in range(1, n):
+            if atomic_load(done, me) != generation:
+                finished = False
+        if finished:
             return True
     return False
 
 
-class Team:
-    """`size` worker threads; `run(task)` calls task(me) on the caller (me = 0) and on each worker (me = 1..size).
-    poll_task and poll_done: the compiled `poll_task` and `poll_done`."""
+def post(flags, i, value):
+    """flags[i] = value, an atomic store ordered after every earlier write of the thread (a kernel: `_jit` compiles
+    it): a worker's results are visible to the caller once it sees the store."""
+    atomic_add(flags, i, value - atomic_load(flags, i))
 
-    def __init__(self, size, poll_task, poll_done):
-        self.poll_task, self.poll_done = poll_task, poll_done
-        self.flags = np.zeros(size + 1, dtype=np.int64)  # [0]: task generation published; [me]: worker me's last done
+
+class Team:
+    """Up to `size` worker threads; `run(task, stop, n)` calls task(me) on the caller (me = 0) and on workers
+    1..n-1. polls: the compiled `poll_task`, `poll_done` and `post`."""
+
+    def __init__(self, size, polls):
+        self.poll_task, self.poll_done, self.post = polls
+        self.start = np.zeros(size + 1, dtype=np.int64)  # [me]: the last generation worker me is to run
+        self.done = np.zeros(size + 1, dtype=np.int64)   # [me]: the last generation worker me has finished
         self.ready = threading.Condition()
         self.busy = threading.Lock()  # held by the call using the team
         self.task = None
         self.errors = []
-        self.polls, self.linger = _calibrate(poll_task, self.flags)
+        self.generation = 0
+        self.started = 0  # worker threads running (fewer than size where starting one failed)
+        self.polls, self.linger = _calibrate(self.poll_task, self.start)
         for me in range(1, size + 1):
-            threading.Thread(target=self._serve, args=(me,), name=f"nbconv-worker-{me}", daemon=True).start()
+            try:
+                threading.Thread(target=self._serve, args=(me,), name=f"nbconv-worker-{me}", daemon=True).start()
+            except RuntimeError:  # "can't start new thread": a smaller team
+                break
+            self.started = me
 
     def _serve(self, me):
         seen = 0
         while True:
-            generation = self.poll_task(self.flags, seen, self.polls, self.linger)
+            generation = self.poll_task(self.start, me, seen, self.polls, self.linger)
             if generation == seen:
                 with self.ready:
-                    while self.flags[0] == seen:
-                        self.ready.wait()
-                    generation = int(self.flags[0])
+                    while self.start[me] == seen:
+                        self.ready.wait(1.0)  # woken by notify; the timeout only guards against a lost one
+                    generation = int(self.start[me])
             seen = generation
             try:
                 self.task(me)
             except BaseException as error:  # raised by the caller once the task is done
                 self.errors.append(error)
             finally:
-                self.flags[me] = generation
+                self.post(self.done, me, generation)
                 with self.ready:
                     self.ready.notify_all()
 
-    def run(self, task, stop):
-        """task(me) on every thread of the team; returns once none runs it, with the exceptions they raised (the
-        caller's first) and a KeyboardInterrupt received while waiting; stop() is called when there is one. The
-        workers start when the caller calls `publish()` (right before its first kernel releases the GIL) or
-        returns from task(0)."""
+    def run(self, task, stop, n):
+        """task(me) on the caller and workers 1..n-1 (at most the workers running); returns once none runs it, with
+        the exceptions raised: the caller's, a KeyboardInterrupt received while waiting, then the workers'; stop()
+        is called when there is one. The workers start when the caller calls `publish()` (right before its first
+        kernel releases the GIL) or returns from task(0)."""
         self.task = task
         self.errors = []
-        self.generation = int(self.flags[0]) + 1
+        self.generation += 1
+        self.helpers = min(n, self.started + 1)
         caught = interrupted = None
         try:
             task(0)
         except BaseException as error:
-            stop()
             caught = error
-        self.publish()
-        while not self.poll_done(self.flags, self.generation, self.polls):
+            stop()
+        while True:
             try:
+                if caught is not None or interrupted is not None:
+                    stop()  # again, in case an interrupt cut the last call short
+                self.publish()
+                if self.poll_done(self.done, self.generation, self.helpers, self.polls):
+                    break
                 with self.ready:
-                    if not (self.flags[1:] == self.generation).all():
+                    self.ready.notify_all()  # a worker asleep before publish() was cut short wakes now
+                    if not (self.done[1:self.helpers] == self.generation).all():
                         self.ready.wait(0.05)
             except KeyboardInterrupt as error:
-                stop()
-                interrupted = error
+                interrupted = interrupted or error
         self.task = None
-        return [e for e in (caught, *self.errors, interrupted) if e is not None]
+        return [e for e in (caught, interrupted, *self.errors) if e is not None]
 
     def publish(self):
         """Start the workers on the task of `run` (once)."""
-        if self.flags[0] != self.generation:
+        if self.start[self.helpers - 1] != self.generation:
             with self.ready:
-                self.flags[0] = self.generation
+                self.start[1:self.helpers] = self.generation
                 self.ready.notify_all()
 
 
-def _calibrate(poll_task, flags):
+def _calibrate(poll_task, start):
     """(polls in SPIN_SECONDS, polls in LINGER_SECONDS) of poll_task on this machine (fastest of a few tries)."""
-    seen = int(flags[0])
     n = 20000
-    poll_task(flags, seen, 1, 0)  # compiled or loaded from the cache
-    best = min(_timed(lambda: poll_task(flags, seen, n, 0)) for _ in range(5))
+    best = min(_timed(lambda: poll_task(start, 0, start[0], n, 0)) for _ in range(5))
     per_second = n / max(best, 1e-9)
     return max(1, int(SPIN_SECONDS * per_second)), max(1, int(LINGER_SECONDS * per_second))
 
@@ -190,13 +209,13 @@ _team = None
 _team_lock = threading.Lock()
 
 
-def team(poll_task, poll_done):
+def team(polls):
     """The team (made at the first call, NUMBA_NUM_THREADS - 1 workers), or None while another call uses it. The
-    caller releases it with `release()`."""
+    caller releases it with `release()`. polls: as for Team."""
     global _team
     with _team_lock:
         if _team is None:
-            _team = Team(max(1, numba.config.NUMBA_NUM_THREADS - 1), poll_task, poll_done)
+            _team = Team(max(1, numba.config.NUMBA_NUM_THREADS - 1), polls)
     return _team if _team.busy.acquire(blocking=False) else None
 
 
@@ -205,10 +224,11 @@ def release(held):
 
 
 def _reinit_after_fork():
-    """In a forked child: no team (the parent's threads do not exist in the child) and a fresh lock."""
-    global _team, _team_lock
+    """In a forked child: no team (the parent's threads do not exist in the child) and fresh locks."""
+    global _team, _team_lock, _python_atomics
     _team = None
     _team_lock = threading.Lock()
+    _python_atomics = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_reinit_after_fork)

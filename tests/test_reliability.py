@@ -1205,7 +1205,7 @@ def test_a_call_keeps_no_array_alive_after_it_returns(rng, team_busy):
     x = randn(rng, (4, 32, 32, 16), np.float32)
     w = randn(rng, (3, 3, 16, 32), np.float32)
     nbconv.conv2d(x, w, padding=1)  # compiled, and the team made
-    held = _workers.team(*_jit.POLLS) if team_busy else None
+    held = _workers.team(_jit._compiled_polls()) if team_busy else None
     assert held is not None or not team_busy
     try:
         y = nbconv.conv2d(x, w, padding=1)
@@ -1329,7 +1329,7 @@ def test_each_thread_takes_its_own_chunk_first():
 
 
 def test_idle_workers_stop_polling():
-    """Workers poll for the next task for about a millisecond after each one, then sleep: a process that stopped
+    """Workers poll for the next task for SPIN_SECONDS (0.3 ms) after each one, then sleep: a process that stopped
     calling nbconv uses no CPU for it (measured: the process's CPU time over 0.3 s of idle), and the next call
     wakes them."""
     import time
@@ -1345,6 +1345,84 @@ def test_idle_workers_stop_polling():
     chunk, log = _chunk_recorder(lambda lo, name: False)
     _jit._split(chunk, (), 64, 2)
     assert any(entry[2].startswith("nbconv") for entry in log), log
+
+
+_INTERRUPTED = """
+    import sys, threading, time
+    import numpy as np
+    from nbconv import _jit, _workers
+    log = []
+    def task(sched, me):  # a stand-in kernel: the worker's takes 0.2 s, then raises
+        for lo, hi in _jit.chunks(sched, me):
+            pass
+        if me:
+            time.sleep(0.2)
+            log.append("worker done")
+            raise RuntimeError("the worker's error")
+    def quiet(sched, me):
+        for lo, hi in _jit.chunks(sched, me):
+            pass
+    _jit._split(quiet, (), 8, 2)
+    team = _workers._team
+    time.sleep(0.05)  # the worker has stopped polling: asleep
+    {inject}
+    try:
+        _jit._split(task, (), 8, 2)
+        print("NO INTERRUPT")
+    except KeyboardInterrupt:
+        print("INTERRUPTED", log)
+    _jit._split(quiet, (), 8, 2)  # the worker's error is not raised by a later call
+    print("NEXT OK")
+"""
+
+
+@pytest.mark.parametrize("where", ["waiting", "publishing"])
+def test_ctrl_c_in_a_split_call_returns_after_the_workers(where):
+    """A KeyboardInterrupt while the caller waits for a worker, or between its publishing the task and waking a
+    sleeping worker: the call raises it only once the worker has finished (it wrote nothing after the call
+    returned), never hangs, and leaves nothing (the worker's error) for the next call."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has a single thread here (NUMBA_NUM_THREADS=1)")
+    inject = {
+        "waiting": "real = team.poll_done\n"
+                   "    def once(*a):\n"
+                   "        team.poll_done = real\n"
+                   "        real(*a)\n"
+                   "        raise KeyboardInterrupt\n"
+                   "    team.poll_done = once",
+        "publishing": "def once():\n"
+                      "        del team.ready.notify_all\n"
+                      "        raise KeyboardInterrupt\n"
+                      "    team.ready.notify_all = once",
+    }[where]
+    env = dict(os.environ, NUMBA_NUM_THREADS="2", PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__))))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(_INTERRUPTED.replace("{inject}", inject))],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "INTERRUPTED ['worker done']" in proc.stdout and "NEXT OK" in proc.stdout, (proc.stdout, proc.stderr)
+
+
+def test_fewer_threads_than_workers_start_only_those_workers():
+    """numba.set_num_threads(2) in a process of NUMBA_NUM_THREADS=4: a split call starts one worker, not three (the
+    others neither wake nor spin)."""
+    code = """
+    import numba, numpy as np
+    from nbconv import _jit, _workers
+    numba.set_num_threads(2)
+    def quiet(sched, me):
+        for lo, hi in _jit.chunks(sched, me):
+            pass
+    for _ in range(20):
+        _jit._split(quiet, (), 64, numba.get_num_threads())
+    print("DONE", _workers._team.done.tolist())
+    """
+    env = dict(os.environ, NUMBA_NUM_THREADS="4", PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__))))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "DONE [0, 20, 0, 0]" in proc.stdout, proc.stdout
 
 
 def test_workers_keep_helping_after_a_chunk_raised():
@@ -1364,8 +1442,8 @@ def test_workers_keep_helping_after_a_chunk_raised():
 
 
 def test_split_runs_everything_on_the_caller_during_interpreter_shutdown():
-    """A non-daemon thread that calls nbconv after the main thread has finished (the worker pool refuses new work
-    then): the call computes on its own thread."""
+    """A non-daemon thread that calls nbconv after the main thread has finished (the interpreter is shutting down;
+    nbconv's daemon workers still serve): the call completes with the right result."""
     code = """
     import threading, time
     import numpy as np, nbconv
