@@ -175,10 +175,12 @@ def _scatter_conv(gy, reduce_offsets, wpk, offsets, dst, dst_pix, cg_src, cg_dst
 
 
 @kernel()
-def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, sched, me):
+def _weight_grad(flat, rows, pix, gy, partial, bias_partial, cg_src, cg_dst, chunk, sched, me):
     """partial[t, g, nb, r, b] = sum over pixels s of chunks t, t+T, ... (chunk pixels each, in that order) of
-    flat[rows[min(r, R-1)] + g*cg_src + pix[s]] * gy[s, g*cg_dst + nb*B + b] (left zero for nb*B + b >= cg_dst);
-    gy (S, C_out) C-contiguous, partial zeroed with rows padded to P; items i of chunk_items(sched, me): the
+    flat[rows[min(r, R-1)] + g*cg_src + pix[s]] * gy[s, g*cg_dst + nb*B + b] (left zero for nb*B + b >= cg_dst),
+    and, unless bias_partial is empty, bias_partial[t, g, nb, b] = the sum of those gy[s, g*cg_dst + nb*B + b]
+    (the bias gradient's share, from the values packed for the tile anyway); gy (S, C_out) C-contiguous, partial
+    and bias_partial (T, G, NB, B) zeroed, partial's rows padded to P; items i of chunk_items(sched, me): the
     (slot t, group g, block nb) = (i // (G*NB), i // NB % G, i % NB), each summed by one thread."""
     n_slots, groups, n_blocks = partial.shape[0], partial.shape[1], partial.shape[2]
     n_rows = rows.shape[0]
@@ -188,12 +190,14 @@ def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, sched, me)
     tile = np.empty((P, B), dtype=partial.dtype)
     bases = np.empty(P, dtype=np.uint64)
     gy_chunk = np.zeros((chunk, B), dtype=partial.dtype)  # B lanes of grad_out, packed per chunk
+    lane_sums = np.zeros(B, dtype=bias_partial.dtype)  # stands in for bias_partial when that is empty
     for item in chunk_items(sched, me):
         t, g_nb = divmod(item, groups * n_blocks)
         g, nb = divmod(g_nb, n_blocks)
         c0 = g * cg_dst + nb * B
         n_valid = min(B, cg_dst - nb * B)
         acc = partial[t, g, nb]
+        sums = bias_partial[t, g, nb] if bias_partial.shape[0] else lane_sums
         for ck in range(t, n_chunks, n_slots):
             s0 = ck * chunk
             s1 = min(s0 + chunk, n_pix)
@@ -205,6 +209,9 @@ def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, sched, me)
                     lanes[b] = gy_row[c0 + b]
                 for b in range(n_valid, B):
                     lanes[b] = 0
+                if bias_partial.shape[0]:
+                    for b in range(n_valid):
+                        sums[b] += gy_row[c0 + b]
             for r0 in range(0, n_rows, P):
                 for p in range(P):
                     bases[p] = rows[min(r0 + p, last)] + np.uint64(g * cg_src)
@@ -776,12 +783,31 @@ def grad_input(gy, w, x_shape, params):
 
 def grad_weight(gy, x, w_shape, params):
     """dL/dw of y = conv(x, w) given gy = dL/dy (fixed-order reduction: bitwise reproducible)."""
+    return _grad_weight(gy, x, w_shape, params, False)
+
+
+def grad_weight_and_bias(gy, x, w_shape, params):
+    """(dL/dw, dL/dbias): the dense weight gradient sums the bias gradient from the values of gy it reads anyway (no
+    second pass over gy; float64 sums in a fixed order, as grad_bias, but not in the same order: the last bit may
+    differ from grad_bias's); other layouts compute the two apart."""
+    return _grad_weight(gy, x, w_shape, params, True)
+
+
+def _grad_weight(gy, x, w_shape, params, with_bias):
+    """grad_weight, or with_bias (grad_weight, its bias gradient)."""
     if gy.size == 0:
-        return np.zeros(w_shape, dtype=gy.dtype)
-    if _is_depthwise(w_shape, params.groups):
-        return _depthwise_grad_weight(gy, x, w_shape, params)
-    if _is_few_per_group(w_shape, params.groups):
-        return _few_per_group_grad_weight(gy, x, w_shape, params)
+        gw = np.zeros(w_shape, dtype=gy.dtype)
+    elif _is_depthwise(w_shape, params.groups):
+        gw = _depthwise_grad_weight(gy, x, w_shape, params)
+    elif _is_few_per_group(w_shape, params.groups):
+        gw = _few_per_group_grad_weight(gy, x, w_shape, params)
+    else:
+        return _dense_grad_weight(gy, x, w_shape, params, with_bias)
+    return (gw, grad_bias(gy)) if with_bias else gw
+
+
+def _dense_grad_weight(gy, x, w_shape, params, with_bias):
+    """_grad_weight through _weight_grad (the bias gradient summed there too with_bias)."""
     kernel, cg_in, c_out = w_shape[:-2], w_shape[-2], w_shape[-1]
     groups = params.groups
     cg_out = c_out // groups
@@ -792,21 +818,28 @@ def grad_weight(gy, x, w_shape, params):
     n_rows, n_blocks = rows.shape[0], -(-cg_out // B)
     block = groups * n_blocks * -(-n_rows // P) * P * B  # one slot of partial sums
     # At least as many equal chunks as slots, so that the slots share the work evenly (the threads share the
-    # (slot, group, block of B output channels) items); fewer slots when the workspace (padded copy of x and partial sums) would outgrow twice the largest
-    # operand (a large weight on a small image): the slot count depends on the shapes only, so results
-    # stay the same for any number of threads.
+    # (slot, group, block of B output channels) items); fewer slots when the workspace (padded copy of x and
+    # partial sums) would outgrow twice the largest operand (a large weight on a small image): the slot count
+    # depends on the shapes only, so results stay the same for any number of threads.
     budget = 2 * max(x.size, gy.size, math.prod(w_shape)) - (xp.size if xp is not x else 0)
     chunk = min(_WEIGHT_GRAD_CHUNK, -(-pix.shape[0] // SLOTS))
     n_slots = max(1, min(SLOTS, -(-pix.shape[0] // chunk), budget // block))
     partial = np.zeros((n_slots, groups, n_blocks, -(-n_rows // P) * P, B), dtype=gy.dtype)
-    call(_weight_grad, xp.reshape(-1), rows, pix, _c(gy).reshape(-1, c_out), partial, cg_in, cg_out, chunk,
-         items=n_slots * groups * n_blocks, work=gy.size * n_rows)
+    bias_partial = np.zeros((n_slots, groups, n_blocks, B) if with_bias else (0, 0, 0, 0))
+    call(_weight_grad, xp.reshape(-1), rows, pix, _c(gy).reshape(-1, c_out), partial, bias_partial, cg_in, cg_out,
+         chunk, items=n_slots * groups * n_blocks, work=gy.size * n_rows)
     total = partial[0]
     for t in range(1, n_slots):  # the slots in a fixed order, in place (no second copy of the sums)
         total += partial[t]
     total = total[:, :, :n_rows]                                # (G, NB, R, B)
     total = total.transpose(0, 2, 1, 3).reshape(groups, n_rows, -1)[:, :, :cg_out]
-    return np.ascontiguousarray(total.transpose(1, 0, 2)).reshape(w_shape)
+    gw = np.ascontiguousarray(total.transpose(1, 0, 2)).reshape(w_shape)
+    if not with_bias:
+        return gw
+    bias_total = bias_partial[0]
+    for t in range(1, n_slots):  # the slots in a fixed order
+        bias_total += bias_partial[t]
+    return gw, bias_total.reshape(groups, -1)[:, :cg_out].reshape(-1).astype(gy.dtype)
 
 
 def grad_bias(gy):

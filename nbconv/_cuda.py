@@ -391,6 +391,11 @@ def grad_bias(gy):
         return _reduce(call, partial, c_out, dtype)
 
 
+def grad_weight_and_bias(gy, x, w_shape, params):
+    """(grad_weight, grad_bias): two passes over gy on the GPU."""
+    return grad_weight(gy, x, w_shape, params), grad_bias(gy)
+
+
 def transpose(x, w, bias, params, output_padding, out):
     """out = conv_transpose(x, w) + bias: the input gradient of a convolution whose output is x,
     cropped by the pads (output_padding only enlarges out, whose shape conv.py has already set)."""

@@ -1197,3 +1197,28 @@ def test_column_lanes_forward(rng, case, c_out, dtype):
     assert_close(y, ty, magnitude, dtype, "forward vs torch")
     no_bias, _ = reference_forward(x, w, None, kw)
     assert_close(fn("conv", nd)(x, w, None, **kw), no_bias, magnitude, dtype, "no bias")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("x_shape, w_shape, opts", [
+    ((2, 9, 9, 8), (3, 3, 8, 40), dict(padding=1)),                 # two blocks of output channels, one partial
+    ((2, 9, 9, 8), (3, 3, 4, 40), dict(padding=1, groups=2)),       # groups: the bias in group-major order
+    ((3, 17, 6), (3, 6, 70), dict(stride=2)),                       # 1-D, strided
+    ((2, 5, 6, 7, 8), (3, 3, 3, 8, 33), dict(padding=1)),           # 3-D
+    ((2, 6, 6, 64), (3, 3, 64, 64), dict(padding=1)),               # whole blocks
+])
+def test_backward_sums_the_bias_with_the_weight_gradient(x_shape, w_shape, opts, dtype):
+    """needs weight and bias: the dense weight gradient sums the bias gradient from the grad_out it reads; the
+    bias matches the float64 sum of grad_out, the weight gradient is bitwise the one computed alone."""
+    rng = np.random.default_rng(3)
+    nd = len(x_shape) - 2
+    x, w = randn(rng, x_shape, dtype), randn(rng, w_shape, dtype)
+    backward = getattr(nbconv, f"conv{nd}d_backward")
+    y = getattr(nbconv, f"conv{nd}d")(x, w, **opts)
+    gy = randn(rng, y.shape, dtype)
+    both = backward(gy, x, w, needs=("weight", "bias"), **opts)
+    alone = backward(gy, x, w, needs=("weight",), **opts).weight
+    expected = gy.astype(np.float64).sum(axis=tuple(range(nd + 1)))
+    assert both.bias.dtype == dtype and both.bias.shape == (w_shape[-1],)
+    np.testing.assert_allclose(both.bias, expected, rtol=1e-6 if dtype == np.float32 else 1e-13, atol=1e-5)
+    assert np.array_equal(both.weight, alone)
