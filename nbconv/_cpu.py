@@ -46,8 +46,8 @@ import numpy as np
 
 from . import _depthwise
 from ._jit import CHUNKS_PER_THREAD, SLOTS, call, call_all, chunk_items, kernel, threads
-from ._micro import (LB, LP, B, P, VECTOR_BYTES, micro_groups, micro_lanes, micro_tile, micro_tile_into,
-                     window_supported)
+from ._micro import (LB, LP, B, P, VECTOR_BYTES, micro_groups, micro_lanes, micro_spread, micro_tile,
+                     micro_tile_into, spread_supported, window_supported)
 from ._padding import CODES, source_indices
 
 _TILES_PER_ITEM = 8  # register tiles per item (unit of work shared among threads) of the gather kernel, at most
@@ -223,10 +223,10 @@ def _weight_grad(flat, rows, pix, gy, partial, bias_partial, cg_src, cg_dst, chu
 
 
 @kernel()
-def _spread_groups(x, xe, sched, me):
+def _spread_groups(x, xe, vector, sched, me):
     """xe[n, i, q, g*c + j] = x[n, q, g*c + i] for i, j < c = xe.shape[1]: every output channel of group g gets the
-    group's input channel i; x (N, Q, C) and xe (N, c, Q, C) C-contiguous; items r of chunk_items(sched, me): the pixels
-    (n, q) = divmod(r, Q)."""
+    group's input channel i; x (N, Q, C) and xe (N, c, Q, C) C-contiguous; vector: spread_supported(C, c, itemsize)
+    (each row then through micro_spread); items r of chunk_items(sched, me): the pixels (n, q) = divmod(r, Q)."""
     n_pix, ch = x.shape[1], x.shape[2]
     c = xe.shape[1]
     x_flat, xe_flat = x.reshape(-1), xe.reshape(-1)  # flat indexing: no array view (reference count) per pixel
@@ -234,12 +234,15 @@ def _spread_groups(x, xe, sched, me):
         n = r // n_pix
         q = r - n * n_pix
         src = r * ch
+        dst = (n * c * n_pix + q) * ch  # xe[n, 0, q, 0]; xe[n, i, q, 0] is i * n_pix * ch further
+        if vector:
+            micro_spread(x_flat, src, xe_flat, dst, n_pix * ch, ch, c)
+            continue
         for i in range(c):
-            dst = ((n * c + i) * n_pix + q) * ch
             for g0 in range(0, ch, c):
                 v = x_flat[src + g0 + i]
                 for j in range(c):
-                    xe_flat[dst + g0 + j] = v
+                    xe_flat[dst + i * n_pix * ch + g0 + j] = v
 
 
 @kernel()
@@ -438,7 +441,8 @@ def _as_depthwise(x, w_shape, params):
     n, spatial = x.shape[0], x.shape[1:-1]
     xe = np.empty((n, c, *spatial, c_out), dtype=x.dtype)
     pixels = _c(x).reshape(n, -1, c_out)
-    call(_spread_groups, pixels, xe.reshape(n, c, -1, c_out), items=n * pixels.shape[1], work=xe.size)
+    call(_spread_groups, pixels, xe.reshape(n, c, -1, c_out), spread_supported(c_out, c, x.itemsize),
+         items=n * pixels.shape[1], work=xe.size)
     we_shape = (c, *w_shape[:-2], 1, c_out)
     depthwise = params._replace(stride=(1, *params.stride), pads=((0, 0), *params.pads),
                                 dilation=(1, *params.dilation), groups=c_out)

@@ -20,7 +20,9 @@ were no faster on AVX-512, measured). `micro_window_into` is `micro_lanes_into` 
 consecutive taps (dilation 1): output columns p*sw + kw share source vectors, so it loads each once per row
 (7 loads instead of 15 for 5 columns of a 3-tap row at stride 1), its column loop unrolled for each (k_w, sw) of
 WINDOWS. `micro_pixel_into` computes one output pixel over a list of taps: the depthwise edge columns, whose taps
-in range differ from column to column.
+in range differ from column to column. `micro_spread` is not a tile: it copies a row of channels with each group's
+channel i in every lane of the group (one load and c in-register shuffles per vector), for the weight gradient of
+grouped convolutions with 2 or 4 channels per group.
 """
 import llvmlite.binding as llvm
 import numpy as np
@@ -135,6 +137,23 @@ def micro_pixel_into(src, c, wi, n, v, dst, d, base):
             acc[k, s % 4] += src[at:at + np.uint64(LB)] * v[k, wi[s], :LB]
         dst[d + k * LB:d + (k + 1) * LB] = base[k * LB:(k + 1) * LB] + ((acc[k, 0] + acc[k, 1]) +
                                                                    (acc[k, 2] + acc[k, 3]))
+
+
+SPREADS = (2, 4)  # the group sizes micro_spread is compiled for
+
+
+def spread_supported(ch, c, itemsize):
+    """Whether micro_spread serves rows of ch channels in groups of c, for elements of itemsize bytes."""
+    lanes = VECTOR_BYTES // itemsize
+    return c in SPREADS and ch % lanes == 0
+
+
+def micro_spread(src, s0, dst, d0, d_step, ch, c):
+    """dst[d0 + i*d_step + k] = src[s0 + k - k % c + i] for i < c, k < ch: each channel of a row gets its group's
+    channel i (groups of c channels), for every i; src and dst flat, spread_supported(ch, c, itemsize)."""
+    k = np.arange(ch)
+    for i in range(c):
+        dst[d0 + i * d_step + k] = src[s0 + k - k % c + i]
 
 
 # ---------------------------------------------------------------- LLVM code
@@ -566,3 +585,44 @@ def _pixel_ir(typingctx, src, c, wi, n, v, dst, d, base):
 @overload(micro_pixel_into)
 def _micro_pixel_into_jit(src, c, wi, n, v, dst, d, base):
     return lambda src, c, wi, n, v, dst, d, base: _pixel_ir(src, c, wi, n, v, dst, d, base)
+
+
+def _emit_spread(context, builder, sig, args):
+    """micro_spread inline: per vector of the row, one load and c in-register shuffles (lanes l - l % c + i)."""
+    i64 = ir.IntType(64)
+    src_t, dst_t = sig.args[0], sig.args[2]
+    src = context.make_array(src_t)(context, builder, args[0]).data
+    dst = context.make_array(dst_t)(context, builder, args[2]).data
+    s0, d0, d_step, ch, c = (context.cast(builder, v, t, types.intp) for v, t in zip(
+        (args[1], args[3], args[4], args[5], args[6]), (sig.args[1], sig.args[3], sig.args[4], sig.args[5],
+                                                        sig.args[6])))
+    vec, _, _, vl, itemsize = _vector_ops(builder.module, context.get_value_type(src_t.dtype))
+    done = builder.append_basic_block("spread_done")
+    switch = builder.switch(c, done)
+    for group in SPREADS:
+        case = builder.append_basic_block(f"spread{group}")
+        switch.add_case(ir.Constant(i64, group), case)
+        builder.position_at_end(case)
+        with cgutils.for_range(builder, builder.udiv(ch, ir.Constant(i64, vl))) as loop:
+            k = builder.mul(loop.index, ir.Constant(i64, vl))
+            at = builder.bitcast(builder.gep(src, [builder.add(s0, k)]), vec.as_pointer())
+            row = builder.load(at, align=itemsize)
+            for i in range(group):
+                mask = ir.Constant(ir.VectorType(ir.IntType(32), vl), [l - l % group + i for l in range(vl)])
+                out = builder.shuffle_vector(row, ir.Constant(vec, ir.Undefined), mask)
+                to = builder.gep(dst, [builder.add(builder.add(d0, builder.mul(ir.Constant(i64, i), d_step)), k)])
+                builder.store(out, builder.bitcast(to, vec.as_pointer()), align=itemsize)
+        builder.branch(done)
+    builder.position_at_end(done)
+    return context.get_dummy_value()
+
+
+@intrinsic
+def _spread_ir(typingctx, src, s0, dst, d0, d_step, ch, c):
+    _check_float(src, dst)
+    return types.void(src, s0, dst, d0, d_step, ch, c), lambda ctx, b, sig, args: _emit_spread(ctx, b, sig, args)
+
+
+@overload(micro_spread)
+def _micro_spread_jit(src, s0, dst, d0, d_step, ch, c):
+    return lambda src, s0, dst, d0, d_step, ch, c: _spread_ir(src, s0, dst, d0, d_step, ch, c)

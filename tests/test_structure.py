@@ -114,6 +114,29 @@ def test_pixel_tile_llvm_code_matches_numpy_body(dtype, n):
 
 
 @kernel()
+def _spread_row(src, s0, dst, d0, d_step, ch, c):
+    _micro.micro_spread(src, s0, dst, d0, d_step, ch, c)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c", _micro.SPREADS)
+@pytest.mark.parametrize("vectors", [1, 3])
+def test_spread_llvm_code_matches_numpy_body(dtype, c, vectors):
+    """micro_spread (each channel gets its group's channel i, by in-register shuffles): every group size it is
+    compiled for, rows of one and three vectors at unaligned offsets; nothing written outside the c output rows."""
+    rng = np.random.default_rng(c * vectors)
+    ch = vectors * _micro.VECTOR_BYTES // np.dtype(dtype).itemsize
+    assert _micro.spread_supported(ch, c, np.dtype(dtype).itemsize)
+    src = rng.standard_normal(ch + 20).astype(dtype)
+    dst = rng.standard_normal(c * (ch + 7) + 30).astype(dtype)
+    got, want = dst.copy(), dst.copy()
+    _spread_row(src, 3, got, 5, ch + 7, ch, c)
+    _micro.micro_spread(src, 3, want, 5, ch + 7, ch, c)
+    assert not np.array_equal(want, dst)
+    assert np.array_equal(got, want)
+
+
+@kernel()
 def _group_tile(src, a, shift, c, v, tile, lanes, cg):
     _micro.micro_groups(src, a, shift, c, v, tile, lanes, cg)
 
