@@ -237,8 +237,8 @@ def _split_jobs(jobs, n_threads):
     thread's kernel claims chunks (`chunk_items`) until none is left, then goes on to the next job: one hand-off
     for them all, and no return to Python between chunks. It returns (or raises) only once no kernel runs any more:
     an exception in one stops the schedules (a thread claims at most the chunk it was taking) and is raised (the
-    calling thread's first); a KeyboardInterrupt is raised once the kernels have returned. While another thread's call uses the
-    team, the calling thread does every chunk."""
+    calling thread's first); a KeyboardInterrupt is raised once the kernels have returned. While another thread's
+    call uses the team, the calling thread does every chunk."""
     scheds = [schedule(items, n_threads) for _, _, items in jobs]
     publish = [lambda: None]
 
