@@ -801,9 +801,48 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
     # with lane_groups, one "group" of all channels: the tile sums each group's cg_out channels of gy
     dst_groups, cg_src, cg_dst = (1, c_out, c_out) if lane_groups else (groups, cg_out, cg_in)
     bias_blocks = _bias_blocks(bias, (dst_groups, -(-cg_dst // B)), gy.dtype)
-    src_strides, dst_strides = _strides(gyp.shape), _strides(shape)
     nd = len(kernel)
+    plan = _cached_plan(("phases", gyp.shape, w.shape, padded, window, stride, dilation, groups, lane_groups,
+                         threads()), lambda: _phase_plan(gyp.shape, shape, kernel, taps, lo, window, stride, c_out,
+                                                         cg_out, lane_groups))
     phases, work = [], 0
+    for taps_slices, offsets, src_rows, dst_rows, row_len, per_item, n_items, phase_work in plan:
+        wsel = w_groups[taps_slices]  # (*taps, cg_in, G, cg_out): a view
+        if lane_groups:  # (taps, o, g*cg_in + i) = wsel[taps, i, g, o]
+            wpk = _pack(_rotated(wsel.transpose(*range(nd), nd + 2, nd + 1, nd).reshape(-1, cg_out, c_out), cg_out))
+        else:
+            wpk = _pack(wsel.transpose(nd + 1, *range(nd), nd + 2, nd))  # (G, *taps, cg_out, cg_in)
+        phases.append((_gather_conv, (gyp.reshape(-1), src_rows, c_out, offsets, wpk, bias_blocks, dst.reshape(-1),
+                                      dst_rows, stride[-1] * shape[-1], row_len, cg_src, cg_dst, lane_groups,
+                                      per_item, _panel(wpk)), n_items))
+        work += phase_work * cg_in * groups
+    call_all(phases, work)  # the phases write disjoint positions of dst: one hand-off to the threads for all
+    return _plus(dst, late_bias)
+
+
+_PLANS = {}  # _cached_plan's plans, by shapes and parameters
+_PLANS_SIZE = 64
+
+
+def _cached_plan(key, build):
+    """build(), kept under `key` (a plan holds index tables and slices only, which depend on shapes and parameters)."""
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = build()
+        if len(_PLANS) >= _PLANS_SIZE:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
+
+
+def _phase_plan(src_shape, shape, kernel, taps, lo, window, stride, c_out, cg_out, lane_groups):
+    """Per sub-pixel phase that receives any position of the window: (its taps as slices of the kernel dims, tap
+    offsets into the padded gy of src_shape, src_rows, dst_rows, row length, per_item, items, multiply-adds per
+    input channel) for _gather_conv writing into dst of `shape`."""
+    starts, sizes = window
+    n = src_shape[0]
+    src_strides, dst_strides = _strides(src_shape), _strides(shape)
+    plan = []
     for phase in itertools.product(*(sorted(t) for t in taps)):
         phase_taps = [taps[d][q] for d, q in enumerate(phase)]
         # padded positions q + s*j inside the window: j in [j_lo, j_hi) per dim
@@ -815,24 +854,16 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
         # each phase's taps are a progression: k steps by stride / gcd, the shift e by -dilation / gcd
         offsets = _grid([_progression([e + lo_d for _, e in t]) for t, lo_d in zip(phase_taps, lo)] +
                         [(0, 1, 1 if lane_groups else cg_out)], src_strides[1:])
-        wsel = w_groups[tuple(slice(t[0][0], t[-1][0] + 1, _progression([k for k, _ in t])[1])
-                              for t in phase_taps)]  # (*taps, cg_in, G, cg_out): a view
-        if lane_groups:  # (taps, o, g*cg_in + i) = wsel[taps, i, g, o]
-            wpk = _pack(_rotated(wsel.transpose(*range(nd), nd + 2, nd + 1, nd).reshape(-1, cg_out, c_out), cg_out))
-        else:
-            wpk = _pack(wsel.transpose(nd + 1, *range(nd), nd + 2, nd))  # (G, *taps, cg_out, cg_in)
+        taps_slices = tuple(slice(t[0][0], t[-1][0] + 1, _progression([k for k, _ in t])[1]) for t in phase_taps)
         src_rows = _grid([(0, 1, n)] + [(j0, 1, c) for j0, c in zip(j_lo[:-1], counts[:-1])],
                          src_strides[:-2]) + np.uint64(j_lo[-1] * c_out)
         dst_rows = _grid([(0, 1, n)] + [(q + s * j0 - a, s, c) for q, s, j0, c, a in
                                         zip(phase[:-1], stride, j_lo[:-1], counts[:-1], starts)],
                          dst_strides[:-2], np.int64) + (phase[-1] + stride[-1] * j_lo[-1] - starts[-1]) * shape[-1]
         per_item, n_items = _gather_items(src_rows.shape[0] * counts[-1])
-        phases.append((_gather_conv, (gyp.reshape(-1), src_rows, c_out, offsets, wpk, bias_blocks, dst.reshape(-1),
-                                      dst_rows, stride[-1] * shape[-1], counts[-1], cg_src, cg_dst, lane_groups,
-                                      per_item, _panel(wpk)), n_items))
-        work += n * math.prod(counts) * cg_in * groups * offsets.size * max(1, lane_groups)
-    call_all(phases, work)  # the phases write disjoint positions of dst: one hand-off to the threads for all
-    return _plus(dst, late_bias)
+        plan.append((taps_slices, offsets, src_rows, dst_rows, counts[-1], per_item, n_items,
+                     n * math.prod(counts) * offsets.size * max(1, lane_groups)))
+    return plan
 
 
 def grad_input(gy, w, x_shape, params):

@@ -1260,3 +1260,28 @@ def test_forward_without_the_padded_copy_gives_the_same_bits(monkeypatch, nd, si
     assert np.array_equal(split, whole)
     expected = R.conv_forward(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), s, pads, d, g)
     np.testing.assert_allclose(split, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_transposed_convolutions_reuse_their_phase_plan_with_new_data():
+    """The sub-pixel phase plan (index tables) is cached by shapes and parameters: calls with the same shapes and new
+    arrays, and with another thread count, each match the reference (and each other's bits across threads)."""
+    import numba
+    rng = np.random.default_rng(5)
+    saved = numba.get_num_threads()
+    results = []
+    try:
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            for seed in range(2):
+                x = randn(np.random.default_rng(seed), (2, 6, 5, 8), np.float32)
+                w = randn(np.random.default_rng(seed + 10), (4, 4, 6, 8), np.float32)  # (*k, C_out, C_in)
+                y = nbconv.conv_transpose2d(x, w, stride=2, padding=1)
+                gy = randn(rng, y.shape, np.float32)
+                # the transposed convolution is the input gradient of conv(y, w): check it through its adjoint
+                np.testing.assert_allclose(np.sum(y * gy), np.sum(x * nbconv.conv2d(gy, w, stride=2, padding=1)),
+                                           rtol=1e-4)
+                results.append((threads, seed, y))
+    finally:
+        numba.set_num_threads(saved)
+    for (_, seed, y), (_, seed_b, y_b) in zip(results, results[2:]):
+        assert seed == seed_b and np.array_equal(y, y_b)
