@@ -322,13 +322,13 @@ _GRID_CACHED_LENGTH = 1 << 16  # tables up to this length are kept (at most _GRI
 _GRID_CACHE_SIZE = 512
 
 
-def _cached(key, build):
-    """build(), kept under `key` when the table is small (index tables depend on shapes and parameters only;
-    callers never modify them)."""
+def _cached(key, build, length=lambda table: table.size):
+    """build(), kept under `key` when its length (elements of its tables) is small (index tables depend on shapes
+    and parameters only; callers never modify them)."""
     table = _GRID_CACHE.get(key)
     if table is None:
         table = build()
-        if table.size <= _GRID_CACHED_LENGTH:
+        if length(table) <= _GRID_CACHED_LENGTH:
             if len(_GRID_CACHE) >= _GRID_CACHE_SIZE:
                 _GRID_CACHE.clear()
             _GRID_CACHE[key] = table
@@ -802,9 +802,9 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
     dst_groups, cg_src, cg_dst = (1, c_out, c_out) if lane_groups else (groups, cg_out, cg_in)
     bias_blocks = _bias_blocks(bias, (dst_groups, -(-cg_dst // B)), gy.dtype)
     nd = len(kernel)
-    plan = _cached_plan(("phases", gyp.shape, w.shape, padded, window, stride, dilation, groups, lane_groups,
-                         threads()), lambda: _phase_plan(gyp.shape, shape, kernel, taps, lo, window, stride, c_out,
-                                                         cg_out, lane_groups))
+    plan = _cached(("phases", gyp.shape, w.shape, padded, window, stride, dilation, groups, lane_groups, threads()),
+                   lambda: _phase_plan(gyp.shape, shape, kernel, taps, lo, window, stride, c_out, cg_out, lane_groups),
+                   lambda phases: sum(p[1].size + p[2].size + p[3].size for p in phases))
     phases, work = [], 0
     for taps_slices, offsets, src_rows, dst_rows, row_len, per_item, n_items, phase_work in plan:
         wsel = w_groups[taps_slices]  # (*taps, cg_in, G, cg_out): a view
@@ -818,21 +818,6 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
         work += phase_work * cg_in * groups
     call_all(phases, work)  # the phases write disjoint positions of dst: one hand-off to the threads for all
     return _plus(dst, late_bias)
-
-
-_PLANS = {}  # _cached_plan's plans, by shapes and parameters
-_PLANS_SIZE = 64
-
-
-def _cached_plan(key, build):
-    """build(), kept under `key` (a plan holds index tables and slices only, which depend on shapes and parameters)."""
-    plan = _PLANS.get(key)
-    if plan is None:
-        plan = build()
-        if len(_PLANS) >= _PLANS_SIZE:
-            _PLANS.clear()
-        _PLANS[key] = plan
-    return plan
 
 
 def _phase_plan(src_shape, shape, kernel, taps, lo, window, stride, c_out, cg_out, lane_groups):

@@ -258,7 +258,7 @@ def _split_jobs(jobs, n_threads):
 
     crew = None
     try:
-        crew = _workers.team(_compiled_polls())
+        crew = _workers.team(_compiled_polls)
         if crew is None:  # another thread's call is using the workers: this one runs every chunk alone
             errors = []
             try:
@@ -276,7 +276,8 @@ def _split_jobs(jobs, n_threads):
 
 
 def _compiled_polls():
-    """POLLS, compiled (or loaded from the cache, which is discarded if it fails to load) through `_compile`."""
+    """POLLS, compiled (or loaded from the cache, which is discarded if it fails to load) through `_compile`: once,
+    when the team is made."""
     start = np.zeros(2, dtype=np.int64)
     for dispatcher, args in zip(POLLS, ((start, 0, 0, 1, 0), (start, 0, 1, 1), (start, 0, 0))):
         _ensure_compiled(dispatcher, args)

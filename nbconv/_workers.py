@@ -124,6 +124,7 @@ class Team:
         self.task = None
         self.errors = []
         self.generation = 0
+        self.helpers = 1  # the threads of the current task, the caller included (set by run)
         self.started = 0  # worker threads running (fewer than size where starting one failed)
         self.polls, self.linger = _calibrate(self.poll_task, self.start)
         for me in range(1, size + 1):
@@ -209,13 +210,13 @@ _team = None
 _team_lock = threading.Lock()
 
 
-def team(polls):
-    """The team (made at the first call, NUMBA_NUM_THREADS - 1 workers), or None while another call uses it. The
-    caller releases it with `release()`. polls: as for Team."""
+def team(compiled_polls):
+    """The team (made at the first call, NUMBA_NUM_THREADS - 1 workers, with the polling functions that
+    compiled_polls() returns), or None while another call uses it. The caller releases it with `release()`."""
     global _team
     with _team_lock:
         if _team is None:
-            _team = Team(max(1, numba.config.NUMBA_NUM_THREADS - 1), polls)
+            _team = Team(max(1, numba.config.NUMBA_NUM_THREADS - 1), compiled_polls())
     return _team if _team.busy.acquire(blocking=False) else None
 
 

@@ -130,7 +130,7 @@ def test_fork_while_another_thread_holds_the_locks():
     from nbconv import _jit, _workers
     held, release = threading.Event(), threading.Event()
     def holder():
-        crew = _workers.team(_jit._compiled_polls())
+        crew = _workers.team(_jit._compiled_polls)
         with _jit._compile_lock, _workers._team_lock:
             held.set()
             release.wait(60)

@@ -1205,7 +1205,7 @@ def test_a_call_keeps_no_array_alive_after_it_returns(rng, team_busy):
     x = randn(rng, (4, 32, 32, 16), np.float32)
     w = randn(rng, (3, 3, 16, 32), np.float32)
     nbconv.conv2d(x, w, padding=1)  # compiled, and the team made
-    held = _workers.team(_jit._compiled_polls()) if team_busy else None
+    held = _workers.team(_jit._compiled_polls) if team_busy else None
     assert held is not None or not team_busy
     try:
         y = nbconv.conv2d(x, w, padding=1)
