@@ -48,7 +48,10 @@ class Backend(Protocol):
 
 def select(**arrays):
     """The backend for these arrays (None bias/out ignored); TypeError on a non-array or a host/device mix."""
-    if all(type(a) is np.ndarray for a in arrays.values()):  # the common case, decided at once
+    for name, a in arrays.items():  # the common case, NumPy arrays (or an optional None), decided at once
+        if type(a) is not np.ndarray and (a is not None or name not in OPTIONAL):
+            break
+    else:
         from . import _cpu
         return _cpu
     kinds = {}

@@ -656,81 +656,114 @@ def forward(x, w, bias, params, out):
              np.zeros(c_out, dtype=x.dtype) if bias is None else _c(bias), _rows(out),
              items=-(-src_rows.shape[0] // LP), work=out.size * math.prod(kernel))
         return out
-    sources = _sources(x, params, out_spatial, kernel)
-    tap_channels = 1 if lane_groups else cg_in  # the channels each tap offset covers
     if lane_groups:  # one "group" of all channels, each tap's cg_in source channels summed in the tile
         wpk = _pack(_rotated(w.reshape(-1, cg_in, c_out), cg_in))
         groups, cg_in = 1, c_out
     else:
         wpk = _pack(w.reshape(-1, groups, c_out // groups).transpose(1, 0, 2))
     bias_blocks, panel = _bias_blocks(bias, wpk.shape[:2], x.dtype), _panel(wpk)
-    jobs, work = [], 0
-    for src, box, origin in sources:
-        # one table entry per output row (n, o_0, ..., o_{nd-2}) of the box: the flat offset of its first source pixel
-        src_strides, counts = _strides(src.shape), [hi - lo for lo, hi in box]
-        offsets = _tap_offsets(kernel, params.dilation, src.shape, tap_channels)
-        rows = _grid([(0, 1, x.shape[0])] + [(o, s, c) for o, s, c in zip(origin[:-1], params.stride, counts[:-1])],
-                     src_strides[:-2]) + np.uint64(origin[-1] * src_strides[-2])
-        dst_rows = _grid([(0, 1, x.shape[0])] + [(lo, 1, c) for (lo, _), c in zip(box[:-1], counts[:-1])],
-                         _strides(out.shape)[:-2], np.int64) + box[-1][0] * c_out
-        per_item, n_items = _gather_items(rows.shape[0] * counts[-1])
-        jobs.append((_gather_conv, (src.reshape(-1), rows, params.stride[-1] * src_strides[-2], offsets, wpk,
-                                    bias_blocks, out.reshape(-1), dst_rows, c_out, counts[-1], cg_in, c_out // groups,
-                                    lane_groups, per_item, panel), n_items))
-        work += rows.shape[0] * counts[-1] * c_out * offsets.size * max(1, lane_groups)
+    plan, work = _cached(("forward", x.shape, w.shape, params, lane_groups, threads(), _SPLIT_BORDER_FROM,
+                          _SPLIT_BORDER_INTERIOR),
+                         lambda: _forward_plan(x.shape, kernel, params, out_spatial, c_out, lane_groups),
+                         lambda plan: sum(box[1].size + box[2].size + box[3].size for box in plan[0]))
+    jobs = [(_gather_conv, (_source(x, params, kernel, box).reshape(-1), rows, src_step, offsets, wpk, bias_blocks,
+                            out.reshape(-1), dst_rows, c_out, row_len, cg_in, c_out // groups, lane_groups, per_item,
+                            panel), n_items)
+            for box, offsets, rows, dst_rows, src_step, row_len, per_item, n_items in plan]
     call_all(jobs, work)  # the boxes write disjoint parts of out: one hand-off for all
     return out
 
 
-# Zero-padded inputs of at least _SPLIT_BORDER_FROM elements skip the padded copy (_sources) where the interior holds
-# this share of the outputs: where the border is thicker (small 3-D volumes), its copies and jobs cost more than the
-# one padded copy made by the threads (measured: 3-D U-Net's 16x32x32 layer, 77% interior, 5% slower).
+# Zero-padded inputs of at least _SPLIT_BORDER_FROM elements skip the padded copy (_source_boxes) where the interior
+# holds this share of the outputs: where the border is thicker (small 3-D volumes), its copies and jobs cost more than
+# the one padded copy made by the threads (measured: 3-D U-Net's 16x32x32 layer, 77% interior, 5% slower).
 _SPLIT_BORDER_FROM = 1 << 20
 _SPLIT_BORDER_INTERIOR = 0.9
 
 
-def _sources(x, params, out_spatial, kernel):
-    """[(source array, output box ((lo, hi) per spatial dim), source position of the box's first output)]: the
-    arrays the gather kernel reads, each covering a box of the output (all images). Unpadded x, or padding in
-    another mode, or a small input: one padded copy for the whole output. Large zero-padded inputs: x itself for
-    the interior box (outputs whose taps all fall inside x) and, for the border boxes around it, zero-padded copies
-    of just the input they read (a few rows or columns), instead of a padded copy of all of x (where the interior
-    is most of the output)."""
+def _source_boxes(x_shape, params, out_spatial, kernel):
+    """[(output box ((lo, hi) per spatial dim), source, source position of the box's first output)]: the arrays the
+    gather kernel reads, each covering a box of the output (all images). Unpadded x, or padding in another mode, or a
+    small input: source "padded", one padded copy of x for the whole output. Large zero-padded inputs: source "x",
+    x itself, for the interior box (outputs whose taps all fall inside x) and, for the border boxes around it,
+    source "box", zero-padded copies of just the input they read (a few rows or columns), instead of a padded copy
+    of all of x (where the interior is most of the output)."""
     nd = len(out_spatial)
     whole = [(0, o) for o in out_spatial]
-    if _unpadded(params.pads) or params.mode != "zeros" or x.size < _SPLIT_BORDER_FROM:
-        return [(_pad(x, params.pads, params.mode), whole, (0,) * nd)]
-    sizes = x.shape[1:-1]
+    if _unpadded(params.pads) or params.mode != "zeros" or math.prod(x_shape) < _SPLIT_BORDER_FROM:
+        return [(whole, "padded", (0,) * nd)]
+    sizes = x_shape[1:-1]
     extent = [d * (k - 1) for k, d in zip(kernel, params.dilation)]
     lo = [-(-a // s) for (a, _), s in zip(params.pads, params.stride)]  # first o with o*s - a >= 0
     hi = [max(lo_d, (n - 1 - e + a) // s + 1) for n, e, (a, _), s, lo_d in
           zip(sizes, extent, params.pads, params.stride, lo)]  # past the last o with o*s - a + e <= n - 1
     interior_size = math.prod(h - l for l, h in zip(lo, hi))
     if interior_size == 0 or interior_size < _SPLIT_BORDER_INTERIOR * math.prod(out_spatial):
-        return [(_pad(x, params.pads, params.mode), whole, (0,) * nd)]
+        return [(whole, "padded", (0,) * nd)]
     interior = list(zip(lo, hi))
-    sources = [(_c(x), interior, tuple(l * s - a for l, s, (a, _) in zip(lo, params.stride, params.pads)))]
+    boxes = [(interior, "x", tuple(l * s - a for l, s, (a, _) in zip(lo, params.stride, params.pads)))]
     for d in range(nd):  # the slabs before and after the interior along dim d (interior along the dims before d)
         for part in ((0, lo[d]), (hi[d], out_spatial[d])):
             if part[0] < part[1]:
-                box = interior[:d] + [part] + whole[d + 1:]
-                sources.append((_zero_padded_box(x, box, params, extent), box, (0,) * nd))
-    return sources
+                boxes.append((interior[:d] + [part] + whole[d + 1:], "box", (0,) * nd))
+    return boxes
 
 
-def _zero_padded_box(x, box, params, extent):
-    """The input that the output box reads, as a new array: positions o*s - a .. o*s - a + extent per dim for o in
-    the box, zero where outside x."""
-    starts = [lo * s - a for (lo, _), s, (a, _) in zip(box, params.stride, params.pads)]
-    sizes = [(hi - 1 - lo) * s + e + 1 for (lo, hi), s, e in zip(box, params.stride, extent)]
-    region = np.zeros((x.shape[0], *sizes, x.shape[-1]), dtype=x.dtype)
+def _box_region(box, params, kernel):
+    """(start, size) per spatial dim of the input that the output box reads: positions o*s - a .. o*s - a + extent
+    for o in the box."""
+    return [(lo * s - a, (hi - 1 - lo) * s + d * (k - 1) + 1)
+            for (lo, hi), s, (a, _), k, d in zip(box, params.stride, params.pads, kernel, params.dilation)]
+
+
+def _source_shape(x_shape, params, kernel, box, source):
+    """The shape of the array _source makes."""
+    if source == "x":
+        return tuple(x_shape)
+    if source == "padded":
+        return (x_shape[0], *(n + a + b for n, (a, b) in zip(x_shape[1:-1], params.pads)), x_shape[-1])
+    return (x_shape[0], *(size for _, size in _box_region(box, params, kernel)), x_shape[-1])
+
+
+def _source(x, params, kernel, box_source):
+    """The array that the gather kernel reads for one (box, source, _) of _source_boxes: x padded, x itself, or the
+    input the box reads as a new array, zero where outside x."""
+    box, source = box_source[:2]
+    if source == "padded":
+        return _pad(x, params.pads, params.mode)
+    if source == "x":
+        return _c(x)
+    region = _box_region(box, params, kernel)
+    out = np.zeros((x.shape[0], *(size for _, size in region), x.shape[-1]), dtype=x.dtype)
     inside_src, inside_dst = [slice(None)], [slice(None)]
-    for start, size, n in zip(starts, sizes, x.shape[1:-1]):
+    for (start, size), n in zip(region, x.shape[1:-1]):
         a, b = max(start, 0), min(start + size, n)
         inside_src.append(slice(a, max(a, b)))
         inside_dst.append(slice(a - start, a - start + max(0, b - a)))
-    region[tuple(inside_dst)] = x[tuple(inside_src)]
-    return region
+    out[tuple(inside_dst)] = x[tuple(inside_src)]
+    return out
+
+
+def _forward_plan(x_shape, kernel, params, out_spatial, c_out, lane_groups):
+    """([per box of _source_boxes: ((box, source, origin), tap offsets, source rows, destination rows, source step
+    between output columns, row length, per_item, items)], multiply-adds): the index tables of the forward's
+    _gather_conv jobs, which depend on shapes and parameters only."""
+    plan, work = [], 0
+    out_strides = _strides((x_shape[0], *out_spatial, c_out))
+    for box, source, origin in _source_boxes(x_shape, params, out_spatial, kernel):
+        # one table entry per output row (n, o_0, ..., o_{nd-2}) of the box: the flat offset of its first source pixel
+        src_shape = _source_shape(x_shape, params, kernel, box, source)
+        src_strides, counts = _strides(src_shape), [hi - lo for lo, hi in box]
+        offsets = _tap_offsets(kernel, params.dilation, src_shape, 1 if lane_groups else x_shape[-1] // params.groups)
+        rows = _grid([(0, 1, x_shape[0])] + [(o, s, c) for o, s, c in zip(origin[:-1], params.stride, counts[:-1])],
+                     src_strides[:-2]) + np.uint64(origin[-1] * src_strides[-2])
+        dst_rows = _grid([(0, 1, x_shape[0])] + [(lo, 1, c) for (lo, _), c in zip(box[:-1], counts[:-1])],
+                         out_strides[:-2], np.int64) + box[-1][0] * c_out
+        per_item, n_items = _gather_items(rows.shape[0] * counts[-1])
+        plan.append(((box, source, origin), offsets, rows, dst_rows, params.stride[-1] * src_strides[-2], counts[-1],
+                     per_item, n_items))
+        work += rows.shape[0] * counts[-1] * c_out * offsets.size * max(1, lane_groups)
+    return plan, work
 
 
 def _phase_taps(k_count, stride, dilation, size):

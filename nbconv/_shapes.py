@@ -123,9 +123,32 @@ def check_ndim(a, ndim, name, layout):
         raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(a.shape)}")
 
 
+_PARAMS_MEMO = {}  # ConvParams of valid calls whose arguments are all _plain (at most _PARAMS_MEMO_SIZE of them)
+_PARAMS_MEMO_SIZE = 256
+
+
+def _plain(v):
+    """Whether v is an int, a str or a tuple of _plain values: equal such values (unlike True == 1, or 1 == 1.0) pass
+    or fail validation alike."""
+    t = type(v)
+    return t is int or t is str or (t is tuple and all(map(_plain, v)))
+
+
 def conv_params(x_shape, w_shape, *, stride, padding, dilation, groups, padding_mode):
     """Validate a forward convolution of `x_shape` (N, *spatial, C_in) with `w_shape`
-    (*kernel, C_in // groups, C_out) and return its ConvParams."""
+    (*kernel, C_in // groups, C_out) and return its ConvParams (remembered for plain arguments)."""
+    key = (x_shape, w_shape, stride, padding, dilation, groups, padding_mode)
+    params = _PARAMS_MEMO.get(key) if _plain(key) else None
+    if params is None:
+        params = _conv_params(x_shape, w_shape, stride, padding, dilation, groups, padding_mode)
+        if _plain(key):
+            if len(_PARAMS_MEMO) >= _PARAMS_MEMO_SIZE:
+                _PARAMS_MEMO.clear()
+            _PARAMS_MEMO[key] = params
+    return params
+
+
+def _conv_params(x_shape, w_shape, stride, padding, dilation, groups, padding_mode):
     nd = len(x_shape) - 2
     stride = spatial_tuple(stride, nd, "stride")
     dilation = spatial_tuple(dilation, nd, "dilation")

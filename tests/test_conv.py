@@ -1262,6 +1262,36 @@ def test_forward_without_the_padded_copy_gives_the_same_bits(monkeypatch, nd, si
     np.testing.assert_allclose(split, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("split", [False, True])
+def test_forwards_reuse_their_plan_with_new_data(monkeypatch, split):
+    """The forward's plan (source boxes and index tables) is cached by shapes and parameters: calls with the same
+    shapes and new arrays (a padded copy, or x itself and border copies), and with another thread count, each match
+    the reference, and the results of one input are bitwise equal across thread counts."""
+    import numba
+    if split:  # force the interior box read from x and the border boxes, at these small sizes
+        monkeypatch.setattr(_cpu, "_SPLIT_BORDER_FROM", 0)
+        monkeypatch.setattr(_cpu, "_SPLIT_BORDER_INTERIOR", 0.0)
+    saved = numba.get_num_threads()
+    results = {}
+    try:
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            for seed in range(2):
+                rng = np.random.default_rng(seed)
+                x = randn(rng, (2, 9, 7, 40), np.float32)
+                w = randn(rng, (3, 3, 40, 36), np.float32)
+                b = randn(rng, (36,), np.float32)
+                y = nbconv.conv2d(x, w, b, stride=(1, 2), padding=(2, 1), dilation=(2, 1))
+                expected = R.conv_forward(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), (1, 2),
+                                          ((2, 2), (1, 1)), (2, 1), 1)
+                np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
+                results.setdefault(seed, []).append(y)
+    finally:
+        numba.set_num_threads(saved)
+    for ys in results.values():
+        assert all(np.array_equal(ys[0], y) for y in ys[1:])
+
+
 def test_transposed_convolutions_reuse_their_phase_plan_with_new_data():
     """The sub-pixel phase plan (index tables) is cached by shapes and parameters: calls with the same shapes and new
     arrays, and with another thread count, each match the reference (and each other's bits across threads)."""
