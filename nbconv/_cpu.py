@@ -271,14 +271,12 @@ _SUM_WIDTH = 128  # grad_bias folds rows of fewer channels into rows of at least
 
 
 @kernel()
-def _column_sums(mat, partial):
-    """partial[t, c] = sum of mat[r, c] over the rows r of block t (of partial.shape[0] equal blocks);
-    mat C-contiguous, partial float64. Serial: memory-bound, and a launch on several threads shared the cores with
-    other thread pools still spinning after their own work (NumPy's BLAS: 3-8x as long on a 2-core AMD EPYC,
-    8x28x28x192 float32, 2.6 ms vs 0.3)."""
+def _column_sums(mat, partial, sched, me):
+    """partial[t, c] = sum of mat[r, c] over the rows r of block t (of partial.shape[0] equal blocks), for the items t
+    of chunk_items(sched, me); mat C-contiguous, partial float64."""
     n_slots = partial.shape[0]
     n_rows = mat.shape[0]
-    for t in range(n_slots):
+    for t in chunk_items(sched, me):
         acc = partial[t]
         for r in range(t * n_rows // n_slots, (t + 1) * n_rows // n_slots):
             row = mat[r]
@@ -594,7 +592,9 @@ def _depthwise_grad_input(gy, w, dst, offset, stride, dilation):
     return dst
 
 
-def _depthwise_grad_weight(gy, x, w_shape, params):
+def _depthwise_grad_weight(gy, x, w_shape, params, with_bias=False):
+    """dL/dw of a depthwise convolution, or with_bias (dL/dw, grad_bias(gy)): the bias sums share the weight
+    gradient's hand-off to the threads."""
     kernel, c_out = w_shape[:-2], w_shape[-1]
     src, offset = _depthwise_source(x, params)
     gy = _c(gy)
@@ -602,9 +602,12 @@ def _depthwise_grad_weight(gy, x, w_shape, params):
     gy_blocks = gy.reshape(-1, LB) if lanes else np.empty((0, LB), dtype=gy.dtype)
     row_src = _source_rows(src.shape, gy.shape[1:-1], kernel, params.stride, params.dilation, offset)
     partial = np.zeros((SLOTS, row_src.shape[1], kernel[-1], c_out), dtype=gy.dtype)
-    call(_depthwise.grad_weight, _rows(src), _rows(gy), gy_blocks, row_src, partial, offset[-1],
-         params.stride[-1], params.dilation[-1], items=SLOTS, work=gy.size * math.prod(kernel))
-    return partial.sum(axis=0).reshape(w_shape)
+    bias_jobs, bias_total = _bias_jobs(gy) if with_bias else ([], None)
+    call_all([(_depthwise.grad_weight, (_rows(src), _rows(gy), gy_blocks, row_src, partial, offset[-1],
+                                        params.stride[-1], params.dilation[-1]), SLOTS)] + bias_jobs,
+             gy.size * math.prod(kernel))
+    gw = partial.sum(axis=0).reshape(w_shape)
+    return (gw, bias_total()) if with_bias else gw
 
 
 # ---------------------------------------------------------------- the Backend interface
@@ -912,7 +915,7 @@ def _grad_weight(gy, x, w_shape, params, with_bias):
     if gy.size == 0:
         gw = np.zeros(w_shape, dtype=gy.dtype)
     elif _is_depthwise(w_shape, params.groups):
-        gw = _depthwise_grad_weight(gy, x, w_shape, params)
+        return _depthwise_grad_weight(gy, x, w_shape, params, with_bias)
     elif _is_few_per_group(w_shape, params.groups):
         gw = _few_per_group_grad_weight(gy, x, w_shape, params)
     else:
@@ -958,19 +961,27 @@ def _dense_grad_weight(gy, x, w_shape, params, with_bias):
 
 def grad_bias(gy):
     """dL/dbias: gy summed over every axis but the last (accumulated in float64, fixed order)."""
+    jobs, total = _bias_jobs(gy)
+    call_all(jobs, gy.size)
+    return total()
+
+
+def _bias_jobs(gy):
+    """(jobs for call_all, total): after the jobs, total() is grad_bias(gy) (float64 sums of SLOTS fixed blocks of
+    gy's rows, added in order)."""
     c_out = gy.shape[-1]
     if c_out == 0:
-        return np.zeros(0, dtype=gy.dtype)
+        return [], lambda: np.zeros(0, dtype=gy.dtype)
     mat = _c(gy).reshape(-1, c_out)
     # Few channels: `fold` rows side by side as one of >= _SUM_WIDTH columns (a long vectorized inner loop instead
     # of a short one per row), added back together at the end; the rows left over go to one more slot.
     fold = max(1, min(mat.shape[0], _SUM_WIDTH // c_out))
     whole = mat.shape[0] // fold * fold
     partial = np.zeros((SLOTS, fold * c_out))
-    call(_column_sums, mat[:whole].reshape(-1, fold * c_out), partial)
     rest = np.zeros((1, c_out))
-    call(_column_sums, mat[whole:], rest)
-    return (partial.sum(axis=0).reshape(fold, c_out).sum(axis=0) + rest[0]).astype(gy.dtype)
+    jobs = [(_column_sums, (mat[:whole].reshape(-1, fold * c_out), partial), SLOTS),
+            (_column_sums, (mat[whole:], rest), 1)]
+    return jobs, lambda: (partial.sum(axis=0).reshape(fold, c_out).sum(axis=0) + rest[0]).astype(gy.dtype)
 
 
 def transpose(x, w, bias, params, output_padding, out):

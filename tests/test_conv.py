@@ -1224,6 +1224,33 @@ def test_backward_sums_the_bias_with_the_weight_gradient(x_shape, w_shape, opts,
     assert np.array_equal(both.weight, alone)
 
 
+@pytest.mark.parametrize("x_shape, w_shape, groups", [
+    ((2, 40, 30, 32), (3, 3, 1, 32), 32),           # depthwise: bias sums in the weight gradient's hand-off
+    ((2, 7, 9, 24), (5, 5, 1, 24), 24),
+    ((2, 33, 28, 13), (3, 3, 13, 13), 1),          # dense: few channels (rows folded side by side)
+])
+def test_bias_gradient_bits_do_not_depend_on_the_route_or_threads(x_shape, w_shape, groups):
+    """The bias gradient, computed beside the weight gradient or alone, on one thread or several, has the same bits
+    (float64 sums of fixed blocks of rows) and matches the float64 sum of grad_out."""
+    import numba
+    rng = np.random.default_rng(4)
+    x, w = randn(rng, x_shape, np.float32), randn(rng, w_shape, np.float32)
+    gy = randn(rng, nbconv.conv2d(x, w, padding=1, groups=groups).shape, np.float32)
+    saved = numba.get_num_threads()
+    results = []
+    try:
+        for threads in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            numba.set_num_threads(threads)
+            results.append(nbconv.conv2d_backward(gy, x, w, padding=1, groups=groups).bias)
+            results.append(nbconv.conv2d_backward(gy, x, w, padding=1, groups=groups, needs=("bias",)).bias)
+    finally:
+        numba.set_num_threads(saved)
+    assert np.array_equal(results[0], results[-2]) and np.array_equal(results[1], results[-1])  # any threads
+    if groups > 1:  # the dense weight gradient sums the bias in its own order (see the test above)
+        assert np.array_equal(results[0], results[1])
+    np.testing.assert_allclose(results[0], gy.astype(np.float64).sum(axis=(0, 1, 2)), rtol=1e-6, atol=1e-5)
+
+
 def _split_configs():
     """Zero-padded convolutions (1-3 spatial dims, strides, dilations, asymmetric pads, groups, the lane-group
     layout) drawn with a fixed seed."""
