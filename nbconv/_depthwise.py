@@ -78,17 +78,20 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, sched, me):
         for t in range(n_taps):
             if row_src[row, t] >= 0 and (t == 0 or row_src[row, t - 1] < 0):
                 runs += 1
-        tiled = c_full > 0 and ow_whole > ow_lo
+        # With the window tile, a row of one run takes every column through it, the tiles at the row's ends skipping
+        # the source columns outside the row; otherwise the tiles cover the interior.
+        whole_row = window and c_full > 0 and out_w >= LP and runs == 1
+        tiled = c_full > 0 and (ow_whole > ow_lo or whole_row)
         direct = tiled and runs == 1
-        # A row written directly also tiles the interior's last columns, with a tile that overlaps the one before
-        # it (stores, so the columns computed twice get the same values twice).
-        ow_hi = ow_end if direct else ow_whole
+        # A row written directly also tiles its last columns, with a tile that overlaps the one before it (stores,
+        # so the columns computed twice get the same values twice).
+        ow_lo_t, ow_hi = (0, out_w) if whole_row else (ow_lo, ow_end if direct else ow_whole)
         for ow in range(out_w):  # bias where a tile adds, or where the plain loops do
-            for c in range(0 if ow_lo <= ow < ow_hi and not direct else c_full, c_dst):
+            for c in range(0 if ow_lo_t <= ow < ow_hi and not direct else c_full, c_dst):
                 dst_flat[out_at + ow * c_dst + c] = bias[c]
         if c_full > 0:
             for ow in range(out_w):
-                if ow_lo <= ow < ow_hi:
+                if ow_lo_t <= ow < ow_hi:
                     continue
                 n_s = 0  # the column's taps in range
                 for t in range(n_taps):
@@ -130,15 +133,17 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, sched, me):
                     offsets[end * k_w + kw] = row_offsets[end] + np.uint64(kw * dw * c_src)
                 end += 1
             run_offsets, run_rows = offsets[t * k_w:end * k_w], row_offsets[t:end]
-            for tile_start in range(ow_lo, ow_hi, LP):  # every block of LB channels in one call
+            for tile_start in range(ow_lo_t, ow_hi, LP):  # every block of LB channels in one call
                 ow0 = min(tile_start, ow_hi - LP)
                 for p in range(LP):
-                    bases[p] = np.uint64((first * w_src + (ow0 + p) * sw - off_w) * c_src)
                     out_bases[p] = np.uint64(out_at + (ow0 + p) * c_dst)
-                if window:
-                    micro_window_into(flat, bases[0], run_rows, c_src, wpk, t * k_w, dst_flat, out_bases, bias,
-                                      not direct, k_w, sw)
+                if window:  # source column i of the tile: ow0*sw - off_w + i, inside the row for i in [i_lo, i_hi)
+                    micro_window_into(flat, (first * w_src + ow0 * sw - off_w) * c_src, run_rows, c_src, wpk, t * k_w,
+                                      dst_flat, out_bases, bias, not direct, k_w, sw, off_w - ow0 * sw,
+                                      w_src + off_w - ow0 * sw)
                 else:
+                    for p in range(LP):
+                        bases[p] = np.uint64((first * w_src + (ow0 + p) * sw - off_w) * c_src)
                     micro_lanes_into(flat, bases, run_offsets, wpk, t * k_w, 1, dst_flat, out_bases, bias, not direct)
             t = end
 

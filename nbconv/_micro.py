@@ -24,6 +24,8 @@ in range differ from column to column. `micro_spread` is not a tile: it copies a
 channel i in every lane of the group (one load and c in-register shuffles per vector), for the weight gradient of
 grouped convolutions with 2 or 4 channels per group.
 """
+import contextlib
+
 import llvmlite.binding as llvm
 import numpy as np
 from llvmlite import ir
@@ -114,15 +116,25 @@ def window_supported(k_w, sw, dw):
     return dw == 1 and (k_w, sw) in WINDOWS
 
 
-def micro_window_into(src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw):
+def micro_window_into(src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw, i_lo, i_hi):
     """For every block k < len(v): dst[d[p] + k*LB + b] = (dst[d[p] + k*LB + b] if add else base[k*LB + b]) +
-    sum_{t, kw < k_w} src[a0 + rows[t] + (p*sw + kw)*pix + k*LB + b] * v[k, v0 + t*k_w + kw, b] for p < LP, b < LB:
+    sum_{t, kw < k_w} src[a0 + rows[t] + i*pix + k*LB + b] * v[k, v0 + t*k_w + kw, b] over the source columns
+    i = p*sw + kw with i_lo <= i < i_hi (the others lie outside the source row: skipped), for p < LP, b < LB:
     micro_lanes_into for taps that are k_w consecutive columns of each row rows[t] (dilation 1), loading each source
-    vector once for every output column that reads it; (k_w, sw) in WINDOWS; src, dst flat, rows and d unsigned,
-    the LP rows of dst distinct, v (blocks, rows, >= LB) with C-contiguous rows, base contiguous."""
-    a = np.array([a0 + p * sw * pix for p in range(LP)], dtype=np.uint64)
-    c = np.array([r + kw * pix for r in rows for kw in range(k_w)], dtype=np.uint64)
-    micro_lanes_into(src, a, c, v, v0, 1, dst, d, base, add)
+    vector once for every output column that reads it; (k_w, sw) in WINDOWS; src, dst flat, a0 signed (negative when
+    the first columns are skipped), rows and d unsigned, the LP rows of dst distinct, v (blocks, rows, >= LB) with
+    C-contiguous rows, base contiguous."""
+    for k in range(v.shape[0]):
+        for p in range(LP):
+            at = int(d[p]) + k * LB
+            acc = np.zeros(LB, dtype=dst.dtype)
+            for t in range(rows.shape[0]):
+                for kw in range(k_w):
+                    i = p * sw + kw
+                    if i_lo <= i < i_hi:
+                        first = int(a0) + int(rows[t]) + i * pix + k * LB
+                        acc += src[first:first + LB] * v[k, v0 + t * k_w + kw, :LB]
+            dst[at:at + LB] = (dst[at:at + LB] if add else base[k * LB:(k + 1) * LB]) + acc
 
 
 def micro_pixel_into(src, c, wi, n, v, dst, d, base):
@@ -347,16 +359,19 @@ def _define_window(module, elem):
     """micro_window_into as a function of its own: per block, per vector j of the block's lanes (one pass each),
     LP accumulators; for each row t (a loop), the k_w weight vectors of the row, then every source column
     i <= (LP - 1)*sw + k_w - 1 loaded once and multiply-added into the accumulators p with p*sw + kw = i; the columns
-    unrolled for each (k_w, sw) of WINDOWS (a switch on them), as no other loop order reads each vector once."""
+    unrolled for each (k_w, sw) of WINDOWS (a switch on them), as no other loop order reads each vector once. A tile
+    with columns outside [i_lo, i_hi) runs a second copy of the loop, where each column is a branch (taken alike in
+    every row)."""
     vec, fmuladd, zero, vl, itemsize = _vector_ops(module, elem)
     i64 = ir.IntType(64)
     ptr, iptr = elem.as_pointer(), i64.as_pointer()
     fn, builder = _new_function(module, f"nbconv_micro_window_{LP}x{LB}_f{itemsize * 8}_v{vl}",
                                 [ptr, i64, iptr, i64, i64, ptr, i64, i64, ptr, iptr, ptr, ir.IntType(1), i64, i64, i64,
-                                 i64])
+                                 i64, i64, i64])
     if builder is None:
         return fn
-    src, a0, rows, n_t, pix, v_first, v_stride, v0, out, d, base, add, n_blocks, v_block, k_w, sw = fn.args
+    src, a0, rows, n_t, pix, v_first, v_stride, v0, out, d, base, add, n_blocks, v_block, k_w, sw, i_lo, i_hi = \
+        fn.args
     accs = [cgutils.alloca_once(builder, vec) for _ in range(LP)]
     d_p = [builder.load(builder.gep(d, [ir.Constant(i64, p)])) for p in range(LP)]
 
@@ -366,12 +381,7 @@ def _define_window(module, elem):
     def const(value):
         return ir.Constant(i64, value)
 
-    done = fn.append_basic_block("done")
-    cases = {pair: fn.append_basic_block(f"window{pair[0]}s{pair[1]}") for pair in WINDOWS}
-    switch = builder.switch(builder.add(builder.mul(k_w, const(16)), sw), done)
-    for (kw_n, sw_n), block in cases.items():
-        switch.add_case(const(kw_n * 16 + sw_n), block)
-        builder.position_at_end(block)
+    def tiles(kw_n, sw_n, inside):  # the blocks' passes; inside: per column, whether it is read (None: all)
         with cgutils.for_range(builder, n_blocks) as blk:
             v = builder.gep(v_first, [builder.mul(blk.index, v_block)])
             lane0 = builder.mul(blk.index, const(LB))
@@ -387,14 +397,32 @@ def _define_window(module, elem):
                                                              const(j * vl))), align=itemsize) for kw in range(kw_n)]
                     for i in range((LP - 1) * sw_n + kw_n):
                         users = [(p, i - p * sw_n) for p in range(LP) if 0 <= i - p * sw_n < kw_n]
-                        x = builder.load(vec_at(src, builder.add(row, builder.mul(const(i), pix))), align=itemsize)
-                        for p, kw in users:
-                            builder.store(builder.call(fmuladd, [x, ws[kw], builder.load(accs[p])]), accs[p])
+                        with builder.if_then(inside[i]) if inside else contextlib.nullcontext():
+                            x = builder.load(vec_at(src, builder.add(row, builder.mul(const(i), pix))),
+                                             align=itemsize)
+                            for p, kw in users:
+                                builder.store(builder.call(fmuladd, [x, ws[kw], builder.load(accs[p])]), accs[p])
                 for p in range(LP):
                     at = vec_at(out, builder.add(d_p[p], shift))
                     init = builder.select(add, at, vec_at(base, shift))
                     builder.store(builder.fadd(builder.load(init, align=itemsize), builder.load(accs[p])), at,
                                   align=itemsize)
+
+    done = fn.append_basic_block("done")
+    cases = {pair: fn.append_basic_block(f"window{pair[0]}s{pair[1]}") for pair in WINDOWS}
+    switch = builder.switch(builder.add(builder.mul(k_w, const(16)), sw), done)
+    for (kw_n, sw_n), block in cases.items():
+        switch.add_case(const(kw_n * 16 + sw_n), block)
+        builder.position_at_end(block)
+        n_i = (LP - 1) * sw_n + kw_n
+        inside = [builder.and_(builder.icmp_signed("<=", i_lo, const(i)), builder.icmp_signed(">", i_hi, const(i)))
+                  for i in range(n_i)]
+        every = builder.and_(builder.icmp_signed("<=", i_lo, const(0)), builder.icmp_signed(">=", i_hi, const(n_i)))
+        with builder.if_else(every) as (whole, part):
+            with whole:
+                tiles(kw_n, sw_n, None)
+            with part:
+                tiles(kw_n, sw_n, inside)
         builder.branch(done)
     builder.position_at_end(done)
     builder.ret_void()
@@ -474,7 +502,7 @@ def _emit_pixel(context, builder, sig, args):
 def _emit_window(context, builder, sig, args):
     """Call micro_window_into's function (defined once per module) on the operands' data pointers."""
     i64 = ir.IntType(64)
-    names = ("src", "a0", "rows", "pix", "v", "v0", "out", "d", "base", "add", "k_w", "sw")
+    names = ("src", "a0", "rows", "pix", "v", "v0", "out", "d", "base", "add", "k_w", "sw", "i_lo", "i_hi")
     typ = dict(zip(names, sig.args))
     val = dict(zip(names, args))
     arr = {k: context.make_array(t)(context, builder, val[k]) for k, t in typ.items() if isinstance(t, types.Array)}
@@ -492,7 +520,7 @@ def _emit_window(context, builder, sig, args):
     builder.call(fn, [arr["src"].data, integer("a0"), arr["rows"].data, n_t, integer("pix"), arr["v"].data,
                       row_stride(1), integer("v0"), arr["out"].data, arr["d"].data, arr["base"].data,
                       context.cast(builder, val["add"], typ["add"], types.boolean), n_blocks, row_stride(0),
-                      integer("k_w"), integer("sw")])
+                      integer("k_w"), integer("sw"), integer("i_lo"), integer("i_hi")])
     return context.get_dummy_value()
 
 def _check_float(*arrays):
@@ -561,19 +589,17 @@ def _micro_lanes_into_jit(src, a, c, v, v0, v_step, dst, d, base, add):
                                                                               add)
 
 
-
 @intrinsic
-def _window_ir(typingctx, src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw):
+def _window_ir(typingctx, src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw, i_lo, i_hi):
     _check_float(src, v, dst, base)
-    return (types.void(src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw),
+    return (types.void(src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw, i_lo, i_hi),
             lambda ctx, b, sig, args: _emit_window(ctx, b, sig, args))
 
 
 @overload(micro_window_into)
-def _micro_window_into_jit(src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw):
-    return lambda src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw: _window_ir(src, a0, rows, pix, v, v0, dst,
-                                                                                     d, base, add, k_w, sw)
-
+def _micro_window_into_jit(src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw, i_lo, i_hi):
+    return lambda src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw, i_lo, i_hi: _window_ir(
+        src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw, i_lo, i_hi)
 
 
 @intrinsic

@@ -58,31 +58,42 @@ def test_micro_tiles_llvm_code_matches_numpy_bodies(dtype, n_red, lanes):
 
 
 @kernel()
-def _window_tile(src, a0, rows, pix, v_blocks, v0, dst, d, base, add, k_w, sw):
-    _micro.micro_window_into(src, a0, rows, pix, v_blocks, v0, dst, d, base, add, k_w, sw)
+def _window_tile(src, a0, rows, pix, v_blocks, v0, dst, d, base, add, k_w, sw, i_lo, i_hi):
+    _micro.micro_window_into(src, a0, rows, pix, v_blocks, v0, dst, d, base, add, k_w, sw, i_lo, i_hi)
 
 
 @pytest.mark.parametrize("window", _micro.WINDOWS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n_rows", [0, 1, 3])
 @pytest.mark.parametrize("add", [False, True])
-def test_window_tile_llvm_code_matches_numpy_body(window, dtype, n_rows, add):
+@pytest.mark.parametrize("columns", ["all", "first skipped", "last skipped"])
+def test_window_tile_llvm_code_matches_numpy_body(window, dtype, n_rows, add, columns):
     """micro_window_into (each source vector loaded once for the columns that read it) for every (k_w, stride) it
-    is compiled for: two blocks of LB lanes, rows of the source at scattered offsets, pixels 2*LB + 3 apart."""
+    is compiled for: two blocks of LB lanes, rows of the source at scattered offsets, pixels 2*LB + 3 apart; with
+    every source column read, or the first or last ones skipped (the tiles at a row's ends, whose a0 may lie before
+    the source: the skipped columns are never read, here NaN)."""
     k_w, sw = window
     rng = np.random.default_rng(n_rows)
     LP, LB = _micro.LP, _micro.LB
     pix = 2 * LB + 3
+    n_i = (LP - 1) * sw + k_w
+    i_lo, i_hi = {"all": (-1, n_i + 2), "first skipped": (k_w - 1, n_i), "last skipped": (0, n_i - k_w + 1)}[columns]
+    a0 = 7 - 2 * pix if columns == "first skipped" else 7
     src = rng.standard_normal(6 * 40 * pix).astype(dtype)
     rows = (rng.choice(5, n_rows, replace=False) * 40 * pix).astype(np.uint64)
+    for r in rows:  # the skipped columns: NaN, which would show in every output that read one
+        for i in range(n_i):
+            if not i_lo <= i < i_hi and 0 <= a0 + int(r) + i * pix:
+                src[a0 + int(r) + i * pix:a0 + int(r) + i * pix + 2 * LB] = np.nan
     v_blocks = rng.standard_normal((2, 1 + n_rows * k_w, LB + 3)).astype(dtype)
     d = (np.arange(LP)[::-1] * (2 * LB + 1)).astype(np.uint64)
     dst = rng.standard_normal(LP * (2 * LB + 1) + 5).astype(dtype)
     base = rng.standard_normal(2 * LB + 2).astype(dtype)
     got, want = dst.copy(), dst.copy()
-    _window_tile(src, 7, rows, pix, v_blocks, 1, got, d, base, add, k_w, sw)
-    _micro.micro_window_into(src, 7, rows, pix, v_blocks, 1, want, d, base, add, k_w, sw)
+    _window_tile(src, a0, rows, pix, v_blocks, 1, got, d, base, add, k_w, sw, i_lo, i_hi)
+    _micro.micro_window_into(src, a0, rows, pix, v_blocks, 1, want, d, base, add, k_w, sw, i_lo, i_hi)
     assert np.array_equal(want, dst) == (add and n_rows == 0)  # adding no rows leaves dst as it was
+    assert not np.isnan(got).any() and not np.isnan(want).any()
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(got, want, **tol)
 
