@@ -1251,6 +1251,26 @@ def test_bias_gradient_bits_do_not_depend_on_the_route_or_threads(x_shape, w_sha
     np.testing.assert_allclose(results[0], gy.astype(np.float64).sum(axis=(0, 1, 2)), rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("x_shape, kernel, stride, pads", [
+    ((2, 4, 5, 32), (3, 3), (1, 1), ((1, 1), (1, 1))),     # one tile, both ends skipping a column
+    ((2, 5, 9, 48), (5, 5), (1, 2), ((2, 2), (2, 2))),     # stride 2, the two end tiles overlapping
+    ((1, 3, 14, 40), (1, 5), (1, 1), ((0, 0), (3, 2))),    # asymmetric: 3 columns skipped at the start; 8 odd lanes
+    ((2, 3, 4, 7, 16), (3, 3, 3), (1, 1, 2), ((1, 1),) * 3),  # 3-D
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_depthwise_rows_end_in_tiles_that_skip_outside_columns(x_shape, kernel, stride, pads, dtype):
+    """Depthwise layers whose rows the window tile covers whole, the tiles at a row's ends skipping the source
+    columns outside it (narrow rows, strides, asymmetric padding, leftover channels): the reference's values."""
+    rng = np.random.default_rng(9)
+    c = x_shape[-1]
+    x, w, b = randn(rng, x_shape, dtype), randn(rng, (*kernel, 1, c), dtype), randn(rng, (c,), dtype)
+    nd = len(kernel)
+    y = getattr(nbconv, f"conv{nd}d")(x, w, b, stride=stride, padding=pads, groups=c)
+    expected = R.conv_forward(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), stride, pads, 1, c)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(y, expected, rtol=tol, atol=tol)
+
+
 def _split_configs():
     """Zero-padded convolutions (1-3 spatial dims, strides, dilations, asymmetric pads, groups, the lane-group
     layout) drawn with a fixed seed."""
