@@ -86,10 +86,10 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, sched, me):
         # A row written directly also tiles its last columns, with a tile that overlaps the one before it (stores,
         # so the columns computed twice get the same values twice).
         ow_lo_t, ow_hi = (0, out_w) if whole_row else (ow_lo, ow_end if direct else ow_whole)
-        for ow in range(out_w):  # bias where a tile adds, or where the plain loops do
+        for ow in range(out_w if c_full < c_dst or not direct else 0):  # bias where a tile adds, or the plain loops
             for c in range(0 if ow_lo_t <= ow < ow_hi and not direct else c_full, c_dst):
                 dst_flat[out_at + ow * c_dst + c] = bias[c]
-        if c_full > 0:
+        if c_full > 0 and (ow_lo_t > 0 or ow_hi < out_w):
             for ow in range(out_w):
                 if ow_lo_t <= ow < ow_hi:
                     continue
@@ -129,7 +129,7 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, sched, me):
             end = t
             while end < n_taps and row_src[row, end] >= 0:
                 row_offsets[end] = np.uint64((row_src[row, end] - first) * w_src * c_src)
-                for kw in range(k_w):
+                for kw in range(0 if window else k_w):  # the window tile steps through a row's taps itself
                     offsets[end * k_w + kw] = row_offsets[end] + np.uint64(kw * dw * c_src)
                 end += 1
             run_offsets, run_rows = offsets[t * k_w:end * k_w], row_offsets[t:end]
