@@ -637,6 +637,9 @@ def check_out(out, inputs):
 
 def forward(x, w, bias, params, out):
     """out = conv(x, w) + bias."""
+    if x.size == 0:  # an empty spatial dim (the output, if any, reads only zero padding): the bias alone
+        out[...] = 0 if bias is None else bias
+        return out
     lane_groups = _lane_groups(w.shape, params.groups, x.dtype)
     if _is_few_per_group(w.shape, params.groups) and out.size and not lane_groups:
         return _few_per_group_forward(x, w, bias, params, out)
@@ -889,6 +892,8 @@ def _phase_plan(src_shape, shape, kernel, taps, lo, window, stride, c_out, cg_ou
 
 def grad_input(gy, w, x_shape, params):
     """dL/dx of y = conv(x, w) given gy = dL/dy."""
+    if math.prod(x_shape) == 0:
+        return np.zeros(x_shape, dtype=gy.dtype)
     padded = tuple(n + a + b for n, (a, b) in zip(x_shape[1:-1], params.pads))
     if params.mode == "zeros":  # the gradient of the zero padding is dropped: compute only x's window
         window = (tuple(a for a, _ in params.pads), tuple(x_shape[1:-1]))
@@ -912,7 +917,7 @@ def grad_weight_and_bias(gy, x, w_shape, params):
 
 def _grad_weight(gy, x, w_shape, params, with_bias):
     """grad_weight, or with_bias (grad_weight, its bias gradient)."""
-    if gy.size == 0:
+    if gy.size == 0 or x.size == 0:  # no products (x empty: every tap reads zero padding)
         gw = np.zeros(w_shape, dtype=gy.dtype)
     elif _is_depthwise(w_shape, params.groups):
         return _depthwise_grad_weight(gy, x, w_shape, params, with_bias)

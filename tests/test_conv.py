@@ -1271,6 +1271,24 @@ def test_depthwise_rows_end_in_tiles_that_skip_outside_columns(x_shape, kernel, 
     np.testing.assert_allclose(y, expected, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("groups, cg_in", [(1, 4), (4, 1), (2, 2)])  # dense, depthwise, 2 channels per group
+@pytest.mark.parametrize("x_shape", [(2, 0, 4), (2, 3, 0, 4)])
+def test_an_empty_spatial_dim_with_padding_gives_the_bias(groups, cg_in, x_shape):
+    """An input with an empty spatial dim, padded to a non-empty output, reads only zero padding on every route:
+    the forward is the bias, the input gradient empty, the weight gradient zero, the bias gradient grad_out's sum."""
+    nd = len(x_shape) - 2
+    x = np.ones(x_shape, np.float32)
+    w = np.ones((3,) * nd + (cg_in, 4), np.float32)
+    b = np.arange(4, dtype=np.float32)
+    y = getattr(nbconv, f"conv{nd}d")(x, w, b, padding=2, groups=groups)
+    assert y.shape == (x_shape[0], *(n + 2 for n in x_shape[1:-1]), 4)
+    assert np.array_equal(y, np.broadcast_to(b, y.shape))
+    gy = np.ones(y.shape, np.float32)
+    grads = getattr(nbconv, f"conv{nd}d_backward")(gy, x, w, padding=2, groups=groups)
+    assert grads.input.shape == x_shape and not grads.weight.any()
+    assert np.array_equal(grads.bias, np.full(4, gy[..., 0].size, np.float32))
+
+
 def _split_configs():
     """Zero-padded convolutions (1-3 spatial dims, strides, dilations, asymmetric pads, groups, the lane-group
     layout) drawn with a fixed seed."""
