@@ -29,6 +29,7 @@
 - With NUMBA_DISABLE_JIT=1 (Numba's debugging switch) the kernels run as plain Python: correct, and
   orders of magnitude slower.
 """
+import hashlib
 import os
 import threading
 import warnings
@@ -70,13 +71,39 @@ _NO_CACHE_WARNING = ("nbconv: no writable Numba cache location ({error}); kernel
                      "process. Set NUMBA_CACHE_DIR to a writable directory to cache them.")
 
 
+# Numba reuses a cached kernel while the kernel's own source file is unchanged; these modules' code is compiled into
+# kernels of other files (register tiles, chunk generators, atomics), so their stamps join every kernel's.
+_SHARED_SOURCES = ("_micro.py", "_jit.py", "_workers.py", "_padding.py")
+
+
+def _shared_stamp():
+    """SHA-256 of the concatenated contents of _SHARED_SOURCES, as numba hashes a kernel's own file (None where the
+    package is not in files)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha256()
+    try:
+        for name in _SHARED_SOURCES:
+            with open(os.path.join(here, name), "rb") as source:
+                digest.update(source.read())
+    except OSError:
+        return None
+    return digest.digest()
+
+
+_SHARED_STAMP = _shared_stamp()
+
+
 def kernel(inline="never"):
-    """Decorator for nbconv's CPU kernels (nothing is compiled until the first call)."""
+    """Decorator for nbconv's CPU kernels (nothing is compiled until the first call). A cached kernel is reused
+    only while its own file and _SHARED_SOURCES are unchanged."""
     options = dict(fastmath=set(FASTMATH), nogil=True, error_model="numpy", boundscheck=False, inline=inline)
 
     def decorate(fn):
         try:
             dispatcher = numba.njit(cache=True, **options)(fn)
+            cache_file = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
+            if cache_file is not None:  # the stamp numba writes into the cache index and compares on loading it
+                cache_file._source_stamp = (cache_file._source_stamp, _SHARED_STAMP)
         except RuntimeError as error:  # numba: "cannot cache function ...: no locator available"
             if "no locator available" not in str(error):
                 raise

@@ -217,6 +217,37 @@ def test_corrupted_cache_is_discarded_and_rebuilt(tmp_path, how):
     assert rc == 0 and third == first and "discarding" not in err, err[-2000:]
 
 
+def test_a_changed_tile_module_refreshes_the_cached_kernels(tmp_path):
+    """Numba reuses a cached kernel while the kernel's own file is unchanged; the register tiles (_micro.py), compiled
+    into kernels of other files, are part of every kernel's stamp: after _micro.py changes, a cached kernel of
+    _cpu.py is compiled again instead of loaded (a copy of the package, so that its files can change)."""
+    import shutil
+    shutil.copytree(ROOT / "nbconv", tmp_path / "pkg" / "nbconv", ignore=shutil.ignore_patterns("__pycache__"))
+    code = textwrap.dedent("""
+        import numpy as np, nbconv
+        from nbconv import _cpu
+        assert _cpu.__file__.startswith(%r)
+        nbconv.conv2d_backward(np.ones((2, 6, 6, 4)), np.ones((2, 6, 6, 3)), np.ones((3, 3, 3, 4)), padding=1,
+                               needs=("bias",))
+        stats = _cpu._column_sums.stats
+        print("HITS", sum(stats.cache_hits.values()), "MISSES", sum(stats.cache_misses.values()))
+    """ % str(tmp_path / "pkg"))
+    env = dict(os.environ, PYTHONPATH=str(tmp_path / "pkg"), NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+
+    def run():
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT, env=env,
+                              cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.split("HITS", 1)[1].split()
+
+    assert run() == ["0", "MISSES", "1"]   # compiled and cached
+    assert run() == ["1", "MISSES", "0"]   # loaded from the cache
+    with open(tmp_path / "pkg" / "nbconv" / "_micro.py", "a") as tiles:
+        tiles.write("# changed\n")
+    assert run() == ["0", "MISSES", "1"]   # _cpu.py unchanged, but its cached code is stale: compiled again
+    assert run() == ["1", "MISSES", "0"]
+
+
 def test_disable_jit_runs_the_kernels_as_python():
     code = """
     import numpy as np, nbconv
