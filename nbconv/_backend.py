@@ -40,7 +40,8 @@ class Backend(Protocol):
         """gy summed over every axis but the last (fixed-order, reproducible sum)."""
 
     def grad_weight_and_bias(self, gy, x, w_shape, params):
-        """(grad_weight(...), grad_bias(gy)), in one pass over gy where the backend can."""
+        """(grad_weight(...), grad_bias(gy)), in one hand-off to the threads or one pass over gy where the backend
+        can."""
 
     def transpose(self, x, w, bias, params, output_padding, out):
         """out = conv_transpose(x, w) + bias: the input gradient of the convolution whose output is x."""

@@ -53,6 +53,7 @@ from ._padding import CODES, source_indices
 _TILES_PER_ITEM = 8  # register tiles per item (unit of work shared among threads) of the gather kernel, at most
 _PANEL_BYTES = 192 << 10  # packed weights the gather kernel keeps in use across an item's tiles (in L2)
 _WEIGHT_GRAD_CHUNK = 256  # most output pixels per chunk of the weight gradient (operands stay in L1/L2)
+_DIRECT_ROWS = 16 * P  # most rows of w (taps x input channels) for which the weight gradient reads grad_out in place
 
 
 @kernel()
@@ -175,13 +176,12 @@ def _scatter_conv(gy, reduce_offsets, wpk, offsets, dst, dst_pix, cg_src, cg_dst
 
 
 @kernel()
-def _weight_grad(flat, rows, pix, gy, partial, bias_partial, cg_src, cg_dst, chunk, sched, me):
+def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, sched, me):
     """partial[t, g, nb, r, b] = sum over pixels s of chunks t, t+T, ... (chunk pixels each, in that order) of
-    flat[rows[min(r, R-1)] + g*cg_src + pix[s]] * gy[s, g*cg_dst + nb*B + b] (left zero for nb*B + b >= cg_dst),
-    and, unless bias_partial is empty, bias_partial[t, g, nb, b] = the sum of those gy[s, g*cg_dst + nb*B + b]
-    (the bias gradient's share, from the values packed for the tile anyway); gy (S, C_out) C-contiguous, partial
-    and bias_partial (T, G, NB, B) zeroed, partial's rows padded to P; items i of chunk_items(sched, me): the
-    (slot t, group g, block nb) = (i // (G*NB), i // NB % G, i % NB), each summed by one thread."""
+    flat[rows[min(r, R-1)] + g*cg_src + pix[s]] * gy[s, g*cg_dst + nb*B + b] (left zero for nb*B + b >= cg_dst);
+    gy (S, C_out) C-contiguous, partial (T, G, NB, rows padded to P, B) zeroed; items i of chunk_items(sched, me):
+    the (slot t, group g, block nb) = (i // (G*NB), i // NB % G, i % NB), each summed by one thread. The tile reads
+    gy in place or a packed copy of the block (the same values: the bits do not depend on which)."""
     n_slots, groups, n_blocks = partial.shape[0], partial.shape[1], partial.shape[2]
     n_rows = rows.shape[0]
     n_pix = pix.shape[0]
@@ -189,33 +189,36 @@ def _weight_grad(flat, rows, pix, gy, partial, bias_partial, cg_src, cg_dst, chu
     last = n_rows - 1
     tile = np.empty((P, B), dtype=partial.dtype)
     bases = np.empty(P, dtype=np.uint64)
-    gy_chunk = np.zeros((chunk, B), dtype=partial.dtype)  # B lanes of grad_out, packed per chunk
-    lane_sums = np.zeros(B, dtype=bias_partial.dtype)  # stands in for bias_partial when that is empty
+    gy_chunk = np.zeros((chunk, B), dtype=partial.dtype)  # a block of grad_out's lanes, packed per chunk
     for item in chunk_items(sched, me):
         t, g_nb = divmod(item, groups * n_blocks)
         g, nb = divmod(g_nb, n_blocks)
         c0 = g * cg_dst + nb * B
         n_valid = min(B, cg_dst - nb * B)
+        # The tile reads a whole block of grad_out's lanes where it is when few rows of w reuse it (a copy costs
+        # more than the tiles then); many rows read a packed copy, which stays in L1 (rows of grad_out a power-of-two
+        # stride apart share a few cache sets).
+        direct = n_valid == B and n_rows <= _DIRECT_ROWS
         acc = partial[t, g, nb]
-        sums = bias_partial[t, g, nb] if bias_partial.shape[0] else lane_sums
         for ck in range(t, n_chunks, n_slots):
             s0 = ck * chunk
             s1 = min(s0 + chunk, n_pix)
             pix_chunk = pix[s0:s1]
-            for s in range(s1 - s0):  # this block of grad_out stays in L1 across the rows of w
-                gy_row = gy[s0 + s]
-                lanes = gy_chunk[s]
-                for b in range(n_valid):
-                    lanes[b] = gy_row[c0 + b]
-                for b in range(n_valid, B):
-                    lanes[b] = 0
-                if bias_partial.shape[0]:
+            if not direct:
+                for s in range(s1 - s0):  # this block of grad_out stays in L1 across the rows of w
+                    gy_row = gy[s0 + s]
+                    lanes = gy_chunk[s]
                     for b in range(n_valid):
-                        sums[b] += gy_row[c0 + b]
+                        lanes[b] = gy_row[c0 + b]
+                    for b in range(n_valid, B):
+                        lanes[b] = 0
             for r0 in range(0, n_rows, P):
                 for p in range(P):
                     bases[p] = rows[min(r0 + p, last)] + np.uint64(g * cg_src)
-                micro_tile(flat, bases, pix_chunk, gy_chunk[:s1 - s0], tile, n_valid)
+                if direct:
+                    micro_tile(flat, bases, pix_chunk, gy[s0:s1, c0:c0 + B], tile, B)
+                else:
+                    micro_tile(flat, bases, pix_chunk, gy_chunk[:s1 - s0], tile, n_valid)
                 for p in range(P):
                     acc_row = acc[r0 + p]
                     for b in range(n_valid):
@@ -909,9 +912,8 @@ def grad_weight(gy, x, w_shape, params):
 
 
 def grad_weight_and_bias(gy, x, w_shape, params):
-    """(dL/dw, dL/dbias): the dense weight gradient sums the bias gradient from the values of gy it reads anyway (no
-    second pass over gy; float64 sums in a fixed order, as grad_bias, but not in the same order: the last bit may
-    differ from grad_bias's); other layouts compute the two apart."""
+    """(dL/dw, dL/dbias): grad_bias's sums share the weight gradient's hand-off to the threads (dense and
+    depthwise layouts; the bits of grad_bias)."""
     return _grad_weight(gy, x, w_shape, params, True)
 
 
@@ -929,7 +931,7 @@ def _grad_weight(gy, x, w_shape, params, with_bias):
 
 
 def _dense_grad_weight(gy, x, w_shape, params, with_bias):
-    """_grad_weight through _weight_grad (the bias gradient summed there too with_bias)."""
+    """_grad_weight through _weight_grad (with_bias: grad_bias's sums in the same hand-off to the threads)."""
     kernel, cg_in, c_out = w_shape[:-2], w_shape[-2], w_shape[-1]
     groups = params.groups
     cg_out = c_out // groups
@@ -947,21 +949,16 @@ def _dense_grad_weight(gy, x, w_shape, params, with_bias):
     chunk = min(_WEIGHT_GRAD_CHUNK, -(-pix.shape[0] // SLOTS))
     n_slots = max(1, min(SLOTS, -(-pix.shape[0] // chunk), budget // block))
     partial = np.zeros((n_slots, groups, n_blocks, -(-n_rows // P) * P, B), dtype=gy.dtype)
-    bias_partial = np.zeros((n_slots, groups, n_blocks, B) if with_bias else (0, 0, 0, 0))
-    call(_weight_grad, xp.reshape(-1), rows, pix, _c(gy).reshape(-1, c_out), partial, bias_partial, cg_in, cg_out,
-         chunk, items=n_slots * groups * n_blocks, work=gy.size * n_rows)
+    bias_jobs, bias_total = _bias_jobs(gy) if with_bias else ([], None)
+    call_all([(_weight_grad, (xp.reshape(-1), rows, pix, _c(gy).reshape(-1, c_out), partial, cg_in, cg_out, chunk),
+               n_slots * groups * n_blocks)] + bias_jobs, gy.size * n_rows)
     total = partial[0]
     for t in range(1, n_slots):  # the slots in a fixed order, in place (no second copy of the sums)
         total += partial[t]
     total = total[:, :, :n_rows]                                # (G, NB, R, B)
     total = total.transpose(0, 2, 1, 3).reshape(groups, n_rows, -1)[:, :, :cg_out]
     gw = np.ascontiguousarray(total.transpose(1, 0, 2)).reshape(w_shape)
-    if not with_bias:
-        return gw
-    bias_total = bias_partial[0]
-    for t in range(1, n_slots):  # the slots in a fixed order
-        bias_total += bias_partial[t]
-    return gw, bias_total.reshape(groups, -1)[:, :cg_out].reshape(-1).astype(gy.dtype)
+    return (gw, bias_total()) if with_bias else gw
 
 
 def grad_bias(gy):

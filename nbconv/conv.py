@@ -189,7 +189,7 @@ def _backward(nd, grad_out, x, w, stride, padding, dilation, groups, padding_mod
         raise ValueError(f"grad_out has shape {tuple(grad_out.shape)} but the convolution's output has shape "
                          f"{y_shape} (x.shape={tuple(x.shape)}, w.shape={tuple(w.shape)})")
     gx = input_grad(grad_out, w, x.shape, params) if "input" in needs else None
-    if "weight" in needs and "bias" in needs:  # one pass over grad_out for both where the backend can
+    if "weight" in needs and "bias" in needs:  # together where the backend can (one hand-off, or one pass)
         gw, gb = backend.grad_weight_and_bias(grad_out, x, tuple(w.shape), params)
     else:
         gw = weight_grad(grad_out, x, w.shape, params) if "weight" in needs else None
