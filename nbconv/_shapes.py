@@ -138,10 +138,11 @@ def conv_params(x_shape, w_shape, *, stride, padding, dilation, groups, padding_
     """Validate a forward convolution of `x_shape` (N, *spatial, C_in) with `w_shape`
     (*kernel, C_in // groups, C_out) and return its ConvParams (remembered for plain arguments)."""
     key = (x_shape, w_shape, stride, padding, dilation, groups, padding_mode)
-    params = _PARAMS_MEMO.get(key) if _plain(key) else None
+    plain = _plain(key)
+    params = _PARAMS_MEMO.get(key) if plain else None
     if params is None:
         params = _conv_params(x_shape, w_shape, stride, padding, dilation, groups, padding_mode)
-        if _plain(key):
+        if plain:
             if len(_PARAMS_MEMO) >= _PARAMS_MEMO_SIZE:
                 _PARAMS_MEMO.clear()
             _PARAMS_MEMO[key] = params
