@@ -208,10 +208,8 @@ def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, sched, me)
                 for s in range(s1 - s0):  # this block of grad_out stays in L1 across the rows of w
                     gy_row = gy[s0 + s]
                     lanes = gy_chunk[s]
-                    for b in range(n_valid):
+                    for b in range(n_valid):  # the lanes past n_valid: zero or an earlier block's (discarded)
                         lanes[b] = gy_row[c0 + b]
-                    for b in range(n_valid, B):
-                        lanes[b] = 0
             for r0 in range(0, n_rows, P):
                 for p in range(P):
                     bases[p] = rows[min(r0 + p, last)] + np.uint64(g * cg_src)
