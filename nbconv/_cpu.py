@@ -588,8 +588,9 @@ def _depthwise_grad_input(gy, w, dst, offset, stride, dilation):
                          dst.shape[1:-2], kernel[:-1], stride[:-1], dilation[:-1], offset[:-1]), gy.shape[1:-2]))
     gy = _c(gy)
     dst_rows = _rows(dst)
-    call(_depthwise.grad_input, _rows(gy), _c(w.reshape(-1, kernel[-1], w.shape[-1])), row_gy, dst_rows,
-         offset[-1], stride[-1], dilation[-1], items=dst_rows.shape[0], work=gy.size * math.prod(kernel))
+    w3 = _c(w.reshape(-1, kernel[-1], w.shape[-1]))
+    call(_depthwise.grad_input, _rows(gy), w3, _depthwise.lanes_weights(w3), row_gy, dst_rows, offset[-1], stride[-1],
+         dilation[-1], items=dst_rows.shape[0], work=gy.size * math.prod(kernel))
     return dst
 
 

@@ -46,6 +46,22 @@ def _madd_row(acc, i, a, j, b, k, n, m, c_lo):
                 acc[i + ci * np.uint64(m) + u] += av * b[k + ci * np.uint64(m) + u]
 
 
+@kernel(inline="always")
+def _madd_adjoint(acc, i, a, j, b, k, n, m, c_lo):
+    """acc[i + c] += sum_{u < m} a[j + c*m + u] * b[k + c*m + u] for c_lo <= c < n, in order of u: flat arrays and
+    unsigned offsets, as in _madd_row."""
+    i, j, k = np.uint64(i), np.uint64(j), np.uint64(k)
+    if m == 1:
+        for c in range(np.uint64(c_lo), np.uint64(n)):
+            acc[i + c] += a[j + c] * b[k + c]
+    else:
+        for c in range(np.uint64(c_lo), np.uint64(n)):
+            s = acc[i + c]
+            for u in range(np.uint64(m)):
+                s += a[j + c * np.uint64(m) + u] * b[k + c * np.uint64(m) + u]
+            acc[i + c] = s
+
+
 @kernel()
 def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, sched, me):
     """dst[r, ow, c] = bias[c] + sum over taps t with row_src[r, t] >= 0 and kw of src[row_src[r, t], ow*sw +
@@ -149,40 +165,48 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, sched, me):
 
 
 @kernel()
-def grad_input(gy, w, row_gy, dst, off_w, sw, dw, sched, me):
+def grad_input(gy, w, wpk, row_gy, dst, off_w, sw, dw, sched, me):
     """dst[r, i, ci] = sum of gy[row_gy[r, t], ow, ci*m + u] * w[t, kw, ci*m + u] over taps t with row_gy[r, t] >= 0,
     kw, ow with ow*sw + kw*dw = i + off_w, u < m; gy (R_gy, OW, C_out), w (T, KW, C_out), dst (R, W, C_dst),
-    row_gy (R, T); all C-contiguous; items r of chunk_items(sched, me): the rows of dst."""
+    row_gy (R, T), wpk = lanes_weights(w); all C-contiguous; items r of chunk_items(sched, me): the rows of dst.
+    Each pixel of dst is written once, from its list of taps: the full blocks of LB channels (m == 1) through the
+    one-pixel tile, the other channels in plain loops, in the order of the taps (t, then kw)."""
     out_w, c_out = gy.shape[1], gy.shape[2]
     w_dst, c_dst = dst.shape[1], dst.shape[2]
     n_taps, k_w = w.shape[0], w.shape[1]
     m = c_out // c_dst
+    c_full = (c_dst // LB) * LB if m == 1 else 0
+    gy_flat, w_flat, dst_flat = gy.reshape(-1), w.reshape(-1), dst.reshape(-1)
+    offsets = np.empty(n_taps * k_w, dtype=np.uint64)  # the pixel's taps: their grad_out pixel and weight row
+    weights = np.empty(n_taps * k_w, dtype=np.uint64)
+    zeros = np.zeros(c_full, dtype=dst.dtype)
+    col_ow = np.full((w_dst, k_w), -1, dtype=np.int64)  # the output column that reaches column i through kw, or -1
+    for i in range(w_dst):
+        for kw in range(k_w):
+            q = i + off_w - kw * dw
+            if q >= 0 and q % sw == 0 and q // sw < out_w:
+                col_ow[i, kw] = q // sw
     for row in chunk_items(sched, me):
-        dst_row = dst[row]
         for i in range(w_dst):
-            dst_px = dst_row[i]
-            for c in range(c_dst):
-                dst_px[c] = 0
-        for t in range(n_taps):
-            gr = row_gy[row, t]
-            if gr < 0:
-                continue
-            gy_row = gy[gr]
-            for kw in range(k_w):
-                va, vb = _valid_range(out_w, kw * dw - off_w, sw, w_dst)
-                wv = w[t, kw]
-                for ow in range(va, vb):
-                    acc = dst_row[ow * sw + kw * dw - off_w]
-                    g = gy_row[ow]
-                    if m == 1:
-                        for c in range(c_dst):
-                            acc[c] += g[c] * wv[c]
-                    else:
-                        for ci in range(c_dst):
-                            s = acc[ci]
-                            for u in range(m):
-                                s += g[ci * m + u] * wv[ci * m + u]
-                            acc[ci] = s
+            n_s = 0
+            for t in range(n_taps):
+                gr = row_gy[row, t]
+                if gr < 0:
+                    continue
+                for kw in range(k_w):
+                    ow = col_ow[i, kw]
+                    if ow >= 0:
+                        offsets[n_s] = np.uint64((gr * out_w + ow) * c_out)
+                        weights[n_s] = np.uint64(t * k_w + kw)
+                        n_s += 1
+            at = (row * w_dst + i) * c_dst
+            if c_full > 0:
+                micro_pixel_into(gy_flat, offsets, weights, n_s, wpk, dst_flat, at, zeros)
+            for c in range(c_full, c_dst):
+                dst_flat[at + c] = 0
+            for j in range(n_s):
+                _madd_adjoint(dst_flat, at, gy_flat, offsets[j], w_flat, weights[j] * np.uint64(c_out), c_dst, m,
+                              c_full)
 
 
 @kernel()
