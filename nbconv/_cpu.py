@@ -179,7 +179,7 @@ def _scatter_conv(gy, reduce_offsets, wpk, offsets, dst, dst_pix, cg_src, cg_dst
 def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, sched, me):
     """partial[t, g, nb, r, b] = sum over pixels s of chunks t, t+T, ... (chunk pixels each, in that order) of
     flat[rows[min(r, R-1)] + g*cg_src + pix[s]] * gy[s, g*cg_dst + nb*B + b] (left zero for nb*B + b >= cg_dst);
-    gy (S, C_out) C-contiguous, partial (T, G, NB, rows padded to P, B) zeroed; items i of chunk_items(sched, me):
+    gy (S, C_out) C-contiguous, partial (T, G, NB, rows padded to P, B); items i of chunk_items(sched, me):
     the (slot t, group g, block nb) = (i // (G*NB), i // NB % G, i % NB), each summed by one thread. The tile reads
     gy in place or a packed copy of the block (the same values: the bits do not depend on which)."""
     n_slots, groups, n_blocks = partial.shape[0], partial.shape[1], partial.shape[2]
@@ -217,10 +217,16 @@ def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, sched, me)
                     micro_tile(flat, bases, pix_chunk, gy[s0:s1, c0:c0 + B], tile, B)
                 else:
                     micro_tile(flat, bases, pix_chunk, gy_chunk[:s1 - s0], tile, n_valid)
-                for p in range(P):
+                for p in range(P):  # the item's first chunk sets its sums (and zeroes the lanes past n_valid)
                     acc_row = acc[r0 + p]
-                    for b in range(n_valid):
-                        acc_row[b] += tile[p, b]
+                    if ck == t:
+                        for b in range(n_valid):
+                            acc_row[b] = tile[p, b]
+                        for b in range(n_valid, B):
+                            acc_row[b] = 0
+                    else:
+                        for b in range(n_valid):
+                            acc_row[b] += tile[p, b]
 
 
 @kernel()
@@ -947,7 +953,7 @@ def _dense_grad_weight(gy, x, w_shape, params, with_bias):
     budget = 2 * max(x.size, gy.size, math.prod(w_shape)) - (xp.size if xp is not x else 0)
     chunk = min(_WEIGHT_GRAD_CHUNK, -(-pix.shape[0] // SLOTS))
     n_slots = max(1, min(SLOTS, -(-pix.shape[0] // chunk), budget // block))
-    partial = np.zeros((n_slots, groups, n_blocks, -(-n_rows // P) * P, B), dtype=gy.dtype)
+    partial = np.empty((n_slots, groups, n_blocks, -(-n_rows // P) * P, B), dtype=gy.dtype)
     bias_jobs, bias_total = _bias_jobs(gy) if with_bias else ([], None)
     call_all([(_weight_grad, (xp.reshape(-1), rows, pix, _c(gy).reshape(-1, c_out), partial, cg_in, cg_out, chunk),
                n_slots * groups * n_blocks)] + bias_jobs, gy.size * n_rows)
