@@ -16,9 +16,10 @@ How the three gradients are computed (y = conv(x, w), xp = x padded, gy = dL/dy)
 gxp is computed without inserting stride zeros into gy: split i = q + s*j by its phase q (0 <= q < s).
 A tap k contributes to phase q iff (q - k*d) % s == 0, and then through o = j + (q - k*d) // s, so each
 phase is a stride-1 correlation of (zero-padded) gy with its own subset of taps, and every multiply
-does useful work. gx is gxp with the padding folded back (cropped for "zeros"; for the other modes
-the padded positions' gradients are added to the input positions they copied). The transposed
-convolution is exactly gxp, cropped by its padding.
+does useful work. At stride 1 that is the forward's gather over gy with the kernel flipped and its channels
+swapped, whose plan reads gy in place but for its border (no padded copy of gy). gx is gxp with the padding
+folded back (cropped for "zeros"; for the other modes the padded positions' gradients are added to the input
+positions they copied). The transposed convolution is exactly gxp, cropped by its padding.
 
 All three products run through one register-tiled inner product (`_micro.micro_tile`) that reads
 its scalar operand through a table of offsets, so the reduction index (taps x channels) is flat and
@@ -49,6 +50,7 @@ from ._jit import CHUNKS_PER_THREAD, SLOTS, call, call_all, chunk_items, kernel,
 from ._micro import (LB, LP, B, P, VECTOR_BYTES, micro_groups, micro_lanes, micro_spread, micro_tile,
                      micro_tile_into, spread_supported, window_supported)
 from ._padding import CODES, source_indices
+from ._shapes import ConvParams
 
 _TILES_PER_ITEM = 8  # register tiles per item (unit of work shared among threads) of the gather kernel, at most
 _PANEL_BYTES = 192 << 10  # packed weights the gather kernel keeps in use across an item's tiles (in L2)
@@ -672,11 +674,20 @@ def forward(x, w, bias, params, out):
         return out
     if lane_groups:  # one "group" of all channels, each tap's cg_in source channels summed in the tile
         wpk = _pack(_rotated(w.reshape(-1, cg_in, c_out), cg_in))
-        groups, cg_in = 1, c_out
     else:
         wpk = _pack(w.reshape(-1, groups, c_out // groups).transpose(1, 0, 2))
+    return _gather_forward(x, wpk, w.shape, bias, params, out, lane_groups)
+
+
+def _gather_forward(x, wpk, w_shape, bias, params, out, lane_groups):
+    """out = conv(x, w) + bias through _gather_conv, for w of w_shape packed as wpk: _pack of its (groups, taps x
+    C_in // groups, C_out // groups) view, or with lane_groups of its _rotated rows."""
+    kernel, (cg_in, c_out) = w_shape[:-2], w_shape[-2:]
+    groups, out_spatial = params.groups, out.shape[1:-1]
+    if lane_groups:
+        groups, cg_in = 1, c_out
     bias_blocks, panel = _bias_blocks(bias, wpk.shape[:2], x.dtype), _panel(wpk)
-    plan, work = _cached(("forward", x.shape, w.shape, params, lane_groups, threads(), _SPLIT_BORDER_FROM,
+    plan, work = _cached(("forward", x.shape, w_shape, params, lane_groups, threads(), _SPLIT_BORDER_FROM,
                           _SPLIT_BORDER_INTERIOR),
                          lambda: _forward_plan(x.shape, kernel, params, out_spatial, c_out, lane_groups),
                          lambda plan: sum(box[1].size + box[2].size + box[3].size for box in plan[0]))
@@ -826,6 +837,18 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
             return _plus(_c(window_view), bias)
         np.copyto(dst, window_view)
         return _plus(dst, bias)
+    # At stride 1 the window is a forward convolution of gy with the kernel flipped and its channels swapped, over gy
+    # padded by d*(k-1) - start before: the forward's plan reads gy in place but for its border (no padded copy).
+    pads = tuple((d * (k - 1) - a, a + size - o) for k, d, a, size, o in zip(kernel, dilation, starts, sizes,
+                                                                            out_spatial))
+    if (all(s == 1 for s in stride) and all(a >= 0 and b >= 0 for a, b in pads) and not lane_groups and gy.size
+            and math.prod(shape)):
+        nd = len(kernel)
+        flipped = w[(slice(None, None, -1),) * nd].reshape(*kernel, cg_in, groups, cg_out)
+        wpk = _pack(flipped.transpose(nd + 1, *range(nd), nd + 2, nd))  # (G, *taps, cg_out, cg_in), taps flipped
+        params = ConvParams(stride, pads, dilation, groups, "zeros")
+        out = np.empty(shape, dtype=gy.dtype) if dst is None else dst
+        return _gather_forward(_c(gy), wpk, (*kernel, cg_out, groups * cg_in), bias, params, out, 0)
     # gy zero-padded by lo before (the most negative shift) and enough after for every phase
     lo = [d * (k - 1) // s for k, s, d in zip(kernel, stride, dilation)]
     lengths = [lo_d + max(-(-p // s), o) for lo_d, p, s, o in zip(lo, padded, stride, out_spatial)]
