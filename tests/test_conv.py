@@ -1327,6 +1327,41 @@ def test_forward_without_the_padded_copy_gives_the_same_bits(monkeypatch, nd, si
     np.testing.assert_allclose(split, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("nd, sizes, k, d, pads, g, cg_in, cg_out", [
+    (1, (30,), (5,), (2,), ((4, 3),), 2, 33, 5),
+    (2, (9, 11), (3, 3), (1, 2), ((1, 2), (2, 0)), 1, 40, 8),
+    (3, (4, 5, 6), (3, 2, 3), (1, 1, 1), ((1, 1), (0, 1), (2, 1)), 1, 36, 4)])
+def test_stride_one_input_gradient_is_the_forward_gather_over_grad_out(monkeypatch, nd, sizes, k, d, pads, g, cg_in,
+                                                                     cg_out):
+    """At stride 1 the input gradient (and the transposed convolution) of a layer with many input channels per group
+    runs the forward's gather over grad_out, the kernel flipped and its channels swapped: with grad_out read in place
+    but for its border (the box split, forced here) and from one padded copy, the same bits, matching the
+    reference; the transposed convolution with its bias too."""
+    rng = np.random.default_rng(12)
+    x = randn(rng, (2, *sizes, g * cg_in), np.float32)
+    w = randn(rng, (*k, cg_in, g * cg_out), np.float32)
+    opts = dict(padding=pads, dilation=d, groups=g)
+    gy = randn(rng, fn("conv", nd)(x, w, **opts).shape, np.float32)
+    bt = randn(rng, (g * cg_in,), np.float32)
+    calls = []
+    gather = _cpu._gather_forward
+    monkeypatch.setattr(_cpu, "_gather_forward", lambda *args: calls.append(args[3:5]) or gather(*args))
+    results = []
+    for split in (False, True):
+        monkeypatch.setattr(_cpu, "_SPLIT_BORDER_FROM", 0 if split else 1 << 62)
+        monkeypatch.setattr(_cpu, "_SPLIT_BORDER_INTERIOR", 0.0 if split else 0.9)
+        gx = getattr(nbconv, f"conv{nd}d_backward")(gy, x, w, needs=("input",), **opts).input
+        xt = getattr(nbconv, f"conv_transpose{nd}d")(gy, w, bt, **opts)  # the adjoint of conv(., w)
+        results.append((gx, xt))
+    assert len(calls) == 4 and all(p.stride == (1,) * nd for _, p in calls)  # the two routes, each on the gather
+    assert all(np.array_equal(a, b) for a, b in zip(*results))
+    f64 = [a.astype(np.float64) for a in (gy, x, w, bt)]
+    want = R.conv_grads(f64[0], f64[1], f64[2], pads=pads, dilation=d, groups=g)[0]
+    np.testing.assert_allclose(results[1][0], want, rtol=1e-4, atol=1e-4)
+    want_t = R.conv_transpose(f64[0], f64[2], f64[3], pads=pads, dilation=d, groups=g)
+    np.testing.assert_allclose(results[1][1], want_t, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("split", [False, True])
 def test_forwards_reuse_their_plan_with_new_data(monkeypatch, split):
     """The forward's plan (source boxes and index tables) is cached by shapes and parameters: calls with the same
