@@ -123,7 +123,7 @@ def check_ndim(a, ndim, name, layout):
         raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(a.shape)}")
 
 
-_PARAMS_MEMO = {}  # ConvParams of valid calls whose arguments are all _plain (at most _PARAMS_MEMO_SIZE of them)
+_PARAMS_MEMO = {}  # results of valid validations whose arguments are all _plain (at most _PARAMS_MEMO_SIZE of them)
 _PARAMS_MEMO_SIZE = 256
 
 
@@ -134,19 +134,24 @@ def _plain(v):
     return t is int or t is str or (t is tuple and all(map(_plain, v)))
 
 
-def conv_params(x_shape, w_shape, *, stride, padding, dilation, groups, padding_mode):
-    """Validate a forward convolution of `x_shape` (N, *spatial, C_in) with `w_shape`
-    (*kernel, C_in // groups, C_out) and return its ConvParams (remembered for plain arguments)."""
-    key = (x_shape, w_shape, stride, padding, dilation, groups, padding_mode)
-    plain = _plain(key)
-    params = _PARAMS_MEMO.get(key) if plain else None
-    if params is None:
-        params = _conv_params(x_shape, w_shape, stride, padding, dilation, groups, padding_mode)
+def _remembered(validate, *args):
+    """validate(*args), remembered for plain arguments (validate returns immutable values)."""
+    key = (validate, *args)
+    plain = _plain(args)
+    result = _PARAMS_MEMO.get(key) if plain else None
+    if result is None:
+        result = validate(*args)
         if plain:
             if len(_PARAMS_MEMO) >= _PARAMS_MEMO_SIZE:
                 _PARAMS_MEMO.clear()
-            _PARAMS_MEMO[key] = params
-    return params
+            _PARAMS_MEMO[key] = result
+    return result
+
+
+def conv_params(x_shape, w_shape, *, stride, padding, dilation, groups, padding_mode):
+    """Validate a forward convolution of `x_shape` (N, *spatial, C_in) with `w_shape`
+    (*kernel, C_in // groups, C_out) and return its ConvParams (remembered for plain arguments)."""
+    return _remembered(_conv_params, x_shape, w_shape, stride, padding, dilation, groups, padding_mode)
 
 
 def _conv_params(x_shape, w_shape, stride, padding, dilation, groups, padding_mode):
@@ -211,7 +216,12 @@ def conv_output_shape(x_shape, w_shape, params):
 
 def transpose_params(x_shape, w_shape, *, stride, padding, output_padding, dilation, groups):
     """Validate a transposed convolution of `x_shape` (N, *spatial, C_in) with `w_shape`
-    (*kernel, C_out // groups, C_in); return (ConvParams, output_padding tuple, output shape)."""
+    (*kernel, C_out // groups, C_in); return (ConvParams, output_padding tuple, output shape) (remembered for plain
+    arguments)."""
+    return _remembered(_transpose_params, x_shape, w_shape, stride, padding, output_padding, dilation, groups)
+
+
+def _transpose_params(x_shape, w_shape, stride, padding, output_padding, dilation, groups):
     nd = len(x_shape) - 2
     stride = spatial_tuple(stride, nd, "stride")
     dilation = spatial_tuple(dilation, nd, "dilation")

@@ -104,6 +104,20 @@ def test_non_integer_parameters(name, value):
     check_raises(TypeError, rf"^{name} must ", nbconv.conv2d, X2, W2, **kwargs)
 
 
+@pytest.mark.parametrize("name, value", [("stride", True), ("stride", (1, 1.0)), ("groups", 2.0),
+                                         ("output_padding", (0, False)), ("dilation", np.int64(1))])
+def test_remembered_transpose_parameters_still_reject_equal_non_integers(name, value):
+    """The transposed convolution's validation is remembered for plain arguments (ints, strs, tuples): after a
+    valid call with the equal ints, True, 1.0, 2.0 and False still raise; a NumPy int is accepted."""
+    kwargs = dict(groups=2, stride=1, output_padding=0, dilation=1)
+    want = nbconv.conv_transpose2d(X2, WT2, **kwargs)
+    kwargs[name] = value
+    if isinstance(value, np.integer):
+        np.testing.assert_array_equal(nbconv.conv_transpose2d(X2, WT2, **kwargs), want)
+    else:
+        check_raises(TypeError, rf"^{name} must ", nbconv.conv_transpose2d, X2, WT2, **kwargs)
+
+
 @pytest.mark.parametrize("padding", [-1, (1, -1), ((0, 1), (-1, 0)), ((2, -3),)[:1] * 2])
 @pytest.mark.parametrize("func", ["conv2d", "conv2d_backward", "conv_transpose2d"])
 def test_negative_padding(padding, func):
