@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from ._jit import chunk_items, kernel
+from ._jit import chunk_items, chunks, kernel
 from ._micro import LB, LP, micro_lanes, micro_lanes_into, micro_pixel_into, micro_window_into
 
 
@@ -68,7 +68,7 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, sched, me):
     kw*dw - off_w, c // m] * w[t, kw, c], zero outside the row; src (rows, W, C_src), w (T, KW, C_dst), dst
     (R, OW, C_dst), row_src (R, T) increasing along t where >= 0, wpk = lanes_weights(w), m = C_dst // C_src,
     bias (C_dst,), window = window_supported(KW, sw, dw) (the tile then loads each source vector once); all
-    C-contiguous; items r of chunk_items(sched, me): the rows of dst."""
+    C-contiguous; items r of chunks(sched, me): the rows of dst."""
     w_src, c_src = src.shape[1], src.shape[2]
     out_w, c_dst = dst.shape[1], dst.shape[2]
     n_taps, k_w = w.shape[0], w.shape[1]
@@ -83,85 +83,135 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, sched, me):
     ow_lo, ow_end = _interior(out_w, w_src, k_w, off_w, sw, dw)
     ow_whole = ow_lo + (ow_end - ow_lo) // LP * LP  # the end of the whole tiles
     bases = np.empty(LP, dtype=np.uint64)
-    out_bases = np.empty(LP, dtype=np.uint64)
+    out_bases = np.empty((2, LP), dtype=np.uint64)  # the tile's output pixels, in one output row or two
     offsets = np.empty(n_taps * k_w, dtype=np.uint64)
-    row_offsets = np.empty(n_taps, dtype=np.uint64)
+    row_offsets = np.empty(2 * n_taps, dtype=np.uint64)  # the window tile's source rows (offsets from the first)
+    row_weights = np.empty((2 * n_taps, 2), dtype=np.int64)  # per source row, the weight row of each output row
     pixel_offsets = np.empty(n_taps * k_w, dtype=np.uint64)
     pixel_weights = np.empty(n_taps * k_w, dtype=np.uint64)
-    for row in chunk_items(sched, me):
-        out_at = row * out_w * c_dst  # row's first element in dst_flat
-        runs = 0  # runs of consecutive in-range taps: with one, the tile writes its part of dst (bias + sum) once
-        for t in range(n_taps):
-            if row_src[row, t] >= 0 and (t == 0 or row_src[row, t - 1] < 0):
-                runs += 1
-        # With the window tile, a row of one run takes every column through it, the tiles at the row's ends skipping
-        # the source columns outside the row; otherwise the tiles cover the interior.
-        whole_row = window and c_full > 0 and out_w >= LP and runs == 1
-        tiled = c_full > 0 and (ow_whole > ow_lo or whole_row)
-        direct = tiled and runs == 1
-        # A row written directly also tiles its last columns, with a tile that overlaps the one before it (stores,
-        # so the columns computed twice get the same values twice).
-        ow_lo_t, ow_hi = (0, out_w) if whole_row else (ow_lo, ow_end if direct else ow_whole)
-        for ow in range(out_w if c_full < c_dst or not direct else 0):  # bias where a tile adds, or the plain loops
-            for c in range(0 if ow_lo_t <= ow < ow_hi and not direct else c_full, c_dst):
-                dst_flat[out_at + ow * c_dst + c] = bias[c]
-        if c_full > 0 and (ow_lo_t > 0 or ow_hi < out_w):
-            for ow in range(out_w):
-                if ow_lo_t <= ow < ow_hi:
+    for lo, hi in chunks(sched, me):
+        row = lo
+        while row < hi:
+            # Two consecutive rows that each take every column through the window tile in one run of taps share its
+            # passes: the source rows both read are loaded once for both.
+            pair = (window and c_full > 0 and out_w >= LP and row + 1 < hi and _runs(row_src, row) == 1
+                    and _runs(row_src, row + 1) == 1)
+            for r in range(row, row + 1 + pair):  # the row, or each row of the pair but for the pair's tiles
+                out_at = r * out_w * c_dst  # the row's first element in dst_flat
+                runs = _runs(row_src, r)  # with one run of in-range taps, the tile writes its part of dst once
+                # With the window tile, a row of one run takes every column through it, the tiles at the row's ends
+                # skipping the source columns outside the row; otherwise the tiles cover the interior.
+                whole_row = window and c_full > 0 and out_w >= LP and runs == 1
+                tiled = c_full > 0 and (ow_whole > ow_lo or whole_row)
+                direct = tiled and runs == 1
+                # A row written directly also tiles its last columns, with a tile that overlaps the one before it
+                # (stores, so the columns computed twice get the same values twice).
+                ow_lo_t, ow_hi = (0, out_w) if whole_row else (ow_lo, ow_end if direct else ow_whole)
+                for ow in range(out_w if c_full < c_dst or not direct else 0):  # bias where a tile adds, plain loops
+                    for c in range(0 if ow_lo_t <= ow < ow_hi and not direct else c_full, c_dst):
+                        dst_flat[out_at + ow * c_dst + c] = bias[c]
+                if c_full > 0 and (ow_lo_t > 0 or ow_hi < out_w):
+                    for ow in range(out_w):
+                        if ow_lo_t <= ow < ow_hi:
+                            continue
+                        n_s = 0  # the column's taps in range
+                        for t in range(n_taps):
+                            sr = row_src[r, t]
+                            if sr < 0:
+                                continue
+                            for kw in range(k_w):
+                                col = ow * sw + kw * dw - off_w
+                                if 0 <= col < w_src:
+                                    pixel_offsets[n_s] = np.uint64((sr * w_src + col) * c_src)
+                                    pixel_weights[n_s] = np.uint64(t * k_w + kw)
+                                    n_s += 1
+                        micro_pixel_into(flat, pixel_offsets, pixel_weights, n_s, wpk, dst_flat, out_at + ow * c_dst,
+                                         bias)
+                # the channels outside the tiles: plain loops, only where there are any
+                if c_full < c_dst:
+                    for t in range(n_taps):
+                        sr = row_src[r, t]
+                        if sr < 0:
+                            continue
+                        for kw in range(k_w):
+                            va, vb = _valid_range(out_w, kw * dw - off_w, sw, w_src)
+                            w_at = (t * k_w + kw) * c_dst
+                            src_at = (sr * w_src + kw * dw - off_w) * c_src  # + ow * sw * c_src for column ow
+                            for ow in range(va, vb):
+                                _madd_row(dst_flat, out_at + ow * c_dst, flat, src_at + ow * sw * c_src, w_flat, w_at,
+                                          c_dst, m, c_full)
+                if not tiled or pair:
                     continue
-                n_s = 0  # the column's taps in range
-                for t in range(n_taps):
-                    sr = row_src[row, t]
-                    if sr < 0:
+                t = 0
+                while t < n_taps:  # each run of consecutive in-range taps is one register-tile pass
+                    if row_src[r, t] < 0:
+                        t += 1
                         continue
-                    for kw in range(k_w):
-                        col = ow * sw + kw * dw - off_w
-                        if 0 <= col < w_src:
-                            pixel_offsets[n_s] = np.uint64((sr * w_src + col) * c_src)
-                            pixel_weights[n_s] = np.uint64(t * k_w + kw)
-                            n_s += 1
-                micro_pixel_into(flat, pixel_offsets, pixel_weights, n_s, wpk, dst_flat, out_at + ow * c_dst, bias)
-        # the channels outside the tiles: plain loops, only where there are any
-        if c_full < c_dst:
-            for t in range(n_taps):
-                sr = row_src[row, t]
-                if sr < 0:
-                    continue
-                for kw in range(k_w):
-                    va, vb = _valid_range(out_w, kw * dw - off_w, sw, w_src)
-                    w_at = (t * k_w + kw) * c_dst
-                    src_at = (sr * w_src + kw * dw - off_w) * c_src  # + ow * sw * c_src for column ow
-                    for ow in range(va, vb):
-                        _madd_row(dst_flat, out_at + ow * c_dst, flat, src_at + ow * sw * c_src, w_flat, w_at, c_dst, m,
-                                  c_full)
-        if not tiled:
-            continue
-        t = 0
-        while t < n_taps:  # each run of consecutive in-range taps is one register-tile pass
-            if row_src[row, t] < 0:
-                t += 1
-                continue
-            first = row_src[row, t]
-            end = t
-            while end < n_taps and row_src[row, end] >= 0:
-                row_offsets[end] = np.uint64((row_src[row, end] - first) * w_src * c_src)
-                for kw in range(0 if window else k_w):  # the window tile steps through a row's taps itself
-                    offsets[end * k_w + kw] = row_offsets[end] + np.uint64(kw * dw * c_src)
-                end += 1
-            run_offsets, run_rows = offsets[t * k_w:end * k_w], row_offsets[t:end]
-            for tile_start in range(ow_lo_t, ow_hi, LP):  # every block of LB channels in one call
-                ow0 = min(tile_start, ow_hi - LP)
-                for p in range(LP):
-                    out_bases[p] = np.uint64(out_at + (ow0 + p) * c_dst)
-                if window:  # source column i of the tile: ow0*sw - off_w + i, inside the row for i in [i_lo, i_hi)
-                    micro_window_into(flat, (first * w_src + ow0 * sw - off_w) * c_src, run_rows, c_src, wpk, t * k_w,
-                                      dst_flat, out_bases, bias, not direct, k_w, sw, off_w - ow0 * sw,
-                                      w_src + off_w - ow0 * sw)
-                else:
-                    for p in range(LP):
-                        bases[p] = np.uint64((first * w_src + (ow0 + p) * sw - off_w) * c_src)
-                    micro_lanes_into(flat, bases, run_offsets, wpk, t * k_w, 1, dst_flat, out_bases, bias, not direct)
-            t = end
+                    first = row_src[r, t]
+                    end = t
+                    while end < n_taps and row_src[r, end] >= 0:
+                        row_offsets[end - t] = np.uint64((row_src[r, end] - first) * w_src * c_src)
+                        row_weights[end - t, 0] = end * k_w
+                        for kw in range(0 if window else k_w):  # the window tile steps through a row's taps itself
+                            offsets[end * k_w + kw] = row_offsets[end - t] + np.uint64(kw * dw * c_src)
+                        end += 1
+                    for tile_start in range(ow_lo_t, ow_hi, LP):  # every block of LB channels in one call
+                        ow0 = min(tile_start, ow_hi - LP)
+                        for p in range(LP):
+                            out_bases[0, p] = np.uint64(out_at + (ow0 + p) * c_dst)
+                        if window:  # source column i of the tile: ow0*sw - off_w + i, in the row for i_lo <= i < i_hi
+                            micro_window_into(flat, (first * w_src + ow0 * sw - off_w) * c_src, row_offsets[:end - t],
+                                              row_weights[:end - t, :1], c_src, wpk, dst_flat, out_bases[:1], bias,
+                                              not direct, k_w, sw, off_w - ow0 * sw, w_src + off_w - ow0 * sw)
+                        else:
+                            for p in range(LP):
+                                bases[p] = np.uint64((first * w_src + (ow0 + p) * sw - off_w) * c_src)
+                            micro_lanes_into(flat, bases, offsets[t * k_w:end * k_w], wpk, t * k_w, 1, dst_flat,
+                                             out_bases[0], bias, not direct)
+                    t = end
+            if pair:  # the two rows' source rows merged in increasing order, each with the weight row of the tap
+                t0 = _first_tap(row_src, row)  # that reads it in either output row (-1 if none)
+                t1 = _first_tap(row_src, row + 1)
+                first = min(row_src[row, t0], row_src[row + 1, t1])
+                n_u = 0
+                while (t0 < n_taps and row_src[row, t0] >= 0) or (t1 < n_taps and row_src[row + 1, t1] >= 0):
+                    s0 = row_src[row, t0] if t0 < n_taps and row_src[row, t0] >= 0 else -1
+                    s1 = row_src[row + 1, t1] if t1 < n_taps and row_src[row + 1, t1] >= 0 else -1
+                    s = min(s0, s1) if s0 >= 0 and s1 >= 0 else max(s0, s1)  # the next source row either reads
+                    row_offsets[n_u] = np.uint64((s - first) * w_src * c_src)
+                    row_weights[n_u, 0] = t0 * k_w if s0 == s else -1
+                    row_weights[n_u, 1] = t1 * k_w if s1 == s else -1
+                    t0 += s0 == s
+                    t1 += s1 == s
+                    n_u += 1
+                for tile_start in range(0, out_w, LP):  # the last tile overlaps the one before (stored twice alike)
+                    ow0 = min(tile_start, out_w - LP)
+                    for q in range(2):
+                        for p in range(LP):
+                            out_bases[q, p] = np.uint64(((row + q) * out_w + ow0 + p) * c_dst)
+                    micro_window_into(flat, (first * w_src + ow0 * sw - off_w) * c_src, row_offsets[:n_u],
+                                      row_weights[:n_u], c_src, wpk, dst_flat, out_bases, bias, False, k_w, sw,
+                                      off_w - ow0 * sw, w_src + off_w - ow0 * sw)
+            row += 1 + pair
+
+
+@kernel(inline="always")
+def _runs(row_src, row):
+    """The runs of consecutive in-range taps (row_src[row, t] >= 0) of a row."""
+    runs = 0
+    for t in range(row_src.shape[1]):
+        if row_src[row, t] >= 0 and (t == 0 or row_src[row, t - 1] < 0):
+            runs += 1
+    return runs
+
+
+@kernel(inline="always")
+def _first_tap(row_src, row):
+    """The first in-range tap of a row (row_src.shape[1] if none)."""
+    t = 0
+    while t < row_src.shape[1] and row_src[row, t] < 0:
+        t += 1
+    return t
 
 
 @kernel()

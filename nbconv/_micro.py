@@ -17,12 +17,13 @@ output channels, so one vector holds several groups, and each source vector is m
 lanes of every group rotated (in-register shuffles), against weights stored in that rotated order.
 `micro_lanes*` serve the depthwise kernels, whose lanes are channels: LP x LB = 5 x 16 on every target (10 rows
 were no faster on AVX-512, measured). `micro_window_into` is `micro_lanes_into` for a depthwise row of k_w
-consecutive taps (dilation 1): output columns p*sw + kw share source vectors, so it loads each once per row
-(7 loads instead of 15 for 5 columns of a 3-tap row at stride 1), its column loop unrolled for each (k_w, sw) of
-WINDOWS. `micro_pixel_into` computes one output pixel over a list of taps: the depthwise edge columns, whose taps
-in range differ from column to column. `micro_spread` is not a tile: it copies a row of channels with each group's
-channel i in every lane of the group (one load and c in-register shuffles per vector), for the weight gradient of
-grouped convolutions with 2 or 4 channels per group.
+consecutive taps (dilation 1): output columns p*sw + kw share source vectors, so it loads each once per row (7
+loads instead of 15 for 5 columns of a 3-tap row at stride 1), its column loop unrolled for each (k_w, sw) of
+WINDOWS; it computes one output row or two, and a source row that both read is loaded once for both.
+`micro_pixel_into` computes one output pixel over a list of taps: the depthwise edge columns, whose taps in range
+differ from column to column. `micro_spread` is not a tile: it copies a row of channels with each group's channel i
+in every lane of the group (one load and c in-register shuffles per vector), for the weight gradient of grouped
+convolutions with 2 or 4 channels per group.
 """
 import contextlib
 
@@ -116,25 +117,29 @@ def window_supported(k_w, sw, dw):
     return dw == 1 and (k_w, sw) in WINDOWS
 
 
-def micro_window_into(src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw, i_lo, i_hi):
-    """For every block k < len(v): dst[d[p] + k*LB + b] = (dst[d[p] + k*LB + b] if add else base[k*LB + b]) +
-    sum_{t, kw < k_w} src[a0 + rows[t] + i*pix + k*LB + b] * v[k, v0 + t*k_w + kw, b] over the source columns
+def micro_window_into(src, a0, rows, w_rows, pix, v, dst, d, base, add, k_w, sw, i_lo, i_hi):
+    """For every output row q < len(d) (one or two) and block k < len(v): dst[d[q, p] + k*LB + b] =
+    (dst[d[q, p] + k*LB + b] if add else base[k*LB + b]) + sum_{u, kw < k_w} src[a0 + rows[u] + i*pix + k*LB + b] *
+    v[k, w_rows[u, q] + kw, b] over the source rows u with w_rows[u, q] >= 0 (in order of u) and the source columns
     i = p*sw + kw with i_lo <= i < i_hi (the others lie outside the source row: skipped), for p < LP, b < LB:
-    micro_lanes_into for taps that are k_w consecutive columns of each row rows[t] (dilation 1), loading each source
-    vector once for every output column that reads it; (k_w, sw) in WINDOWS; src, dst flat, a0 signed (negative when
-    the first columns are skipped), rows and d unsigned, the LP rows of dst distinct, v (blocks, rows, >= LB) with
-    C-contiguous rows, base contiguous."""
-    for k in range(v.shape[0]):
-        for p in range(LP):
-            at = int(d[p]) + k * LB
-            acc = np.zeros(LB, dtype=dst.dtype)
-            for t in range(rows.shape[0]):
-                for kw in range(k_w):
-                    i = p * sw + kw
-                    if i_lo <= i < i_hi:
-                        first = int(a0) + int(rows[t]) + i * pix + k * LB
-                        acc += src[first:first + LB] * v[k, v0 + t * k_w + kw, :LB]
-            dst[at:at + LB] = (dst[at:at + LB] if add else base[k * LB:(k + 1) * LB]) + acc
+    micro_lanes_into for taps that are k_w consecutive columns of each source row (dilation 1), loading each source
+    vector once for every output column of either output row that reads it; (k_w, sw) in WINDOWS; src, dst flat, a0
+    signed (negative when the first columns are skipped), rows and d unsigned, w_rows (U, len(d)) int64, the output
+    pixels distinct, v (blocks, rows, >= LB) with C-contiguous rows, base contiguous."""
+    for q in range(d.shape[0]):
+        for k in range(v.shape[0]):
+            for p in range(LP):
+                at = int(d[q, p]) + k * LB
+                acc = np.zeros(LB, dtype=dst.dtype)
+                for u in range(rows.shape[0]):
+                    if w_rows[u, q] < 0:
+                        continue
+                    for kw in range(k_w):
+                        i = p * sw + kw
+                        if i_lo <= i < i_hi:
+                            first = int(a0) + int(rows[u]) + i * pix + k * LB
+                            acc += src[first:first + LB] * v[k, w_rows[u, q] + kw, :LB]
+                dst[at:at + LB] = (dst[at:at + LB] if add else base[k * LB:(k + 1) * LB]) + acc
 
 
 def micro_pixel_into(src, c, wi, n, v, dst, d, base):
@@ -356,24 +361,24 @@ def _define(module, elem, kind, group, n_rows, n_lanes):
 
 
 def _define_window(module, elem):
-    """micro_window_into as a function of its own: per block, per vector j of the block's lanes (one pass each),
-    LP accumulators; for each row t (a loop), the k_w weight vectors of the row, then every source column
-    i <= (LP - 1)*sw + k_w - 1 loaded once and multiply-added into the accumulators p with p*sw + kw = i; the columns
-    unrolled for each (k_w, sw) of WINDOWS (a switch on them), as no other loop order reads each vector once. A tile
-    with columns outside [i_lo, i_hi) runs a second copy of the loop, where each column is a branch (taken alike in
-    every row)."""
+    """micro_window_into as a function of its own: per block, per vector j of the block's lanes (one pass each), LP
+    accumulators per output row; for each source row u (a loop), the k_w weight vectors of each output row it feeds,
+    then every source column i <= (LP - 1)*sw + k_w - 1 loaded once and multiply-added into the accumulators p with
+    p*sw + kw = i of those output rows; the columns unrolled for each (k_w, sw) of WINDOWS (a switch on them), as no
+    other loop order reads each vector once. With two output rows, a source row feeds the first, the second or both
+    (a branch per source row). A tile with columns outside [i_lo, i_hi) runs a second copy of the loop, where each
+    column is a branch (taken alike in every row)."""
     vec, fmuladd, zero, vl, itemsize = _vector_ops(module, elem)
     i64 = ir.IntType(64)
     ptr, iptr = elem.as_pointer(), i64.as_pointer()
     fn, builder = _new_function(module, f"nbconv_micro_window_{LP}x{LB}_f{itemsize * 8}_v{vl}",
-                                [ptr, i64, iptr, i64, i64, ptr, i64, i64, ptr, iptr, ptr, ir.IntType(1), i64, i64, i64,
-                                 i64, i64, i64])
+                                [ptr, i64, iptr, i64, i64, ptr, i64, iptr, i64, i64, i64, ptr, iptr, i64, ptr,
+                                 ir.IntType(1), i64, i64, i64, i64, i64, i64])
     if builder is None:
         return fn
-    src, a0, rows, n_t, pix, v_first, v_stride, v0, out, d, base, add, n_blocks, v_block, k_w, sw, i_lo, i_hi = \
-        fn.args
-    accs = [cgutils.alloca_once(builder, vec) for _ in range(LP)]
-    d_p = [builder.load(builder.gep(d, [ir.Constant(i64, p)])) for p in range(LP)]
+    src, a0, rows, n_u, pix, v_first, v_stride, w_rows, w_row_step, w_col_step, n_out, out, d, d_step, base, add, \
+        n_blocks, v_block, k_w, sw, i_lo, i_hi = fn.args
+    accs = [[cgutils.alloca_once(builder, vec) for _ in range(LP)] for _ in range(2)]
 
     def vec_at(data, index):
         return builder.bitcast(builder.gep(data, [index]), vec.as_pointer())
@@ -381,32 +386,58 @@ def _define_window(module, elem):
     def const(value):
         return ir.Constant(i64, value)
 
-    def tiles(kw_n, sw_n, inside):  # the blocks' passes; inside: per column, whether it is read (None: all)
+    def tiles(kw_n, sw_n, inside, n_rows):  # the blocks' passes for n_rows output rows; inside: per column, whether
+        d_p = [[builder.load(builder.gep(d, [builder.add(builder.mul(const(q), d_step), const(p))]))  # it is read
+                for p in range(LP)] for q in range(n_rows)]  # (None: all)
         with cgutils.for_range(builder, n_blocks) as blk:
             v = builder.gep(v_first, [builder.mul(blk.index, v_block)])
             lane0 = builder.mul(blk.index, const(LB))
-            for j in range(LB // vl):  # one pass over the rows per vector of the block
+            for j in range(LB // vl):  # one pass over the source rows per vector of the block
                 shift = builder.add(lane0, const(j * vl))
-                for acc in accs:
-                    builder.store(zero, acc)
-                with cgutils.for_range(builder, n_t) as loop:
-                    t = loop.index
-                    row = builder.add(builder.add(a0, builder.load(builder.gep(rows, [t]))), shift)
-                    w_row = builder.add(v0, builder.mul(t, const(kw_n)))
-                    ws = [builder.load(vec_at(v, builder.add(builder.mul(builder.add(w_row, const(kw)), v_stride),
-                                                             const(j * vl))), align=itemsize) for kw in range(kw_n)]
-                    for i in range((LP - 1) * sw_n + kw_n):
-                        users = [(p, i - p * sw_n) for p in range(LP) if 0 <= i - p * sw_n < kw_n]
-                        with builder.if_then(inside[i]) if inside else contextlib.nullcontext():
-                            x = builder.load(vec_at(src, builder.add(row, builder.mul(const(i), pix))),
-                                             align=itemsize)
-                            for p, kw in users:
-                                builder.store(builder.call(fmuladd, [x, ws[kw], builder.load(accs[p])]), accs[p])
-                for p in range(LP):
-                    at = vec_at(out, builder.add(d_p[p], shift))
-                    init = builder.select(add, at, vec_at(base, shift))
-                    builder.store(builder.fadd(builder.load(init, align=itemsize), builder.load(accs[p])), at,
-                                  align=itemsize)
+                for acc in accs[:n_rows]:
+                    for a in acc:
+                        builder.store(zero, a)
+                with cgutils.for_range(builder, n_u) as loop:
+                    u = loop.index
+                    row = builder.add(builder.add(a0, builder.load(builder.gep(rows, [u]))), shift)
+                    w_row = [builder.load(builder.gep(w_rows, [builder.add(builder.mul(u, w_row_step),
+                                                                           builder.mul(const(q), w_col_step))]))
+                             for q in range(n_rows)]
+
+                    def body(fed):  # the output rows q in `fed` read this source row
+                        ws = {q: [builder.load(vec_at(v, builder.add(builder.mul(builder.add(w_row[q], const(kw)),
+                                                                                 v_stride), const(j * vl))),
+                                               align=itemsize) for kw in range(kw_n)] for q in fed}
+                        for i in range((LP - 1) * sw_n + kw_n):
+                            users = [(p, i - p * sw_n) for p in range(LP) if 0 <= i - p * sw_n < kw_n]
+                            with builder.if_then(inside[i]) if inside else contextlib.nullcontext():
+                                x = builder.load(vec_at(src, builder.add(row, builder.mul(const(i), pix))),
+                                                 align=itemsize)
+                                for q in fed:
+                                    for p, kw in users:
+                                        acc = accs[q][p]
+                                        builder.store(builder.call(fmuladd, [x, ws[q][kw], builder.load(acc)]), acc)
+
+                    if n_rows == 1:
+                        body((0,))
+                    else:
+                        feeds = [builder.icmp_signed(">=", w_row[q], const(0)) for q in range(2)]
+                        with builder.if_else(builder.and_(*feeds)) as (both, one):
+                            with both:
+                                body((0, 1))
+                            with one:
+                                with builder.if_else(feeds[0]) as (first, other):
+                                    with first:
+                                        body((0,))
+                                    with other:
+                                        with builder.if_then(feeds[1]):  # a source row that neither reads: skipped
+                                            body((1,))
+                for q in range(n_rows):
+                    for p in range(LP):
+                        at = vec_at(out, builder.add(d_p[q][p], shift))
+                        init = builder.select(add, at, vec_at(base, shift))
+                        builder.store(builder.fadd(builder.load(init, align=itemsize), builder.load(accs[q][p])),
+                                      at, align=itemsize)
 
     done = fn.append_basic_block("done")
     cases = {pair: fn.append_basic_block(f"window{pair[0]}s{pair[1]}") for pair in WINDOWS}
@@ -418,11 +449,14 @@ def _define_window(module, elem):
         inside = [builder.and_(builder.icmp_signed("<=", i_lo, const(i)), builder.icmp_signed(">", i_hi, const(i)))
                   for i in range(n_i)]
         every = builder.and_(builder.icmp_signed("<=", i_lo, const(0)), builder.icmp_signed(">=", i_hi, const(n_i)))
-        with builder.if_else(every) as (whole, part):
-            with whole:
-                tiles(kw_n, sw_n, None)
-            with part:
-                tiles(kw_n, sw_n, inside)
+        with builder.if_else(builder.icmp_signed(">", n_out, const(1))) as (two, single):
+            for n_rows, branch in ((2, two), (1, single)):
+                with branch:
+                    with builder.if_else(every) as (whole, part):
+                        with whole:
+                            tiles(kw_n, sw_n, None, n_rows)
+                        with part:
+                            tiles(kw_n, sw_n, inside, n_rows)
         builder.branch(done)
     builder.position_at_end(done)
     builder.ret_void()
@@ -502,7 +536,7 @@ def _emit_pixel(context, builder, sig, args):
 def _emit_window(context, builder, sig, args):
     """Call micro_window_into's function (defined once per module) on the operands' data pointers."""
     i64 = ir.IntType(64)
-    names = ("src", "a0", "rows", "pix", "v", "v0", "out", "d", "base", "add", "k_w", "sw", "i_lo", "i_hi")
+    names = ("src", "a0", "rows", "w_rows", "pix", "v", "out", "d", "base", "add", "k_w", "sw", "i_lo", "i_hi")
     typ = dict(zip(names, sig.args))
     val = dict(zip(names, args))
     arr = {k: context.make_array(t)(context, builder, val[k]) for k, t in typ.items() if isinstance(t, types.Array)}
@@ -514,14 +548,20 @@ def _emit_window(context, builder, sig, args):
     def row_stride(axis):
         return builder.sdiv(cgutils.unpack_tuple(builder, arr["v"].strides, 3)[axis], ir.Constant(i64, itemsize))
 
-    n_t = cgutils.unpack_tuple(builder, arr["rows"].shape, 1)[0]
+    def step(name, axis):  # w_rows and d may be views: their steps in elements (8 bytes each)
+        return builder.sdiv(cgutils.unpack_tuple(builder, arr[name].strides, 2)[axis], ir.Constant(i64, 8))
+
+    n_u = cgutils.unpack_tuple(builder, arr["rows"].shape, 1)[0]
+    n_out = cgutils.unpack_tuple(builder, arr["d"].shape, 2)[0]
     n_blocks = cgutils.unpack_tuple(builder, arr["v"].shape, 3)[0]
     fn = _define_window(builder.module, context.get_value_type(typ["src"].dtype))
-    builder.call(fn, [arr["src"].data, integer("a0"), arr["rows"].data, n_t, integer("pix"), arr["v"].data,
-                      row_stride(1), integer("v0"), arr["out"].data, arr["d"].data, arr["base"].data,
+    builder.call(fn, [arr["src"].data, integer("a0"), arr["rows"].data, n_u, integer("pix"), arr["v"].data,
+                      row_stride(1), arr["w_rows"].data, step("w_rows", 0), step("w_rows", 1), n_out, arr["out"].data,
+                      arr["d"].data, step("d", 0), arr["base"].data,
                       context.cast(builder, val["add"], typ["add"], types.boolean), n_blocks, row_stride(0),
                       integer("k_w"), integer("sw"), integer("i_lo"), integer("i_hi")])
     return context.get_dummy_value()
+
 
 def _check_float(*arrays):
     if arrays[0].dtype not in (types.float32, types.float64) or any(a.dtype != arrays[0].dtype for a in arrays):
@@ -590,16 +630,18 @@ def _micro_lanes_into_jit(src, a, c, v, v0, v_step, dst, d, base, add):
 
 
 @intrinsic
-def _window_ir(typingctx, src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw, i_lo, i_hi):
+def _window_ir(typingctx, src, a0, rows, w_rows, pix, v, dst, d, base, add, k_w, sw, i_lo, i_hi):
     _check_float(src, v, dst, base)
-    return (types.void(src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw, i_lo, i_hi),
+    if not (w_rows.ndim == 2 and w_rows.dtype == types.int64 and d.ndim == 2 and d.dtype == types.uint64):
+        raise TypeError(f"micro_window_into: w_rows (U, n) int64 and d (n, LP) uint64 expected, got {w_rows}, {d}")
+    return (types.void(src, a0, rows, w_rows, pix, v, dst, d, base, add, k_w, sw, i_lo, i_hi),
             lambda ctx, b, sig, args: _emit_window(ctx, b, sig, args))
 
 
 @overload(micro_window_into)
-def _micro_window_into_jit(src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw, i_lo, i_hi):
-    return lambda src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw, i_lo, i_hi: _window_ir(
-        src, a0, rows, pix, v, v0, dst, d, base, add, k_w, sw, i_lo, i_hi)
+def _micro_window_into_jit(src, a0, rows, w_rows, pix, v, dst, d, base, add, k_w, sw, i_lo, i_hi):
+    return lambda src, a0, rows, w_rows, pix, v, dst, d, base, add, k_w, sw, i_lo, i_hi: _window_ir(
+        src, a0, rows, w_rows, pix, v, dst, d, base, add, k_w, sw, i_lo, i_hi)
 
 
 @intrinsic

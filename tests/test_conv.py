@@ -1252,6 +1252,37 @@ def test_bias_gradient_bits_do_not_depend_on_the_route_or_threads(x_shape, w_sha
 
 
 @pytest.mark.parametrize("x_shape, kernel, stride, pads", [
+    ((3, 7, 12, 32), (3, 3), (1, 1), ((1, 1), (1, 1))),       # 7 rows per image: pairs start at odd rows in the batch
+    ((2, 5, 9, 48), (5, 5), (2, 2), ((2, 2), (2, 2))),        # stride 2, 3 output rows per image
+    ((2, 3, 5, 11, 40), (3, 3, 3), (1, 1, 1), ((1, 1),) * 3),  # 3-D: border rows of several runs are not paired
+    ((3, 13, 17), (5,), (1,), ((2, 2),)),                      # 1-D: one row per image
+])
+def test_depthwise_row_pairs_give_the_bits_of_single_rows(x_shape, kernel, stride, pads):
+    """Consecutive depthwise rows of one run of taps share the window tile's passes (a pair); which rows pair
+    depends on where the threads' chunks and the batch start, and a paired row has the bits of a row computed alone:
+    the batch, each image alone and one thread all agree bitwise, and match the reference."""
+    import numba
+    rng = np.random.default_rng(13)
+    nd, c = len(kernel), x_shape[-1]
+    x = randn(rng, x_shape, np.float32)
+    w = randn(rng, (*kernel, 1, c), np.float32)
+    b = randn(rng, (c,), np.float32)
+    conv = fn("conv", nd)
+    opts = dict(stride=stride, padding=pads, groups=c)
+    whole = conv(x, w, b, **opts)
+    alone = np.concatenate([conv(x[i:i + 1], w, b, **opts) for i in range(x.shape[0])])
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        serial = conv(x, w, b, **opts)
+    finally:
+        numba.set_num_threads(threads)
+    assert np.array_equal(whole, alone) and np.array_equal(whole, serial)
+    expected = R.conv_forward(x.astype(np.float64), w.astype(np.float64), b.astype(np.float64), stride, pads, 1, c)
+    np.testing.assert_allclose(whole, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("x_shape, kernel, stride, pads", [
     ((2, 4, 5, 32), (3, 3), (1, 1), ((1, 1), (1, 1))),     # one tile, both ends skipping a column
     ((2, 5, 9, 48), (5, 5), (1, 2), ((2, 2), (2, 2))),     # stride 2, the two end tiles overlapping
     ((1, 3, 14, 40), (1, 5), (1, 1), ((0, 0), (3, 2))),    # asymmetric: 3 columns skipped at the start; 8 odd lanes

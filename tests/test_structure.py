@@ -58,8 +58,8 @@ def test_micro_tiles_llvm_code_matches_numpy_bodies(dtype, n_red, lanes):
 
 
 @kernel()
-def _window_tile(src, a0, rows, pix, v_blocks, v0, dst, d, base, add, k_w, sw, i_lo, i_hi):
-    _micro.micro_window_into(src, a0, rows, pix, v_blocks, v0, dst, d, base, add, k_w, sw, i_lo, i_hi)
+def _window_tile(src, a0, rows, w_rows, pix, v_blocks, dst, d, base, add, k_w, sw, i_lo, i_hi):
+    _micro.micro_window_into(src, a0, rows, w_rows, pix, v_blocks, dst, d, base, add, k_w, sw, i_lo, i_hi)
 
 
 @pytest.mark.parametrize("window", _micro.WINDOWS)
@@ -67,11 +67,14 @@ def _window_tile(src, a0, rows, pix, v_blocks, v0, dst, d, base, add, k_w, sw, i
 @pytest.mark.parametrize("n_rows", [0, 1, 3])
 @pytest.mark.parametrize("add", [False, True])
 @pytest.mark.parametrize("columns", ["all", "first skipped", "last skipped"])
-def test_window_tile_llvm_code_matches_numpy_body(window, dtype, n_rows, add, columns):
+@pytest.mark.parametrize("n_out", [1, 2])
+def test_window_tile_llvm_code_matches_numpy_body(window, dtype, n_rows, add, columns, n_out):
     """micro_window_into (each source vector loaded once for the columns that read it) for every (k_w, stride) it
     is compiled for: two blocks of LB lanes, rows of the source at scattered offsets, pixels 2*LB + 3 apart; with
     every source column read, or the first or last ones skipped (the tiles at a row's ends, whose a0 may lie before
-    the source: the skipped columns are never read, here NaN)."""
+    the source: the skipped columns are never read, here NaN); one output row, or two, whose weight rows differ and
+    which each skip one source row (the first output row the last source row, the second the first: with one
+    source row, neither reads it)."""
     k_w, sw = window
     rng = np.random.default_rng(n_rows)
     LP, LB = _micro.LP, _micro.LB
@@ -85,14 +88,21 @@ def test_window_tile_llvm_code_matches_numpy_body(window, dtype, n_rows, add, co
         for i in range(n_i):
             if not i_lo <= i < i_hi and 0 <= a0 + int(r) + i * pix:
                 src[a0 + int(r) + i * pix:a0 + int(r) + i * pix + 2 * LB] = np.nan
-    v_blocks = rng.standard_normal((2, 1 + n_rows * k_w, LB + 3)).astype(dtype)
-    d = (np.arange(LP)[::-1] * (2 * LB + 1)).astype(np.uint64)
-    dst = rng.standard_normal(LP * (2 * LB + 1) + 5).astype(dtype)
+    v_blocks = rng.standard_normal((2, 1 + 2 * n_rows * k_w, LB + 3)).astype(dtype)
+    w_rows = np.empty((n_rows, n_out), dtype=np.int64)
+    w_rows[:, 0] = 1 + np.arange(n_rows) * k_w
+    if n_out == 2:
+        w_rows[:, 1] = 1 + (n_rows + np.arange(n_rows)) * k_w
+        w_rows[n_rows - 1:, 0] = -1
+        w_rows[:1, 1] = -1
+    d = (np.arange(n_out * LP)[::-1] * (2 * LB + 1)).astype(np.uint64).reshape(n_out, LP)
+    dst = rng.standard_normal(n_out * LP * (2 * LB + 1) + 5).astype(dtype)
     base = rng.standard_normal(2 * LB + 2).astype(dtype)
     got, want = dst.copy(), dst.copy()
-    _window_tile(src, a0, rows, pix, v_blocks, 1, got, d, base, add, k_w, sw, i_lo, i_hi)
-    _micro.micro_window_into(src, a0, rows, pix, v_blocks, 1, want, d, base, add, k_w, sw, i_lo, i_hi)
-    assert np.array_equal(want, dst) == (add and n_rows == 0)  # adding no rows leaves dst as it was
+    _window_tile(src, a0, rows, w_rows, pix, v_blocks, got, d, base, add, k_w, sw, i_lo, i_hi)
+    _micro.micro_window_into(src, a0, rows, w_rows, pix, v_blocks, want, d, base, add, k_w, sw, i_lo, i_hi)
+    read = (w_rows >= 0).any()  # with two output rows and one source row, neither reads it
+    assert np.array_equal(want, dst) == (add and not read)  # adding no rows leaves dst as it was
     assert not np.isnan(got).any() and not np.isnan(want).any()
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(got, want, **tol)
