@@ -386,9 +386,9 @@ def _define_window(module, elem):
     def const(value):
         return ir.Constant(i64, value)
 
-    def tiles(kw_n, sw_n, inside, n_rows):  # the blocks' passes for n_rows output rows; inside: per column, whether
-        d_p = [[builder.load(builder.gep(d, [builder.add(builder.mul(const(q), d_step), const(p))]))  # it is read
-                for p in range(LP)] for q in range(n_rows)]  # (None: all)
+    def tiles(kw_n, sw_n, inside, n_rows):  # the passes for n_rows output rows; inside: per column, if read (or None)
+        d_p = [[builder.load(builder.gep(d, [builder.add(builder.mul(const(q), d_step), const(p))]))
+                for p in range(LP)] for q in range(n_rows)]
         with cgutils.for_range(builder, n_blocks) as blk:
             v = builder.gep(v_first, [builder.mul(blk.index, v_block)])
             lane0 = builder.mul(blk.index, const(LB))
@@ -418,10 +418,11 @@ def _define_window(module, elem):
                                         acc = accs[q][p]
                                         builder.store(builder.call(fmuladd, [x, ws[q][kw], builder.load(acc)]), acc)
 
+                    feeds = [builder.icmp_signed(">=", w_row[q], const(0)) for q in range(n_rows)]
                     if n_rows == 1:
-                        body((0,))
+                        with builder.if_then(feeds[0]):  # a source row that the output row does not read: skipped
+                            body((0,))
                     else:
-                        feeds = [builder.icmp_signed(">=", w_row[q], const(0)) for q in range(2)]
                         with builder.if_else(builder.and_(*feeds)) as (both, one):
                             with both:
                                 body((0, 1))

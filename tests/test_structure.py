@@ -74,7 +74,7 @@ def test_window_tile_llvm_code_matches_numpy_body(window, dtype, n_rows, add, co
     every source column read, or the first or last ones skipped (the tiles at a row's ends, whose a0 may lie before
     the source: the skipped columns are never read, here NaN); one output row, or two, whose weight rows differ and
     which each skip one source row (the first output row the last source row, the second the first: with one
-    source row, neither reads it)."""
+    source row, neither reads it); one output row skips the middle one of three source rows."""
     k_w, sw = window
     rng = np.random.default_rng(n_rows)
     LP, LB = _micro.LP, _micro.LB
@@ -91,6 +91,8 @@ def test_window_tile_llvm_code_matches_numpy_body(window, dtype, n_rows, add, co
     v_blocks = rng.standard_normal((2, 1 + 2 * n_rows * k_w, LB + 3)).astype(dtype)
     w_rows = np.empty((n_rows, n_out), dtype=np.int64)
     w_rows[:, 0] = 1 + np.arange(n_rows) * k_w
+    if n_out == 1 and n_rows == 3:
+        w_rows[1, 0] = -1  # a source row that the output row does not read
     if n_out == 2:
         w_rows[:, 1] = 1 + (n_rows + np.arange(n_rows)) * k_w
         w_rows[n_rows - 1:, 0] = -1
