@@ -49,8 +49,9 @@ def _forward(nbconv, rng, nd, dtype):
 
 def _backward(nbconv, rng, nd, dtype):
     conv, backward = getattr(nbconv, f"conv{nd}d"), getattr(nbconv, f"conv{nd}d_backward")
-    # few input channels per group (scatter route) and many (gather route), stride 1 and 2
-    for c_in, c_out, groups in ((3, 4, 1), (32, 32, 1), (64, 32, 2)):
+    # few input channels per group (scatter route), many (gather route) and 4 per group (groups side by side in the
+    # lanes; the weight gradient over grad_out rotated within each group), stride 1 and 2
+    for c_in, c_out, groups in ((3, 4, 1), (32, 32, 1), (64, 32, 2), (16, 16, 4)):
         x, w, _ = _conv_inputs(rng, nd, dtype, c_in, c_out, groups)
         for stride, padding, mode in ((1, 1, "zeros"), (2, 1, "reflect")):
             gy = np.ones_like(conv(x, w, stride=stride, padding=padding, groups=groups, padding_mode=mode))

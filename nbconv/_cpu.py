@@ -31,8 +31,10 @@ on `_micro.micro_lanes`); depthwise convolutions (one
 input channel per group) run in `_depthwise`, where each vector lane is its own channel. Grouped
 convolutions with 2 or 4 channels per group in and out (ResNeXt-style) and a channel count that fills whole
 vectors run their forward and input gradient through the gather kernel with the groups side by side in the
-lanes (`_micro.micro_groups`); their weight gradient, and the forward of other layouts with 2 to 4 channels per
-group, run in `_depthwise` after the group's input channel becomes a spatial dim of its own (`_as_depthwise`).
+lanes (`_micro.micro_groups`). The weight gradient of any layout with 2 or 4 channels per group runs in
+`_depthwise.grad_weight_groups` on x itself, each lane an input channel and grad_out rotated within its group
+(`_micro.micro_rotated`). The forward of the other layouts with 2 to 4 channels per group, and the weight gradient
+with 3, run in `_depthwise` after the group's input channel becomes a spatial dim of its own (`_as_depthwise`).
 
 Pointwise convolutions (1x1 kernels, one group, no padding) are plain matrix products over the pixels,
 (pixels, C_in) @ (C_in, C_out), and run through the same kernels (the tile writes bias and product in one pass
@@ -47,8 +49,7 @@ import numpy as np
 
 from . import _depthwise
 from ._jit import CHUNKS_PER_THREAD, SLOTS, call, call_all, chunk_items, kernel, threads
-from ._micro import (LB, LP, B, P, VECTOR_BYTES, micro_groups, micro_lanes, micro_spread, micro_tile,
-                     micro_tile_into, spread_supported, window_supported)
+from ._micro import LB, LP, B, P, VECTOR_BYTES, micro_groups, micro_lanes, micro_tile, micro_tile_into, window_supported
 from ._padding import CODES, source_indices
 from ._shapes import ConvParams
 
@@ -232,10 +233,10 @@ def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, sched, me)
 
 
 @kernel()
-def _spread_groups(x, xe, vector, sched, me):
+def _spread_groups(x, xe, sched, me):
     """xe[n, i, q, g*c + j] = x[n, q, g*c + i] for i, j < c = xe.shape[1]: every output channel of group g gets the
-    group's input channel i; x (N, Q, C) and xe (N, c, Q, C) C-contiguous; vector: spread_supported(C, c, itemsize)
-    (each row then through micro_spread); items r of chunk_items(sched, me): the pixels (n, q) = divmod(r, Q)."""
+    group's input channel i; x (N, Q, C) and xe (N, c, Q, C) C-contiguous; items r of chunk_items(sched, me): the
+    pixels (n, q) = divmod(r, Q)."""
     n_pix, ch = x.shape[1], x.shape[2]
     c = xe.shape[1]
     x_flat, xe_flat = x.reshape(-1), xe.reshape(-1)  # flat indexing: no array view (reference count) per pixel
@@ -244,9 +245,6 @@ def _spread_groups(x, xe, vector, sched, me):
         q = r - n * n_pix
         src = r * ch
         dst = (n * c * n_pix + q) * ch  # xe[n, 0, q, 0]; xe[n, i, q, 0] is i * n_pix * ch further
-        if vector:
-            micro_spread(x_flat, src, xe_flat, dst, n_pix * ch, ch, c)
-            continue
         for i in range(c):
             for g0 in range(0, ch, c):
                 v = x_flat[src + g0 + i]
@@ -397,8 +395,9 @@ def _is_depthwise(w_shape, groups):
     return groups > 1 and w_shape[-2] == 1
 
 
+_ROTATIONS = (2, 4)  # channels per group whose weight gradient runs in _depthwise.grad_weight_groups
 _FEW_PER_GROUP = 4  # up to this many channels per group (in and out), a grouped convolution's weight gradient
-                    # (and, unless _lane_groups, its forward) runs as depthwise
+                    # (grad_weight_groups, or as depthwise) and, unless _lane_groups, its forward run in _depthwise
 
 
 def _is_few_per_group(w_shape, groups):
@@ -448,8 +447,7 @@ def _as_depthwise(x, w_shape, params):
     n, spatial = x.shape[0], x.shape[1:-1]
     xe = np.empty((n, c, *spatial, c_out), dtype=x.dtype)
     pixels = _c(x).reshape(n, -1, c_out)
-    call(_spread_groups, pixels, xe.reshape(n, c, -1, c_out), spread_supported(c_out, c, x.itemsize),
-         items=n * pixels.shape[1], work=xe.size)
+    call(_spread_groups, pixels, xe.reshape(n, c, -1, c_out), items=n * pixels.shape[1], work=xe.size)
     we_shape = (c, *w_shape[:-2], 1, c_out)
     depthwise = params._replace(stride=(1, *params.stride), pads=((0, 0), *params.pads),
                                 dilation=(1, *params.dilation), groups=c_out)
@@ -600,6 +598,26 @@ def _depthwise_grad_input(gy, w, dst, offset, stride, dilation):
     call(_depthwise.grad_input, _rows(gy), w3, _depthwise.lanes_weights(w3), row_gy, dst_rows, offset[-1], stride[-1],
          dilation[-1], items=dst_rows.shape[0], work=gy.size * math.prod(kernel))
     return dst
+
+
+def _grouped_grad_weight(gy, x, w_shape, params, with_bias):
+    """dL/dw of a grouped convolution with c = 2 or 4 channels per group in and out (`_depthwise.grad_weight_groups`,
+    whose rotated sums are put back in place here), or with_bias (dL/dw, grad_bias(gy))."""
+    kernel, (c, c_out) = w_shape[:-2], w_shape[-2:]
+    src, offset = _depthwise_source(x, params)
+    gy = _c(gy)
+    row_src = _source_rows(src.shape, gy.shape[1:-1], kernel, params.stride, params.dilation, offset)
+    partial = np.zeros((SLOTS, row_src.shape[1], kernel[-1], c, c_out), dtype=gy.dtype)
+    bias_jobs, bias_total = _bias_jobs(gy) if with_bias else ([], None)
+    call_all([(_depthwise.grad_weight_groups, (_rows(src), _rows(gy), row_src, partial, offset[-1], params.stride[-1],
+                                               params.dilation[-1]), SLOTS)] + bias_jobs, gy.size * math.prod(kernel) * c)
+    rotated = partial.sum(axis=0).reshape(*kernel, c, c_out)  # [k, r, l]: input channel l % c, rotation r
+    lane = np.arange(c_out)
+    i = lane % c
+    gw = np.empty(w_shape, dtype=gy.dtype)
+    for r in range(c):
+        gw[..., i, lane - i + (i + r) % c] = rotated[..., r, :]
+    return (gw, bias_total()) if with_bias else gw
 
 
 def _depthwise_grad_weight(gy, x, w_shape, params, with_bias=False):
@@ -951,6 +969,8 @@ def _grad_weight(gy, x, w_shape, params, with_bias):
         gw = np.zeros(w_shape, dtype=gy.dtype)
     elif _is_depthwise(w_shape, params.groups):
         return _depthwise_grad_weight(gy, x, w_shape, params, with_bias)
+    elif _is_few_per_group(w_shape, params.groups) and w_shape[-2] in _ROTATIONS:
+        return _grouped_grad_weight(gy, x, w_shape, params, with_bias)
     elif _is_few_per_group(w_shape, params.groups):
         gw = _few_per_group_grad_weight(gy, x, w_shape, params)
     else:

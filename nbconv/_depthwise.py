@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from ._jit import chunk_items, chunks, kernel
-from ._micro import LB, LP, micro_lanes, micro_lanes_into, micro_pixel_into, micro_window_into
+from ._micro import LB, LP, micro_lanes, micro_lanes_into, micro_pixel_into, micro_rotated, micro_window_into
 
 
 @kernel()
@@ -314,6 +314,68 @@ def grad_weight(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, sched, me):
                         acc_at = slot_at + tap_ids[t0 + p] * tap_size + cb * LB
                         for b in range(LB):
                             partial_flat[acc_at + b] += tile[p, b]
+
+
+@kernel()
+def grad_weight_groups(src, gy, row_src, partial, off_w, sw, dw, sched, me):
+    """partial[slot, t, kw, r, c] = sum over rows q of block slot (of partial.shape[0] equal blocks) with
+    row_src[q, t] >= 0, and ow, of src[row_src[q, t], ow*sw + kw*dw - off_w, c] * gy[q, ow, c - c % cg + (c % cg +
+    r) % cg] (zero outside the row), for r < cg = partial.shape[3]: the weight gradient of a grouped convolution with
+    cg channels per group in and out, rotated (lane c is input channel c % cg of its group, rotation r pairs it with
+    the group's output channel (c % cg + r) % cg); src (rows, W, C), gy (R, OW, C), row_src (R, T); partial zeroed,
+    everything C-contiguous (the first C // LB blocks of LB channels through micro_rotated, the rest one lane at a
+    time); items: the slots of chunk_items(sched, me)."""
+    w_src, c_src = src.shape[1], src.shape[2]
+    n_rows, out_w, c_out = gy.shape
+    n_slots, n_taps, k_w, cg = partial.shape[0], partial.shape[1], partial.shape[2], partial.shape[3]
+    flat = src.reshape(-1)
+    n_blocks = c_out // LB
+    c_full = n_blocks * LB
+    ow_lo, ow_hi = _interior(out_w, w_src, k_w, off_w, sw, dw)
+    partial_flat, gy_flat = partial.reshape(-1), gy.reshape(-1)
+    tap_size = cg * c_out  # partial[slot, t, kw] is the tap (t * k_w + kw) of the slot, cg * c_out elements long
+    for slot in chunk_items(sched, me):
+        slot_at = slot * n_taps * k_w * tap_size
+        tile = np.empty((LP, cg, LB), dtype=partial.dtype)
+        bases = np.empty(LP, dtype=np.uint64)
+        pix = np.empty(ow_hi - ow_lo, dtype=np.uint64)
+        for i in range(ow_hi - ow_lo):
+            pix[i] = np.uint64(((ow_lo + i) * sw - off_w) * c_src)
+        tap_ids = np.empty(n_taps * k_w, dtype=np.int64)
+        tap_bases = np.empty(n_taps * k_w, dtype=np.uint64)
+        for row in range(slot * n_rows // n_slots, (slot + 1) * n_rows // n_slots):
+            n_valid = 0
+            for t in range(n_taps):
+                sr = row_src[row, t]
+                if sr < 0:
+                    continue
+                for kw in range(k_w):
+                    va, vb = _valid_range(out_w, kw * dw - off_w, sw, w_src)
+                    acc_at = np.uint64(slot_at + (t * k_w + kw) * tap_size)
+                    for ow in range(va, vb):
+                        at = np.uint64((sr * w_src + ow * sw + kw * dw - off_w) * c_src)
+                        g_at = np.uint64((row * out_w + ow) * c_out)
+                        for c in range(np.uint64(c_full if ow_lo <= ow < ow_hi else 0), np.uint64(c_out)):
+                            xv = flat[at + c]
+                            first = c - c % np.uint64(cg)
+                            for r in range(np.uint64(cg)):
+                                partial_flat[acc_at + r * np.uint64(c_out) + c] += xv * gy_flat[
+                                    g_at + first + (c + r) % np.uint64(cg)]
+                    tap_ids[n_valid] = t * k_w + kw
+                    tap_bases[n_valid] = np.uint64((sr * w_src + kw * dw) * c_src)
+                    n_valid += 1
+            if n_blocks == 0 or ow_hi == ow_lo or n_valid == 0:
+                continue
+            for cb in range(n_blocks):
+                for t0 in range(0, n_valid, LP):
+                    for p in range(LP):
+                        bases[p] = tap_bases[min(t0 + p, n_valid - 1)] + np.uint64(cb * LB)
+                    micro_rotated(flat, bases, pix, gy_flat, (row * out_w + ow_lo) * c_out + cb * LB, c_out, tile, cg)
+                    for p in range(min(LP, n_valid - t0)):
+                        for r in range(cg):
+                            acc_at = slot_at + tap_ids[t0 + p] * tap_size + r * c_out + cb * LB
+                            for b in range(LB):
+                                partial_flat[acc_at + b] += tile[p, r, b]
 
 
 def lanes_weights(w):

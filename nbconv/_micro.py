@@ -21,9 +21,8 @@ consecutive taps (dilation 1): output columns p*sw + kw share source vectors, so
 loads instead of 15 for 5 columns of a 3-tap row at stride 1), its column loop unrolled for each (k_w, sw) of
 WINDOWS; it computes one output row or two, and a source row that both read is loaded once for both.
 `micro_pixel_into` computes one output pixel over a list of taps: the depthwise edge columns, whose taps in range
-differ from column to column. `micro_spread` is not a tile: it copies a row of channels with each group's channel i
-in every lane of the group (one load and c in-register shuffles per vector), for the weight gradient of grouped
-convolutions with 2 or 4 channels per group.
+differ from column to column. `micro_rotated` is micro_lanes with c sums per row, its second operand rotated within
+each group of c lanes by 0..c-1: the weight gradient of grouped convolutions with 2 or 4 channels per group.
 """
 import contextlib
 
@@ -51,6 +50,7 @@ VECTOR_BYTES = 64 if WIDE else 32
 P, B = (8, 32) if WIDE else (5, 16)  # dense tile: rows (output pixels) x lanes (output channels)
 LP, LB = 5, 16                       # depthwise tiles: rows (output columns) x lanes (channels)
 _ACCUMULATORS = 16 if WIDE else 10   # vector registers one reduction pass may hold
+_ROTATED_ACCUMULATORS = 20 if WIDE else 8  # the same for micro_rotated (beside its group rotations of v)
 
 
 # ---------------------------------------------------------------- plain bodies (NUMBA_DISABLE_JIT=1)
@@ -95,6 +95,19 @@ def micro_lanes(src, a, c, v, v0, v_step, tile):
     lanes = np.arange(LB, dtype=np.uint64)
     rows = v[v0 + np.arange(c.shape[0]) * v_step, :LB]
     tile[:, :] = (src[a[:LP, None, None] + c[None, :, None] + lanes] * rows).sum(axis=1)
+
+
+def micro_rotated(src, a, c, v, v0, v_step, tile, cg):
+    """tile[p, r, b] = sum_s src[a[p] + c[s] + b] * v[v0 + s*v_step + b - b % cg + (b % cg + r) % cg] for p < LP,
+    r < cg, b < LB: micro_lanes with each row of v rotated within its runs of cg lanes by r = 0..cg-1 (the weight
+    gradient of a grouped convolution with cg channels per group: lane b is input channel b % cg of its group, and
+    rotation r pairs it with the group's output channel (b % cg + r) % cg); src and v flat, a and c unsigned, cg 2
+    or 4."""
+    lanes = np.arange(LB)
+    rows = v[v0 + np.arange(c.shape[0])[:, None] * v_step + lanes]
+    x = src[a[:LP, None, None] + c[None, :, None] + lanes.astype(np.uint64)]  # (LP, n, LB)
+    for r in range(cg):
+        tile[:, r, :] = (x * rows[:, lanes - lanes % cg + (lanes % cg + r) % cg]).sum(axis=1)
 
 
 def micro_lanes_into(src, a, c, v, v0, v_step, dst, d, base, add):
@@ -154,23 +167,6 @@ def micro_pixel_into(src, c, wi, n, v, dst, d, base):
             acc[k, s % 4] += src[at:at + np.uint64(LB)] * v[k, wi[s], :LB]
         dst[d + k * LB:d + (k + 1) * LB] = base[k * LB:(k + 1) * LB] + ((acc[k, 0] + acc[k, 1]) +
                                                                    (acc[k, 2] + acc[k, 3]))
-
-
-SPREADS = (2, 4)  # the group sizes micro_spread is compiled for
-
-
-def spread_supported(ch, c, itemsize):
-    """Whether micro_spread serves rows of ch channels in groups of c, for elements of itemsize bytes."""
-    lanes = VECTOR_BYTES // itemsize
-    return c in SPREADS and ch % lanes == 0
-
-
-def micro_spread(src, s0, dst, d0, d_step, ch, c):
-    """dst[d0 + i*d_step + k] = src[s0 + k - k % c + i] for i < c, k < ch: each channel of a row gets its group's
-    channel i (groups of c channels), for every i; src and dst flat, spread_supported(ch, c, itemsize)."""
-    k = np.arange(ch)
-    for i in range(c):
-        dst[d0 + i * d_step + k] = src[s0 + k - k % c + i]
 
 
 # ---------------------------------------------------------------- LLVM code
@@ -358,6 +354,76 @@ def _define(module, elem, kind, group, n_rows, n_lanes):
             builder.position_at_end(done)
     builder.ret_void()
     return fn
+
+
+def _define_rotated(module, elem, group):
+    """micro_rotated as a function of its own: per vector j of the LB lanes and per pass of up to
+    _ROTATED_ACCUMULATORS // group rows, group accumulators per row; at each reduction step the row of v is loaded
+    once and rotated group - 1 times (in-register shuffles), then each row's source vector is loaded once and
+    multiply-added with every rotation."""
+    vec, fmuladd, zero, vl, itemsize = _vector_ops(module, elem)
+    i64 = ir.IntType(64)
+    ptr, iptr = elem.as_pointer(), i64.as_pointer()
+    fn, builder = _new_function(module, f"nbconv_micro_rotated{group}_{LP}x{LB}_f{itemsize * 8}_v{vl}",
+                                [ptr, iptr, iptr, i64, ptr, i64, i64, ptr])
+    if builder is None:
+        return fn
+    src, a, c, n, v, v0, v_step, out = fn.args
+    rows_per_pass = max(1, min(LP, _ROTATED_ACCUMULATORS // group))
+    rotations = [ir.Constant(ir.VectorType(ir.IntType(32), vl), [l - l % group + (l % group + r) % group
+                                                                  for l in range(vl)]) for r in range(1, group)]
+    accs = [[cgutils.alloca_once(builder, vec) for _ in range(group)] for _ in range(rows_per_pass)]
+    bases = [builder.load(builder.gep(a, [ir.Constant(i64, p)])) for p in range(LP)]
+
+    def vec_at(data, index):
+        return builder.bitcast(builder.gep(data, [index]), vec.as_pointer())
+
+    for j in range(LB // vl):
+        for p0 in range(0, LP, rows_per_pass):
+            rows = range(p0, min(LP, p0 + rows_per_pass))
+            for k, _ in enumerate(rows):
+                for acc in accs[k]:
+                    builder.store(zero, acc)
+            with cgutils.for_range(builder, n) as loop:
+                s = loop.index
+                cs = builder.load(builder.gep(c, [s]))
+                v_row = builder.add(v0, builder.mul(s, v_step))
+                w = builder.load(vec_at(v, builder.add(v_row, ir.Constant(i64, j * vl))), align=itemsize)
+                ws = [w] + [builder.shuffle_vector(w, ir.Constant(vec, ir.Undefined), mask) for mask in rotations]
+                for k, p in enumerate(rows):
+                    x = builder.load(vec_at(src, builder.add(builder.add(bases[p], cs), ir.Constant(i64, j * vl))),
+                                     align=itemsize)
+                    for r in range(group):
+                        builder.store(builder.call(fmuladd, [x, ws[r], builder.load(accs[k][r])]), accs[k][r])
+            for k, p in enumerate(rows):
+                for r in range(group):
+                    builder.store(builder.load(accs[k][r]),
+                                  vec_at(out, ir.Constant(i64, (p * group + r) * LB + j * vl)), align=itemsize)
+    builder.ret_void()
+    return fn
+
+
+def _emit_rotated(context, builder, sig, args):
+    """Call micro_rotated's function for the group size cg (one per size: its shuffle masks are constants)."""
+    i64 = ir.IntType(64)
+    names = ("src", "a", "c", "v", "v0", "v_step", "out", "cg")
+    typ = dict(zip(names, sig.args))
+    val = dict(zip(names, args))
+    arr = {k: context.make_array(t)(context, builder, val[k]) for k, t in typ.items() if isinstance(t, types.Array)}
+    elem = context.get_value_type(typ["src"].dtype)
+
+    def integer(name):
+        return context.cast(builder, val[name], typ[name], types.intp)
+
+    n = cgutils.unpack_tuple(builder, arr["c"].shape, 1)[0]
+    cg = integer("cg")
+    with builder.if_else(builder.icmp_unsigned("==", cg, ir.Constant(i64, 2))) as (two, four):
+        for group, branch in ((2, two), (4, four)):
+            with branch:
+                fn = _define_rotated(builder.module, elem, group)
+                builder.call(fn, [arr["src"].data, arr["a"].data, arr["c"].data, n, arr["v"].data, integer("v0"),
+                                  integer("v_step"), arr["out"].data])
+    return context.get_dummy_value()
 
 
 def _define_window(module, elem):
@@ -624,6 +690,18 @@ def _micro_lanes_jit(src, a, c, v, v0, v_step, tile):
     return lambda src, a, c, v, v0, v_step, tile: _lanes_ir(src, a, c, v, v0, v_step, tile)
 
 
+@intrinsic
+def _rotated_ir(typingctx, src, a, c, v, v0, v_step, tile, cg):
+    _check_float(src, v, tile)
+    return (types.void(src, a, c, v, v0, v_step, tile, cg),
+            lambda ctx, b, sig, args: _emit_rotated(ctx, b, sig, args))
+
+
+@overload(micro_rotated)
+def _micro_rotated_jit(src, a, c, v, v0, v_step, tile, cg):
+    return lambda src, a, c, v, v0, v_step, tile, cg: _rotated_ir(src, a, c, v, v0, v_step, tile, cg)
+
+
 @overload(micro_lanes_into)
 def _micro_lanes_into_jit(src, a, c, v, v0, v_step, dst, d, base, add):
     return lambda src, a, c, v, v0, v_step, dst, d, base, add: _lanes_into_ir(src, a, c, v, v0, v_step, dst, d, base,
@@ -654,44 +732,3 @@ def _pixel_ir(typingctx, src, c, wi, n, v, dst, d, base):
 @overload(micro_pixel_into)
 def _micro_pixel_into_jit(src, c, wi, n, v, dst, d, base):
     return lambda src, c, wi, n, v, dst, d, base: _pixel_ir(src, c, wi, n, v, dst, d, base)
-
-
-def _emit_spread(context, builder, sig, args):
-    """micro_spread inline: per vector of the row, one load and c in-register shuffles (lanes l - l % c + i)."""
-    i64 = ir.IntType(64)
-    src_t, dst_t = sig.args[0], sig.args[2]
-    src = context.make_array(src_t)(context, builder, args[0]).data
-    dst = context.make_array(dst_t)(context, builder, args[2]).data
-    s0, d0, d_step, ch, c = (context.cast(builder, v, t, types.intp) for v, t in zip(
-        (args[1], args[3], args[4], args[5], args[6]), (sig.args[1], sig.args[3], sig.args[4], sig.args[5],
-                                                        sig.args[6])))
-    vec, _, _, vl, itemsize = _vector_ops(builder.module, context.get_value_type(src_t.dtype))
-    done = builder.append_basic_block("spread_done")
-    switch = builder.switch(c, done)
-    for group in SPREADS:
-        case = builder.append_basic_block(f"spread{group}")
-        switch.add_case(ir.Constant(i64, group), case)
-        builder.position_at_end(case)
-        with cgutils.for_range(builder, builder.udiv(ch, ir.Constant(i64, vl))) as loop:
-            k = builder.mul(loop.index, ir.Constant(i64, vl))
-            at = builder.bitcast(builder.gep(src, [builder.add(s0, k)]), vec.as_pointer())
-            row = builder.load(at, align=itemsize)
-            for i in range(group):
-                mask = ir.Constant(ir.VectorType(ir.IntType(32), vl), [l - l % group + i for l in range(vl)])
-                out = builder.shuffle_vector(row, ir.Constant(vec, ir.Undefined), mask)
-                to = builder.gep(dst, [builder.add(builder.add(d0, builder.mul(ir.Constant(i64, i), d_step)), k)])
-                builder.store(out, builder.bitcast(to, vec.as_pointer()), align=itemsize)
-        builder.branch(done)
-    builder.position_at_end(done)
-    return context.get_dummy_value()
-
-
-@intrinsic
-def _spread_ir(typingctx, src, s0, dst, d0, d_step, ch, c):
-    _check_float(src, dst)
-    return types.void(src, s0, dst, d0, d_step, ch, c), lambda ctx, b, sig, args: _emit_spread(ctx, b, sig, args)
-
-
-@overload(micro_spread)
-def _micro_spread_jit(src, s0, dst, d0, d_step, ch, c):
-    return lambda src, s0, dst, d0, d_step, ch, c: _spread_ir(src, s0, dst, d0, d_step, ch, c)

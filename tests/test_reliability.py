@@ -855,8 +855,8 @@ NONFINITE_XFAIL = {  # (grouping, mode, poisoned argument) -> reason; reported t
     **{(g, m, "w"): "input gradient by sub-pixel phases multiplies the zero border of grad_out by "
                     "NaN/Inf weights: NaN at input positions that no output reads through that tap"
        for g in ("dense_wide", "lane_groups") for m in ("zeros", "reflect")},
-    ("lane_groups", "zeros", "grad_out"): "weight gradient as depthwise (over a spread copy of x) with zeros "
-                                          "padding skips padded taps: 0 * NaN/Inf grad_out never happens",
+    ("lane_groups", "zeros", "grad_out"): "weight gradient of 2 or 4 channels per group (depthwise kernel) with "
+                                          "zeros padding skips padded taps: 0 * NaN/Inf grad_out never happens",
 }
 
 
@@ -1676,7 +1676,8 @@ WORKSPACE_CASES = {  # (x shape, w shape, groups): lane padding of grad_out, a w
     "one_output_channel_per_group": ((16, 16, 16, 64), (3, 3, 2, 32), 32),
     "large_weight_small_map": ((1, 4, 4, 256), (3, 3, 256, 256), 1),
     "dense": ((8, 12, 12, 32), (3, 3, 32, 48), 1),
-    "few_per_group": ((8, 12, 12, 32), (3, 3, 4, 32), 8),  # as depthwise over a spread copy of x
+    "few_per_group": ((8, 12, 12, 32), (3, 3, 4, 32), 8),  # grad_out rotated within each group, x as it is
+    "three_per_group": ((8, 12, 12, 24), (3, 3, 3, 24), 8),  # as depthwise over a spread copy of x
 }
 
 

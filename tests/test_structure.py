@@ -137,26 +137,29 @@ def test_pixel_tile_llvm_code_matches_numpy_body(dtype, n):
 
 
 @kernel()
-def _spread_row(src, s0, dst, d0, d_step, ch, c):
-    _micro.micro_spread(src, s0, dst, d0, d_step, ch, c)
+def _rotated_tile(src, a, c, v, v0, v_step, tile, cg):
+    _micro.micro_rotated(src, a, c, v, v0, v_step, tile, cg)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("c", _micro.SPREADS)
-@pytest.mark.parametrize("vectors", [1, 3])
-def test_spread_llvm_code_matches_numpy_body(dtype, c, vectors):
-    """micro_spread (each channel gets its group's channel i, by in-register shuffles): every group size it is
-    compiled for, rows of one and three vectors at unaligned offsets; nothing written outside the c output rows."""
-    rng = np.random.default_rng(c * vectors)
-    ch = vectors * _micro.VECTOR_BYTES // np.dtype(dtype).itemsize
-    assert _micro.spread_supported(ch, c, np.dtype(dtype).itemsize)
-    src = rng.standard_normal(ch + 20).astype(dtype)
-    dst = rng.standard_normal(c * (ch + 7) + 30).astype(dtype)
-    got, want = dst.copy(), dst.copy()
-    _spread_row(src, 3, got, 5, ch + 7, ch, c)
-    _micro.micro_spread(src, 3, want, 5, ch + 7, ch, c)
-    assert not np.array_equal(want, dst)
-    assert np.array_equal(got, want)
+@pytest.mark.parametrize("cg", [2, 4])
+@pytest.mark.parametrize("n_red", [0, 1, 7])
+def test_rotated_tile_llvm_code_matches_numpy_body(dtype, cg, n_red):
+    """micro_rotated (rows of v rotated within each group of cg lanes, one sum per rotation): both group sizes,
+    unaligned source and v offsets, every element of the tile written."""
+    rng = np.random.default_rng(cg * 10 + n_red)
+    LP, LB = _micro.LP, _micro.LB
+    src = rng.standard_normal(600).astype(dtype)
+    a = rng.choice(300, LP, replace=False).astype(np.uint64)
+    c = rng.integers(0, 250, n_red).astype(np.uint64)
+    v = rng.standard_normal(9 * n_red + 3 * LB).astype(dtype)
+    got, want = np.full((LP, cg, LB), np.nan, dtype), np.full((LP, cg, LB), np.nan, dtype)
+    _rotated_tile(src, a, c, v, 3, 9, got, cg)
+    _micro.micro_rotated(src, a, c, v, 3, 9, want, cg)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got, want, **tol)
+    if n_red:
+        assert not np.array_equal(want[:, 0], want[:, 1])  # the rotations differ
 
 
 @kernel()
@@ -192,6 +195,7 @@ rng = np.random.default_rng(0)
 cases = [((2, 9, 8, 20), (3, 3, 20, 37), dict(stride=2, padding=1)),             # dense, channel tails
          ((2, 7, 6, 12), (3, 2, 3, 40), dict(padding=(1, 0), groups=4)),        # few channels per group
          ((2, 7, 6, 32), (3, 3, 4, 32), dict(padding=1, stride=(2, 1), groups=8)),  # groups side by side in lanes
+         ((2, 6, 7, 36), (2, 3, 2, 36), dict(padding=1, groups=18)),            # 2 per group, a partial block
          ((1, 9, 11, 48), (3, 3, 1, 48), dict(padding=1, groups=48, dilation=2)),  # depthwise
          ((1, 9, 13, 48), (3, 3, 1, 48), dict(padding=1, groups=48)),              # depthwise, window tile
          ((1, 9, 23, 40), (5, 5, 1, 40), dict(padding=2, groups=40, stride=2))]    # window tile, stride 2
