@@ -91,6 +91,7 @@ def input_grad(gy, w, x_shape, params):
     """dL/dx of y = conv(x, w, params) for an x of shape x_shape, given gy = dL/dy."""
     backend = _backend.select(grad_out=gy, w=w)
     gy, w = _on(backend, gy, w)
+    check_dtypes(grad_out=gy, w=w)
     return backend.grad_input(gy, w, tuple(x_shape), params)
 
 
@@ -98,6 +99,7 @@ def weight_grad(gy, x, w_shape, params):
     """dL/dw of y = conv(x, w, params) for a w of shape w_shape, given gy = dL/dy."""
     backend = _backend.select(grad_out=gy, x=x)
     gy, x = _on(backend, gy, x)
+    check_dtypes(grad_out=gy, x=x)
     return backend.grad_weight(gy, x, tuple(w_shape), params)
 
 

@@ -275,6 +275,21 @@ def test_dtype_mismatch(func, args, match):
     check_raises(TypeError, match, getattr(nbconv, func), *args, groups=2)
 
 
+@pytest.mark.parametrize("groups, cg", [(1, 4), (2, 2), (4, 1)])  # dense, 2 per group, depthwise
+def test_dtype_mismatch_in_the_gradient_ops(recwarn, groups, cg):
+    """nbconv.ops.conv_input_grad / conv_weight_grad take parsed parameters but still check the arrays' dtypes in
+    Python: a clear TypeError, and no kernel compiles (which would also discard the Numba cache)."""
+    from nbconv._shapes import conv_params
+    x, w = ones(2, 6, 7, 4), ones(3, 3, cg, 4)
+    params = conv_params(x.shape, w.shape, stride=1, padding=1, dilation=1, groups=groups, padding_mode="zeros")
+    gy = ones(2, 6, 7, 4, dtype=F32)
+    check_raises(TypeError, r"x has dtype float64 but grad_out has dtype float32; all arrays must share one dtype",
+                 nbconv.ops.conv_weight_grad, gy, x, w.shape, params)
+    check_raises(TypeError, r"w has dtype float64 but grad_out has dtype float32", nbconv.ops.conv_input_grad, gy, w,
+                 x.shape, params)
+    assert not [w for w in recwarn if "discarding its Numba cache" in str(w.message)]
+
+
 @pytest.mark.parametrize("func, args, which", [
     ("conv2d", (X2.tolist(), W2), "x"),
     ("conv2d", (X2, W2.tolist()), "w"),
