@@ -600,6 +600,14 @@ def _depthwise_grad_input(gy, w, dst, offset, stride, dilation):
     return dst
 
 
+def _slot_count(slot_size, x, gy, src):
+    """Slots of partial sums (each slot_size elements) for the depthwise kernels' weight gradients: SLOTS, fewer when
+    they (with src, where it is a padded copy of x) would outgrow twice the largest operand (a large weight on a small
+    map); from shapes only, so the sums do not depend on the number of threads."""
+    budget = 2 * max(x.size, gy.size, slot_size) - (src.size if src is not x else 0)
+    return max(1, min(SLOTS, budget // slot_size))
+
+
 def _grouped_grad_weight(gy, x, w_shape, params, with_bias):
     """dL/dw of a grouped convolution with c = 2 or 4 channels per group in and out (`_depthwise.grad_weight_groups`,
     whose rotated sums are put back in place here), or with_bias (dL/dw, grad_bias(gy))."""
@@ -607,10 +615,12 @@ def _grouped_grad_weight(gy, x, w_shape, params, with_bias):
     src, offset = _depthwise_source(x, params)
     gy = _c(gy)
     row_src = _source_rows(src.shape, gy.shape[1:-1], kernel, params.stride, params.dilation, offset)
-    partial = np.zeros((SLOTS, row_src.shape[1], kernel[-1], c, c_out), dtype=gy.dtype)
+    n_slots = _slot_count(math.prod(w_shape), x, gy, src)
+    partial = np.zeros((n_slots, row_src.shape[1], kernel[-1], c, c_out), dtype=gy.dtype)
     bias_jobs, bias_total = _bias_jobs(gy) if with_bias else ([], None)
     call_all([(_depthwise.grad_weight_groups, (_rows(src), _rows(gy), row_src, partial, offset[-1], params.stride[-1],
-                                               params.dilation[-1]), SLOTS)] + bias_jobs, gy.size * math.prod(kernel) * c)
+                                               params.dilation[-1]), n_slots)] + bias_jobs,
+             gy.size * math.prod(kernel) * c)
     rotated = partial.sum(axis=0).reshape(*kernel, c, c_out)  # [k, r, l]: input channel l % c, rotation r
     lane = np.arange(c_out)
     i = lane % c
@@ -629,10 +639,11 @@ def _depthwise_grad_weight(gy, x, w_shape, params, with_bias=False):
     lanes = c_out == params.groups and c_out % LB == 0
     gy_blocks = gy.reshape(-1, LB) if lanes else np.empty((0, LB), dtype=gy.dtype)
     row_src = _source_rows(src.shape, gy.shape[1:-1], kernel, params.stride, params.dilation, offset)
-    partial = np.zeros((SLOTS, row_src.shape[1], kernel[-1], c_out), dtype=gy.dtype)
+    n_slots = _slot_count(math.prod(w_shape), x, gy, src)
+    partial = np.zeros((n_slots, row_src.shape[1], kernel[-1], c_out), dtype=gy.dtype)
     bias_jobs, bias_total = _bias_jobs(gy) if with_bias else ([], None)
     call_all([(_depthwise.grad_weight, (_rows(src), _rows(gy), gy_blocks, row_src, partial, offset[-1],
-                                        params.stride[-1], params.dilation[-1]), SLOTS)] + bias_jobs,
+                                        params.stride[-1], params.dilation[-1]), n_slots)] + bias_jobs,
              gy.size * math.prod(kernel))
     gw = partial.sum(axis=0).reshape(w_shape)
     return (gw, bias_total()) if with_bias else gw

@@ -1678,6 +1678,8 @@ WORKSPACE_CASES = {  # (x shape, w shape, groups): lane padding of grad_out, a w
     "dense": ((8, 12, 12, 32), (3, 3, 32, 48), 1),
     "few_per_group": ((8, 12, 12, 32), (3, 3, 4, 32), 8),  # grad_out rotated within each group, x as it is
     "three_per_group": ((8, 12, 12, 24), (3, 3, 3, 24), 8),  # as depthwise over a spread copy of x
+    "few_per_group_small_map": ((1, 4, 4, 256), (3, 3, 4, 256), 64),  # partial sums: fewer slots
+    "depthwise_large_kernel_small_map": ((1, 4, 4, 64), (5, 5, 1, 256), 64),
 }
 
 
