@@ -640,7 +640,7 @@ def _depthwise_grad_weight(gy, x, w_shape, params, with_bias=False):
     gy_blocks = gy.reshape(-1, LB) if lanes else np.empty((0, LB), dtype=gy.dtype)
     row_src = _source_rows(src.shape, gy.shape[1:-1], kernel, params.stride, params.dilation, offset)
     n_slots = _slot_count(math.prod(w_shape), x, gy, src)
-    partial = np.zeros((n_slots, row_src.shape[1], kernel[-1], c_out), dtype=gy.dtype)
+    partial = np.zeros((n_slots, row_src.shape[1], kernel[-1], 1, c_out), dtype=gy.dtype)
     bias_jobs, bias_total = _bias_jobs(gy) if with_bias else ([], None)
     call_all([(_depthwise.grad_weight, (_rows(src), _rows(gy), gy_blocks, row_src, partial, offset[-1],
                                         params.stride[-1], params.dilation[-1]), n_slots)] + bias_jobs,

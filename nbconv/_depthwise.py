@@ -47,6 +47,18 @@ def _madd_row(acc, i, a, j, b, k, n, m, c_lo):
 
 
 @kernel(inline="always")
+def _madd_rotated(acc, i, a, j, b, k, n, cg, c_lo):
+    """acc[i + r*n + c] += a[j + c] * b[k + c - c % cg + (c + r) % cg] for r < cg, c_lo <= c < n: _madd_row for the
+    rotated sums of grad_weight_groups (flat arrays, unsigned offsets)."""
+    i, j, k, n, cg = np.uint64(i), np.uint64(j), np.uint64(k), np.uint64(n), np.uint64(cg)
+    for c in range(np.uint64(c_lo), n):
+        av = a[j + c]
+        first = k + c - c % cg
+        for r in range(cg):
+            acc[i + r * n + c] += av * b[first + (c + r) % cg]
+
+
+@kernel(inline="always")
 def _madd_adjoint(acc, i, a, j, b, k, n, m, c_lo):
     """acc[i + c] += sum_{u < m} a[j + c*m + u] * b[k + c*m + u] for c_lo <= c < n, in order of u: flat arrays and
     unsigned offsets, as in _madd_row."""
@@ -259,26 +271,30 @@ def grad_input(gy, w, wpk, row_gy, dst, off_w, sw, dw, sched, me):
                               c_full)
 
 
-@kernel()
-def grad_weight(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, sched, me):
-    """partial[slot, t, kw, c] = sum over rows r of block slot (of partial.shape[0] equal blocks) with
-    row_src[r, t] >= 0, and ow, of src[row_src[r, t], ow*sw + kw*dw - off_w, c // m] * gy[r, ow, c] (zero outside
-    the row); src (rows, W, C_src), gy (R, OW, C_out), row_src (R, T); gy_blocks = gy as rows of LB channels when
-    m == 1 and LB divides C_out (else empty); partial zeroed, everything C-contiguous; items: the slots of
-    chunk_items(sched, me)."""
+@kernel(inline="always")
+def _grad_weight_rows(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, sched, me, cg):
+    """partial[slot, t, kw, r, c] = sum over rows q of block slot (of partial.shape[0] equal blocks) with
+    row_src[q, t] >= 0, and ow, of src[row_src[q, t], ow*sw + kw*dw - off_w, c // m] * gy[q, ow, c'] (zero outside
+    the row), r < cg. cg = 1: depthwise, channel multiplier m = C_out // C_src, c' = c. cg = 2 or 4 (m = 1): a
+    grouped convolution with cg channels per group in and out, rotated: lane c is input channel c % cg of its group,
+    paired by rotation r with the group's output channel c' = c - c % cg + (c % cg + r) % cg. src (rows, W, C_src),
+    gy (R, OW, C_out), row_src (R, T), partial (slots, T, KW, cg, C_out) zeroed, everything C-contiguous; gy_blocks =
+    gy as rows of LB channels when cg = m = 1 and LB divides C_out, else empty (the first C_out // LB blocks of LB
+    lanes then go through micro_lanes, with cg > 1 through micro_rotated, the rest one lane at a time); items: the
+    slots of chunk_items(sched, me). Inlined into each kernel below with cg a constant there."""
     w_src, c_src = src.shape[1], src.shape[2]
     n_rows, out_w, c_out = gy.shape
     n_slots, n_taps, k_w = partial.shape[0], partial.shape[1], partial.shape[2]
     m = c_out // c_src
     flat = src.reshape(-1)
-    n_blocks = c_out // LB if gy_blocks.shape[0] > 0 else 0
+    n_blocks = c_out // LB if gy_blocks.shape[0] > 0 or cg > 1 else 0
     c_full = n_blocks * LB
     ow_lo, ow_hi = _interior(out_w, w_src, k_w, off_w, sw, dw)
     partial_flat, gy_flat = partial.reshape(-1), gy.reshape(-1)
-    tap_size = c_out  # partial[slot, t, kw] is the tap (t * k_w + kw) of the slot, c_out elements long
+    tap_size = cg * c_out  # partial[slot, t, kw] is the tap (t * k_w + kw) of the slot, cg * c_out elements long
     for slot in chunk_items(sched, me):
         slot_at = slot * n_taps * k_w * tap_size
-        tile = np.empty((LP, LB), dtype=partial.dtype)
+        tile = np.empty((LP * cg, LB), dtype=partial.dtype)  # row p*cg + r: rotation r of tap p
         bases = np.empty(LP, dtype=np.uint64)
         pix = np.empty(ow_hi - ow_lo, dtype=np.uint64)
         for i in range(ow_hi - ow_lo):
@@ -295,11 +311,14 @@ def grad_weight(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, sched, me):
                     va, vb = _valid_range(out_w, kw * dw - off_w, sw, w_src)
                     acc_at = slot_at + (t * k_w + kw) * tap_size
                     src_at = (sr * w_src + kw * dw - off_w) * c_src  # + ow * sw * c_src for column ow
-                    for ow in range(va, vb):
+                    for ow in range(va, vb):  # the lanes the tiles below do not take
                         c_lo = c_full if ow_lo <= ow < ow_hi else 0
-                        if c_lo < c_out:
+                        if c_lo < c_out and cg == 1:
                             _madd_row(partial_flat, acc_at, flat, src_at + ow * sw * c_src, gy_flat,
                                       (row * out_w + ow) * c_out, c_out, m, c_lo)
+                        elif c_lo < c_out:
+                            _madd_rotated(partial_flat, acc_at, flat, src_at + ow * sw * c_src, gy_flat,
+                                          (row * out_w + ow) * c_out, c_out, cg, c_lo)
                     tap_ids[n_valid] = t * k_w + kw
                     tap_bases[n_valid] = np.uint64((sr * w_src + kw * dw) * c_src)
                     n_valid += 1
@@ -309,73 +328,32 @@ def grad_weight(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, sched, me):
                 for t0 in range(0, n_valid, LP):
                     for p in range(LP):
                         bases[p] = tap_bases[min(t0 + p, n_valid - 1)] + np.uint64(cb * LB)
-                    micro_lanes(flat, bases, pix, gy_blocks, (row * out_w + ow_lo) * n_blocks + cb, n_blocks, tile)
-                    for p in range(min(LP, n_valid - t0)):
-                        acc_at = slot_at + tap_ids[t0 + p] * tap_size + cb * LB
-                        for b in range(LB):
-                            partial_flat[acc_at + b] += tile[p, b]
-
-
-@kernel()
-def grad_weight_groups(src, gy, row_src, partial, off_w, sw, dw, sched, me):
-    """partial[slot, t, kw, r, c] = sum over rows q of block slot (of partial.shape[0] equal blocks) with
-    row_src[q, t] >= 0, and ow, of src[row_src[q, t], ow*sw + kw*dw - off_w, c] * gy[q, ow, c - c % cg + (c % cg +
-    r) % cg] (zero outside the row), for r < cg = partial.shape[3]: the weight gradient of a grouped convolution with
-    cg channels per group in and out, rotated (lane c is input channel c % cg of its group, rotation r pairs it with
-    the group's output channel (c % cg + r) % cg); src (rows, W, C), gy (R, OW, C), row_src (R, T); partial zeroed,
-    everything C-contiguous (the first C // LB blocks of LB channels through micro_rotated, the rest one lane at a
-    time); items: the slots of chunk_items(sched, me)."""
-    w_src, c_src = src.shape[1], src.shape[2]
-    n_rows, out_w, c_out = gy.shape
-    n_slots, n_taps, k_w, cg = partial.shape[0], partial.shape[1], partial.shape[2], partial.shape[3]
-    flat = src.reshape(-1)
-    n_blocks = c_out // LB
-    c_full = n_blocks * LB
-    ow_lo, ow_hi = _interior(out_w, w_src, k_w, off_w, sw, dw)
-    partial_flat, gy_flat = partial.reshape(-1), gy.reshape(-1)
-    tap_size = cg * c_out  # partial[slot, t, kw] is the tap (t * k_w + kw) of the slot, cg * c_out elements long
-    for slot in chunk_items(sched, me):
-        slot_at = slot * n_taps * k_w * tap_size
-        tile = np.empty((LP, cg, LB), dtype=partial.dtype)
-        bases = np.empty(LP, dtype=np.uint64)
-        pix = np.empty(ow_hi - ow_lo, dtype=np.uint64)
-        for i in range(ow_hi - ow_lo):
-            pix[i] = np.uint64(((ow_lo + i) * sw - off_w) * c_src)
-        tap_ids = np.empty(n_taps * k_w, dtype=np.int64)
-        tap_bases = np.empty(n_taps * k_w, dtype=np.uint64)
-        for row in range(slot * n_rows // n_slots, (slot + 1) * n_rows // n_slots):
-            n_valid = 0
-            for t in range(n_taps):
-                sr = row_src[row, t]
-                if sr < 0:
-                    continue
-                for kw in range(k_w):
-                    va, vb = _valid_range(out_w, kw * dw - off_w, sw, w_src)
-                    acc_at = np.uint64(slot_at + (t * k_w + kw) * tap_size)
-                    for ow in range(va, vb):
-                        at = np.uint64((sr * w_src + ow * sw + kw * dw - off_w) * c_src)
-                        g_at = np.uint64((row * out_w + ow) * c_out)
-                        for c in range(np.uint64(c_full if ow_lo <= ow < ow_hi else 0), np.uint64(c_out)):
-                            xv = flat[at + c]
-                            first = c - c % np.uint64(cg)
-                            for r in range(np.uint64(cg)):
-                                partial_flat[acc_at + r * np.uint64(c_out) + c] += xv * gy_flat[
-                                    g_at + first + (c + r) % np.uint64(cg)]
-                    tap_ids[n_valid] = t * k_w + kw
-                    tap_bases[n_valid] = np.uint64((sr * w_src + kw * dw) * c_src)
-                    n_valid += 1
-            if n_blocks == 0 or ow_hi == ow_lo or n_valid == 0:
-                continue
-            for cb in range(n_blocks):
-                for t0 in range(0, n_valid, LP):
-                    for p in range(LP):
-                        bases[p] = tap_bases[min(t0 + p, n_valid - 1)] + np.uint64(cb * LB)
-                    micro_rotated(flat, bases, pix, gy_flat, (row * out_w + ow_lo) * c_out + cb * LB, c_out, tile, cg)
+                    if cg == 1:
+                        micro_lanes(flat, bases, pix, gy_blocks, (row * out_w + ow_lo) * n_blocks + cb, n_blocks,
+                                    tile)
+                    else:
+                        micro_rotated(flat, bases, pix, gy_flat, (row * out_w + ow_lo) * c_out + cb * LB, c_out,
+                                      tile.reshape(LP, cg, LB), cg)
                     for p in range(min(LP, n_valid - t0)):
                         for r in range(cg):
                             acc_at = slot_at + tap_ids[t0 + p] * tap_size + r * c_out + cb * LB
                             for b in range(LB):
-                                partial_flat[acc_at + b] += tile[p, r, b]
+                                partial_flat[acc_at + b] += tile[p * cg + r, b]
+
+
+@kernel()
+def grad_weight(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, sched, me):
+    """_grad_weight_rows with cg = 1 (depthwise, any channel multiplier): partial (slots, T, KW, 1, C_out)."""
+    _grad_weight_rows(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, sched, me, 1)
+
+
+@kernel()
+def grad_weight_groups(src, gy, row_src, partial, off_w, sw, dw, sched, me):
+    """_grad_weight_rows with cg = partial.shape[3], 2 or 4 (a grouped convolution, rotated sums)."""
+    if partial.shape[3] == 2:
+        _grad_weight_rows(src, gy, np.empty((0, LB), dtype=gy.dtype), row_src, partial, off_w, sw, dw, sched, me, 2)
+    else:
+        _grad_weight_rows(src, gy, np.empty((0, LB), dtype=gy.dtype), row_src, partial, off_w, sw, dw, sched, me, 4)
 
 
 def lanes_weights(w):
