@@ -55,7 +55,9 @@ from ._shapes import ConvParams
 
 _TILES_PER_ITEM = 8  # register tiles per item (unit of work shared among threads) of the gather kernel, at most
 _PANEL_BYTES = 192 << 10  # packed weights the gather kernel keeps in use across an item's tiles (in L2)
-_WEIGHT_GRAD_CHUNK = 256  # most output pixels per chunk of the weight gradient (operands stay in L1/L2)
+# most output pixels per chunk of the weight gradient, for fewer than 16 input channels per group and for more (a
+# chunk's source rows, a cache line or more per pixel, then stay in L1 across the taps)
+_WEIGHT_GRAD_CHUNKS = (256, 128)
 _DIRECT_ROWS = 16 * P  # most rows of w (taps x input channels) for which the weight gradient reads grad_out in place
 
 
@@ -101,7 +103,8 @@ def _gather_conv(src, src_rows, src_step, offsets, wpk, bias_blocks, dst, dst_ro
                     if whole > b0:
                         for p in range(P):
                             d_bases[p] = np.uint64(d_firsts[t0 + p] + g * cg_dst + b0 * B)
-                        micro_tile_into(src, bases, offsets, wpk[g, b0:whole], dst, d_bases, bias_flat[g, b0 * B:])
+                        micro_tile_into(src, bases, offsets, wpk[g, b0:whole], dst, d_bases, bias_flat[g, b0 * B:],
+                                        False)
                     for nb in range(max(b0, whole), b1):
                         n_valid = min(B, cg_dst - nb * B)
                         if lane_groups:
@@ -181,7 +184,7 @@ def _scatter_conv(gy, reduce_offsets, wpk, offsets, dst, dst_pix, cg_src, cg_dst
 @kernel()
 def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, sched, me):
     """partial[t, g, nb, r, b] = sum over pixels s of chunks t, t+T, ... (chunk pixels each, in that order) of
-    flat[rows[min(r, R-1)] + g*cg_src + pix[s]] * gy[s, g*cg_dst + nb*B + b] (left zero for nb*B + b >= cg_dst);
+    flat[rows[min(r, R-1)] + g*cg_src + pix[s]] * gy[s, g*cg_dst + nb*B + b] (unspecified for nb*B + b >= cg_dst);
     gy (S, C_out) C-contiguous, partial (T, G, NB, rows padded to P, B); items i of chunk_items(sched, me):
     the (slot t, group g, block nb) = (i // (G*NB), i // NB % G, i % NB), each summed by one thread. The tile reads
     gy in place or a packed copy of the block (the same values: the bits do not depend on which)."""
@@ -190,9 +193,13 @@ def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, sched, me)
     n_pix = pix.shape[0]
     n_chunks = (n_pix + chunk - 1) // chunk
     last = n_rows - 1
-    tile = np.empty((P, B), dtype=partial.dtype)
     bases = np.empty(P, dtype=np.uint64)
-    gy_chunk = np.zeros((chunk, B), dtype=partial.dtype)  # a block of grad_out's lanes, packed per chunk
+    d_rows = np.empty(P, dtype=np.uint64)
+    zero = np.zeros(B, dtype=partial.dtype)
+    tile = np.empty((P, B), dtype=partial.dtype)
+    gy_chunk = np.zeros((1, chunk, B), dtype=partial.dtype)  # a block of grad_out's lanes, packed per chunk
+    partial_flat = partial.reshape(-1)
+    n_rows_padded = partial.shape[3]
     for item in chunk_items(sched, me):
         t, g_nb = divmod(item, groups * n_blocks)
         g, nb = divmod(g_nb, n_blocks)
@@ -202,26 +209,29 @@ def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, sched, me)
         # more than the tiles then); many rows read a packed copy, which stays in L1 (rows of grad_out a power-of-two
         # stride apart share a few cache sets).
         direct = n_valid == B and n_rows <= _DIRECT_ROWS
-        acc = partial[t, g, nb]
+        acc_at = ((t * groups + g) * n_blocks + nb) * n_rows_padded * B  # partial[t, g, nb] in partial_flat
         for ck in range(t, n_chunks, n_slots):
             s0 = ck * chunk
             s1 = min(s0 + chunk, n_pix)
             pix_chunk = pix[s0:s1]
             if not direct:
+                lanes = gy_chunk[0]
                 for s in range(s1 - s0):  # this block of grad_out stays in L1 across the rows of w
                     gy_row = gy[s0 + s]
-                    lanes = gy_chunk[s]
-                    for b in range(n_valid):  # the lanes past n_valid: zero or an earlier block's (discarded)
-                        lanes[b] = gy_row[c0 + b]
+                    lanes_s = lanes[s]
+                    for b in range(n_valid):  # the lanes past n_valid: an earlier block's (their sums are discarded)
+                        lanes_s[b] = gy_row[c0 + b]
+            block = gy[s0:s1, c0:c0 + B][None] if direct else gy_chunk
             for r0 in range(0, n_rows, P):
                 for p in range(P):
                     bases[p] = rows[min(r0 + p, last)] + np.uint64(g * cg_src)
-                if direct:
-                    micro_tile(flat, bases, pix_chunk, gy[s0:s1, c0:c0 + B], tile, B)
-                else:
-                    micro_tile(flat, bases, pix_chunk, gy_chunk[:s1 - s0], tile, n_valid)
-                for p in range(P):  # the item's first chunk sets its sums (and zeroes the lanes past n_valid)
-                    acc_row = acc[r0 + p]
+                    d_rows[p] = np.uint64(acc_at + (r0 + p) * B)
+                if n_valid == B:  # the item's first chunk sets its sums, the others add to them
+                    micro_tile_into(flat, bases, pix_chunk, block, partial_flat, d_rows, zero, ck != t)
+                    continue
+                micro_tile(flat, bases, pix_chunk, gy_chunk[0], tile, n_valid)  # only the vectors holding n_valid
+                for p in range(P):  # the first chunk sets the sums and zeroes the lanes past n_valid
+                    acc_row = partial_flat[d_rows[p]:d_rows[p] + np.uint64(B)]
                     if ck == t:
                         for b in range(n_valid):
                             acc_row[b] = tile[p, b]
@@ -1005,7 +1015,7 @@ def _dense_grad_weight(gy, x, w_shape, params, with_bias):
     # partial sums) would outgrow twice the largest operand (a large weight on a small image): the slot count
     # depends on the shapes only, so results stay the same for any number of threads.
     budget = 2 * max(x.size, gy.size, math.prod(w_shape)) - (xp.size if xp is not x else 0)
-    chunk = min(_WEIGHT_GRAD_CHUNK, -(-pix.shape[0] // SLOTS))
+    chunk = min(_WEIGHT_GRAD_CHUNKS[cg_in >= 16], -(-pix.shape[0] // SLOTS))
     n_slots = max(1, min(SLOTS, -(-pix.shape[0] // chunk), budget // block))
     partial = np.empty((n_slots, groups, n_blocks, -(-n_rows // P) * P, B), dtype=gy.dtype)
     bias_jobs, bias_total = _bias_jobs(gy) if with_bias else ([], None)

@@ -77,16 +77,17 @@ def micro_groups(src, a, shift, c, v, tile, lanes, cg):
         tile[:, :lanes] += (x * v[np.arange(n) * cg + r, :lanes]).sum(axis=1)
 
 
-def micro_tile_into(src, a, c, v, dst, d, base):
-    """For every block k < len(v): dst[d[p] + k*B + b] = base[k*B + b] + sum_s src[a[p] + c[s]] * v[k, s, b] for
-    p < P, b < B (micro_tile over several whole blocks of lanes, written straight to dst); src, dst flat, a, c, d
-    unsigned, the P rows of dst distinct, v (blocks, len(c), >= B) with C-contiguous rows, base contiguous."""
+def micro_tile_into(src, a, c, v, dst, d, base, add):
+    """For every block k < len(v): dst[d[p] + k*B + b] = (dst[d[p] + k*B + b] if add else base[k*B + b]) +
+    sum_s src[a[p] + c[s]] * v[k, s, b] for p < P, b < B (micro_tile over several whole blocks of lanes, written
+    straight to dst); src, dst flat, a, c, d unsigned, the P rows of dst distinct, v (blocks, len(c), >= B) with
+    rows of B contiguous elements, base contiguous."""
     tile = np.empty((P, B), dtype=dst.dtype)
     for k in range(v.shape[0]):
         micro_tile(src, a, c, v[k], tile, B)
         for p in range(P):
             at = d[p] + k * B
-            dst[at:at + B] = base[k * B:(k + 1) * B] + tile[p]
+            dst[at:at + B] = (dst[at:at + B] if add else base[k * B:(k + 1) * B]) + tile[p]
 
 
 def micro_lanes(src, a, c, v, v0, v_step, tile):
@@ -176,7 +177,7 @@ _OPERANDS = {  # the operands of each tile function, by position
     "groups": ("src", "a", "shift", "c", "v", "out", "used", "cg"),
     "lanes": ("src", "a", "c", "v", "v0", "v_step", "out"),
     "lanes_into": ("src", "a", "c", "v", "v0", "v_step", "out", "d", "base", "add"),
-    "tile_into": ("src", "a", "c", "v", "out", "d", "base"),
+    "tile_into": ("src", "a", "c", "v", "out", "d", "base", "add"),
 }
 
 
@@ -205,7 +206,7 @@ def _emit(context, builder, sig, args, kind):
     d = arr["d"].data if accumulate else ir.Constant(arr["a"].data.type, None)
     base = arr["base"].data if accumulate else ir.Constant(out.data.type, None)
     no = ir.Constant(ir.IntType(1), 0)
-    add = context.cast(builder, val["add"], typ["add"], types.boolean) if "add" in val else no  # tile_into: never
+    add = context.cast(builder, val["add"], typ["add"], types.boolean) if "add" in val else no
     if accumulate:  # v is (blocks, rows, lanes)
         n_blocks = cgutils.unpack_tuple(builder, arr["v"].shape, 3)[0]
         v_block, v_row = row_stride(arr["v"], 3, 0), row_stride(arr["v"], 3, 1)
@@ -674,15 +675,15 @@ def _micro_groups_jit(src, a, shift, c, v, tile, lanes, cg):
 
 
 @intrinsic
-def _tile_into_ir(typingctx, src, a, c, v, dst, d, base):
+def _tile_into_ir(typingctx, src, a, c, v, dst, d, base, add):
     _check_float(src, v, dst, base)
-    return (types.void(src, a, c, v, dst, d, base),
+    return (types.void(src, a, c, v, dst, d, base, add),
             lambda ctx, b, sig, args: _emit(ctx, b, sig, args, "tile_into"))
 
 
 @overload(micro_tile_into)
-def _micro_tile_into_jit(src, a, c, v, dst, d, base):
-    return lambda src, a, c, v, dst, d, base: _tile_into_ir(src, a, c, v, dst, d, base)
+def _micro_tile_into_jit(src, a, c, v, dst, d, base, add):
+    return lambda src, a, c, v, dst, d, base, add: _tile_into_ir(src, a, c, v, dst, d, base, add)
 
 
 @overload(micro_lanes)

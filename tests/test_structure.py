@@ -14,9 +14,10 @@ from nbconv._jit import kernel
 
 @kernel()
 def _tiles(src, a, c, v, lanes, v_blocks, v0, v_step, tile, lanes_tile, dst, d, base, dst_add, tv_blocks, t_dst, t_d,
-           t_base):
+           t_base, t_dst_add):
     _micro.micro_tile(src, a, c, v, tile, lanes)
-    _micro.micro_tile_into(src, a, c, tv_blocks, t_dst, t_d, t_base)
+    _micro.micro_tile_into(src, a, c, tv_blocks, t_dst, t_d, t_base, False)
+    _micro.micro_tile_into(src, a, c, tv_blocks, t_dst_add, t_d, t_base, True)
     _micro.micro_lanes(src, a, c, v, v0, v_step, lanes_tile)
     _micro.micro_lanes_into(src, a, c, v_blocks, v0, v_step, dst, d, base, False)
     _micro.micro_lanes_into(src, a, c, v_blocks, v0, v_step, dst_add, d, base, True)
@@ -40,18 +41,21 @@ def test_micro_tiles_llvm_code_matches_numpy_bodies(dtype, n_red, lanes):
     t_d = (np.arange(P) * (2 * B + 1)).astype(np.uint64)
     t_dst = rng.standard_normal(P * (2 * B + 1) + 5).astype(dtype)
     t_base = rng.standard_normal(2 * B + 2).astype(dtype)
-    got = np.full((P, B), np.nan, dtype), np.full((LP, LB), np.nan, dtype), dst.copy(), dst.copy(), t_dst.copy()
+    got = (np.full((P, B), np.nan, dtype), np.full((LP, LB), np.nan, dtype), dst.copy(), dst.copy(), t_dst.copy(),
+           t_dst.copy())
     lanes = min(lanes, B)
     _tiles(src, a, c, v, lanes, v_blocks, 1, 2, got[0], got[1], got[2], d, base, got[3], tv_blocks, got[4], t_d,
-           t_base)
-    want = np.empty((P, B), dtype), np.empty((LP, LB), dtype), dst.copy(), dst.copy(), t_dst.copy()
+           t_base, got[5])
+    want = np.empty((P, B), dtype), np.empty((LP, LB), dtype), dst.copy(), dst.copy(), t_dst.copy(), t_dst.copy()
     _micro.micro_tile(src, a, c, v, want[0], lanes)
     got[0][:, lanes:] = want[0][:, lanes:] = 0  # unspecified lanes
     _micro.micro_lanes(src, a, c, v, 1, 2, want[1])
     _micro.micro_lanes_into(src, a, c, v_blocks, 1, 2, want[2], d, base, False)
     _micro.micro_lanes_into(src, a, c, v_blocks, 1, 2, want[3], d, base, True)
-    _micro.micro_tile_into(src, a, c, tv_blocks, want[4], t_d, t_base)
+    _micro.micro_tile_into(src, a, c, tv_blocks, want[4], t_d, t_base, False)
+    _micro.micro_tile_into(src, a, c, tv_blocks, want[5], t_d, t_base, True)
     assert not np.array_equal(want[2], want[3]) and not np.array_equal(want[4], t_dst)
+    assert not np.array_equal(want[4], want[5])
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, **tol)
