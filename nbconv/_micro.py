@@ -181,13 +181,19 @@ _OPERANDS = {  # the operands of each tile function, by position
 }
 
 
+def _operands(context, builder, sig, args, names):
+    """(types, values, arrays) of an intrinsic's operands by name; arrays: the array operands' LLVM structs."""
+    typ = dict(zip(names, sig.args))
+    val = dict(zip(names, args))
+    return typ, val, {k: context.make_array(t)(context, builder, val[k]) for k, t in typ.items()
+                      if isinstance(t, types.Array)}
+
+
 def _emit(context, builder, sig, args, kind):
     """Call the tile function of `kind` (defined once per module by `_define`) on the operands' data pointers."""
     i64 = ir.IntType(64)
     names = _OPERANDS[kind]
-    typ = dict(zip(names, sig.args))
-    val = dict(zip(names, args))
-    arr = {k: context.make_array(t)(context, builder, val[k]) for k, t in typ.items() if isinstance(t, types.Array)}
+    typ, val, arr = _operands(context, builder, sig, args, names)
     itemsize = context.get_abi_sizeof(context.get_value_type(typ["src"].dtype))
 
     def integer(name, default):
@@ -408,9 +414,7 @@ def _emit_rotated(context, builder, sig, args):
     """Call micro_rotated's function for the group size cg (one per size: its shuffle masks are constants)."""
     i64 = ir.IntType(64)
     names = ("src", "a", "c", "v", "v0", "v_step", "out", "cg")
-    typ = dict(zip(names, sig.args))
-    val = dict(zip(names, args))
-    arr = {k: context.make_array(t)(context, builder, val[k]) for k, t in typ.items() if isinstance(t, types.Array)}
+    typ, val, arr = _operands(context, builder, sig, args, names)
     elem = context.get_value_type(typ["src"].dtype)
 
     def integer(name):
@@ -587,9 +591,7 @@ def _emit_pixel(context, builder, sig, args):
     """Call micro_pixel_into's function (defined once per module) on the operands' data pointers."""
     i64 = ir.IntType(64)
     names = ("src", "c", "wi", "n", "v", "out", "d", "base")
-    typ = dict(zip(names, sig.args))
-    val = dict(zip(names, args))
-    arr = {k: context.make_array(t)(context, builder, val[k]) for k, t in typ.items() if isinstance(t, types.Array)}
+    typ, val, arr = _operands(context, builder, sig, args, names)
     itemsize = context.get_abi_sizeof(context.get_value_type(typ["src"].dtype))
 
     def row_stride(axis):
@@ -605,9 +607,7 @@ def _emit_window(context, builder, sig, args):
     """Call micro_window_into's function (defined once per module) on the operands' data pointers."""
     i64 = ir.IntType(64)
     names = ("src", "a0", "rows", "w_rows", "pix", "v", "out", "d", "base", "add", "k_w", "sw", "i_lo", "i_hi")
-    typ = dict(zip(names, sig.args))
-    val = dict(zip(names, args))
-    arr = {k: context.make_array(t)(context, builder, val[k]) for k, t in typ.items() if isinstance(t, types.Array)}
+    typ, val, arr = _operands(context, builder, sig, args, names)
     itemsize = context.get_abi_sizeof(context.get_value_type(typ["src"].dtype))
 
     def integer(name):
