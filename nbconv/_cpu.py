@@ -610,11 +610,11 @@ def _depthwise_grad_input(gy, w, dst, offset, stride, dilation):
     return dst
 
 
-def _slot_count(slot_size, x, gy, src):
-    """Slots of partial sums (each slot_size elements) for the depthwise kernels' weight gradients: SLOTS, fewer when
+def _slot_count(slot_size, w_size, x, gy, src):
+    """Slots of partial sums (each slot_size elements) for a weight gradient of a w_size weight: SLOTS, fewer when
     they (with src, where it is a padded copy of x) would outgrow twice the largest operand (a large weight on a small
     map); from shapes only, so the sums do not depend on the number of threads."""
-    budget = 2 * max(x.size, gy.size, slot_size) - (src.size if src is not x else 0)
+    budget = 2 * max(x.size, gy.size, w_size) - (src.size if src is not x else 0)
     return max(1, min(SLOTS, budget // slot_size))
 
 
@@ -625,7 +625,7 @@ def _grouped_grad_weight(gy, x, w_shape, params, with_bias):
     src, offset = _depthwise_source(x, params)
     gy = _c(gy)
     row_src = _source_rows(src.shape, gy.shape[1:-1], kernel, params.stride, params.dilation, offset)
-    n_slots = _slot_count(math.prod(w_shape), x, gy, src)
+    n_slots = _slot_count(math.prod(w_shape), math.prod(w_shape), x, gy, src)
     partial = np.zeros((n_slots, row_src.shape[1], kernel[-1], c, c_out), dtype=gy.dtype)
     bias_jobs, bias_total = _bias_jobs(gy) if with_bias else ([], None)
     call_all([(_depthwise.grad_weight_groups, (_rows(src), _rows(gy), row_src, partial, offset[-1], params.stride[-1],
@@ -649,7 +649,7 @@ def _depthwise_grad_weight(gy, x, w_shape, params, with_bias=False):
     lanes = c_out == params.groups and c_out % LB == 0
     gy_blocks = gy.reshape(-1, LB) if lanes else np.empty((0, LB), dtype=gy.dtype)
     row_src = _source_rows(src.shape, gy.shape[1:-1], kernel, params.stride, params.dilation, offset)
-    n_slots = _slot_count(math.prod(w_shape), x, gy, src)
+    n_slots = _slot_count(math.prod(w_shape), math.prod(w_shape), x, gy, src)
     partial = np.zeros((n_slots, row_src.shape[1], kernel[-1], 1, c_out), dtype=gy.dtype)
     bias_jobs, bias_total = _bias_jobs(gy) if with_bias else ([], None)
     call_all([(_depthwise.grad_weight, (_rows(src), _rows(gy), gy_blocks, row_src, partial, offset[-1],
@@ -1011,12 +1011,9 @@ def _dense_grad_weight(gy, x, w_shape, params, with_bias):
     n_rows, n_blocks = rows.shape[0], -(-cg_out // B)
     block = groups * n_blocks * -(-n_rows // P) * P * B  # one slot of partial sums
     # At least as many equal chunks as slots, so that the slots share the work evenly (the threads share the
-    # (slot, group, block of B output channels) items); fewer slots when the workspace (padded copy of x and
-    # partial sums) would outgrow twice the largest operand (a large weight on a small image): the slot count
-    # depends on the shapes only, so results stay the same for any number of threads.
-    budget = 2 * max(x.size, gy.size, math.prod(w_shape)) - (xp.size if xp is not x else 0)
+    # (slot, group, block of B output channels) items); fewer slots where _slot_count says so.
     chunk = min(_WEIGHT_GRAD_CHUNKS[cg_in >= 16], -(-pix.shape[0] // SLOTS))
-    n_slots = max(1, min(SLOTS, -(-pix.shape[0] // chunk), budget // block))
+    n_slots = min(_slot_count(block, math.prod(w_shape), x, gy, xp), -(-pix.shape[0] // chunk))
     partial = np.empty((n_slots, groups, n_blocks, -(-n_rows // P) * P, B), dtype=gy.dtype)
     bias_jobs, bias_total = _bias_jobs(gy) if with_bias else ([], None)
     call_all([(_weight_grad, (xp.reshape(-1), rows, pix, _c(gy).reshape(-1, c_out), partial, cg_in, cg_out, chunk),
