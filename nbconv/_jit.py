@@ -174,13 +174,6 @@ def _compile(dispatcher, args):
 _TYPED_FLAGS = 0x1 | 0x2 | 0x100 | 0x400
 
 
-def _type_key(a):
-    """What numba's type of `a` depends on, cheaper to compute than numba.typeof (~5 us per array)."""
-    if isinstance(a, np.ndarray):
-        return a.dtype.num, a.ndim, a.flags.num & _TYPED_FLAGS
-    return type(a)
-
-
 def numba_threads_started():
     """Whether the program has started Numba's threading layer (asking Numba anything about its threads
     would start it)."""
@@ -216,15 +209,23 @@ _N_CHUNKS, _N_OWN, _NEXT, _STOP, _CLAIMS = range(5)  # then one claim per own ch
 _TYPING_SCHEDULE = np.zeros(1, dtype=np.int64)  # of every schedule's type: what compiling a kernel needs
 
 
+_FRESH_SCHEDULES = {}  # (items, n_threads) -> an unused schedule, copied for each call (at most 256 of them)
+
+
 def schedule(items, n_threads):
     """The schedule of range(items) among n_threads threads: the chunks of _chunk_bounds, the first _static_chunks of
-    them each thread's own (one chunk for a single thread)."""
-    bounds = _chunk_bounds(items, n_threads) if n_threads > 1 else [0, items]
-    n_own = _static_chunks(items, n_threads) if n_threads > 1 else 0
-    sched = np.zeros(_CLAIMS + n_own + len(bounds), dtype=np.int64)
-    sched[_N_CHUNKS], sched[_N_OWN], sched[_NEXT] = len(bounds) - 1, n_own, n_own
-    sched[_CLAIMS + n_own:] = bounds
-    return sched
+    them each thread's own (one chunk for a single thread). A new array: the threads' claims change it."""
+    fresh = _FRESH_SCHEDULES.get((items, n_threads))
+    if fresh is None:
+        bounds = _chunk_bounds(items, n_threads) if n_threads > 1 else [0, items]
+        n_own = _static_chunks(items, n_threads) if n_threads > 1 else 0
+        fresh = np.zeros(_CLAIMS + n_own + len(bounds), dtype=np.int64)
+        fresh[_N_CHUNKS], fresh[_N_OWN], fresh[_NEXT] = len(bounds) - 1, n_own, n_own
+        fresh[_CLAIMS + n_own:] = bounds
+        if len(_FRESH_SCHEDULES) >= 256:
+            _FRESH_SCHEDULES.clear()
+        _FRESH_SCHEDULES[items, n_threads] = fresh
+    return fresh.copy()
 
 
 # The two generators are compiled into the kernels that loop over them, and not cached on their own: Numba does not
@@ -316,7 +317,9 @@ def _compiled_polls():
 
 
 def _ensure_compiled(dispatcher, full):
-    key = (dispatcher, tuple(_type_key(a) for a in full))
+    # what numba's types of the arguments depend on (cheaper to compute than numba.typeof, ~5 us per array)
+    key = (dispatcher, *[(a.dtype.num, a.ndim, a.flags.num & _TYPED_FLAGS) if isinstance(a, np.ndarray) else type(a)
+                         for a in full])
     if key not in _compiled:
         with _compile_lock:
             _compile(dispatcher, full)

@@ -123,25 +123,25 @@ def check_ndim(a, ndim, name, layout):
         raise ValueError(f"{name} must be {ndim}-D {layout}, got shape {tuple(a.shape)}")
 
 
-_PARAMS_MEMO = {}  # results of valid validations whose arguments are all _plain (at most _PARAMS_MEMO_SIZE of them)
+_PARAMS_MEMO = {}  # results of valid validations whose arguments are all plain (at most _PARAMS_MEMO_SIZE of them)
 _PARAMS_MEMO_SIZE = 256
 
 
-def _plain(v):
-    """Whether v is an int, a str or a tuple of _plain values: equal such values (unlike True == 1, or 1 == 1.0) pass
+def plain(v):
+    """Whether v is an int, a str or a tuple of plain values: equal such values (unlike True == 1, or 1 == 1.0) pass
     or fail validation alike."""
     t = type(v)
-    return t is int or t is str or (t is tuple and all(map(_plain, v)))
+    return t is int or t is str or (t is tuple and all(map(plain, v)))
 
 
 def _remembered(validate, *args):
     """validate(*args), remembered for plain arguments (validate returns immutable values)."""
     key = (validate, *args)
-    plain = _plain(args)
-    result = _PARAMS_MEMO.get(key) if plain else None
+    known = plain(args)
+    result = _PARAMS_MEMO.get(key) if known else None
     if result is None:
         result = validate(*args)
-        if plain:
+        if known:
             if len(_PARAMS_MEMO) >= _PARAMS_MEMO_SIZE:
                 _PARAMS_MEMO.clear()
             _PARAMS_MEMO[key] = result

@@ -118,6 +118,25 @@ def test_remembered_transpose_parameters_still_reject_equal_non_integers(name, v
         check_raises(TypeError, rf"^{name} must ", nbconv.conv_transpose2d, X2, WT2, **kwargs)
 
 
+@pytest.mark.parametrize("change, exc, match", [
+    (dict(stride=True), TypeError, "^stride must "), (dict(groups=2.0), TypeError, "^groups must "),
+    (dict(w=W2.astype(np.float32)), TypeError, "w has dtype float32 but x has dtype float64"),
+    (dict(b=ones(4)), ValueError, r"bias must have shape \(6,\)"),
+    (dict(x=X2.astype(">f8")), TypeError, "non-native byte order"),
+    (dict(padding=(1, 1.0)), ValueError, "padding entries must be ints"),
+])
+def test_a_remembered_forward_still_rejects_what_differs(change, exc, match):
+    """A forward on NumPy arrays remembers its validation for the arrays' shapes and dtypes and plain parameters:
+    after a valid call, a call that differs in a non-int parameter equal to an int, a dtype, a bias or a byte order
+    still raises, and the same valid call again gives the same result (the remembered path)."""
+    args = dict(x=X2, w=W2, b=ones(6), stride=1, padding=(1, 1), groups=2)
+    want = nbconv.conv2d(X2, W2, ones(6), stride=1, padding=(1, 1), groups=2)
+    np.testing.assert_array_equal(nbconv.conv2d(X2, W2, ones(6), stride=1, padding=(1, 1), groups=2), want)
+    args.update(change)
+    x, w, b = args.pop("x"), args.pop("w"), args.pop("b")
+    check_raises(exc, match, nbconv.conv2d, x, w, b, **args)
+
+
 @pytest.mark.parametrize("padding", [-1, (1, -1), ((0, 1), (-1, 0)), ((2, -3),)[:1] * 2])
 @pytest.mark.parametrize("func", ["conv2d", "conv2d_backward", "conv_transpose2d"])
 def test_negative_padding(padding, func):
