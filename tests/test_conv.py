@@ -20,6 +20,7 @@ import pytest
 
 import nbconv
 from nbconv import _cpu
+from nbconv._micro import B
 from nbconv._shapes import conv_params
 try:
     from . import reference as R
@@ -1391,6 +1392,39 @@ def test_stride_one_input_gradient_is_the_forward_gather_over_grad_out(monkeypat
     np.testing.assert_allclose(results[1][0], want, rtol=1e-4, atol=1e-4)
     want_t = R.conv_transpose(f64[0], f64[2], f64[3], pads=pads, dilation=d, groups=g)
     np.testing.assert_allclose(results[1][1], want_t, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("nd, sizes, k, s, d, pads, g, cg_in, cg_out", [
+    (1, (40,), (3,), (1,), (2,), ((2, 2),), 1, 24, 2 * B + 5),
+    (2, (9, 11), (3, 3), (2, 1), (1, 2), ((1, 2), (2, 0)), 2, 20, B + 3),
+    (2, (12, 10), (1, 1), (1, 1), (1, 1), ((0, 0), (0, 0)), 1, 40, 3 * B),
+    (3, (5, 6, 7), (3, 2, 3), (1, 2, 1), (1, 1, 1), ((1, 1), (0, 1), (2, 1)), 1, 36, 2 * B)])
+def test_weights_first_item_order_gives_the_same_bits(monkeypatch, nd, sizes, k, s, d, pads, g, cg_in, cg_out):
+    """The gather kernel's items taken weights part by weights part (chosen where the weights outgrow L2: forced
+    here with a 64-byte L2, and one block per part) give exactly the bits of tile group by tile group, in the forward
+    and the input gradient (the gather over grad_out at stride 1, its phases at stride 2), over several blocks of
+    output channels (one partial), and match the reference."""
+    rng = np.random.default_rng(13)
+    x = randn(rng, (3, *sizes, g * cg_in), np.float32)
+    w = randn(rng, (*k, cg_in, g * cg_out), np.float32)
+    b = randn(rng, (g * cg_out,), np.float32)
+    opts = dict(stride=s, padding=pads, dilation=d, groups=g)
+    gy = randn(rng, fn("conv", nd)(x, w, **opts).shape, np.float32)
+    monkeypatch.setattr(_cpu, "_PANEL_BYTES", 1)  # a part of the weights per block of output channels
+    orders = []
+    choose = _cpu._weights_outer
+    monkeypatch.setattr(_cpu, "_weights_outer", lambda *args: orders.append(choose(*args)) or orders[-1])
+    results = []
+    for l2 in (1 << 40, 64):
+        monkeypatch.setattr(_cpu, "_l2_bytes", lambda: l2)
+        results.append((fn("conv", nd)(x, w, b, **opts),
+                        getattr(nbconv, f"conv{nd}d_backward")(gy, x, w, needs=("input",), **opts).input))
+    assert not any(orders[:len(orders) // 2]) and any(orders[len(orders) // 2:])
+    assert all(np.array_equal(a, c) for a, c in zip(*results))
+    f64 = [a.astype(np.float64) for a in (x, w, b, gy)]
+    np.testing.assert_allclose(results[1][0], R.conv_forward(*f64[:3], s, pads, d, g), rtol=1e-4, atol=1e-4)
+    want = R.conv_grads(f64[3], f64[0], f64[1], stride=s, pads=pads, dilation=d, groups=g)[0]
+    np.testing.assert_allclose(results[1][1], want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("split", [False, True])
