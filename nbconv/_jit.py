@@ -118,7 +118,7 @@ def kernel(inline="never"):
     return decorate
 
 
-POLLS = tuple(kernel()(f) for f in (_workers.poll_task, _workers.poll_done, _workers.post))  # the team's, compiled
+POLLS = tuple(kernel()(f) for f in (_workers.poll_task, _workers.poll_done, _workers.finish))  # the team's, compiled
 
 
 def cache_dirs():
@@ -311,7 +311,7 @@ def _compiled_polls():
     """POLLS, compiled (or loaded from the cache, which is discarded if it fails to load) through `_compile`: once,
     when the team is made."""
     start = np.zeros(2, dtype=np.int64)
-    for dispatcher, args in zip(POLLS, ((start, 0, 0, 1, 0), (start, 0, 1, 1), (start, 0, 0))):
+    for dispatcher, args in zip(POLLS, ((start, 0, 0, 1, 0), (start, 0, 1, 1), (start, 1, 0, start, start, 1, 0))):
         _ensure_compiled(dispatcher, args)
     return POLLS
 

@@ -10,7 +10,10 @@ before its own first kernel, which releases the GIL) instead of sleeping until t
 first kernel to the worker's, 11-13 us at the median with a 12 us linger, 37-39 us with 4 us (a sleep on the GIL).
 
 A call on n threads starts workers 1..n-1 only; each posts its completion with an atomic store, ordered after its
-results. A KeyboardInterrupt in the caller stops the task's schedules and is raised once the workers are done.
+results, and goes on polling for the next task in the same compiled call (`finish`): a worker that returned to Python
+in between held the GIL just as the caller, seeing the post, wanted it back, and the caller slept on the GIL (the
+call's end 45-60 us later where the worker finished last; 15-20 us once the worker stays in compiled code). A caller
+that has stopped polling and sleeps sets a flag first, which makes a finishing worker return to wake it. A KeyboardInterrupt in the caller stops the task's schedules and is raised once the workers are done.
 One call at a time uses the team (`Team.run`); another thread calling meanwhile gets None from `team()` and does
 its work alone. Workers are daemon threads; a forked child makes its own team.
 """
@@ -21,7 +24,7 @@ import time
 import numba
 import numpy as np
 from numba import types
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic, overload, register_jitable
 
 SPIN_SECONDS = 3e-4  # a worker polls this long for the next task after each task, then sleeps
 LINGER_SECONDS = 12e-6  # a worker that sees a new task waits this long before it takes the GIL (see below)
@@ -80,6 +83,7 @@ def _atomic_add_compiled(flags, i, value):
     return lambda flags, i, value: _fetch_add(flags, i, value)
 
 
+@register_jitable
 def poll_task(start, me, seen, polls, linger):
     """start[me] once it differs from `seen` (after `linger` more polls), or `seen` after `polls` polls (a kernel:
     `_jit` compiles it)."""
@@ -105,20 +109,33 @@ def poll_done(done, generation, n, polls):
     return False
 
 
+@register_jitable
 def post(flags, i, value):
-    """flags[i] = value, an atomic store ordered after every earlier write of the thread (a kernel: `_jit` compiles
-    it): a worker's results are visible to the caller once it sees the store."""
+    """flags[i] = value, an atomic store ordered after every earlier write of the thread: a worker's results are
+    visible to the caller once it sees the store."""
     atomic_add(flags, i, value - atomic_load(flags, i))
+
+
+def finish(done, me, generation, waiting, start, polls, linger):
+    """post(done, me, generation) (worker me finished that task), then -1 if the caller sleeps (waiting[0] != 0: it
+    needs a notify), else poll_task(start, me, generation, polls, linger) (a kernel: `_jit` compiles it): the worker
+    goes from posting to polling without taking the GIL, which the caller, seeing the post, is about to take (finding
+    it held, the caller would sleep on it: 35-50 us to wake)."""
+    post(done, me, generation)
+    if atomic_load(waiting, 0) != 0:
+        return -1
+    return poll_task(start, me, generation, polls, linger)
 
 
 class Team:
     """Up to `size` worker threads; `run(task, stop, n)` calls task(me) on the caller (me = 0) and on workers
-    1..n-1. polls: the compiled `poll_task`, `poll_done` and `post`."""
+    1..n-1. polls: the compiled `poll_task`, `poll_done` and `finish`."""
 
     def __init__(self, size, polls):
-        self.poll_task, self.poll_done, self.post = polls
+        self.poll_task, self.poll_done, self.finish = polls
         self.start = np.zeros(size + 1, dtype=np.int64)  # [me]: the last generation worker me is to run
         self.done = np.zeros(size + 1, dtype=np.int64)   # [me]: the last generation worker me has finished
+        self.waiting = np.zeros(1, dtype=np.int64)  # [0]: 1 while the caller may sleep on `ready` for the workers
         self.ready = threading.Condition()
         self.busy = threading.Lock()  # held by the call using the team
         self.task = None
@@ -136,8 +153,8 @@ class Team:
 
     def _serve(self, me):
         seen = 0
+        generation = self.poll_task(self.start, me, seen, self.polls, self.linger)
         while True:
-            generation = self.poll_task(self.start, me, seen, self.polls, self.linger)
             if generation == seen:
                 with self.ready:
                     while self.start[me] == seen:
@@ -148,10 +165,11 @@ class Team:
                 self.task(me)
             except BaseException as error:  # raised by the caller once the task is done
                 self.errors.append(error)
-            finally:
-                self.post(self.done, me, generation)
+            generation = self.finish(self.done, me, seen, self.waiting, self.start, self.polls, self.linger)
+            if generation < 0:  # the caller sleeps: wake it, then poll for the next task
                 with self.ready:
                     self.ready.notify_all()
+                generation = self.poll_task(self.start, me, seen, self.polls, self.linger)
 
     def run(self, task, stop, n):
         """task(me) on the caller and workers 1..n-1 (at most the workers running); returns once none runs it, with
@@ -175,12 +193,14 @@ class Team:
                 self.publish()
                 if self.poll_done(self.done, self.generation, self.helpers, self.polls):
                     break
-                with self.ready:
+                self.waiting[0] = 1  # a worker finishing from now on wakes this thread (`finish`)
+                with self.ready:  # (taking the lock orders that store before the loads of done)
                     self.ready.notify_all()  # a worker asleep before publish() was cut short wakes now
                     if not (self.done[1:self.helpers] == self.generation).all():
                         self.ready.wait(0.05)
             except KeyboardInterrupt as error:
                 interrupted = interrupted or error
+        self.waiting[0] = 0
         self.task = None
         return [e for e in (caught, interrupted, *self.errors) if e is not None]
 
