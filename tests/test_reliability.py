@@ -1347,6 +1347,36 @@ def test_idle_workers_stop_polling():
     assert any(entry[2].startswith("nbconv") for entry in log), log
 
 
+def test_a_caller_asleep_is_woken_by_the_worker_that_finishes():
+    """A caller whose worker runs longer than the caller polls (here 30 ms) sleeps with its waiting flag set; the
+    worker, finishing, sees the flag and wakes it (the notify comes from the worker's thread: without it the caller
+    would sleep out its 50 ms timeout), and the flag is cleared once the call returns."""
+    import time
+    from nbconv import _jit, _workers
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("numba has a single thread here (NUMBA_NUM_THREADS=1)")
+
+    def task(delay):
+        def run(sched, me):
+            for lo, hi in _jit.chunks(sched, me):
+                pass
+            if me:
+                time.sleep(delay)
+        return run
+
+    _jit._split(task(0), (), 8, 2)  # the team exists
+    team = _workers._team
+    notified = []
+    real = team.ready.notify_all
+    team.ready.notify_all = lambda: notified.append(threading.current_thread().name) or real()
+    try:
+        _jit._split(task(0.03), (), 8, 2)
+        assert any(name.startswith("nbconv-worker") for name in notified), notified
+        assert team.waiting[0] == 0
+    finally:
+        del team.ready.notify_all
+
+
 _INTERRUPTED = """
     import sys, threading, time
     import numpy as np
