@@ -57,6 +57,7 @@ from ._shapes import ConvParams
 
 _TILES_PER_ITEM = 8  # register tiles per item (unit of work shared among threads) of the gather kernel, at most
 _PANEL_BYTES = 192 << 10  # packed weights the gather kernel keeps in use across an item's tiles (in L2)
+_PARALLEL_PACK_BYTES = 1 << 20  # forward weights of at least this size are packed by the threads (_pack_blocks)
 # most output pixels per chunk of the weight gradient, for fewer than 16 input channels per group and for more (a
 # chunk's source rows, a cache line or more per pixel, then stay in L1 across the taps)
 _WEIGHT_GRAD_CHUNKS = (256, 128)
@@ -294,6 +295,34 @@ def _pad_rows(x, table, before, xp, sched, me):
             dst[before + i] = src[i]
         for i in range(before + w, width):
             dst[i] = 0
+
+
+_PACK_ROWS = 64  # rows of weights per item of _pack_blocks
+
+
+@kernel()
+def _pack_blocks(w2, out, sched, me):
+    """out[g, k, r, b] = w2[r, g*cg + k*B + b] where k*B + b < cg, else 0, for g < G, k < NB, r < R, b < B: _pack of
+    w2 (R, G*cg) seen as (G, R, cg); out (G, NB, R, B) and w2 C-contiguous, cg = w2.shape[1] // G; items i of
+    chunk_items(sched, me): the rows _PACK_ROWS*i up to _PACK_ROWS*(i + 1), each read once, in order."""
+    groups, n_blocks, n_rows = out.shape[0], out.shape[1], out.shape[2]
+    width = w2.shape[1]
+    cg = width // groups
+    src, dst = w2.reshape(-1), out.reshape(-1)  # flat: no array view per row
+    for item in chunk_items(sched, me):
+        for r in range(item * _PACK_ROWS, min(n_rows, (item + 1) * _PACK_ROWS)):
+            for gk in range(groups * n_blocks):
+                g, k = divmod(gk, n_blocks)
+                s0, d0 = r * width + g * cg + k * B, (gk * n_rows + r) * B
+                n_valid = min(B, cg - k * B)
+                if n_valid == B:  # constant trip count: vector moves
+                    for b in range(B):
+                        dst[d0 + b] = src[s0 + b]
+                else:
+                    for b in range(n_valid):
+                        dst[d0 + b] = src[s0 + b]
+                    for b in range(n_valid, B):
+                        dst[d0 + b] = 0
 
 
 _SUM_WIDTH = 128  # grad_bias folds rows of fewer channels into rows of at least this many
@@ -536,20 +565,21 @@ def _unpadded(pads):
     return not any(p for pair in pads for p in pair)
 
 
-def _pad(x, pads, mode):
+def _pad(x, pads, mode, prep=None):
     """x padded per `pads` ((before, after) per spatial dim) in `mode`, as a new C-contiguous array
-    (x itself when it is already C-contiguous, writeable and unpadded)."""
+    (x itself when it is already C-contiguous, writeable and unpadded); see _zero_padded for `prep`."""
     if _unpadded(pads):
         return _c(x)
     if mode == "zeros":
-        return _zero_padded(x, pads)
+        return _zero_padded(x, pads, prep)
     np_mode = {"reflect": "reflect", "replicate": "edge", "circular": "wrap"}[mode]
     return _c(np.pad(x, ((0, 0), *pads, (0, 0)), mode=np_mode))  # np.pad keeps F order
 
 
-def _zero_padded(x, pads):
+def _zero_padded(x, pads, prep=None):
     """x zero-padded per `pads` ((before, after) >= 0 per spatial dim) as a new C-contiguous array, written once, by
-    nbconv's threads (np.zeros and a copy would write it twice, on one thread)."""
+    nbconv's threads (np.zeros and a copy would write it twice, on one thread); with a list `prep`, the threads' job
+    is appended to it instead of run, and the array is returned unwritten."""
     x = _c(x)
     n, spatial, c = x.shape[0], x.shape[1:-1], x.shape[-1]
     sizes = [size + a + b for size, (a, b) in zip(spatial, pads)]
@@ -558,8 +588,12 @@ def _zero_padded(x, pads):
     table = _cached(("padded rows", n, tuple(spatial[:-1]), tuple(pads[:-1])), lambda: _depthwise.row_table(
         n, [np.arange(size)[:, None] - a for size, (a, _) in zip(sizes[:-1], pads[:-1])], spatial[:-1]).ravel())
     xp = np.empty((n, *sizes, c), dtype=x.dtype)
-    call(_pad_rows, x.reshape(-1, spatial[-1] * c), table, pads[-1][0] * c, xp.reshape(-1, sizes[-1] * c),
-         items=table.shape[0], work=xp.size)
+    job = (_pad_rows, (x.reshape(-1, spatial[-1] * c), table, pads[-1][0] * c, xp.reshape(-1, sizes[-1] * c)),
+           table.shape[0])
+    if prep is None:
+        call(job[0], *job[1], items=job[2], work=xp.size)
+    else:
+        prep.append(job)
     return xp
 
 
@@ -751,16 +785,22 @@ def forward(x, w, bias, params, out):
              np.zeros(c_out, dtype=x.dtype) if bias is None else _c(bias), _rows(out),
              items=-(-src_rows.shape[0] // LP), work=out.size * math.prod(kernel))
         return out
+    prep = []  # copies the threads make before the gather, in one hand-off
     if lane_groups:  # one "group" of all channels, each tap's cg_in source channels summed in the tile
         wpk = _pack(_rotated(w.reshape(-1, cg_in, c_out), cg_in))
+    elif w.nbytes >= _PARALLEL_PACK_BYTES and w.flags.c_contiguous:
+        rows = w.size // c_out
+        wpk = _aligned_empty((groups, -(-(c_out // groups) // B), rows, B), w.dtype)
+        prep.append((_pack_blocks, (w.reshape(rows, c_out), wpk), -(-rows // _PACK_ROWS)))
     else:
         wpk = _pack(w.reshape(-1, groups, c_out // groups).transpose(1, 0, 2))
-    return _gather_forward(x, wpk, w.shape, bias, params, out, lane_groups)
+    return _gather_forward(x, wpk, w.shape, bias, params, out, lane_groups, prep)
 
 
-def _gather_forward(x, wpk, w_shape, bias, params, out, lane_groups):
+def _gather_forward(x, wpk, w_shape, bias, params, out, lane_groups, prep=()):
     """out = conv(x, w) + bias through _gather_conv, for w of w_shape packed as wpk: _pack of its (groups, taps x
-    C_in // groups, C_out // groups) view, or with lane_groups of its _rotated rows."""
+    C_in // groups, C_out // groups) view, or with lane_groups of its _rotated rows; prep: jobs that fill wpk, run
+    with the padded copies of x in one hand-off before the gather."""
     kernel, (cg_in, c_out) = w_shape[:-2], w_shape[-2:]
     groups, out_spatial = params.groups, out.shape[1:-1]
     if lane_groups:
@@ -770,12 +810,13 @@ def _gather_forward(x, wpk, w_shape, bias, params, out, lane_groups):
                           _SPLIT_BORDER_INTERIOR),
                          lambda: _forward_plan(x.shape, kernel, params, out_spatial, c_out, lane_groups),
                          lambda plan: sum(box[1].size + box[2].size + box[3].size for box in plan[0]))
-    jobs = []
+    jobs, prep = [], list(prep)
     for box, offsets, rows, dst_rows, src_step, row_len, per_item, n_items in plan:
-        src = _source(x, params, kernel, box).reshape(-1)
+        src = _source(x, params, kernel, box, prep).reshape(-1)
         jobs.append((_gather_conv, (src, rows, src_step, offsets, wpk, bias_blocks, out.reshape(-1), dst_rows, c_out,
                                     row_len, cg_in, c_out // groups, lane_groups, per_item, panel,
                                     _weights_outer(wpk, src, n_items, parts)), n_items * parts))
+    call_all(prep, sum(args[-1].size for _, args, _ in prep))  # the packed weights and padded copies
     call_all(jobs, work)  # the boxes write disjoint parts of out: one hand-off for all
     return out
 
@@ -831,12 +872,12 @@ def _source_shape(x_shape, params, kernel, box, source):
     return (x_shape[0], *(size for _, size in _box_region(box, params, kernel)), x_shape[-1])
 
 
-def _source(x, params, kernel, box_source):
-    """The array that the gather kernel reads for one (box, source, _) of _source_boxes: x padded, x itself, or the
-    input the box reads as a new array, zero where outside x."""
+def _source(x, params, kernel, box_source, prep):
+    """The array that the gather kernel reads for one (box, source, _) of _source_boxes: x padded (by a job appended to
+    `prep`, for zeros), x itself, or the input the box reads as a new array, zero where outside x."""
     box, source = box_source[:2]
     if source == "padded":
-        return _pad(x, params.pads, params.mode)
+        return _pad(x, params.pads, params.mode, prep)
     if source == "x":
         return _c(x)
     region = _box_region(box, params, kernel)

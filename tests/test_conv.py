@@ -1427,6 +1427,33 @@ def test_weights_first_item_order_gives_the_same_bits(monkeypatch, nd, sizes, k,
     np.testing.assert_allclose(results[1][1], want, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("nd, k, g, cg_in, cg_out", [(1, (3,), 1, 24, 2 * B + 5), (2, (3, 2), 2, 20, B + 3),
+                                                  (2, (1, 1), 3, 8, 7), (3, (2, 3, 2), 1, 36, 2 * B)])
+def test_forward_weights_packed_by_the_threads_give_the_same_bits(monkeypatch, nd, k, g, cg_in, cg_out):
+    """Large forward weights are packed by the threads (_pack_blocks, forced here for small ones) in the hand-off that
+    pads x: the same packed weights as NumPy's copy (_pack), so the same bits, for groups and partial blocks of
+    output channels; a non-contiguous w keeps NumPy's copy."""
+    rng = np.random.default_rng(14)
+    x = randn(rng, (2, *(7,) * nd, g * cg_in), np.float32)
+    w = randn(rng, (*k, cg_in, g * cg_out), np.float32)
+    b = randn(rng, (g * cg_out,), np.float32)
+    conv = fn("conv", nd)
+    kernels = []
+    call_all = _cpu.call_all
+    monkeypatch.setattr(_cpu, "call_all", lambda jobs, work: kernels.extend(j[0] for j in jobs) or call_all(jobs, work))
+    want = conv(x, w, b, padding=1, groups=g)
+    monkeypatch.setattr(_cpu, "_PARALLEL_PACK_BYTES", 0)
+    assert _cpu._pack_blocks not in kernels
+    assert np.array_equal(conv(x, w, b, padding=1, groups=g), want)
+    assert _cpu._pack_blocks in kernels
+    kernels.clear()
+    w_strided = np.repeat(w, 2, axis=-2)[..., ::2, :]  # equal to w, not contiguous
+    assert np.array_equal(conv(x, w_strided, b, padding=1, groups=g), want) and _cpu._pack_blocks not in kernels
+    f64 = [a.astype(np.float64) for a in (x, w, b)]
+    np.testing.assert_allclose(want, R.conv_forward(*f64, (1,) * nd, ((1, 1),) * nd, (1,) * nd, g), rtol=1e-4,
+                               atol=1e-4)
+
+
 @pytest.mark.parametrize("split", [False, True])
 def test_forwards_reuse_their_plan_with_new_data(monkeypatch, split):
     """The forward's plan (source boxes and index tables) is cached by shapes and parameters: calls with the same
