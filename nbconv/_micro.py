@@ -50,11 +50,11 @@ VECTOR_BYTES = 64 if WIDE else 32
 P, B = (8, 32) if WIDE else (5, 16)  # dense tile: rows (output pixels) x lanes (output channels)
 LP, LB = 5, 16                       # depthwise tiles: rows (output columns) x lanes (channels)
 _ACCUMULATORS = 16 if WIDE else 10   # vector registers one reduction pass may hold
-_ROTATED_ACCUMULATORS = 20 if WIDE else 8
+_ROTATED_ACCUMULATORS = 20 if WIDE else 8  # the same for micro_rotated (beside its group rotations of v)
 # The dense tiles prefetch the row of v this many reduction steps ahead: v streams from L2 (a block of weights is too
 # large for L1), and the hardware prefetchers left the tile waiting on it (2 threads, forwards: DeepLab 5.20-5.30 ->
 # 5.03-5.11 ms, ResNet-50 1x1 reduce 2.26-2.27 -> 2.16, C3D 13.86-14.0 -> 13.67-13.71; 8 and 32 steps alike).
-_PREFETCH_STEPS = 16  # the same for micro_rotated (beside its group rotations of v)
+_PREFETCH_STEPS = 16
 
 
 # ---------------------------------------------------------------- plain bodies (NUMBA_DISABLE_JIT=1)
