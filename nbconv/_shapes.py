@@ -134,18 +134,27 @@ def plain(v):
     return t is int or t is str or (t is tuple and all(map(plain, v)))
 
 
+def remembered(key):
+    """The validation result kept under `key` by `remember`, or None."""
+    return _PARAMS_MEMO.get(key)
+
+
+def remember(key, result):
+    """Keep an immutable validation result under `key` (a tuple whose first item names the validation) and return
+    it; the memo holds at most _PARAMS_MEMO_SIZE results."""
+    if len(_PARAMS_MEMO) >= _PARAMS_MEMO_SIZE:
+        _PARAMS_MEMO.clear()
+    _PARAMS_MEMO[key] = result
+    return result
+
+
 def _remembered(validate, *args):
     """validate(*args), remembered for plain arguments (validate returns immutable values)."""
+    if not plain(args):
+        return validate(*args)
     key = (validate, *args)
-    known = plain(args)
-    result = _PARAMS_MEMO.get(key) if known else None
-    if result is None:
-        result = validate(*args)
-        if known:
-            if len(_PARAMS_MEMO) >= _PARAMS_MEMO_SIZE:
-                _PARAMS_MEMO.clear()
-            _PARAMS_MEMO[key] = result
-    return result
+    result = remembered(key)
+    return remember(key, validate(*args)) if result is None else result
 
 
 def conv_params(x_shape, w_shape, *, stride, padding, dilation, groups, padding_mode):

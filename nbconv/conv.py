@@ -30,7 +30,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from . import _backend
-from ._shapes import check_dtypes, check_ndim, conv_output_shape, conv_params, plain, transpose_params
+from ._shapes import (check_dtypes, check_ndim, conv_output_shape, conv_params, plain, remember, remembered,
+                      transpose_params)
 
 ConvGrads = namedtuple("ConvGrads", ["input", "weight", "bias"])
 ConvGrads.__doc__ = "Gradients of a convolution: (input, weight, bias); an entry not asked for is None."
@@ -168,22 +169,20 @@ def parse_forward(nd, x, w, bias, out, *, stride, padding, dilation, groups, pad
     return (x, w, bias, out), params
 
 
-_PARSED_HOST_CALLS = {}  # _host_call key -> (backend, ConvParams, result shape) of calls that passed validation
-_PARSED_HOST_CALLS_SIZE = 256
-
-
 def _host_call(nd, x, w, bias, out, *params):
-    """What validating a call on NumPy arrays (x, w and bias exactly np.ndarray, no `out`) with plain parameters
-    (ints, strs and tuples of them) depends on: the key of _PARSED_HOST_CALLS; None for other calls."""
+    """The key under which a call's validation is remembered (`remember`) when what it depends on is known: NumPy
+    arrays (x, w and bias exactly np.ndarray, no `out`) and plain parameters (ints, strs and tuples of them); None
+    for other calls."""
     if (out is None and type(x) is np.ndarray and type(w) is np.ndarray and (bias is None or type(bias) is np.ndarray)
             and plain(params)):
-        return nd, x.shape, x.dtype, w.shape, w.dtype, None if bias is None else (bias.shape, bias.dtype), params
+        bias_key = None if bias is None else (bias.shape, bias.dtype)
+        return "host forward", nd, x.shape, x.dtype, w.shape, w.dtype, bias_key, params
     return None
 
 
 def _forward(nd, x, w, bias, stride, padding, dilation, groups, padding_mode, out):
     key = _host_call(nd, x, w, bias, out, stride, padding, dilation, groups, padding_mode)
-    parsed = None if key is None else _PARSED_HOST_CALLS.get(key)
+    parsed = None if key is None else remembered(key)
     if parsed is not None:  # the same validation passed before: its backend, parameters and result shape
         backend, params, shape = parsed
         return backend.forward(x, w, bias, params, backend.empty(shape, x.dtype))
@@ -191,9 +190,7 @@ def _forward(nd, x, w, bias, stride, padding, dilation, groups, padding_mode, ou
                                                     dilation=dilation, groups=groups, padding_mode=padding_mode)
     result = forward(x, w, bias, params, out_array)
     if key is not None:
-        if len(_PARSED_HOST_CALLS) >= _PARSED_HOST_CALLS_SIZE:
-            _PARSED_HOST_CALLS.clear()
-        _PARSED_HOST_CALLS[key] = (_backend.select(x=x), params, result.shape)
+        remember(key, (_backend.select(x=x), params, result.shape))
     return result if out is None else out
 
 
