@@ -1507,3 +1507,32 @@ def test_transposed_convolutions_reuse_their_phase_plan_with_new_data():
         numba.set_num_threads(saved)
     for (_, seed, y), (_, seed_b, y_b) in zip(results, results[2:]):
         assert seed == seed_b and np.array_equal(y, y_b)
+
+
+@pytest.mark.parametrize("nd, k, g, cg_in, cg_out", [(1, (3,), 1, 24, 3 * B + 5), (2, (3, 3), 2, 20, 2 * B),
+                                                  (2, (1, 1), 1, 40, 4 * B), (2, (1, 1), 2, 8, 2 * B),
+                                                  (3, (2, 3, 2), 1, 16, 3 * B)])
+def test_weight_gradient_bits_do_not_depend_on_its_parts(monkeypatch, nd, k, g, cg_in, cg_out):
+    """The weight gradient's items cover a part of the blocks of output channels each (every block with enough
+    slots and groups per thread, fewer blocks per part with more threads): 1, 3 and 64 threads' parts give the
+    same bits, with grad_out read in place or packed (a partial block), for groups, and match the reference."""
+    rng = np.random.default_rng(15)
+    x = randn(rng, (2, *(6,) * nd, g * cg_in), np.float32)
+    w = randn(rng, (*k, cg_in, g * cg_out), np.float32)
+    backward = getattr(nbconv, f"conv{nd}d_backward")
+    gy = randn(rng, fn("conv", nd)(x, w, padding=1, groups=g).shape, np.float32)
+    parts = []
+    kernel_call = _cpu.call_all
+    monkeypatch.setattr(_cpu, "call_all", lambda jobs, work: parts.extend(
+        j[1][4].shape[2] for j in jobs if j[0] is _cpu._weight_grad) or kernel_call(jobs, work))
+    results = []
+    for n_threads in (1, 3, 64):
+        monkeypatch.setattr(_cpu, "threads", lambda: n_threads)
+        results.append(backward(gy, x, w, padding=1, groups=g, needs=("weight", "bias")))
+    assert parts[0] == 1 and parts[-1] > 1, parts
+    assert all(np.array_equal(r.weight, results[0].weight) and np.array_equal(r.bias, results[0].bias)
+               for r in results[1:])
+    f64 = [a.astype(np.float64) for a in (gy, x, w)]
+    want = R.conv_grads(*f64, stride=(1,) * nd, pads=((1, 1),) * nd, dilation=(1,) * nd, groups=g)
+    np.testing.assert_allclose(results[0].weight, want[1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(results[0].bias, want[2], rtol=1e-4, atol=1e-4)
