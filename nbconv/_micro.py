@@ -11,7 +11,9 @@ machines (whose LLVM tuning otherwise prefers 256-bit vectors) and compiles in m
 The tile shape follows the target: 8 x 32 with AVX-512 (16 of its 32 vector registers accumulate,
 for float32), 5 x 16 otherwise (10 of the 16 AVX2 registers). When P rows x B lanes need more registers
 than that budget (float64), the lanes are covered in several passes over the reduction. `micro_tile_into` runs
-the same tile over several blocks of lanes and writes each straight into the output, plus a bias.
+the same tile over several blocks of lanes and writes each straight into the output, plus a bias. `micro_tile_wide`
+and `micro_tile_into_wide` are the same with the wide tile, 6 x 64 with AVX-512 (24 accumulators), which the
+gather kernel runs for layers of at least 64 output channels per group.
 `micro_groups` is the tile for grouped convolutions with 2 or 4 channels per group (in and out): its lanes are
 output channels, so one vector holds several groups, and each source vector is multiplied as loaded and with the
 lanes of every group rotated (in-register shuffles), against weights stored in that rotated order.
@@ -48,8 +50,12 @@ def _wide_tile():
 WIDE = _wide_tile()
 VECTOR_BYTES = 64 if WIDE else 32
 P, B = (8, 32) if WIDE else (5, 16)  # dense tile: rows (output pixels) x lanes (output channels)
+# The wide dense tile of the gather kernel, for packs of at least WB output channels: 6 x 64 with AVX-512 (24
+# accumulators: 6 broadcasts and 4 weight vectors per 24 multiply-adds, against 8 and 2 per 16), else the dense tile.
+WP, WB = (6, 64) if WIDE else (P, B)
 LP, LB = 5, 16                       # depthwise tiles: rows (output columns) x lanes (channels)
 _ACCUMULATORS = 16 if WIDE else 10   # vector registers one reduction pass may hold
+_WIDE_ACCUMULATORS = 24 if WIDE else _ACCUMULATORS  # the same for the wide tile
 _ROTATED_ACCUMULATORS = 20 if WIDE else 8  # the same for micro_rotated (beside its group rotations of v)
 # The dense tiles prefetch the row of v this many reduction steps ahead: v streams from L2 (a block of weights is too
 # large for L1), and the hardware prefetchers left the tile waiting on it (2 threads, forwards: DeepLab 5.20-5.30 ->
@@ -63,7 +69,13 @@ def micro_tile(src, a, c, v, tile, lanes):
     """tile[p, b] = sum_s src[a[p] + c[s]] * v[s, b] for p < P, b < lanes <= B (the other lanes of tile: unspecified);
     src flat, a and c unsigned, v (len(c), >= B) C-contiguous rows."""
     n = c.shape[0]
-    tile[:, :lanes] = src[a[:P, None] + c[None, :]] @ v[:n, :lanes]
+    tile[:P, :lanes] = src[a[:P, None] + c[None, :]] @ v[:n, :lanes]
+
+
+def micro_tile_wide(src, a, c, v, tile, lanes):
+    """micro_tile with the wide tile: WP rows, lanes <= WB."""
+    n = c.shape[0]
+    tile[:WP, :lanes] = src[a[:WP, None] + c[None, :]] @ v[:n, :lanes]
 
 
 def micro_groups(src, a, shift, c, v, tile, lanes, cg):
@@ -86,12 +98,21 @@ def micro_tile_into(src, a, c, v, dst, d, base, add):
     sum_s src[a[p] + c[s]] * v[k, s, b] for p < P, b < B (micro_tile over several whole blocks of lanes, written
     straight to dst); src, dst flat, a, c, d unsigned, the P rows of dst distinct, v (blocks, len(c), >= B) with
     rows of B contiguous elements, base contiguous."""
-    tile = np.empty((P, B), dtype=dst.dtype)
+    _tile_into(src, a, c, v, dst, d, base, add, P, B)
+
+
+def micro_tile_into_wide(src, a, c, v, dst, d, base, add):
+    """micro_tile_into with the wide tile: WP rows, blocks of WB lanes."""
+    _tile_into(src, a, c, v, dst, d, base, add, WP, WB)
+
+
+def _tile_into(src, a, c, v, dst, d, base, add, rows, lanes):
+    tile = np.empty((rows, lanes), dtype=dst.dtype)
     for k in range(v.shape[0]):
-        micro_tile(src, a, c, v[k], tile, B)
-        for p in range(P):
-            at = d[p] + k * B
-            dst[at:at + B] = (dst[at:at + B] if add else base[k * B:(k + 1) * B]) + tile[p]
+        tile[...] = src[a[:rows, None] + c[None, :]] @ v[k, :c.shape[0], :lanes]
+        for p in range(rows):
+            at = d[p] + k * lanes
+            dst[at:at + lanes] = (dst[at:at + lanes] if add else base[k * lanes:(k + 1) * lanes]) + tile[p]
 
 
 def micro_lanes(src, a, c, v, v0, v_step, tile):
@@ -183,6 +204,7 @@ _OPERANDS = {  # the operands of each tile function, by position
     "lanes_into": ("src", "a", "c", "v", "v0", "v_step", "out", "d", "base", "add"),
     "tile_into": ("src", "a", "c", "v", "out", "d", "base", "add"),
 }
+_OPERANDS.update({f"{kind}_wide": _OPERANDS[kind] for kind in ("tile", "tile_into")})
 
 
 def _operands(context, builder, sig, args, names):
@@ -206,7 +228,9 @@ def _emit(context, builder, sig, args, kind):
     def row_stride(a, ndim, axis=0):  # elements between steps along `axis`
         return builder.sdiv(cgutils.unpack_tuple(builder, a.strides, ndim)[axis], ir.Constant(i64, itemsize))
 
-    n_rows, n_lanes = (LP, LB) if kind.startswith("lanes") else (P, B)
+    wide = kind.endswith("_wide")
+    kind = kind.removesuffix("_wide")
+    n_rows, n_lanes = (LP, LB) if kind.startswith("lanes") else (WP, WB) if wide else (P, B)
     accumulate = kind.endswith("_into")
     src = arr["src"].data
     if "shift" in val:
@@ -226,7 +250,7 @@ def _emit(context, builder, sig, args, kind):
     elem = context.get_value_type(typ["src"].dtype)
 
     def call(group, v_step):
-        fn = _define(builder.module, elem, kind, group, n_rows, n_lanes)
+        fn = _define(builder.module, elem, kind, group, n_rows, n_lanes, _WIDE_ACCUMULATORS if wide else _ACCUMULATORS)
         builder.call(fn, [src, arr["a"].data, arr["c"].data, c_len, arr["v"].data, v_row, integer("v0", 0), v_step,
                           out.data, out_stride, d, base, add, n_blocks, v_block, integer("used", n_lanes)])
 
@@ -264,7 +288,7 @@ def _vector_ops(module, elem):
     return vec, fmuladd, ir.Constant(vec, [0.0] * vl), vl, itemsize
 
 
-def _define(module, elem, kind, group, n_rows, n_lanes):
+def _define(module, elem, kind, group, n_rows, n_lanes, accumulators):
     """The tile loop of `kind` as a function of its own (noinline: inside it, every general register is free for the
     n_rows row addresses): for p < n_rows, s < n: acc[p][j] = fmuladd(x(p, s, j), vector j of v row (v0 + s*v_step),
     acc[p][j]); then out rows p = acc[p], or (*_into) dst at d[p] = (dst there if add else base) + acc[p].
@@ -288,7 +312,7 @@ def _define(module, elem, kind, group, n_rows, n_lanes):
     n_vec = n_lanes // vl
     # With groups, one vector per pass: its group weight vectors stay in registers beside the accumulators (and a
     # source and its rotation); two vectors per pass spilled registers on every target (read from the assembly).
-    per_pass = 1 if group else max(1, min(n_vec, _ACCUMULATORS // n_rows))
+    per_pass = 1 if group else max(1, min(n_vec, accumulators // n_rows))
     rotations = [ir.Constant(ir.VectorType(ir.IntType(32), vl), [l - l % group + (l % group + r) % group
                                                                   for l in range(vl)]) for r in range(group)]
 
@@ -681,9 +705,21 @@ def _lanes_into_ir(typingctx, src, a, c, v, v0, v_step, dst, d, base, add):
             lambda ctx, b, sig, args: _emit(ctx, b, sig, args, "lanes_into"))
 
 
+@intrinsic
+def _tile_wide_ir(typingctx, src, a, c, v, tile, lanes):
+    _check_float(src, v, tile)
+    return (types.void(src, a, c, v, tile, lanes),
+            lambda ctx, b, sig, args: _emit(ctx, b, sig, args, "tile_wide"))
+
+
 @overload(micro_tile)
 def _micro_tile_jit(src, a, c, v, tile, lanes):
     return lambda src, a, c, v, tile, lanes: _tile_ir(src, a, c, v, tile, lanes)
+
+
+@overload(micro_tile_wide)
+def _micro_tile_wide_jit(src, a, c, v, tile, lanes):
+    return lambda src, a, c, v, tile, lanes: _tile_wide_ir(src, a, c, v, tile, lanes)
 
 
 @overload(micro_groups)
@@ -698,9 +734,21 @@ def _tile_into_ir(typingctx, src, a, c, v, dst, d, base, add):
             lambda ctx, b, sig, args: _emit(ctx, b, sig, args, "tile_into"))
 
 
+@intrinsic
+def _tile_into_wide_ir(typingctx, src, a, c, v, dst, d, base, add):
+    _check_float(src, v, dst, base)
+    return (types.void(src, a, c, v, dst, d, base, add),
+            lambda ctx, b, sig, args: _emit(ctx, b, sig, args, "tile_into_wide"))
+
+
 @overload(micro_tile_into)
 def _micro_tile_into_jit(src, a, c, v, dst, d, base, add):
     return lambda src, a, c, v, dst, d, base, add: _tile_into_ir(src, a, c, v, dst, d, base, add)
+
+
+@overload(micro_tile_into_wide)
+def _micro_tile_into_wide_jit(src, a, c, v, dst, d, base, add):
+    return lambda src, a, c, v, dst, d, base, add: _tile_into_wide_ir(src, a, c, v, dst, d, base, add)
 
 
 @overload(micro_lanes)

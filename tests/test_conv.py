@@ -20,7 +20,7 @@ import pytest
 
 import nbconv
 from nbconv import _cpu
-from nbconv._micro import B
+from nbconv._micro import B, WB
 from nbconv._shapes import conv_params
 try:
     from . import reference as R
@@ -1536,3 +1536,33 @@ def test_weight_gradient_bits_do_not_depend_on_its_parts(monkeypatch, nd, k, g, 
     want = R.conv_grads(*f64, stride=(1,) * nd, pads=((1, 1),) * nd, dilation=(1,) * nd, groups=g)
     np.testing.assert_allclose(results[0].weight, want[1], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(results[0].bias, want[2], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("nd, sizes, k, s, d, pads, g, cg_in, cg_out", [
+    (1, (41,), (3,), (1,), (2,), ((2, 2),), 1, 12, WB + 5),
+    (2, (9, 11), (3, 3), (1, 1), (1, 1), ((1, 1), (1, 1)), 2, WB, WB + 3),
+    (2, (10, 9), (3, 2), (2, 1), (1, 1), ((1, 2), (0, 1)), 1, WB + 7, 2 * WB),
+    (3, (4, 5, 6), (3, 3, 3), (1, 2, 1), (1, 1, 1), ((1, 1), (1, 1), (1, 1)), 1, WB, WB)])
+def test_wide_tile_layers_match_the_reference(monkeypatch, nd, sizes, k, s, d, pads, g, cg_in, cg_out):
+    """Layers of at least WB output channels per group run the gather kernel's wide tile (blocks of WB lanes, WP
+    pixels per tile; the dense tile where WB == B): the forward (its weights packed by NumPy and by the threads) and
+    the input gradient (at stride 1 a forward of grad_out, at stride 2 its phases, with WB input channels or more),
+    with partial blocks of lanes and partial tiles, against the reference."""
+    rng = np.random.default_rng(16)
+    x = randn(rng, (3, *sizes, g * cg_in), np.float32)
+    w = randn(rng, (*k, cg_in, g * cg_out), np.float32)
+    b = randn(rng, (g * cg_out,), np.float32)
+    opts = dict(stride=s, padding=pads, dilation=d, groups=g)
+    lanes = []
+    choose = _cpu._lanes
+    monkeypatch.setattr(_cpu, "_lanes", lambda *args: lanes.append(choose(*args)) or lanes[-1])
+    f64 = [a.astype(np.float64) for a in (x, w, b)]
+    want = R.conv_forward(*f64, s, pads, d, g)
+    for pack_bytes in (1 << 40, 0):  # NumPy's copy of the weights, the threads' pack
+        monkeypatch.setattr(_cpu, "_PARALLEL_PACK_BYTES", pack_bytes)
+        np.testing.assert_allclose(fn("conv", nd)(x, w, b, **opts), want, rtol=1e-4, atol=1e-4)
+    gy = randn(rng, want.shape, np.float32)
+    got = getattr(nbconv, f"conv{nd}d_backward")(gy, x, w, needs=("input",), **opts).input
+    np.testing.assert_allclose(got, R.conv_grads(gy.astype(np.float64), *f64[:2], stride=s, pads=pads, dilation=d,
+                                                 groups=g)[0], rtol=1e-4, atol=1e-4)
+    assert lanes[:2] == [WB, WB] and (cg_in < WB or lanes[2] == WB), lanes

@@ -62,6 +62,43 @@ def test_micro_tiles_llvm_code_matches_numpy_bodies(dtype, n_red, lanes):
 
 
 @kernel()
+def _wide_tiles(src, a, c, v, lanes, tile, tv_blocks, t_dst, t_d, t_base, t_dst_add):
+    _micro.micro_tile_wide(src, a, c, v, tile, lanes)
+    _micro.micro_tile_into_wide(src, a, c, tv_blocks, t_dst, t_d, t_base, False)
+    _micro.micro_tile_into_wide(src, a, c, tv_blocks, t_dst_add, t_d, t_base, True)
+
+
+@pytest.mark.parametrize("lanes", [1, 17, 33, 64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_red", [0, 1, 7])
+def test_wide_tiles_llvm_code_matches_numpy_bodies(dtype, n_red, lanes):
+    """The gather kernel's wide tile (WP rows x WB lanes: 6 x 64 with AVX-512, the dense tile elsewhere), alone and
+    over two blocks of lanes written into dst (set and added), against its NumPy bodies."""
+    rng = np.random.default_rng(n_red + 10)
+    WP, WB = _micro.WP, _micro.WB
+    lanes = min(lanes, WB)
+    src = rng.standard_normal(400).astype(dtype)
+    a = rng.choice(200, WP, replace=False).astype(np.uint64)
+    c = rng.integers(0, 150, n_red).astype(np.uint64)
+    v = rng.standard_normal((n_red, WB + 3)).astype(dtype)  # rows of WB + 3: the tile reads WB of each
+    tv_blocks = rng.standard_normal((2, n_red, WB)).astype(dtype)
+    t_d = (np.arange(WP) * (2 * WB + 1)).astype(np.uint64)
+    t_dst = rng.standard_normal(WP * (2 * WB + 1) + 5).astype(dtype)
+    t_base = rng.standard_normal(2 * WB + 2).astype(dtype)
+    got = np.full((WP + 1, WB + 1), np.nan, dtype), t_dst.copy(), t_dst.copy()
+    _wide_tiles(src, a, c, v, lanes, got[0], tv_blocks, got[1], t_d, t_base, got[2])
+    want = np.full((WP + 1, WB + 1), np.nan, dtype), t_dst.copy(), t_dst.copy()
+    _micro.micro_tile_wide(src, a, c, v, want[0], lanes)
+    _micro.micro_tile_into_wide(src, a, c, tv_blocks, want[1], t_d, t_base, False)
+    _micro.micro_tile_into_wide(src, a, c, tv_blocks, want[2], t_d, t_base, True)
+    got[0][:WP, lanes:] = want[0][:WP, lanes:] = 0  # unspecified lanes; the row and column past the tile untouched
+    assert not np.array_equal(want[1], t_dst) and not np.array_equal(want[1], want[2])
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, **tol)
+
+
+@kernel()
 def _window_tile(src, a0, rows, w_rows, pix, v_blocks, dst, d, base, add, k_w, sw, i_lo, i_hi):
     _micro.micro_window_into(src, a0, rows, w_rows, pix, v_blocks, dst, d, base, add, k_w, sw, i_lo, i_hi)
 
