@@ -207,14 +207,17 @@ def _scatter_conv(gy, reduce_offsets, wpk, offsets, dst, dst_pix, cg_src, cg_dst
 @kernel()
 def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, sched, me):
     """partial[t, g, k, r, j, b] = sum over pixels s of chunks t, t+T, ... (chunk pixels each, in that order) of
-    flat[rows[min(r, R-1)] + g*cg_src + pix[s]] * gy[s, g*cg_dst + nb*B + b] for the block nb = k*J + j < NB of
-    output channels (0 for nb*B + b >= cg_dst, unspecified for nb >= NB); gy (S, C_out) C-contiguous, partial
-    (T, G, parts K, rows padded to P, J, B); items i of chunk_items(sched, me): the (slot t, group g, part k) =
-    (i // (G*K), i // K % G, i % K), each summed by one thread. One tile per P rows of w covers the part's blocks
-    (x's values loaded once for all of them); it reads gy where it is when cg_dst is a multiple of B and few rows of w
-    reuse it, else a packed copy of the part's blocks (the same values: the bits depend on neither)."""
-    n_slots, groups, parts, n_rows_padded, per_part = partial.shape[:5]
-    n_blocks = -(-cg_dst // B)
+    flat[rows[min(r, R-1)] + g*cg_src + pix[s]] * gy[s, g*cg_dst + nb*L + b] for the block nb = k*J + j < NB of
+    output channels (0 for nb*L + b >= cg_dst, unspecified for nb >= NB); gy (S, C_out) C-contiguous, partial
+    (T, G, parts K, rows R' padded to the tile's, J, L) for L = B (the P x B tile) or WB (the WP x WB wide tile);
+    items i of chunk_items(sched, me): the (slot t, group g, part k) = (i // (G*K), i // K % G, i % K), each summed
+    by one thread. One tile per P (or WP) rows of w covers the part's blocks (x's values loaded once for all of
+    them); it reads gy where it is when cg_dst is a multiple of L and few rows of w reuse it, else a packed copy of
+    the part's blocks (the same values: the bits depend on neither)."""
+    n_slots, groups, parts, n_rows_padded, per_part, lanes = partial.shape
+    wide = lanes == WB and WB != B
+    tile_rows = WP if wide else P
+    n_blocks = -(-cg_dst // lanes)
     n_rows = rows.shape[0]
     n_pix, c_out = gy.shape
     n_chunks = (n_pix + chunk - 1) // chunk
@@ -222,42 +225,45 @@ def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, sched, me)
     # gy in place where no block is partial (the tile then reads whole blocks of lanes) and few rows of w reuse it (a
     # copy costs more than the tiles then); else a packed copy (rows of gy a power-of-two stride apart share a few
     # cache sets), zero past cg_dst
-    direct = cg_dst % B == 0 and n_rows <= _DIRECT_ROWS
-    gy_blocks = gy.reshape(n_pix, c_out // B if direct else 1, B if direct else c_out)
+    direct = cg_dst % lanes == 0 and n_rows <= _DIRECT_ROWS
+    gy_blocks = gy.reshape(n_pix, c_out // lanes if direct else 1, lanes if direct else c_out)
     gy_flat = gy.reshape(-1)
-    bases = np.empty(P, dtype=np.uint64)
-    d_rows = np.empty(P, dtype=np.uint64)
-    zero = np.zeros(per_part * B, dtype=partial.dtype)  # the base of each block's first sums
-    gy_chunk = _line_aligned(per_part * chunk * B, partial)
+    bases = np.empty(max(P, WP), dtype=np.uint64)
+    d_rows = np.empty(max(P, WP), dtype=np.uint64)
+    zero = np.zeros(per_part * lanes, dtype=partial.dtype)  # the base of each block's first sums
+    gy_chunk = _line_aligned(per_part * chunk * lanes, partial)
     partial_flat = partial.reshape(-1)
     for item in chunk_items(sched, me):
         t, g_k = divmod(item, groups * parts)
         g, k = divmod(g_k, parts)
         nb0 = k * per_part
         nb1 = min(n_blocks, nb0 + per_part)
-        acc_at = ((t * groups + g) * parts + k) * n_rows_padded * per_part * B  # partial[t, g, k] in partial_flat
+        acc_at = ((t * groups + g) * parts + k) * n_rows_padded * per_part * lanes  # partial[t, g, k] in partial_flat
         for ck in range(t, n_chunks, n_slots):
             s0 = ck * chunk
             s1 = min(s0 + chunk, n_pix)
             if direct:
-                blocks = gy_blocks[s0:s1, g * cg_dst // B + nb0:g * cg_dst // B + nb1].transpose(1, 0, 2)
+                blocks = gy_blocks[s0:s1, g * cg_dst // lanes + nb0:g * cg_dst // lanes + nb1].transpose(1, 0, 2)
             else:
                 for j in range(nb1 - nb0):
-                    c0 = g * cg_dst + (nb0 + j) * B
-                    n_valid = min(B, cg_dst - (nb0 + j) * B)
+                    c0 = g * cg_dst + (nb0 + j) * lanes
+                    n_valid = min(lanes, cg_dst - (nb0 + j) * lanes)
                     for s in range(s1 - s0):
-                        at = np.uint64((j * chunk + s) * B)
+                        at = np.uint64((j * chunk + s) * lanes)
                         src_at = np.uint64((s0 + s) * c_out + c0)
                         for b in range(n_valid):
                             gy_chunk[at + np.uint64(b)] = gy_flat[src_at + np.uint64(b)]
-                        for b in range(n_valid, B):
+                        for b in range(n_valid, lanes):
                             gy_chunk[at + np.uint64(b)] = 0
-                blocks = gy_chunk.reshape((per_part, chunk, B))[:nb1 - nb0, :s1 - s0]
-            for r0 in range(0, n_rows, P):
-                for p in range(P):
+                blocks = gy_chunk.reshape((per_part, chunk, lanes))[:nb1 - nb0, :s1 - s0]
+            for r0 in range(0, n_rows, tile_rows):
+                for p in range(tile_rows):
                     bases[p] = rows[min(r0 + p, last)] + np.uint64(g * cg_src)
-                    d_rows[p] = np.uint64(acc_at + (r0 + p) * per_part * B)
-                micro_tile_into(flat, bases, pix[s0:s1], blocks, partial_flat, d_rows, zero, ck != t)
+                    d_rows[p] = np.uint64(acc_at + (r0 + p) * per_part * lanes)
+                if wide:
+                    micro_tile_into_wide(flat, bases, pix[s0:s1], blocks, partial_flat, d_rows, zero, ck != t)
+                else:
+                    micro_tile_into(flat, bases, pix[s0:s1], blocks, partial_flat, d_rows, zero, ck != t)
 
 
 @kernel(inline="always")
@@ -379,9 +385,11 @@ def _gather_items(n_pix, lanes):
 
 
 def _lanes(cg_dst, lane_groups=0):
-    """The lanes of the blocks of packed weights _gather_conv computes cg_dst output channels per group with: WB (its
-    wide tile) for at least WB channels, else B. Measured, 2 threads, forwards: DeepLab 5.49-5.57 -> 4.73-4.78 ms,
-    ResNet-50 3x3 5.35-5.51 -> 4.94-4.96; for 32 channels (the 3-D U-Net layer) the wide tile was 1.2x slower."""
+    """The lanes of the blocks of output channels (cg_dst per group) that _gather_conv and _weight_grad compute in one
+    register tile: WB (the wide tile) for at least WB channels, else B. Measured, 2 threads: forwards DeepLab
+    5.49-5.57 -> 4.73-4.78 ms, ResNet-50 3x3 5.35-5.51 -> 4.94-4.96; weight gradients (and bias) C3D 17.6-18.4 ->
+    15.5-15.6, ResNet-50 1x1 reduce 3.64-3.73 -> 3.02-3.04; for 32 channels (the 3-D U-Net layer) the wide tile was
+    1.2x slower in the forward and twice as slow in the backward."""
     return WB if cg_dst >= WB and not lane_groups else B
 
 
@@ -1133,20 +1141,22 @@ def _dense_grad_weight(gy, x, w_shape, params, with_bias):
     rows = _tap_offsets(kernel, params.dilation, xp.shape, cg_in)
     pix = _grid([(0, 1, gy.shape[0])] + [(0, s, o) for o, s in zip(gy.shape[1:-1], params.stride)],
                 _strides(xp.shape)[:-1])
-    n_rows, n_blocks = rows.shape[0], -(-cg_out // B)
-    block = groups * n_blocks * -(-n_rows // P) * P * B  # one slot of partial sums
+    lanes = _lanes(cg_out)
+    tile_rows = _tile_rows(lanes)
+    n_rows, n_blocks = rows.shape[0], -(-cg_out // lanes)
+    rows_padded = -(-n_rows // tile_rows) * tile_rows
+    block = groups * n_blocks * rows_padded * lanes  # one slot of partial sums
     # At least as many equal chunks as slots, so that the slots share the work evenly (the threads share the
     # (slot, group, part of the blocks of output channels) items); fewer slots where _slot_count says so.
     chunk = min(_WEIGHT_GRAD_CHUNKS[cg_in >= 16], -(-pix.shape[0] // SLOTS))
     n_slots = min(_slot_count(block, math.prod(w_shape), x, gy, xp), -(-pix.shape[0] // chunk))
-    # Each item's tiles cover a part of the blocks of B output channels, every block where the slots and groups give
+    # Each item's tiles cover a part of the blocks of output channels, every block where the slots and groups give
     # each thread an item (x's values are then loaded once per tile for all of them), else as many parts as that
     # takes. Measured against one block per item, 2 threads: the ResNet-50 1x1 expand's weight gradient 3.3 -> 2.9
     # ms, 1x1 reduce 3.64 -> 3.40, C3D 16.7 -> 16.4, DeepLab (one slot: two parts of four blocks) 6.02 -> 5.67.
     per_part = -(-n_blocks // min(n_blocks, -(-threads() // (n_slots * groups))))
     parts = -(-n_blocks // per_part)
-    rows_padded = -(-n_rows // P) * P
-    partial = np.empty((n_slots, groups, parts, rows_padded, per_part, B), dtype=gy.dtype)
+    partial = np.empty((n_slots, groups, parts, rows_padded, per_part, lanes), dtype=gy.dtype)
     partial[:, :, -1, :, n_blocks - (parts - 1) * per_part:] = 0  # the last part's blocks past NB (none computed)
     bias_jobs, bias_total = _bias_jobs(gy) if with_bias else ([], None)
     call_all([(_weight_grad, (xp.reshape(-1), rows, pix, _c(gy).reshape(-1, c_out), partial, cg_in, cg_out, chunk),

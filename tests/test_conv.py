@@ -1509,13 +1509,15 @@ def test_transposed_convolutions_reuse_their_phase_plan_with_new_data():
         assert seed == seed_b and np.array_equal(y, y_b)
 
 
-@pytest.mark.parametrize("nd, k, g, cg_in, cg_out", [(1, (3,), 1, 24, 3 * B + 5), (2, (3, 3), 2, 20, 2 * B),
-                                                  (2, (1, 1), 1, 40, 4 * B), (2, (1, 1), 2, 8, 2 * B),
-                                                  (3, (2, 3, 2), 1, 16, 3 * B)])
+@pytest.mark.parametrize("nd, k, g, cg_in, cg_out", [(1, (3,), 1, 24, 3 * B + 5), (2, (3, 3), 2, 20, 2 * WB),
+                                                  (2, (1, 1), 1, 40, 4 * B), (2, (1, 1), 2, 8, 2 * WB),
+                                                  (3, (2, 3, 2), 1, 16, 3 * B), (2, (3, 3), 1, 12, B + 3),
+                                                  (2, (1, 1), 3, 8, B + 3)])
 def test_weight_gradient_bits_do_not_depend_on_its_parts(monkeypatch, nd, k, g, cg_in, cg_out):
     """The weight gradient's items cover a part of the blocks of output channels each (every block with enough
     slots and groups per thread, fewer blocks per part with more threads): 1, 3 and 64 threads' parts give the
-    same bits, with grad_out read in place or packed (a partial block), for groups, and match the reference."""
+    same bits, with grad_out read in place or packed (a partial block), for groups, with the dense tile and (from
+    WB output channels per group) the wide one, and match the reference."""
     rng = np.random.default_rng(15)
     x = randn(rng, (2, *(6,) * nd, g * cg_in), np.float32)
     w = randn(rng, (*k, cg_in, g * cg_out), np.float32)
