@@ -226,7 +226,6 @@ def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, sched, me)
     # copy costs more than the tiles then); else a packed copy (rows of gy a power-of-two stride apart share a few
     # cache sets), zero past cg_dst
     direct = cg_dst % lanes == 0 and n_rows <= _DIRECT_ROWS
-    gy_blocks = gy.reshape(n_pix, c_out // lanes if direct else 1, lanes if direct else c_out)
     gy_flat = gy.reshape(-1)
     bases = np.empty(max(P, WP), dtype=np.uint64)
     d_rows = np.empty(max(P, WP), dtype=np.uint64)
@@ -243,7 +242,11 @@ def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, sched, me)
             s0 = ck * chunk
             s1 = min(s0 + chunk, n_pix)
             if direct:
-                blocks = gy_blocks[s0:s1, g * cg_dst // lanes + nb0:g * cg_dst // lanes + nb1].transpose(1, 0, 2)
+                # (the part's blocks, pixels, lanes) of gy in place (as_strided: a transposed view compiled 2 s longer)
+                blocks = np.lib.stride_tricks.as_strided(gy_flat[s0 * c_out + g * cg_dst + nb0 * lanes:],
+                                                         shape=(nb1 - nb0, s1 - s0, lanes),
+                                                         strides=(lanes * gy.itemsize, c_out * gy.itemsize,
+                                                                  gy.itemsize))
             else:
                 for j in range(nb1 - nb0):
                     c0 = g * cg_dst + (nb0 + j) * lanes
