@@ -23,8 +23,10 @@ positions they copied). The transposed convolution is exactly gxp, cropped by it
 
 All three products run through one register-tiled inner product (`_micro.micro_tile`) that reads
 its scalar operand through a table of offsets, so the reduction index (taps x channels) is flat and
-no im2col matrix is ever formed. Other shapes take other routes: with fewer than B input channels per
-group the gather would leave most lanes idle, so the input gradient computes each output pixel's
+no im2col matrix is ever formed; with AVX-512, layers of at least WB = 64 output channels per group (in the
+product's sense: C_in for the input gradient) run its wide form (`micro_tile_wide`: 6 x 64, not 8 x 32),
+with the weights packed in blocks of 64 lanes (`_lanes`). Other shapes take other routes: with fewer than B
+input channels per group the gather would leave most lanes idle, so the input gradient computes each output pixel's
 columns (taps x input channels) and scatter-adds them (`_scatter_conv`); the forward of a layer with one input
 channel and fewer than B output channels (LeNet's first) puts output columns in the lanes (`_column_conv`,
 on `_micro.micro_lanes`); depthwise convolutions (one
@@ -208,7 +210,7 @@ def _scatter_conv(gy, reduce_offsets, wpk, offsets, dst, dst_pix, cg_src, cg_dst
 def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, sched, me):
     """partial[t, g, k, r, j, b] = sum over pixels s of chunks t, t+T, ... (chunk pixels each, in that order) of
     flat[rows[min(r, R-1)] + g*cg_src + pix[s]] * gy[s, g*cg_dst + nb*L + b] for the block nb = k*J + j < NB of
-    output channels (0 for nb*L + b >= cg_dst, unspecified for nb >= NB); gy (S, C_out) C-contiguous, partial
+    output channels (discarded for nb*L + b >= cg_dst, unspecified for nb >= NB); gy (S, C_out) C-contiguous, partial
     (T, G, parts K, rows R' padded to the tile's, J, L) for L = B (the P x B tile) or WB (the WP x WB wide tile);
     items i of chunk_items(sched, me): the (slot t, group g, part k) = (i // (G*K), i // K % G, i % K), each summed
     by one thread. One tile per P (or WP) rows of w covers the part's blocks (x's values loaded once for all of
@@ -329,7 +331,6 @@ def _pack_blocks(w2, out, sched, me):
     """out[g, k, r, b] = w2[r, g*cg + k*L + b] where k*L + b < cg, else 0, for g < G, k < NB, r < R, b < L: _pack of
     w2 (R, G*cg) seen as (G, R, cg); out (G, NB, R, L) and w2 C-contiguous, cg = w2.shape[1] // G, L = B or WB;
     items i of chunk_items(sched, me): the rows _PACK_ROWS*i up to _PACK_ROWS*(i + 1), each read once, in order."""
-    groups, n_blocks, n_rows = out.shape[0], out.shape[1], out.shape[2]
     if out.shape[3] == WB:
         _pack_rows(w2, out, sched, me, WB)
     else:
@@ -402,7 +403,7 @@ def _tile_rows(lanes):
 
 
 def _panel(wpk):
-    """(panel, parts): the blocks of packed weights wpk (G, blocks, R, B) that _gather_conv runs an item's tiles
+    """(panel, parts): the blocks of packed weights wpk (G, blocks, R, lanes) that _gather_conv runs an item's tiles
     through, as many as fit in _PANEL_BYTES (at least one), and the parts of wpk (G times the panels per group) that
     multiply its items."""
     panel = max(1, _PANEL_BYTES // (wpk.shape[2] * wpk.shape[3] * wpk.itemsize))

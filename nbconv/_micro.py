@@ -13,7 +13,7 @@ for float32), 5 x 16 otherwise (10 of the 16 AVX2 registers). When P rows x B la
 than that budget (float64), the lanes are covered in several passes over the reduction. `micro_tile_into` runs
 the same tile over several blocks of lanes and writes each straight into the output, plus a bias. `micro_tile_wide`
 and `micro_tile_into_wide` are the same with the wide tile, 6 x 64 with AVX-512 (24 accumulators), which the
-gather kernel runs for layers of at least 64 output channels per group.
+gather kernel and the dense weight gradient run for layers of at least 64 output channels per group.
 `micro_groups` is the tile for grouped convolutions with 2 or 4 channels per group (in and out): its lanes are
 output channels, so one vector holds several groups, and each source vector is multiplied as loaded and with the
 lanes of every group rotated (in-register shuffles), against weights stored in that rotated order.
@@ -302,7 +302,8 @@ def _define(module, elem, kind, group, n_rows, n_lanes, accumulators):
     lanes_src = kind.startswith("lanes") or kind == "groups"
     i64 = ir.IntType(64)
     ptr, iptr = elem.as_pointer(), i64.as_pointer()
-    fn, builder = _new_function(module, f"nbconv_micro_{kind}{group or ''}_{n_rows}x{n_lanes}_f{itemsize * 8}_v{vl}",
+    name = f"nbconv_micro_{kind}{group or ''}_{n_rows}x{n_lanes}_a{accumulators}_f{itemsize * 8}_v{vl}"
+    fn, builder = _new_function(module, name,
                                 [ptr, iptr, iptr, i64, ptr, i64, i64, i64, ptr, i64, iptr, ptr, ir.IntType(1), i64, i64,
                                  i64])
     if builder is None:
