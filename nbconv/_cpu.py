@@ -114,6 +114,10 @@ def _gather_conv(src, src_rows, src_step, offsets, wpk, bias_blocks, dst, dst_ro
             firsts_of = tiles
         g, b0 = part // n_panels, part % n_panels * panel
         b1 = min(n_blocks, b0 + panel)
+        # the whole blocks and their bias, as views made once per item (a view per tile costs two atomic updates of a
+        # reference count that every thread shares)
+        w_whole = wpk[g, b0:max(b0, min(b1, n_whole))]
+        bias_whole = bias_flat[g, b0 * lanes:]
         for t0 in range(0, n_q, rows):
             n_rows = min(rows, n_pix - q_lo - t0)
             for p in range(rows):
@@ -123,11 +127,9 @@ def _gather_conv(src, src_rows, src_step, offsets, wpk, bias_blocks, dst, dst_ro
                 for p in range(rows):
                     d_bases[p] = np.uint64(d_firsts[t0 + p] + g * cg_dst + b0 * lanes)
                 if wide:
-                    micro_tile_into_wide(src, bases, offsets, wpk[g, b0:whole], dst, d_bases,
-                                         bias_flat[g, b0 * lanes:], False)
+                    micro_tile_into_wide(src, bases, offsets, w_whole, dst, d_bases, bias_whole, False)
                 else:
-                    micro_tile_into(src, bases, offsets, wpk[g, b0:whole], dst, d_bases, bias_flat[g, b0 * lanes:],
-                                    False)
+                    micro_tile_into(src, bases, offsets, w_whole, dst, d_bases, bias_whole, False)
             for nb in range(max(b0, whole), b1):
                 n_valid = min(lanes, cg_dst - nb * lanes)
                 if lane_groups:
@@ -243,6 +245,7 @@ def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, sched, me)
         for ck in range(t, n_chunks, n_slots):
             s0 = ck * chunk
             s1 = min(s0 + chunk, n_pix)
+            pix_chunk = pix[s0:s1]  # one view per chunk, not per tile
             if direct:
                 # (the part's blocks, pixels, lanes) of gy in place (as_strided: a transposed view compiled 2 s longer)
                 blocks = np.lib.stride_tricks.as_strided(gy_flat[s0 * c_out + g * cg_dst + nb0 * lanes:],
@@ -266,9 +269,9 @@ def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, sched, me)
                     bases[p] = rows[min(r0 + p, last)] + np.uint64(g * cg_src)
                     d_rows[p] = np.uint64(acc_at + (r0 + p) * per_part * lanes)
                 if wide:
-                    micro_tile_into_wide(flat, bases, pix[s0:s1], blocks, partial_flat, d_rows, zero, ck != t)
+                    micro_tile_into_wide(flat, bases, pix_chunk, blocks, partial_flat, d_rows, zero, ck != t)
                 else:
-                    micro_tile_into(flat, bases, pix[s0:s1], blocks, partial_flat, d_rows, zero, ck != t)
+                    micro_tile_into(flat, bases, pix_chunk, blocks, partial_flat, d_rows, zero, ck != t)
 
 
 @kernel(inline="always")
