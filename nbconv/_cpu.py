@@ -84,7 +84,8 @@ def _gather_conv(src, src_rows, src_step, offsets, wpk, bias_blocks, dst, dst_ro
     ceil(blocks / panel); h, k = divmod(i, G * panels), or with weights_outer k, h = divmod(i, tile groups), so that
     a thread's consecutive items share a part of the weights instead of their tiles (see _weights_outer)."""
     groups, n_blocks, lanes = wpk.shape[0], wpk.shape[1], wpk.shape[3]
-    wide = lanes == WB and WB != B  # the wide tile (WP x WB) for packs of WB lanes, else the dense one (P x B)
+    # the wide tile (WP x WB) for packs of WB lanes, else the dense one (P x B); without AVX-512 they are the same
+    wide = lanes == WB
     rows = WP if wide else P
     n_panels = (n_blocks + panel - 1) // panel
     n_pix = src_rows.shape[0] * row_len
@@ -219,7 +220,7 @@ def _weight_grad(flat, rows, pix, gy, partial, cg_src, cg_dst, chunk, sched, me)
     them); it reads gy where it is when cg_dst is a multiple of L and few rows of w reuse it, else a packed copy of
     the part's blocks (the same values: the bits depend on neither)."""
     n_slots, groups, parts, n_rows_padded, per_part, lanes = partial.shape
-    wide = lanes == WB and WB != B
+    wide = lanes == WB  # as in _gather_conv
     tile_rows = WP if wide else P
     n_blocks = -(-cg_dst // lanes)
     n_rows = rows.shape[0]
@@ -402,7 +403,7 @@ def _lanes(cg_dst, lane_groups=0):
 
 def _tile_rows(lanes):
     """The output pixels of _gather_conv's tile for weights packed in blocks of `lanes`."""
-    return WP if lanes == WB and WB != B else P
+    return WP if lanes == WB else P
 
 
 def _panel(wpk):
