@@ -1568,3 +1568,38 @@ def test_wide_tile_layers_match_the_reference(monkeypatch, nd, sizes, k, s, d, p
     np.testing.assert_allclose(got, R.conv_grads(gy.astype(np.float64), *f64[:2], stride=s, pads=pads, dilation=d,
                                                  groups=g)[0], rtol=1e-4, atol=1e-4)
     assert lanes[:2] == [WB, WB] and (cg_in < WB or lanes[2] == WB), lanes
+
+
+@pytest.mark.parametrize("nd, sizes, k, s, pads, op, g, cg_out, cg_in, jobs", [
+    (2, (5, 6), 2, 2, 0, 0, 1, 64, 48, [4]),            # U-Net's up-convolution: four 1x1 phases, one job
+    (2, (5, 6), 4, 2, 1, 0, 1, 40, 36, [4]),            # DCGAN's: 2x2 taps per phase, shifted source rows
+    (2, (5, 6), 2, 2, 0, 0, 2, 33, 32, [4]),            # groups: phases x groups in the job's groups
+    (3, (3, 4, 5), 2, 2, 0, 0, 1, 40, 36, [8]),
+    (1, (7,), 6, 3, 2, 0, 1, 40, 40, [2, 1]),           # phases 0 and 1 alike, phase 2 shifted differently
+    (2, (5, 6), 3, 2, 1, 1, 1, 40, 36, [1, 1, 1, 1]),  # 2 and 1 taps per phase: not merged
+])
+def test_transposed_phases_merged_into_one_job_match_the_reference(monkeypatch, nd, sizes, k, s, pads, op, g, cg_out,
+                                                                     cg_in, jobs):
+    """Sub-pixel phases whose source rows, taps and destination rows agree up to a shift run as one gather job (each
+    phase's weights a group of it, with its own source and destination shifts): the transposed convolution and its
+    bias against the reference and PyTorch, the input gradient of the strided convolution against the reference."""
+    rng = np.random.default_rng(17)
+    x = randn(rng, (2, *sizes, g * cg_in), np.float32)
+    w = randn(rng, (*(k,) * nd, cg_out, g * cg_in), np.float32)  # (*k, C_out // groups, C_in)
+    b = randn(rng, (g * cg_out,), np.float32)
+    made = []
+    merge = _cpu._merged_phases
+    monkeypatch.setattr(_cpu, "_merged_phases", lambda *args: made.append(merge(*args)) or made[-1])
+    monkeypatch.setattr(_cpu, "_GRID_CACHE", {})
+    kw = dict(stride=s, padding=pads, output_padding=op, dilation=1, groups=g)
+    y = fn("conv_transpose", nd)(x, w, b, **kw)
+    assert [len(job[0]) for job in made[0]] == jobs
+    expected, magnitude = reference_transpose(x, w, b, kw)
+    assert_close(y, expected, magnitude, np.float32, "vs reference")
+    assert_close(y, torch_conv_transpose(x, w, b, **kw), magnitude, np.float32, "vs torch")
+    gy = randn(rng, x.shape, np.float32)  # conv(y, w) has x's shape: its input gradient takes the same phases
+    opts = dict(stride=s, padding=pads, dilation=1, groups=g)
+    got = getattr(nbconv, f"conv{nd}d_backward")(gy, y, w, needs=("input",), **opts).input
+    want = R.conv_grads(gy.astype(np.float64), y.astype(np.float64), w.astype(np.float64), stride=s, pads=pads,
+                        dilation=1, groups=g)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
