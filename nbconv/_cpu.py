@@ -442,9 +442,10 @@ def _weights_outer(wpk, src, tile_groups, parts):
     return parts > 1 and wpk.nbytes > room and by_weights < wpk.nbytes * tile_groups
 
 
+@functools.lru_cache(maxsize=256)
 def _group_shifts(groups, cg_src, cg_dst, src_phase=(0,), dst_phase=(0,)):
     """(src_shift, dst_shift) of _gather_conv: for each phase p and group g (in that order), src_phase[p] +
-    g*cg_src (unsigned) and dst_phase[p] + g*cg_dst."""
+    g*cg_src (unsigned) and dst_phase[p] + g*cg_dst (cached: the kernels only read them)."""
     g = np.arange(groups, dtype=np.int64)
     src = (np.asarray(src_phase, dtype=np.int64)[:, None] + g * cg_src).reshape(-1)
     dst = (np.asarray(dst_phase, dtype=np.int64)[:, None] + g * cg_dst).reshape(-1)
@@ -1139,8 +1140,8 @@ def _merged_phases(plan, lane_groups):
         first = [int(p[2][0]) + int(p[1][0]) for p in phases]  # each phase's first source offset
         base = phases[first.index(min(first))]
         jobs.append(([p[0] for p in phases], base[1], base[2], base[3], base[4], base[5],
-                     base[6], sum(p[7] for p in phases), [f - min(first) for f in first],
-                     [int(p[3][0]) - int(base[3][0]) for p in phases]))
+                     base[6], sum(p[7] for p in phases), tuple(f - min(first) for f in first),
+                     tuple(int(p[3][0]) - int(base[3][0]) for p in phases)))
     return jobs
 
 
