@@ -44,6 +44,7 @@ over the output). Not through NumPy's BLAS: OpenBLAS's float32 products change i
 thread count (measured for 1 vs 2 threads on the benchmark's 1x1 shapes), which also changes when several
 Python threads call it at once, so its results were not reproducible.
 """
+import collections
 import functools
 import itertools
 import math
@@ -74,12 +75,13 @@ def _gather_conv(src, src_rows, src_step, offsets, wpk, bias_blocks, dst, dst_ro
     src[src_rows[r] + j*src_step + src_shift[g] + offsets[t]] * wpk[g, co // L, t, co % L] for r < len(src_rows),
     j < row_len, co < cg_dst; src and dst flat, src_rows, offsets and src_shift unsigned, wpk and bias_blocks
     (G, ceil(cg_dst / L), ..., L) C-contiguous for L = B (the P x B tile) or WB (the WP x WB wide tile); every
-    source offset inside src, every destination distinct. A "group" g is a group of channels (shifts g*cg_src and
-    g*cg_dst, _group_shifts) or one of several sub-pixel phases of a transposed convolution that share their source
-    rows and taps up to a shift (_phase_plan).
-    With lane_groups = c > 0 (G == 1, shifts zero, cg_dst the source's channels too, a multiple of the vector length,
-    L = B), each lane co instead sums src[... + offsets[t] + co - co % c + (co + k) % c] * wpk[0, co // B, t*c + k,
-    co % B] over t and k < c (`micro_groups`: a grouped convolution with c channels per group, its groups side by side in the lanes).
+    source offset inside src, every destination distinct. g indexes wpk's first axis: a group of channels (shifts
+    g*cg_src and g*cg_dst, _group_shifts), or the pair (phase p, group h) at g = p*groups + h of a job of merged
+    sub-pixel phases, whose source rows and taps agree up to a shift (_merged_phases).
+    With lane_groups = c > 0 (G == 1, src_shift[0] == dst_shift[0] == 0, cg_dst the source's channels too, a multiple
+    of the vector length, L = B), each lane co instead sums src[... + offsets[t] + co - co % c + (co + k) % c] *
+    wpk[0, co // B, t*c + k, co % B] over t and k < c (`micro_groups`: a grouped convolution with c channels per
+    group, its groups side by side in the lanes).
     Items i of chunk_items(sched, me): the tiles (P or WP consecutive output pixels in row-major order, which may span
     rows and images) per_item*h up to per_item*(h + 1) (see _gather_items) through part k of the weights: panel
     k % panels of group k // panels, `panel` blocks of wpk (which stay in cache across the item's tiles), panels =
@@ -445,7 +447,9 @@ def _weights_outer(wpk, src, tile_groups, parts):
 @functools.lru_cache(maxsize=256)
 def _group_shifts(groups, cg_src, cg_dst, src_phase=(0,), dst_phase=(0,)):
     """(src_shift, dst_shift) of _gather_conv: for each phase p and group g (in that order), src_phase[p] +
-    g*cg_src (unsigned) and dst_phase[p] + g*cg_dst (cached: the kernels only read them)."""
+    g*cg_src (unsigned) and dst_phase[p] + g*cg_dst. Cached, so the arrays are shared between calls: nothing may
+    write to them (the kernels only read them; making them read-only would give Numba another type to compile
+    for)."""
     g = np.arange(groups, dtype=np.int64)
     src = (np.asarray(src_phase, dtype=np.int64)[:, None] + g * cg_src).reshape(-1)
     dst = (np.asarray(dst_phase, dtype=np.int64)[:, None] + g * cg_dst).reshape(-1)
@@ -1066,34 +1070,33 @@ def _padded_input_grad(gy, w, padded, window, stride, dilation, groups, dst=None
                     threads()),
                    lambda: _phase_plan(gyp.shape, shape, kernel, taps, lo, window, stride, c_out, cg_out, lane_groups,
                                        lanes),
-                   lambda phases: sum(p[1].size + p[2].size + p[3].size for p in phases))
-    phases, work = [], 0
-    for taps_slices, offsets, src_rows, dst_rows, row_len, per_item, n_items, phase_work, src_phase, dst_phase in plan:
+                   lambda jobs: sum(job.offsets.size + job.src_rows.size + job.dst_rows.size for job in jobs))
+    jobs, work = [], 0
+    for job in plan:
         if lane_groups:  # (taps, o, g*cg_in + i) = wsel[taps, i, g, o] (one phase per job)
-            wsel = w_groups[taps_slices[0]]  # (*taps, cg_in, G, cg_out): a view
+            wsel = w_groups[job.phase_taps[0]]  # (*taps, cg_in, G, cg_out): a view
             wpk = _pack(_rotated(wsel.transpose(*range(nd), nd + 2, nd + 1, nd).reshape(-1, cg_out, c_out), cg_out))
         else:  # (phases x G, *taps, cg_out, cg_in)
-            mats = [w_groups[t].transpose(nd + 1, *range(nd), nd + 2, nd) for t in taps_slices]
+            mats = [w_groups[taps].transpose(nd + 1, *range(nd), nd + 2, nd) for taps in job.phase_taps]
             wpk = _pack(mats[0] if len(mats) == 1 else np.concatenate(mats), lanes)
         panel, parts = _panel(wpk)
-        job_bias = bias_blocks if len(taps_slices) == 1 else np.tile(bias_blocks, (len(taps_slices), 1, 1))
-        phases.append((_gather_conv, (gyp.reshape(-1), src_rows, c_out, offsets, wpk, job_bias, dst.reshape(-1),
-                                      dst_rows, stride[-1] * shape[-1], row_len,
-                                      *_group_shifts(dst_groups, cg_src, cg_dst, src_phase, dst_phase), cg_dst,
-                                      lane_groups, per_item, panel, _weights_outer(wpk, gyp, n_items, parts)),
-                       n_items * parts))
-        work += phase_work * cg_in * groups
-    call_all(phases, work)  # the phases write disjoint positions of dst: one hand-off to the threads for all
+        n_phases = len(job.phase_taps)
+        job_bias = bias_blocks if n_phases == 1 else np.tile(bias_blocks, (n_phases, 1, 1))
+        jobs.append((_gather_conv, (gyp.reshape(-1), job.src_rows, c_out, job.offsets, wpk, job_bias, dst.reshape(-1),
+                                    job.dst_rows, stride[-1] * shape[-1], job.row_len,
+                                    *_group_shifts(dst_groups, cg_src, cg_dst, job.src_shifts, job.dst_shifts), cg_dst,
+                                    lane_groups, job.per_item, panel, _weights_outer(wpk, gyp, job.items, parts)),
+                     job.items * parts))
+        work += job.work * cg_in * groups
+    call_all(jobs, work)  # the phases write disjoint positions of dst: one hand-off to the threads for all
     return _plus(dst, late_bias)
 
 
 def _phase_plan(src_shape, shape, kernel, taps, lo, window, stride, c_out, cg_out, lane_groups, lanes):
-    """The _gather_conv jobs of the sub-pixel phases that receive any position of the window, for dst of `shape`:
-    per job ([per phase: its taps as slices of the kernel dims], tap offsets into the padded gy of src_shape, src_rows,
-    dst_rows, row length, per_item, items, multiply-adds per input channel, [per phase: source shift], [per phase:
-    destination shift]). Phases whose source rows, taps and destination rows are the same up to a shift (a kernel
-    size that is a multiple of the stride, e.g. 2x2 at stride 2) are one job, its groups the phases' groups (see
-    _merged_phases), but with lane_groups."""
+    """The _gather_conv jobs (_PhaseJob) of the sub-pixel phases that receive any position of the window, for dst of
+    `shape`, tap offsets into the padded gy of src_shape. Phases whose source rows, taps and destination rows are the
+    same up to a shift (a kernel size that is a multiple of the stride, e.g. 2x2 at stride 2) are one job, its groups
+    the phases' groups (_merged_phases), except with lane_groups."""
     starts, sizes = window
     n = src_shape[0]
     src_strides, dst_strides = _strides(src_shape), _strides(shape)
@@ -1109,39 +1112,48 @@ def _phase_plan(src_shape, shape, kernel, taps, lo, window, stride, c_out, cg_ou
         # each phase's taps are a progression: k steps by stride / gcd, the shift e by -dilation / gcd
         offsets = _grid([_progression([e + lo_d for _, e in t]) for t, lo_d in zip(phase_taps, lo)] +
                         [(0, 1, 1 if lane_groups else cg_out)], src_strides[1:])
-        taps_slices = tuple(slice(t[0][0], t[-1][0] + 1, _progression([k for k, _ in t])[1]) for t in phase_taps)
+        slices = tuple(slice(t[0][0], t[-1][0] + 1, _progression([k for k, _ in t])[1]) for t in phase_taps)
         src_rows = _grid([(0, 1, n)] + [(j0, 1, c) for j0, c in zip(j_lo[:-1], counts[:-1])],
                          src_strides[:-2]) + np.uint64(j_lo[-1] * c_out)
         dst_rows = _grid([(0, 1, n)] + [(q + s * j0 - a, s, c) for q, s, j0, c, a in
                                         zip(phase[:-1], stride, j_lo[:-1], counts[:-1], starts)],
                          dst_strides[:-2], np.int64) + (phase[-1] + stride[-1] * j_lo[-1] - starts[-1]) * shape[-1]
         per_item, n_items = _gather_items(src_rows.shape[0] * counts[-1], lanes)
-        plan.append((taps_slices, offsets, src_rows, dst_rows, counts[-1], per_item, n_items,
-                     n * math.prod(counts) * offsets.size * max(1, lane_groups)))
+        plan.append(_PhaseJob((slices,), tuple(len(t) for t in phase_taps), offsets, src_rows, dst_rows, counts[-1],
+                              per_item, n_items, n * math.prod(counts) * offsets.size * max(1, lane_groups), (0,),
+                              (0,)))
     return _merged_phases(plan, lane_groups)
 
 
+# One _gather_conv job of _phase_plan: its phases' taps (per phase, a slice of each kernel dim), the taps per dim
+# (alike in every phase of the job), the tap offsets, source rows, destination rows and row length of its first
+# phase (the one reading first in the source), tiles per item, items, multiply-adds per input channel, and per phase
+# its source and destination shift from the first.
+_PhaseJob = collections.namedtuple("_PhaseJob", "phase_taps tap_counts offsets src_rows dst_rows row_len per_item "
+                                                "items work src_shifts dst_shifts")
+
+
 def _merged_phases(plan, lane_groups):
-    """_phase_plan's jobs for its phases `plan` (without shifts): phases with the same row length and the same source
-    rows, tap offsets, destination rows and tap counts up to a constant shift of each merged into one job (but with
-    lane_groups, whose tile takes one group), which reads at the smallest of their first source offsets; its work is
-    the sum of theirs. Measured, 2 threads (the x tile then serves every phase from L1): U-Net's 2x2 up-convolution
-    1.09-1.16 -> 1.02-1.04 ms, DCGAN's 4x4 at stride 2 3.66-3.70 -> 3.55-3.62."""
+    """The jobs of the one-phase jobs `plan`: phases with the same row length and taps per dim whose source rows, tap
+    offsets and destination rows are the same up to a constant shift of each merged into one job (not with
+    lane_groups, whose tile takes one group), whose tiles then serve every phase while their source is in L1; it
+    reads at the smallest of the phases' first source offsets, and its work is the sum of theirs."""
     def relative(a):
         return (a.astype(np.int64) - np.int64(a[0])).tobytes()
     merged = {}
-    for i, phase in enumerate(plan):
-        taps_slices, offsets, src_rows, dst_rows, row_len = phase[:5]
-        counts = tuple(len(range(*t.indices(1 << 30))) for t in taps_slices)
-        key = (i,) if lane_groups else (row_len, counts, relative(offsets), relative(src_rows), relative(dst_rows))
-        merged.setdefault(key, []).append(phase)
+    for i, job in enumerate(plan):
+        key = (i,) if lane_groups else (job.row_len, job.tap_counts, relative(job.offsets), relative(job.src_rows),
+                                        relative(job.dst_rows))
+        merged.setdefault(key, []).append(job)
     jobs = []
     for phases in merged.values():
-        first = [int(p[2][0]) + int(p[1][0]) for p in phases]  # each phase's first source offset
-        base = phases[first.index(min(first))]
-        jobs.append(([p[0] for p in phases], base[1], base[2], base[3], base[4], base[5],
-                     base[6], sum(p[7] for p in phases), tuple(f - min(first) for f in first),
-                     tuple(int(p[3][0]) - int(base[3][0]) for p in phases)))
+        first = [int(job.src_rows[0]) + int(job.offsets[0]) for job in phases]  # each phase's first source offset
+        lowest = min(first)
+        base = phases[first.index(lowest)]
+        jobs.append(base._replace(phase_taps=tuple(job.phase_taps[0] for job in phases),
+                                  work=sum(job.work for job in phases),
+                                  src_shifts=tuple(f - lowest for f in first),
+                                  dst_shifts=tuple(int(job.dst_rows[0]) - int(base.dst_rows[0]) for job in phases)))
     return jobs
 
 

@@ -1593,7 +1593,7 @@ def test_transposed_phases_merged_into_one_job_match_the_reference(monkeypatch, 
     monkeypatch.setattr(_cpu, "_GRID_CACHE", {})
     kw = dict(stride=s, padding=pads, output_padding=op, dilation=1, groups=g)
     y = fn("conv_transpose", nd)(x, w, b, **kw)
-    assert [len(job[0]) for job in made[0]] == jobs
+    assert [len(job.phase_taps) for job in made[0]] == jobs
     expected, magnitude = reference_transpose(x, w, b, kw)
     assert_close(y, expected, magnitude, np.float32, "vs reference")
     assert_close(y, torch_conv_transpose(x, w, b, **kw), magnitude, np.float32, "vs torch")
