@@ -29,7 +29,7 @@ with the weights packed in blocks of 64 lanes (`_lanes`). Other shapes take othe
 input channels per group the gather would leave most lanes idle, so the input gradient computes each output pixel's
 columns (taps x input channels) and scatter-adds them (`_scatter_conv`); the forward of a layer with one input
 channel and fewer than B output channels (LeNet's first) puts output columns in the lanes (`_column_conv`,
-on `_micro.micro_lanes`); depthwise convolutions (one
+on `_micro.micro_columns`); depthwise convolutions (one
 input channel per group) run in `_depthwise`, where each vector lane is its own channel. Grouped
 convolutions with 2 or 4 channels per group in and out (ResNeXt-style) and a channel count that fills whole
 vectors run their forward and input gradient through the gather kernel with the groups side by side in the
@@ -54,7 +54,7 @@ import numpy as np
 
 from . import _depthwise
 from ._jit import CHUNKS_PER_THREAD, SLOTS, call, call_all, chunk_items, kernel, threads
-from ._micro import (LB, LP, B, P, VECTOR_BYTES, WB, WP, micro_groups, micro_lanes, micro_tile, micro_tile_into,
+from ._micro import (LB, LP, B, P, VECTOR_BYTES, WB, WP, micro_columns, micro_groups, micro_tile, micro_tile_into,
                      micro_tile_into_wide, micro_tile_wide, window_supported)
 from ._padding import CODES, source_indices
 from ._shapes import ConvParams
@@ -159,7 +159,7 @@ def _gather_conv(src, src_rows, src_step, offsets, wpk, bias_blocks, dst, dst_ro
 def _column_conv(src, src_rows, offsets, wb, bias, dst, sched, me):
     """dst[r, ow, co] = bias[co] + sum_s src[src_rows[r] + ow + offsets[s]] * wb[co*T + s, 0] for r < R, ow < OW,
     co < C (T = len(offsets)): a convolution with one input channel and unit stride along the last dim, its vector
-    lanes LB consecutive output columns (`micro_lanes`) instead of output channels, for C below a tile's lanes. src
+    lanes LB consecutive output columns (`micro_columns`) instead of output channels, for C below a tile's lanes. src
     flat (the padded input), src_rows and offsets unsigned, wb (C*T, >= LB) each row one weight repeated, dst (R, OW,
     C) C-contiguous, R >= LP, OW >= LB; items i of chunk_items(sched, me): the output rows LP*i .. LP*i + LP - 1
     (the last item's rows end at R; rows and columns computed twice get the same values twice)."""
@@ -175,8 +175,7 @@ def _column_conv(src, src_rows, offsets, wb, bias, dst, sched, me):
             ow0 = min(col, out_w - LB)
             for p in range(LP):
                 bases[p] = src_rows[r0 + p] + np.uint64(ow0)
-            for co in range(c_out):
-                micro_lanes(src, bases, offsets, wb, co * n_taps, 1, tiles[co])
+            micro_columns(src, bases, offsets, wb, n_taps, tiles)
             for co in range(c_out):  # the tiles' lanes (columns) to pixels of c_out channels
                 bias_co = bias[co]
                 for p in range(LP):

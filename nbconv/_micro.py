@@ -23,8 +23,10 @@ consecutive taps (dilation 1): output columns p*sw + kw share source vectors, so
 loads instead of 15 for 5 columns of a 3-tap row at stride 1), its column loop unrolled for each (k_w, sw) of
 WINDOWS; it computes one output row or two, and a source row that both read is loaded once for both.
 `micro_pixel_into` computes one output pixel over a list of taps: the depthwise edge columns, whose taps in range
-differ from column to column. `micro_rotated` is micro_lanes with c sums per row, its second operand rotated within
-each group of c lanes by 0..c-1: the weight gradient of grouped convolutions with 2 or 4 channels per group.
+differ from column to column. `micro_columns` is micro_lanes for several output channels at once (each source vector
+loaded once for all of them): the forward of layers with one input channel, whose lanes are output columns.
+`micro_rotated` is micro_lanes with c sums per row, its second operand rotated within each group of c lanes by
+0..c-1: the weight gradient of grouped convolutions with 2 or 4 channels per group.
 """
 import contextlib
 
@@ -121,6 +123,14 @@ def micro_lanes(src, a, c, v, v0, v_step, tile):
     lanes = np.arange(LB, dtype=np.uint64)
     rows = v[v0 + np.arange(c.shape[0]) * v_step, :LB]
     tile[:, :] = (src[a[:LP, None, None] + c[None, :, None] + lanes] * rows).sum(axis=1)
+
+
+def micro_columns(src, a, c, v, taps, tile):
+    """tile[k, p, b] = sum_s src[a[p] + c[s] + b] * v[k*taps + s, b] for k < len(tile), p < LP, b < LB: micro_lanes
+    for every output channel k (rows k*taps.. of v), each source vector loaded once for several channels; src flat, a
+    and c unsigned, len(c) <= taps, v C-contiguous rows of >= LB, tile (channels, LP, LB) C-contiguous."""
+    for k in range(tile.shape[0]):
+        micro_lanes(src, a, c, v, k * taps, 1, tile[k])
 
 
 def micro_rotated(src, a, c, v, v0, v_step, tile, cg):
@@ -403,6 +413,93 @@ def _define(module, elem, kind, group, n_rows, n_lanes, accumulators):
             builder.position_at_end(done)
     builder.ret_void()
     return fn
+
+
+def _define_columns(module, elem):
+    """micro_columns as a function of its own: per pass over the reduction, `channels` output channels (a runtime loop
+    over passes; a switch on the last pass's count) and `halves` of the LB lanes: LP x channels x halves accumulators
+    (_WIDE_ACCUMULATORS at most); at each step the LP x halves source vectors are loaded once, each weight vector once
+    per channel."""
+    vec, fmuladd, zero, vl, itemsize = _vector_ops(module, elem)
+    i64 = ir.IntType(64)
+    ptr, iptr = elem.as_pointer(), i64.as_pointer()
+    fn, builder = _new_function(module, f"nbconv_micro_columns_{LP}x{LB}_a{_WIDE_ACCUMULATORS}_f{itemsize * 8}_v{vl}",
+                                [ptr, iptr, iptr, i64, ptr, i64, i64, i64, ptr])
+    if builder is None:
+        return fn
+    src, a, c, n, v, v_stride, taps, n_co, out = fn.args
+    n_halves = LB // vl
+    halves = min(n_halves, max(1, _WIDE_ACCUMULATORS // LP))  # vectors of the lanes per pass
+    channels = max(1, _WIDE_ACCUMULATORS // (LP * halves))  # output channels per pass
+    accs = [[[cgutils.alloca_once(builder, vec) for _ in range(halves)] for _ in range(channels)] for _ in range(LP)]
+    bases = [builder.load(builder.gep(a, [ir.Constant(i64, p)])) for p in range(LP)]
+
+    def const(value):
+        return ir.Constant(i64, value)
+
+    def vec_at(data, index):
+        return builder.bitcast(builder.gep(data, [index]), vec.as_pointer())
+
+    def one_pass(k0, m, h0, h1):  # channels k0 .. k0 + m - 1, vectors h0 .. h1 - 1 of the lanes
+        hs = range(h0, h1)
+        for p in range(LP):
+            for k in range(m):
+                for i, _ in enumerate(hs):
+                    builder.store(zero, accs[p][k][i])
+        with cgutils.for_range(builder, n) as loop:
+            s = loop.index
+            cs = builder.load(builder.gep(c, [s]))
+            xs = [[builder.load(vec_at(src, builder.add(builder.add(bases[p], cs), const(h * vl))), align=itemsize)
+                   for h in hs] for p in range(LP)]
+            for k in range(m):
+                row = builder.mul(builder.add(builder.mul(builder.add(k0, const(k)), taps), s), v_stride)
+                for i, h in enumerate(hs):
+                    w = builder.load(vec_at(v, builder.add(row, const(h * vl))), align=itemsize)
+                    for p in range(LP):
+                        acc = accs[p][k][i]
+                        builder.store(builder.call(fmuladd, [xs[p][i], w, builder.load(acc)]), acc)
+        for p in range(LP):
+            for k in range(m):
+                at = builder.mul(builder.add(builder.mul(builder.add(k0, const(k)), const(LP)), const(p)), const(LB))
+                for i, h in enumerate(hs):
+                    builder.store(builder.load(accs[p][k][i]), vec_at(out, builder.add(at, const(h * vl))),
+                                  align=itemsize)
+
+    n_passes = builder.udiv(builder.add(n_co, const(channels - 1)), const(channels))
+    for h0 in range(0, n_halves, halves):
+        with cgutils.for_range(builder, n_passes) as passes:
+            k0 = builder.mul(passes.index, const(channels))
+            left = builder.sub(n_co, k0)
+            m = builder.select(builder.icmp_unsigned("<", left, const(channels)), left, const(channels))
+            done = fn.append_basic_block(f"columns_done{h0}")
+            cases = [fn.append_basic_block(f"columns{h0}_{count}") for count in range(1, channels + 1)]
+            switch = builder.switch(m, cases[-1])
+            for count, case in enumerate(cases, 1):
+                switch.add_case(const(count), case)
+                builder.position_at_end(case)
+                one_pass(k0, count, h0, min(n_halves, h0 + halves))
+                builder.branch(done)
+            builder.position_at_end(done)
+    builder.ret_void()
+    return fn
+
+
+@intrinsic
+def _columns_ir(typingctx, src, a, c, v, taps, tile):
+    _check_float(src, v, tile)
+
+    def codegen(context, builder, sig, args):
+        typ, val, arr = _operands(context, builder, sig, args, ("src", "a", "c", "v", "taps", "tile"))
+        itemsize = context.get_abi_sizeof(context.get_value_type(typ["src"].dtype))
+        v_stride = builder.sdiv(cgutils.unpack_tuple(builder, arr["v"].strides, 2)[0],
+                                ir.Constant(ir.IntType(64), itemsize))
+        fn = _define_columns(builder.module, context.get_value_type(typ["src"].dtype))
+        builder.call(fn, [arr["src"].data, arr["a"].data, arr["c"].data,
+                          cgutils.unpack_tuple(builder, arr["c"].shape, 1)[0], arr["v"].data, v_stride,
+                          context.cast(builder, val["taps"], typ["taps"], types.intp),
+                          cgutils.unpack_tuple(builder, arr["tile"].shape, 3)[0], arr["tile"].data])
+        return context.get_dummy_value()
+    return types.void(src, a, c, v, taps, tile), codegen
 
 
 def _define_rotated(module, elem, group):
@@ -762,6 +859,11 @@ def _rotated_ir(typingctx, src, a, c, v, v0, v_step, tile, cg):
     _check_float(src, v, tile)
     return (types.void(src, a, c, v, v0, v_step, tile, cg),
             lambda ctx, b, sig, args: _emit_rotated(ctx, b, sig, args))
+
+
+@overload(micro_columns)
+def _micro_columns_jit(src, a, c, v, taps, tile):
+    return lambda src, a, c, v, taps, tile: _columns_ir(src, a, c, v, taps, tile)
 
 
 @overload(micro_rotated)

@@ -99,6 +99,33 @@ def test_wide_tiles_llvm_code_matches_numpy_bodies(dtype, n_red, lanes):
 
 
 @kernel()
+def _columns_tile(src, a, c, v, taps, tile):
+    _micro.micro_columns(src, a, c, v, taps, tile)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4, 6, 9, 31])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_red", [0, 1, 25])
+def test_columns_tile_llvm_code_matches_numpy_body(dtype, n_red, channels):
+    """micro_columns (LP rows of LB output columns for every output channel, each source vector loaded once for a
+    pass of several channels; the last pass partial) against its NumPy body, with taps > len(c) (the weight rows of
+    channel k start at k*taps) and rows of v wider than LB; a tile row past the channels stays untouched."""
+    rng = np.random.default_rng(n_red + channels)
+    LP, LB = _micro.LP, _micro.LB
+    taps = n_red + 2
+    src = rng.standard_normal(300).astype(dtype)
+    a = rng.choice(150, LP, replace=False).astype(np.uint64)
+    c = rng.integers(0, 120, n_red).astype(np.uint64)
+    v = rng.standard_normal((channels * taps, LB + 3)).astype(dtype)
+    got, want = (np.full((channels + 1, LP, LB), np.nan, dtype) for _ in range(2))
+    _columns_tile(src, a, c, v, taps, got[:channels])
+    _micro.micro_columns(src, a, c, v, taps, want[:channels])
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got, want, **tol)
+    assert np.isnan(got[channels]).all() and (n_red or not got[:channels].any())
+
+
+@kernel()
 def _window_tile(src, a0, rows, w_rows, pix, v_blocks, dst, d, base, add, k_w, sw, i_lo, i_hi):
     _micro.micro_window_into(src, a0, rows, w_rows, pix, v_blocks, dst, d, base, add, k_w, sw, i_lo, i_hi)
 
