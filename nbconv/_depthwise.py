@@ -104,18 +104,19 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, sched, me):
     for lo, hi in chunks(sched, me):
         row = lo
         while row < hi:
-            # Two consecutive rows that each take every column through the window tile in one run of taps share its
-            # passes: the source rows both read are loaded once for both.
-            pair = (window and c_full > 0 and out_w >= LP and row + 1 < hi and _runs(row_src, row) == 1
-                    and _runs(row_src, row + 1) == 1)
+            # Two consecutive rows that each take every column through the window tile share its passes: the source
+            # rows both read are loaded once for both.
+            pair = (window and c_full > 0 and out_w >= LP and row + 1 < hi and _runs(row_src, row) > 0
+                    and _runs(row_src, row + 1) > 0)
             for r in range(row, row + 1 + pair):  # the row, or each row of the pair but for the pair's tiles
                 out_at = r * out_w * c_dst  # the row's first element in dst_flat
-                runs = _runs(row_src, r)  # with one run of in-range taps, the tile writes its part of dst once
-                # With the window tile, a row of one run takes every column through it, the tiles at the row's ends
-                # skipping the source columns outside the row; otherwise the tiles cover the interior.
-                whole_row = window and c_full > 0 and out_w >= LP and runs == 1
+                runs = _runs(row_src, r)  # the runs of consecutive in-range taps
+                # With the window tile, a row with any tap in range takes every column through it, in one pass over
+                # its in-range taps (whatever their runs), the tiles at the row's ends skipping the source columns
+                # outside the row; otherwise the tiles cover the interior, one pass per run.
+                whole_row = window and c_full > 0 and out_w >= LP and runs > 0
                 tiled = c_full > 0 and (ow_whole > ow_lo or whole_row)
-                direct = tiled and runs == 1
+                direct = tiled and (runs == 1 or whole_row)  # the tiles then write their part of dst once
                 # A row written directly also tiles its last columns, with a tile that overlaps the one before it
                 # (stores, so the columns computed twice get the same values twice).
                 ow_lo_t, ow_hi = (0, out_w) if whole_row else (ow_lo, ow_end if direct else ow_whole)
@@ -154,6 +155,23 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, sched, me):
                                           c_dst, m, c_full)
                 if not tiled or pair:
                     continue
+                if whole_row:  # the window tile over every in-range tap of the row
+                    t = _next_tap(row_src, r, 0)
+                    first = row_src[r, t]
+                    n_u = 0
+                    while t < n_taps:
+                        row_offsets[n_u] = np.uint64((row_src[r, t] - first) * w_src * c_src)
+                        row_weights[n_u, 0] = t * k_w
+                        n_u += 1
+                        t = _next_tap(row_src, r, t + 1)
+                    for tile_start in range(0, out_w, LP):  # the last tile overlaps the one before (stored alike)
+                        ow0 = min(tile_start, out_w - LP)
+                        for p in range(LP):
+                            out_bases[0, p] = np.uint64(out_at + (ow0 + p) * c_dst)
+                        micro_window_into(flat, (first * w_src + ow0 * sw - off_w) * c_src, row_offsets[:n_u],
+                                          row_weights[:n_u, :1], c_src, wpk, dst_flat, out_bases[:1], bias, False, k_w,
+                                          sw, off_w - ow0 * sw, w_src + off_w - ow0 * sw)
+                    continue
                 t = 0
                 while t < n_taps:  # each run of consecutive in-range taps is one register-tile pass
                     if row_src[r, t] < 0:
@@ -182,19 +200,21 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, sched, me):
                                              out_bases[0], bias, not direct)
                     t = end
             if pair:  # the two rows' source rows merged in increasing order, each with the weight row of the tap
-                t0 = _first_tap(row_src, row)  # that reads it in either output row (-1 if none)
-                t1 = _first_tap(row_src, row + 1)
+                t0 = _next_tap(row_src, row, 0)  # that reads it in either output row (-1 if none)
+                t1 = _next_tap(row_src, row + 1, 0)
                 first = min(row_src[row, t0], row_src[row + 1, t1])
                 n_u = 0
-                while (t0 < n_taps and row_src[row, t0] >= 0) or (t1 < n_taps and row_src[row + 1, t1] >= 0):
-                    s0 = row_src[row, t0] if t0 < n_taps and row_src[row, t0] >= 0 else -1
-                    s1 = row_src[row + 1, t1] if t1 < n_taps and row_src[row + 1, t1] >= 0 else -1
+                while t0 < n_taps or t1 < n_taps:
+                    s0 = row_src[row, t0] if t0 < n_taps else -1
+                    s1 = row_src[row + 1, t1] if t1 < n_taps else -1
                     s = min(s0, s1) if s0 >= 0 and s1 >= 0 else max(s0, s1)  # the next source row either reads
                     row_offsets[n_u] = np.uint64((s - first) * w_src * c_src)
                     row_weights[n_u, 0] = t0 * k_w if s0 == s else -1
                     row_weights[n_u, 1] = t1 * k_w if s1 == s else -1
-                    t0 += s0 == s
-                    t1 += s1 == s
+                    if s0 == s:
+                        t0 = _next_tap(row_src, row, t0 + 1)
+                    if s1 == s:
+                        t1 = _next_tap(row_src, row + 1, t1 + 1)
                     n_u += 1
                 for tile_start in range(0, out_w, LP):  # the last tile overlaps the one before (stored twice alike)
                     ow0 = min(tile_start, out_w - LP)
@@ -218,9 +238,8 @@ def _runs(row_src, row):
 
 
 @kernel(inline="always")
-def _first_tap(row_src, row):
-    """The first in-range tap of a row (row_src.shape[1] if none)."""
-    t = 0
+def _next_tap(row_src, row, t):
+    """The first in-range tap of a row from tap t on (row_src.shape[1] if none)."""
     while t < row_src.shape[1] and row_src[row, t] < 0:
         t += 1
     return t

@@ -1603,3 +1603,35 @@ def test_transposed_phases_merged_into_one_job_match_the_reference(monkeypatch, 
     want = R.conv_grads(gy.astype(np.float64), y.astype(np.float64), w.astype(np.float64), stride=s, pads=pads,
                         dilation=1, groups=g)[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("k, pads, sizes", [
+    ((3, 3, 3), 1, (4, 6, 23)),        # X3D-like: rows at h = 0 and h = H-1 read two runs of taps per frame
+    ((3, 5, 3), (1, 3, 1), (3, 4, 17)),  # rows whose in-range kh taps are one in the middle: three runs
+    ((3, 3, 5), (4, 2, 2), (2, 3, 19)),  # padding wider than the kernel: output rows with no tap in range (bias)
+    ((2, 3, 3), (0, 1, 1), (3, 5, 16)),
+])
+def test_depthwise_3d_window_rows_with_several_runs_of_taps(k, pads, sizes):
+    """3-D depthwise rows whose in-range taps form several runs (the border rows of each frame) take every column
+    through the window tile in one pass over those taps, alone or paired with the next row: against the reference
+    and PyTorch (float64 and float32), and bitwise alike with 1 and 2 threads (which pair different rows)."""
+    import numba
+    rng = np.random.default_rng(18)
+    for dtype in (np.float64, np.float32):
+        x = randn(rng, (3, *sizes, 32), dtype)
+        w = randn(rng, (*k, 1, 32), dtype)
+        b = randn(rng, (32,), dtype)
+        kw = dict(stride=1, padding=pads, dilation=1, groups=32, padding_mode="zeros")
+        saved = numba.get_num_threads()
+        try:
+            ys = []
+            for threads in (1, 2):
+                numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+                ys.append(nbconv.conv3d(x, w, b, **kw))
+        finally:
+            numba.set_num_threads(saved)
+        assert np.array_equal(ys[0], ys[1])
+        expected, magnitude = reference_forward(x, w, b, kw)
+        assert_close(ys[0], expected, magnitude, dtype, "vs reference")
+        assert_close(ys[0], torch_conv(x, w, b, stride=1, padding=pads, dilation=1, groups=32, mode="zeros"),
+                     magnitude, dtype, "vs torch")
