@@ -12,7 +12,8 @@ import math
 import numpy as np
 
 from ._jit import chunk_items, chunks, kernel
-from ._micro import LB, LP, micro_lanes, micro_lanes_into, micro_pixel_into, micro_rotated, micro_window_into
+from ._micro import (GRAD_WINDOWS, LB, LP, micro_grad_window, micro_lanes, micro_lanes_into, micro_pixel_into,
+                     micro_rotated, micro_window_into)
 
 
 @kernel()
@@ -311,6 +312,8 @@ def _grad_weight_rows(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, sched
     ow_lo, ow_hi = _interior(out_w, w_src, k_w, off_w, sw, dw)
     partial_flat, gy_flat = partial.reshape(-1), gy.reshape(-1)
     tap_size = cg * c_out  # partial[slot, t, kw] is the tap (t * k_w + kw) of the slot, cg * c_out elements long
+    # unit stride and dilation along the row: each source row's k_w taps through micro_grad_window (a sliding window)
+    sliding = cg == 1 and c_full > 0 and sw == 1 and dw == 1 and (k_w == GRAD_WINDOWS[0] or k_w == GRAD_WINDOWS[1])
     for slot in chunk_items(sched, me):
         slot_at = slot * n_taps * k_w * tap_size
         tile = np.empty((LP * cg, LB), dtype=partial.dtype)  # row p*cg + r: rotation r of tap p
@@ -320,6 +323,10 @@ def _grad_weight_rows(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, sched
             pix[i] = np.uint64(((ow_lo + i) * sw - off_w) * c_src)
         tap_ids = np.empty(n_taps * k_w, dtype=np.int64)
         tap_bases = np.empty(n_taps * k_w, dtype=np.uint64)
+        row_taps = np.empty(n_taps, dtype=np.int64)  # the sliding window's source rows: their taps t and offsets
+        row_bases = np.empty(n_taps, dtype=np.uint64)
+        row_firsts = np.empty(n_taps, dtype=np.uint64)
+        window_tile = np.empty((n_taps * k_w, LB), dtype=partial.dtype)
         for row in range(slot * n_rows // n_slots, (slot + 1) * n_rows // n_slots):
             n_valid = 0
             for t in range(n_taps):
@@ -342,6 +349,25 @@ def _grad_weight_rows(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, sched
                     tap_bases[n_valid] = np.uint64((sr * w_src + kw * dw) * c_src)
                     n_valid += 1
             if c_full == 0 or ow_hi == ow_lo or n_valid == 0:
+                continue
+            if sliding:
+                n_u = 0
+                for t in range(n_taps):
+                    if row_src[row, t] >= 0:
+                        row_taps[n_u] = t
+                        row_bases[n_u] = np.uint64((row_src[row, t] * w_src + ow_lo - off_w) * c_src)
+                        n_u += 1
+                firsts = row_firsts[:n_u]  # a view made once per row, its values set per block
+                for cb in range(n_blocks):
+                    for u in range(n_u):
+                        firsts[u] = row_bases[u] + np.uint64(cb * LB)
+                    micro_grad_window(flat, firsts, c_src, gy_flat, (row * out_w + ow_lo) * c_out + cb * LB, c_out,
+                                      ow_hi - ow_lo, k_w, window_tile)
+                    for u in range(n_u):
+                        for kw in range(k_w):
+                            acc_at = slot_at + (row_taps[u] * k_w + kw) * tap_size + cb * LB
+                            for b in range(LB):
+                                partial_flat[acc_at + b] += window_tile[u * k_w + kw, b]
                 continue
             for cb in range(n_blocks):
                 for t0 in range(0, n_valid, LP):

@@ -133,6 +133,25 @@ def micro_columns(src, a, c, v, taps, tile):
         micro_lanes(src, a, c, v, k * taps, 1, tile[k])
 
 
+GRAD_WINDOWS = (3, 5)  # the row lengths k_w micro_grad_window is compiled for
+
+
+def micro_grad_window(src, rows, pix, gy, g0, g_step, n, k_w, tile):
+    """tile[u*k_w + kw, b] = sum_{i < n} src[rows[u] + (i + kw)*pix + b] * gy[g0 + i*g_step + b] for u < len(rows),
+    kw < k_w, b < LB: the depthwise weight gradient of k_w consecutive taps (stride 1, dilation 1) of each source row
+    u over n output columns, each source vector loaded once for the k_w taps that read it (a sliding window of
+    vectors in registers); k_w in GRAD_WINDOWS; src and gy flat, rows unsigned, tile (>= len(rows)*k_w, LB)
+    C-contiguous."""
+    lanes = np.arange(LB)
+    for u in range(rows.shape[0]):
+        for kw in range(k_w):
+            acc = np.zeros(LB, dtype=tile.dtype)
+            for i in range(n):
+                at = int(rows[u]) + (i + kw) * pix
+                acc += src[at + lanes] * gy[g0 + i * g_step + lanes]
+            tile[u * k_w + kw] = acc
+
+
 def micro_rotated(src, a, c, v, v0, v_step, tile, cg):
     """tile[p, r, b] = sum_s src[a[p] + c[s] + b] * v[v0 + s*v_step + b - b % cg + (b % cg + r) % cg] for p < LP,
     r < cg, b < LB: micro_lanes with each row of v rotated within its runs of cg lanes by r = 0..cg-1 (the weight
@@ -502,6 +521,99 @@ def _columns_ir(typingctx, src, a, c, v, taps, tile):
     return types.void(src, a, c, v, taps, tile), codegen
 
 
+def _define_grad_window(module, elem, k_w):
+    """micro_grad_window for one k_w as a function of its own: per pass over the n columns, `rows` source rows (a
+    runtime loop over passes; a switch on the last pass's count) and one vector of the LB lanes; at each column the
+    grad_out vector and each row's newest source vector are loaded once, and each row's last k_w source vectors (kept
+    in registers, shifted by one per column) multiply-add into its k_w accumulators."""
+    vec, fmuladd, zero, vl, itemsize = _vector_ops(module, elem)
+    i64 = ir.IntType(64)
+    ptr, iptr = elem.as_pointer(), i64.as_pointer()
+    budget = 28 if WIDE else 14  # vector registers for the accumulators and the windows (2 per tap and row)
+    per_pass = max(1, budget // (2 * k_w))
+    fn, builder = _new_function(module, f"nbconv_micro_grad_window{k_w}_{per_pass}x{LB}_f{itemsize * 8}_v{vl}",
+                                [ptr, iptr, i64, i64, ptr, i64, i64, i64, ptr])
+    if builder is None:
+        return fn
+    src, rows, n_u, pix, gy, g0, g_step, n, out = fn.args
+    accs = [[cgutils.alloca_once(builder, vec) for _ in range(k_w)] for _ in range(per_pass)]
+    wins = [[cgutils.alloca_once(builder, vec) for _ in range(k_w - 1)] for _ in range(per_pass)]
+
+    def const(value):
+        return ir.Constant(i64, value)
+
+    def vec_at(data, index):
+        return builder.bitcast(builder.gep(data, [index]), vec.as_pointer())
+
+    def one_pass(u0, m, h):  # source rows u0 .. u0 + m - 1, vector h of the lanes
+        firsts = [builder.add(builder.load(builder.gep(rows, [builder.add(u0, const(g))])), const(h * vl))
+                  for g in range(m)]
+        for g in range(m):
+            for kw in range(k_w):
+                builder.store(zero, accs[g][kw])
+            for j in range(k_w - 1):
+                builder.store(builder.load(vec_at(src, builder.add(firsts[g], builder.mul(const(j), pix))),
+                                           align=itemsize), wins[g][j])
+        with cgutils.for_range(builder, n) as loop:
+            i = loop.index
+            gv = builder.load(vec_at(gy, builder.add(builder.add(g0, builder.mul(i, g_step)), const(h * vl))),
+                              align=itemsize)
+            for g in range(m):
+                newest = builder.load(vec_at(src, builder.add(firsts[g], builder.mul(builder.add(i, const(k_w - 1)),
+                                                                                     pix))), align=itemsize)
+                window = [builder.load(wins[g][j]) for j in range(k_w - 1)] + [newest]
+                for kw in range(k_w):
+                    builder.store(builder.call(fmuladd, [window[kw], gv, builder.load(accs[g][kw])]), accs[g][kw])
+                for j in range(k_w - 1):
+                    builder.store(window[j + 1], wins[g][j])
+        for g in range(m):
+            for kw in range(k_w):
+                at = builder.mul(builder.add(builder.mul(builder.add(u0, const(g)), const(k_w)), const(kw)), const(LB))
+                builder.store(builder.load(accs[g][kw]), vec_at(out, builder.add(at, const(h * vl))), align=itemsize)
+
+    n_passes = builder.udiv(builder.add(n_u, const(per_pass - 1)), const(per_pass))
+    for h in range(LB // vl):
+        with cgutils.for_range(builder, n_passes) as passes:
+            u0 = builder.mul(passes.index, const(per_pass))
+            left = builder.sub(n_u, u0)
+            m = builder.select(builder.icmp_unsigned("<", left, const(per_pass)), left, const(per_pass))
+            done = fn.append_basic_block(f"grad_window_done{h}")
+            cases = [fn.append_basic_block(f"grad_window{h}_{count}") for count in range(1, per_pass + 1)]
+            switch = builder.switch(m, cases[-1])
+            for count, case in enumerate(cases, 1):
+                switch.add_case(const(count), case)
+                builder.position_at_end(case)
+                one_pass(u0, count, h)
+                builder.branch(done)
+            builder.position_at_end(done)
+    builder.ret_void()
+    return fn
+
+
+@intrinsic
+def _grad_window_ir(typingctx, src, rows, pix, gy, g0, g_step, n, k_w, tile):
+    _check_float(src, gy, tile)
+
+    def codegen(context, builder, sig, args):
+        names = ("src", "rows", "pix", "gy", "g0", "g_step", "n", "k_w", "tile")
+        typ, val, arr = _operands(context, builder, sig, args, names)
+        i64 = ir.IntType(64)
+
+        def integer(name):
+            return context.cast(builder, val[name], typ[name], types.intp)
+
+        operands = [arr["src"].data, arr["rows"].data, cgutils.unpack_tuple(builder, arr["rows"].shape, 1)[0],
+                    integer("pix"), arr["gy"].data, integer("g0"), integer("g_step"), integer("n"), arr["tile"].data]
+        k_w = integer("k_w")
+        with builder.if_else(builder.icmp_unsigned("==", k_w, ir.Constant(i64, GRAD_WINDOWS[0]))) as (first, other):
+            for width, branch in zip(GRAD_WINDOWS, (first, other)):
+                with branch:
+                    builder.call(_define_grad_window(builder.module, context.get_value_type(typ["src"].dtype),
+                                                     width), operands)
+        return context.get_dummy_value()
+    return types.void(src, rows, pix, gy, g0, g_step, n, k_w, tile), codegen
+
+
 def _define_rotated(module, elem, group):
     """micro_rotated as a function of its own: per vector j of the LB lanes and per pass of up to
     _ROTATED_ACCUMULATORS // group rows, group accumulators per row; at each reduction step the row of v is loaded
@@ -864,6 +976,12 @@ def _rotated_ir(typingctx, src, a, c, v, v0, v_step, tile, cg):
 @overload(micro_columns)
 def _micro_columns_jit(src, a, c, v, taps, tile):
     return lambda src, a, c, v, taps, tile: _columns_ir(src, a, c, v, taps, tile)
+
+
+@overload(micro_grad_window)
+def _micro_grad_window_jit(src, rows, pix, gy, g0, g_step, n, k_w, tile):
+    return lambda src, rows, pix, gy, g0, g_step, n, k_w, tile: _grad_window_ir(src, rows, pix, gy, g0, g_step, n,
+                                                                                 k_w, tile)
 
 
 @overload(micro_rotated)

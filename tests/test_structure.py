@@ -126,6 +126,33 @@ def test_columns_tile_llvm_code_matches_numpy_body(dtype, n_red, channels):
 
 
 @kernel()
+def _grad_window_tile(src, rows, pix, gy, g0, g_step, n, k_w, tile):
+    _micro.micro_grad_window(src, rows, pix, gy, g0, g_step, n, k_w, tile)
+
+
+@pytest.mark.parametrize("k_w", _micro.GRAD_WINDOWS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_rows", [1, 2, 5, 9])
+@pytest.mark.parametrize("n", [0, 1, 23])
+def test_grad_window_tile_llvm_code_matches_numpy_body(k_w, dtype, n_rows, n):
+    """micro_grad_window (each source row's k_w taps over n columns, a sliding window of source vectors; passes of
+    several rows, the last partial) against its NumPy body: rows at scattered offsets, pixels and grad_out rows
+    wider than LB; the tile rows past the source rows' taps stay untouched."""
+    rng = np.random.default_rng(n + 10 * n_rows + k_w)
+    LB = _micro.LB
+    pix, g_step = LB + 3, LB + 5
+    src = rng.standard_normal(40 * pix + (n + k_w) * pix).astype(dtype)
+    rows = (rng.choice(40, n_rows, replace=False) * pix).astype(np.uint64)
+    gy = rng.standard_normal(7 + n * g_step + LB).astype(dtype)
+    got, want = (np.full((n_rows * k_w + 1, LB), np.nan, dtype) for _ in range(2))
+    _grad_window_tile(src, rows, pix, gy, 7, g_step, n, k_w, got)
+    _micro.micro_grad_window(src, rows, pix, gy, 7, g_step, n, k_w, want)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got, want, **tol)
+    assert np.isnan(got[-1]).all() and (n or not got[:-1].any())
+
+
+@kernel()
 def _window_tile(src, a0, rows, w_rows, pix, v_blocks, dst, d, base, add, k_w, sw, i_lo, i_hi):
     _micro.micro_window_into(src, a0, rows, w_rows, pix, v_blocks, dst, d, base, add, k_w, sw, i_lo, i_hi)
 
