@@ -105,16 +105,15 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, sched, me):
     for lo, hi in chunks(sched, me):
         row = lo
         while row < hi:
-            # Two consecutive rows that each take every column through the window tile share its passes: the source
-            # rows both read are loaded once for both.
-            pair = (window and c_full > 0 and out_w >= LP and row + 1 < hi and _runs(row_src, row) > 0
-                    and _runs(row_src, row + 1) > 0)
+            # With the window tile, a row with any tap in range takes every column through it, in one pass over its
+            # in-range taps (whatever their runs), the tiles at the row's ends skipping the source columns outside
+            # the row; and two consecutive such rows share their passes: the source rows both read are loaded once.
+            window_row = window and c_full > 0 and out_w >= LP and _runs(row_src, row) > 0
+            pair = window_row and row + 1 < hi and _runs(row_src, row + 1) > 0
             for r in range(row, row + 1 + pair):  # the row, or each row of the pair but for the pair's tiles
                 out_at = r * out_w * c_dst  # the row's first element in dst_flat
                 runs = _runs(row_src, r)  # the runs of consecutive in-range taps
-                # With the window tile, a row with any tap in range takes every column through it, in one pass over
-                # its in-range taps (whatever their runs), the tiles at the row's ends skipping the source columns
-                # outside the row; otherwise the tiles cover the interior, one pass per run.
+                # without the window tile over the whole row, the tiles cover the interior, one pass per run
                 whole_row = window and c_full > 0 and out_w >= LP and runs > 0
                 tiled = c_full > 0 and (ow_whole > ow_lo or whole_row)
                 direct = tiled and (runs == 1 or whole_row)  # the tiles then write their part of dst once
@@ -154,24 +153,7 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, sched, me):
                             for ow in range(va, vb):
                                 _madd_row(dst_flat, out_at + ow * c_dst, flat, src_at + ow * sw * c_src, w_flat, w_at,
                                           c_dst, m, c_full)
-                if not tiled or pair:
-                    continue
-                if whole_row:  # the window tile over every in-range tap of the row
-                    t = _next_tap(row_src, r, 0)
-                    first = row_src[r, t]
-                    n_u = 0
-                    while t < n_taps:
-                        row_offsets[n_u] = np.uint64((row_src[r, t] - first) * w_src * c_src)
-                        row_weights[n_u, 0] = t * k_w
-                        n_u += 1
-                        t = _next_tap(row_src, r, t + 1)
-                    for tile_start in range(0, out_w, LP):  # the last tile overlaps the one before (stored alike)
-                        ow0 = min(tile_start, out_w - LP)
-                        for p in range(LP):
-                            out_bases[0, p] = np.uint64(out_at + (ow0 + p) * c_dst)
-                        micro_window_into(flat, (first * w_src + ow0 * sw - off_w) * c_src, row_offsets[:n_u],
-                                          row_weights[:n_u, :1], c_src, wpk, dst_flat, out_bases[:1], bias, False, k_w,
-                                          sw, off_w - ow0 * sw, w_src + off_w - ow0 * sw)
+                if not tiled or whole_row:  # whole rows: below
                     continue
                 t = 0
                 while t < n_taps:  # each run of consecutive in-range taps is one register-tile pass
@@ -182,28 +164,22 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, sched, me):
                     end = t
                     while end < n_taps and row_src[r, end] >= 0:
                         row_offsets[end - t] = np.uint64((row_src[r, end] - first) * w_src * c_src)
-                        row_weights[end - t, 0] = end * k_w
-                        for kw in range(0 if window else k_w):  # the window tile steps through a row's taps itself
+                        for kw in range(k_w):
                             offsets[end * k_w + kw] = row_offsets[end - t] + np.uint64(kw * dw * c_src)
                         end += 1
                     for tile_start in range(ow_lo_t, ow_hi, LP):  # every block of LB channels in one call
                         ow0 = min(tile_start, ow_hi - LP)
                         for p in range(LP):
                             out_bases[0, p] = np.uint64(out_at + (ow0 + p) * c_dst)
-                        if window:  # source column i of the tile: ow0*sw - off_w + i, in the row for i_lo <= i < i_hi
-                            micro_window_into(flat, (first * w_src + ow0 * sw - off_w) * c_src, row_offsets[:end - t],
-                                              row_weights[:end - t, :1], c_src, wpk, dst_flat, out_bases[:1], bias,
-                                              not direct, k_w, sw, off_w - ow0 * sw, w_src + off_w - ow0 * sw)
-                        else:
-                            for p in range(LP):
-                                bases[p] = np.uint64((first * w_src + (ow0 + p) * sw - off_w) * c_src)
-                            micro_lanes_into(flat, bases, offsets[t * k_w:end * k_w], wpk, t * k_w, 1, dst_flat,
-                                             out_bases[0], bias, not direct)
+                        for p in range(LP):
+                            bases[p] = np.uint64((first * w_src + (ow0 + p) * sw - off_w) * c_src)
+                        micro_lanes_into(flat, bases, offsets[t * k_w:end * k_w], wpk, t * k_w, 1, dst_flat,
+                                         out_bases[0], bias, not direct)
                     t = end
-            if pair:  # the two rows' source rows merged in increasing order, each with the weight row of the tap
-                t0 = _next_tap(row_src, row, 0)  # that reads it in either output row (-1 if none)
-                t1 = _next_tap(row_src, row + 1, 0)
-                first = min(row_src[row, t0], row_src[row + 1, t1])
+            if window_row:  # the row's (or both rows') source rows in increasing order, each with the weight row of
+                t0 = _next_tap(row_src, row, 0)  # the tap that reads it in either output row (-1 if none)
+                t1 = _next_tap(row_src, row + 1, 0) if pair else n_taps
+                first = min(row_src[row, t0], row_src[row + 1, t1]) if pair else row_src[row, t0]
                 n_u = 0
                 while t0 < n_taps or t1 < n_taps:
                     s0 = row_src[row, t0] if t0 < n_taps else -1
@@ -217,14 +193,15 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, sched, me):
                     if s1 == s:
                         t1 = _next_tap(row_src, row + 1, t1 + 1)
                     n_u += 1
+                rows_u, weights_u, outs = row_offsets[:n_u], row_weights[:n_u, :1 + pair], out_bases[:1 + pair]
                 for tile_start in range(0, out_w, LP):  # the last tile overlaps the one before (stored twice alike)
                     ow0 = min(tile_start, out_w - LP)
-                    for q in range(2):
+                    for q in range(1 + pair):
                         for p in range(LP):
                             out_bases[q, p] = np.uint64(((row + q) * out_w + ow0 + p) * c_dst)
-                    micro_window_into(flat, (first * w_src + ow0 * sw - off_w) * c_src, row_offsets[:n_u],
-                                      row_weights[:n_u], c_src, wpk, dst_flat, out_bases, bias, False, k_w, sw,
-                                      off_w - ow0 * sw, w_src + off_w - ow0 * sw)
+                    micro_window_into(flat, (first * w_src + ow0 * sw - off_w) * c_src, rows_u, weights_u, c_src,
+                                      wpk, dst_flat, outs, bias, False, k_w, sw, off_w - ow0 * sw,
+                                      w_src + off_w - ow0 * sw)
             row += 1 + pair
 
 
@@ -312,21 +289,20 @@ def _grad_weight_rows(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, sched
     ow_lo, ow_hi = _interior(out_w, w_src, k_w, off_w, sw, dw)
     partial_flat, gy_flat = partial.reshape(-1), gy.reshape(-1)
     tap_size = cg * c_out  # partial[slot, t, kw] is the tap (t * k_w + kw) of the slot, cg * c_out elements long
-    # unit stride and dilation along the row: each source row's k_w taps through micro_grad_window (a sliding window)
-    sliding = cg == 1 and c_full > 0 and sw == 1 and dw == 1 and (k_w == GRAD_WINDOWS[0] or k_w == GRAD_WINDOWS[1])
+    # unit stride and dilation along the row: each source row's k_w taps through micro_grad_window (a sliding window;
+    # for cg == 1 only, a condition of its own, which Numba prunes where cg is another constant)
+    sliding = c_full > 0 and sw == 1 and dw == 1 and (k_w == GRAD_WINDOWS[0] or k_w == GRAD_WINDOWS[1])
     for slot in chunk_items(sched, me):
         slot_at = slot * n_taps * k_w * tap_size
-        tile = np.empty((LP * cg, LB), dtype=partial.dtype)  # row p*cg + r: rotation r of tap p
+        # row p*cg + r: rotation r of tap p (micro_lanes, micro_rotated); row u*k_w + kw (micro_grad_window)
+        tile = np.empty((max(LP * cg, n_taps * k_w), LB), dtype=partial.dtype)
         bases = np.empty(LP, dtype=np.uint64)
         pix = np.empty(ow_hi - ow_lo, dtype=np.uint64)
         for i in range(ow_hi - ow_lo):
             pix[i] = np.uint64(((ow_lo + i) * sw - off_w) * c_src)
         tap_ids = np.empty(n_taps * k_w, dtype=np.int64)
         tap_bases = np.empty(n_taps * k_w, dtype=np.uint64)
-        row_taps = np.empty(n_taps, dtype=np.int64)  # the sliding window's source rows: their taps t and offsets
-        row_bases = np.empty(n_taps, dtype=np.uint64)
-        row_firsts = np.empty(n_taps, dtype=np.uint64)
-        window_tile = np.empty((n_taps * k_w, LB), dtype=partial.dtype)
+        row_firsts = np.empty(n_taps, dtype=np.uint64)  # the sliding window's source rows
         for row in range(slot * n_rows // n_slots, (slot + 1) * n_rows // n_slots):
             n_valid = 0
             for t in range(n_taps):
@@ -350,25 +326,26 @@ def _grad_weight_rows(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, sched
                     n_valid += 1
             if c_full == 0 or ow_hi == ow_lo or n_valid == 0:
                 continue
-            if sliding:
-                n_u = 0
-                for t in range(n_taps):
-                    if row_src[row, t] >= 0:
-                        row_taps[n_u] = t
-                        row_bases[n_u] = np.uint64((row_src[row, t] * w_src + ow_lo - off_w) * c_src)
-                        n_u += 1
-                firsts = row_firsts[:n_u]  # a view made once per row, its values set per block
-                for cb in range(n_blocks):
-                    for u in range(n_u):
-                        firsts[u] = row_bases[u] + np.uint64(cb * LB)
-                    micro_grad_window(flat, firsts, c_src, gy_flat, (row * out_w + ow_lo) * c_out + cb * LB, c_out,
-                                      ow_hi - ow_lo, k_w, window_tile)
-                    for u in range(n_u):
-                        for kw in range(k_w):
-                            acc_at = slot_at + (row_taps[u] * k_w + kw) * tap_size + cb * LB
-                            for b in range(LB):
-                                partial_flat[acc_at + b] += window_tile[u * k_w + kw, b]
-                continue
+            if cg == 1:
+                if sliding:
+                    n_u = 0  # the source rows: their taps t in tap_ids, their first pixels in tap_bases
+                    for t in range(n_taps):
+                        if row_src[row, t] >= 0:
+                            tap_ids[n_u] = t
+                            tap_bases[n_u] = np.uint64((row_src[row, t] * w_src + ow_lo - off_w) * c_src)
+                            n_u += 1
+                    firsts = row_firsts[:n_u]  # a view made once per row, its values set per block
+                    for cb in range(n_blocks):
+                        for u in range(n_u):
+                            firsts[u] = tap_bases[u] + np.uint64(cb * LB)
+                        micro_grad_window(flat, firsts, c_src, gy_flat, (row * out_w + ow_lo) * c_out + cb * LB, c_out,
+                                          ow_hi - ow_lo, k_w, tile)
+                        for u in range(n_u):
+                            for kw in range(k_w):
+                                acc_at = slot_at + (tap_ids[u] * k_w + kw) * tap_size + cb * LB
+                                for b in range(LB):
+                                    partial_flat[acc_at + b] += tile[u * k_w + kw, b]
+                    continue
             for cb in range(n_blocks):
                 for t0 in range(0, n_valid, LP):
                     for p in range(LP):
@@ -378,7 +355,7 @@ def _grad_weight_rows(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, sched
                                     tile)
                     else:
                         micro_rotated(flat, bases, pix, gy_flat, (row * out_w + ow_lo) * c_out + cb * LB, c_out,
-                                      tile.reshape(LP, cg, LB), cg)
+                                      tile[:LP * cg].reshape(LP, cg, LB), cg)
                     for p in range(min(LP, n_valid - t0)):
                         for r in range(cg):
                             acc_at = slot_at + tap_ids[t0 + p] * tap_size + r * c_out + cb * LB

@@ -522,15 +522,15 @@ def _columns_ir(typingctx, src, a, c, v, taps, tile):
 
 
 def _define_grad_window(module, elem, k_w):
-    """micro_grad_window for one k_w as a function of its own: per pass over the n columns, `rows` source rows (a
-    runtime loop over passes; a switch on the last pass's count) and one vector of the LB lanes; at each column the
-    grad_out vector and each row's newest source vector are loaded once, and each row's last k_w source vectors (kept
-    in registers, shifted by one per column) multiply-add into its k_w accumulators."""
+    """micro_grad_window for one k_w as a function of its own: per pass over the n columns, per_pass source rows (3
+    for k_w = 3 with AVX-512: 9 accumulators, 6 window vectors; else 1) and one vector of the LB lanes; at each column
+    the grad_out vector and each row's newest source vector are loaded once, and each row's last k_w source vectors
+    (kept in registers, shifted by one per column) multiply-add into its k_w accumulators. The last pass repeats the
+    last row where the rows run out (its sums computed and stored again, alike): one loop body per k_w."""
     vec, fmuladd, zero, vl, itemsize = _vector_ops(module, elem)
     i64 = ir.IntType(64)
     ptr, iptr = elem.as_pointer(), i64.as_pointer()
-    budget = 28 if WIDE else 14  # vector registers for the accumulators and the windows (2 per tap and row)
-    per_pass = max(1, budget // (2 * k_w))
+    per_pass = 3 if k_w == 3 and WIDE else 1  # 3: the rows of a 3x3 layer in one pass
     fn, builder = _new_function(module, f"nbconv_micro_grad_window{k_w}_{per_pass}x{LB}_f{itemsize * 8}_v{vl}",
                                 [ptr, iptr, i64, i64, ptr, i64, i64, i64, ptr])
     if builder is None:
@@ -545,9 +545,9 @@ def _define_grad_window(module, elem, k_w):
     def vec_at(data, index):
         return builder.bitcast(builder.gep(data, [index]), vec.as_pointer())
 
-    def one_pass(u0, m, h):  # source rows u0 .. u0 + m - 1, vector h of the lanes
-        firsts = [builder.add(builder.load(builder.gep(rows, [builder.add(u0, const(g))])), const(h * vl))
-                  for g in range(m)]
+    def one_pass(us, h):  # source rows us, vector h of the lanes
+        m = len(us)
+        firsts = [builder.add(builder.load(builder.gep(rows, [u])), const(h * vl)) for u in us]
         for g in range(m):
             for kw in range(k_w):
                 builder.store(zero, accs[g][kw])
@@ -566,26 +566,19 @@ def _define_grad_window(module, elem, k_w):
                     builder.store(builder.call(fmuladd, [window[kw], gv, builder.load(accs[g][kw])]), accs[g][kw])
                 for j in range(k_w - 1):
                     builder.store(window[j + 1], wins[g][j])
-        for g in range(m):
+        for g, u in enumerate(us):
             for kw in range(k_w):
-                at = builder.mul(builder.add(builder.mul(builder.add(u0, const(g)), const(k_w)), const(kw)), const(LB))
+                at = builder.mul(builder.add(builder.mul(u, const(k_w)), const(kw)), const(LB))
                 builder.store(builder.load(accs[g][kw]), vec_at(out, builder.add(at, const(h * vl))), align=itemsize)
 
     n_passes = builder.udiv(builder.add(n_u, const(per_pass - 1)), const(per_pass))
+    last = builder.sub(n_u, const(1))
     for h in range(LB // vl):
         with cgutils.for_range(builder, n_passes) as passes:
             u0 = builder.mul(passes.index, const(per_pass))
-            left = builder.sub(n_u, u0)
-            m = builder.select(builder.icmp_unsigned("<", left, const(per_pass)), left, const(per_pass))
-            done = fn.append_basic_block(f"grad_window_done{h}")
-            cases = [fn.append_basic_block(f"grad_window{h}_{count}") for count in range(1, per_pass + 1)]
-            switch = builder.switch(m, cases[-1])
-            for count, case in enumerate(cases, 1):
-                switch.add_case(const(count), case)
-                builder.position_at_end(case)
-                one_pass(u0, count, h)
-                builder.branch(done)
-            builder.position_at_end(done)
+            us = [u0] + [builder.select(builder.icmp_unsigned("<", builder.add(u0, const(g)), n_u),
+                                        builder.add(u0, const(g)), last) for g in range(1, per_pass)]
+            one_pass(us, h)
     builder.ret_void()
     return fn
 
