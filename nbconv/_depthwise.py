@@ -200,7 +200,7 @@ def forward(src, w, wpk, row_src, bias, dst, off_w, sw, dw, window, sched, me):
                         for p in range(LP):
                             out_bases[q, p] = np.uint64(((row + q) * out_w + ow0 + p) * c_dst)
                     micro_window_into(flat, (first * w_src + ow0 * sw - off_w) * c_src, rows_u, weights_u, c_src,
-                                      wpk, dst_flat, outs, bias, False, k_w, sw, off_w - ow0 * sw,
+                                      wpk, dst_flat, outs, bias, k_w, sw, off_w - ow0 * sw,
                                       w_src + off_w - ow0 * sw)
             row += 1 + pair
 
@@ -277,8 +277,9 @@ def _grad_weight_rows(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, sched
     paired by rotation r with the group's output channel c' = c - c % cg + (c % cg + r) % cg. src (rows, W, C_src),
     gy (R, OW, C_out), row_src (R, T), partial (slots, T, KW, cg, C_out) zeroed, everything C-contiguous; gy_blocks =
     gy as rows of LB channels when cg = m = 1 and LB divides C_out, else empty (the first C_out // LB blocks of LB
-    lanes then go through micro_lanes, with cg > 1 through micro_rotated, the rest one lane at a time); items: the
-    slots of chunk_items(sched, me). Inlined into each kernel below with cg a constant there."""
+    lanes then go through micro_lanes, or micro_grad_window where sw = dw = 1 and KW is one of GRAD_WINDOWS; with
+    cg > 1 through micro_rotated; the rest one lane at a time); items: the slots of chunk_items(sched, me). Inlined
+    into each kernel below with cg a constant there."""
     w_src, c_src = src.shape[1], src.shape[2]
     n_rows, out_w, c_out = gy.shape
     n_slots, n_taps, k_w = partial.shape[0], partial.shape[1], partial.shape[2]
@@ -294,8 +295,8 @@ def _grad_weight_rows(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, sched
     sliding = c_full > 0 and sw == 1 and dw == 1 and (k_w == GRAD_WINDOWS[0] or k_w == GRAD_WINDOWS[1])
     for slot in chunk_items(sched, me):
         slot_at = slot * n_taps * k_w * tap_size
-        # row p*cg + r: rotation r of tap p (micro_lanes, micro_rotated); row u*k_w + kw (micro_grad_window)
-        tile = np.empty((max(LP * cg, n_taps * k_w), LB), dtype=partial.dtype)
+        tile = np.empty((LP * cg, LB), dtype=partial.dtype)  # row p*cg + r: rotation r of tap p
+        window_tile = np.empty((n_taps * k_w if sliding else 0, LB), dtype=partial.dtype)  # row u*k_w + kw
         bases = np.empty(LP, dtype=np.uint64)
         pix = np.empty(ow_hi - ow_lo, dtype=np.uint64)
         for i in range(ow_hi - ow_lo):
@@ -339,12 +340,12 @@ def _grad_weight_rows(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, sched
                         for u in range(n_u):
                             firsts[u] = tap_bases[u] + np.uint64(cb * LB)
                         micro_grad_window(flat, firsts, c_src, gy_flat, (row * out_w + ow_lo) * c_out + cb * LB, c_out,
-                                          ow_hi - ow_lo, k_w, tile)
+                                          ow_hi - ow_lo, k_w, window_tile)
                         for u in range(n_u):
                             for kw in range(k_w):
                                 acc_at = slot_at + (tap_ids[u] * k_w + kw) * tap_size + cb * LB
                                 for b in range(LB):
-                                    partial_flat[acc_at + b] += tile[u * k_w + kw, b]
+                                    partial_flat[acc_at + b] += window_tile[u * k_w + kw, b]
                     continue
             for cb in range(n_blocks):
                 for t0 in range(0, n_valid, LP):
@@ -355,7 +356,7 @@ def _grad_weight_rows(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, sched
                                     tile)
                     else:
                         micro_rotated(flat, bases, pix, gy_flat, (row * out_w + ow_lo) * c_out + cb * LB, c_out,
-                                      tile[:LP * cg].reshape(LP, cg, LB), cg)
+                                      tile.reshape(LP, cg, LB), cg)
                     for p in range(min(LP, n_valid - t0)):
                         for r in range(cg):
                             acc_at = slot_at + tap_ids[t0 + p] * tap_size + r * c_out + cb * LB

@@ -25,6 +25,8 @@ WINDOWS; it computes one output row or two, and a source row that both read is l
 `micro_pixel_into` computes one output pixel over a list of taps: the depthwise edge columns, whose taps in range
 differ from column to column. `micro_columns` is micro_lanes for several output channels at once (each source vector
 loaded once for all of them): the forward of layers with one input channel, whose lanes are output columns.
+`micro_grad_window` is the depthwise weight gradient of k_w consecutive taps of each source row (unit stride and
+dilation): a sliding window of source vectors in registers feeds all k_w taps from one load per column.
 `micro_rotated` is micro_lanes with c sums per row, its second operand rotated within each group of c lanes by
 0..c-1: the weight gradient of grouped convolutions with 2 or 4 channels per group.
 """
@@ -185,9 +187,9 @@ def window_supported(k_w, sw, dw):
     return dw == 1 and (k_w, sw) in WINDOWS
 
 
-def micro_window_into(src, a0, rows, w_rows, pix, v, dst, d, base, add, k_w, sw, i_lo, i_hi):
+def micro_window_into(src, a0, rows, w_rows, pix, v, dst, d, base, k_w, sw, i_lo, i_hi):
     """For every output row q < len(d) (one or two) and block k < len(v): dst[d[q, p] + k*LB + b] =
-    (dst[d[q, p] + k*LB + b] if add else base[k*LB + b]) + sum_{u, kw < k_w} src[a0 + rows[u] + i*pix + k*LB + b] *
+    base[k*LB + b] + sum_{u, kw < k_w} src[a0 + rows[u] + i*pix + k*LB + b] *
     v[k, w_rows[u, q] + kw, b] over the source rows u with w_rows[u, q] >= 0 (in order of u) and the source columns
     i = p*sw + kw with i_lo <= i < i_hi (the others lie outside the source row: skipped), for p < LP, b < LB:
     micro_lanes_into for taps that are k_w consecutive columns of each source row (dilation 1), loading each source
@@ -207,7 +209,7 @@ def micro_window_into(src, a0, rows, w_rows, pix, v, dst, d, base, add, k_w, sw,
                         if i_lo <= i < i_hi:
                             first = int(a0) + int(rows[u]) + i * pix + k * LB
                             acc += src[first:first + LB] * v[k, w_rows[u, q] + kw, :LB]
-                dst[at:at + LB] = (dst[at:at + LB] if add else base[k * LB:(k + 1) * LB]) + acc
+                dst[at:at + LB] = base[k * LB:(k + 1) * LB] + acc
 
 
 def micro_pixel_into(src, c, wi, n, v, dst, d, base):
@@ -597,7 +599,7 @@ def _grad_window_ir(typingctx, src, rows, pix, gy, g0, g_step, n, k_w, tile):
 
         operands = [arr["src"].data, arr["rows"].data, cgutils.unpack_tuple(builder, arr["rows"].shape, 1)[0],
                     integer("pix"), arr["gy"].data, integer("g0"), integer("g_step"), integer("n"), arr["tile"].data]
-        k_w = integer("k_w")
+        k_w = integer("k_w")  # GRAD_WINDOWS[0] or [1] (the caller's precondition): any other width runs [1]'s
         with builder.if_else(builder.icmp_unsigned("==", k_w, ir.Constant(i64, GRAD_WINDOWS[0]))) as (first, other):
             for width, branch in zip(GRAD_WINDOWS, (first, other)):
                 with branch:
@@ -687,11 +689,11 @@ def _define_window(module, elem):
     i64 = ir.IntType(64)
     ptr, iptr = elem.as_pointer(), i64.as_pointer()
     fn, builder = _new_function(module, f"nbconv_micro_window_{LP}x{LB}_f{itemsize * 8}_v{vl}",
-                                [ptr, i64, iptr, i64, i64, ptr, i64, iptr, i64, i64, i64, ptr, iptr, i64, ptr,
-                                 ir.IntType(1), i64, i64, i64, i64, i64, i64])
+                                [ptr, i64, iptr, i64, i64, ptr, i64, iptr, i64, i64, i64, ptr, iptr, i64, ptr, i64,
+                                 i64, i64, i64, i64, i64])
     if builder is None:
         return fn
-    src, a0, rows, n_u, pix, v_first, v_stride, w_rows, w_row_step, w_col_step, n_out, out, d, d_step, base, add, \
+    src, a0, rows, n_u, pix, v_first, v_stride, w_rows, w_row_step, w_col_step, n_out, out, d, d_step, base, \
         n_blocks, v_block, k_w, sw, i_lo, i_hi = fn.args
     accs = [[cgutils.alloca_once(builder, vec) for _ in range(LP)] for _ in range(2)]
 
@@ -751,9 +753,8 @@ def _define_window(module, elem):
                 for q in range(n_rows):
                     for p in range(LP):
                         at = vec_at(out, builder.add(d_p[q][p], shift))
-                        init = builder.select(add, at, vec_at(base, shift))
-                        builder.store(builder.fadd(builder.load(init, align=itemsize), builder.load(accs[q][p])),
-                                      at, align=itemsize)
+                        builder.store(builder.fadd(builder.load(vec_at(base, shift), align=itemsize),
+                                                   builder.load(accs[q][p])), at, align=itemsize)
 
     done = fn.append_basic_block("done")
     cases = {pair: fn.append_basic_block(f"window{pair[0]}s{pair[1]}") for pair in WINDOWS}
@@ -850,7 +851,7 @@ def _emit_pixel(context, builder, sig, args):
 def _emit_window(context, builder, sig, args):
     """Call micro_window_into's function (defined once per module) on the operands' data pointers."""
     i64 = ir.IntType(64)
-    names = ("src", "a0", "rows", "w_rows", "pix", "v", "out", "d", "base", "add", "k_w", "sw", "i_lo", "i_hi")
+    names = ("src", "a0", "rows", "w_rows", "pix", "v", "out", "d", "base", "k_w", "sw", "i_lo", "i_hi")
     typ, val, arr = _operands(context, builder, sig, args, names)
     itemsize = context.get_abi_sizeof(context.get_value_type(typ["src"].dtype))
 
@@ -869,9 +870,8 @@ def _emit_window(context, builder, sig, args):
     fn = _define_window(builder.module, context.get_value_type(typ["src"].dtype))
     builder.call(fn, [arr["src"].data, integer("a0"), arr["rows"].data, n_u, integer("pix"), arr["v"].data,
                       row_stride(1), arr["w_rows"].data, step("w_rows", 0), step("w_rows", 1), n_out, arr["out"].data,
-                      arr["d"].data, step("d", 0), arr["base"].data,
-                      context.cast(builder, val["add"], typ["add"], types.boolean), n_blocks, row_stride(0),
-                      integer("k_w"), integer("sw"), integer("i_lo"), integer("i_hi")])
+                      arr["d"].data, step("d", 0), arr["base"].data, n_blocks, row_stride(0), integer("k_w"),
+                      integer("sw"), integer("i_lo"), integer("i_hi")])
     return context.get_dummy_value()
 
 
@@ -989,18 +989,18 @@ def _micro_lanes_into_jit(src, a, c, v, v0, v_step, dst, d, base, add):
 
 
 @intrinsic
-def _window_ir(typingctx, src, a0, rows, w_rows, pix, v, dst, d, base, add, k_w, sw, i_lo, i_hi):
+def _window_ir(typingctx, src, a0, rows, w_rows, pix, v, dst, d, base, k_w, sw, i_lo, i_hi):
     _check_float(src, v, dst, base)
     if not (w_rows.ndim == 2 and w_rows.dtype == types.int64 and d.ndim == 2 and d.dtype == types.uint64):
         raise TypeError(f"micro_window_into: w_rows (U, n) int64 and d (n, LP) uint64 expected, got {w_rows}, {d}")
-    return (types.void(src, a0, rows, w_rows, pix, v, dst, d, base, add, k_w, sw, i_lo, i_hi),
+    return (types.void(src, a0, rows, w_rows, pix, v, dst, d, base, k_w, sw, i_lo, i_hi),
             lambda ctx, b, sig, args: _emit_window(ctx, b, sig, args))
 
 
 @overload(micro_window_into)
-def _micro_window_into_jit(src, a0, rows, w_rows, pix, v, dst, d, base, add, k_w, sw, i_lo, i_hi):
-    return lambda src, a0, rows, w_rows, pix, v, dst, d, base, add, k_w, sw, i_lo, i_hi: _window_ir(
-        src, a0, rows, w_rows, pix, v, dst, d, base, add, k_w, sw, i_lo, i_hi)
+def _micro_window_into_jit(src, a0, rows, w_rows, pix, v, dst, d, base, k_w, sw, i_lo, i_hi):
+    return lambda src, a0, rows, w_rows, pix, v, dst, d, base, k_w, sw, i_lo, i_hi: _window_ir(
+        src, a0, rows, w_rows, pix, v, dst, d, base, k_w, sw, i_lo, i_hi)
 
 
 @intrinsic

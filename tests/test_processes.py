@@ -255,7 +255,14 @@ def test_disable_jit_runs_the_kernels_as_python():
     x, w = rng.standard_normal((1, 5, 4, 3)), rng.standard_normal((3, 2, 3, 2))
     y = nbconv.conv2d(x, w, padding=1, stride=(2, 1))
     g = nbconv.conv2d_backward(np.ones_like(y), x, w, padding=1, stride=(2, 1))
-    print("VALUES", repr(np.concatenate([y.ravel(), g.input.ravel(), g.weight.ravel()]).tolist()))
+    values = [y, g.input, g.weight]
+    for stride in (1, (1, 2)):  # depthwise (window tiles; the weight gradient's sliding window at stride 1)
+        xd, wd = rng.standard_normal((1, 6, 18, 16)), rng.standard_normal((3, 3, 1, 16))
+        yd = nbconv.conv2d(xd, wd, padding=1, stride=stride, groups=16)
+        values += [yd, nbconv.conv2d_backward(np.ones_like(yd), xd, wd, padding=1, stride=stride, groups=16).weight]
+    xc, wc = rng.standard_normal((1, 6, 18, 1)), rng.standard_normal((3, 3, 1, 6))  # one input channel
+    values.append(nbconv.conv2d(xc, wc, padding=1))
+    print("VALUES", repr(np.concatenate([v.ravel() for v in values]).tolist()))
     """
     rc, out, err = run_script(code, env={"NUMBA_DISABLE_JIT": "1"})
     assert rc == 0, err[-2000:]
@@ -264,4 +271,11 @@ def test_disable_jit_runs_the_kernels_as_python():
     x, w = rng.standard_normal((1, 5, 4, 3)), rng.standard_normal((3, 2, 3, 2))
     y = nbconv.conv2d(x, w, padding=1, stride=(2, 1))
     g = nbconv.conv2d_backward(np.ones_like(y), x, w, padding=1, stride=(2, 1))
-    np.testing.assert_allclose(values, np.concatenate([y.ravel(), g.input.ravel(), g.weight.ravel()]), rtol=1e-12)
+    want = [y, g.input, g.weight]
+    for stride in (1, (1, 2)):
+        xd, wd = rng.standard_normal((1, 6, 18, 16)), rng.standard_normal((3, 3, 1, 16))
+        yd = nbconv.conv2d(xd, wd, padding=1, stride=stride, groups=16)
+        want += [yd, nbconv.conv2d_backward(np.ones_like(yd), xd, wd, padding=1, stride=stride, groups=16).weight]
+    xc, wc = rng.standard_normal((1, 6, 18, 1)), rng.standard_normal((3, 3, 1, 6))
+    want.append(nbconv.conv2d(xc, wc, padding=1))
+    np.testing.assert_allclose(values, np.concatenate([v.ravel() for v in want]), rtol=1e-12)
