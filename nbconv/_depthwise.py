@@ -290,20 +290,22 @@ def _grad_weight_rows(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, sched
     ow_lo, ow_hi = _interior(out_w, w_src, k_w, off_w, sw, dw)
     partial_flat, gy_flat = partial.reshape(-1), gy.reshape(-1)
     tap_size = cg * c_out  # partial[slot, t, kw] is the tap (t * k_w + kw) of the slot, cg * c_out elements long
-    # unit stride and dilation along the row: each source row's k_w taps through micro_grad_window (a sliding window;
-    # for cg == 1 only, a condition of its own, which Numba prunes where cg is another constant)
-    sliding = c_full > 0 and sw == 1 and dw == 1 and (k_w == GRAD_WINDOWS[0] or k_w == GRAD_WINDOWS[1])
     for slot in chunk_items(sched, me):
         slot_at = slot * n_taps * k_w * tap_size
         tile = np.empty((LP * cg, LB), dtype=partial.dtype)  # row p*cg + r: rotation r of tap p
-        window_tile = np.empty((n_taps * k_w if sliding else 0, LB), dtype=partial.dtype)  # row u*k_w + kw
+        # With cg == 1 at unit stride and dilation along the row, each source row's k_w taps run through
+        # micro_grad_window (_sliding_row). Its code sits under conditions 'cg == 1' of their own, which Numba prunes
+        # where cg is another constant (measured: 0.65 s of grad_weight_groups' compile time otherwise).
+        if cg == 1:
+            sliding = c_full > 0 and sw == 1 and dw == 1 and (k_w == GRAD_WINDOWS[0] or k_w == GRAD_WINDOWS[1])
+            window_tile = np.empty((n_taps * k_w if sliding else 0, LB), dtype=partial.dtype)  # row u*k_w + kw
+            row_firsts = np.empty(n_taps, dtype=np.uint64)  # the sliding window's source rows
         bases = np.empty(LP, dtype=np.uint64)
         pix = np.empty(ow_hi - ow_lo, dtype=np.uint64)
         for i in range(ow_hi - ow_lo):
             pix[i] = np.uint64(((ow_lo + i) * sw - off_w) * c_src)
         tap_ids = np.empty(n_taps * k_w, dtype=np.int64)
         tap_bases = np.empty(n_taps * k_w, dtype=np.uint64)
-        row_firsts = np.empty(n_taps, dtype=np.uint64)  # the sliding window's source rows
         for row in range(slot * n_rows // n_slots, (slot + 1) * n_rows // n_slots):
             n_valid = 0
             for t in range(n_taps):
@@ -329,23 +331,8 @@ def _grad_weight_rows(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, sched
                 continue
             if cg == 1:
                 if sliding:
-                    n_u = 0  # the source rows: their taps t in tap_ids, their first pixels in tap_bases
-                    for t in range(n_taps):
-                        if row_src[row, t] >= 0:
-                            tap_ids[n_u] = t
-                            tap_bases[n_u] = np.uint64((row_src[row, t] * w_src + ow_lo - off_w) * c_src)
-                            n_u += 1
-                    firsts = row_firsts[:n_u]  # a view made once per row, its values set per block
-                    for cb in range(n_blocks):
-                        for u in range(n_u):
-                            firsts[u] = tap_bases[u] + np.uint64(cb * LB)
-                        micro_grad_window(flat, firsts, c_src, gy_flat, (row * out_w + ow_lo) * c_out + cb * LB, c_out,
-                                          ow_hi - ow_lo, k_w, window_tile)
-                        for u in range(n_u):
-                            for kw in range(k_w):
-                                acc_at = slot_at + (tap_ids[u] * k_w + kw) * tap_size + cb * LB
-                                for b in range(LB):
-                                    partial_flat[acc_at + b] += window_tile[u * k_w + kw, b]
+                    _sliding_row(flat, gy_flat, partial_flat, row_src, row, slot_at, tap_size, ow_lo, ow_hi, off_w,
+                                 out_w, n_blocks, tap_ids, tap_bases, row_firsts, window_tile, w_src, c_src, k_w)
                     continue
             for cb in range(n_blocks):
                 for t0 in range(0, n_valid, LP):
@@ -362,6 +349,34 @@ def _grad_weight_rows(src, gy, gy_blocks, row_src, partial, off_w, sw, dw, sched
                             acc_at = slot_at + tap_ids[t0 + p] * tap_size + r * c_out + cb * LB
                             for b in range(LB):
                                 partial_flat[acc_at + b] += tile[p * cg + r, b]
+
+
+@kernel()
+def _sliding_row(flat, gy_flat, partial_flat, row_src, row, slot_at, tap_size, ow_lo, ow_hi, off_w, out_w, n_blocks,
+                 tap_ids, tap_bases, row_firsts, window_tile, w_src, c_src, k_w):
+    """For the in-range taps t of `row` and kw < k_w: partial_flat[slot_at + (t*k_w + kw)*tap_size + c] += sum over
+    the interior columns ow_lo <= ow < ow_hi of flat[(row_src[row, t]*w_src + ow + kw - off_w)*c_src + c] *
+    gy_flat[(row*out_w + ow)*c_src + c] for c < n_blocks*LB: _grad_weight_rows' interior at unit stride and dilation
+    (cg = m = 1), one micro_grad_window per block of LB channels; tap_ids, tap_bases and row_firsts scratch of at
+    least row_src.shape[1] entries, window_tile (row_src.shape[1]*k_w, LB) scratch."""
+    n_taps = row_src.shape[1]
+    n_u = 0  # the source rows: their taps t in tap_ids, their first pixels in tap_bases
+    for t in range(n_taps):
+        if row_src[row, t] >= 0:
+            tap_ids[n_u] = t
+            tap_bases[n_u] = np.uint64((row_src[row, t] * w_src + ow_lo - off_w) * c_src)
+            n_u += 1
+    firsts = row_firsts[:n_u]  # a view made once per row, its values set per block
+    for cb in range(n_blocks):
+        for u in range(n_u):
+            firsts[u] = tap_bases[u] + np.uint64(cb * LB)
+        micro_grad_window(flat, firsts, c_src, gy_flat, (row * out_w + ow_lo) * c_src + cb * LB, c_src, ow_hi - ow_lo,
+                          k_w, window_tile)
+        for u in range(n_u):
+            for kw in range(k_w):
+                acc_at = slot_at + (tap_ids[u] * k_w + kw) * tap_size + cb * LB
+                for b in range(LB):
+                    partial_flat[acc_at + b] += window_tile[u * k_w + kw, b]
 
 
 @kernel()
