@@ -1454,6 +1454,52 @@ def test_forward_weights_packed_by_the_threads_give_the_same_bits(monkeypatch, n
                                atol=1e-4)
 
 
+def test_weight_gradient_chunks_split_the_pixels_evenly():
+    """_weight_grad's chunks: at most the narrow tile's 128 (or 256) pixels, or with the wide tile as many as fit its
+    byte budget, up to _WIDE_CHUNK_MOST; the fewest chunks of that size such that every slot sums m or m - 1 of them
+    (m: chunks per slot, so the slots' work differs by a chunk in m at most), or one per slot for few pixels."""
+    from nbconv._jit import SLOTS
+    for n_pix in (7, 100, 1000, 6272, 12345, 25088, 50176, 10 ** 6):
+        for cg_in, row_len, wide in ((64, 64, True), (8, 64, True), (64, 256, True), (64, 32, False), (3, 16, False)):
+            chunk = _cpu._grad_weight_chunk(n_pix, cg_in, row_len, wide, 4)
+            most = _cpu._WEIGHT_GRAD_CHUNKS[cg_in >= 16]
+            if wide:
+                most = max(most, min(_cpu._WIDE_CHUNK_MOST, _cpu._WIDE_CHUNK_BYTES // (row_len * 4)))
+            n_chunks = -(-n_pix // chunk)
+            assert chunk <= most, (n_pix, cg_in, row_len, wide, chunk)
+            if n_pix >= SLOTS * most:
+                m = -(-n_pix // (SLOTS * most))
+                assert SLOTS * (m - 1) < n_chunks <= SLOTS * m, (n_pix, cg_in, row_len, wide, chunk)
+            else:
+                assert chunk == -(-n_pix // SLOTS)
+    assert _cpu._grad_weight_chunk(25088, 64, 64, True, 4) == 784  # C3D's layer: 32 chunks, 4 per slot
+
+
+def test_weight_gradient_bits_do_not_depend_on_threads_with_many_chunks(monkeypatch):
+    """The dense weight gradient (wide tile where the target has it, narrow otherwise) with chunks forced short, so
+    that every slot sums many of them: bitwise equal on 1 and 2 threads, and the reference's."""
+    import numba
+    monkeypatch.setattr(_cpu, "_WEIGHT_GRAD_CHUNKS", (3, 3))
+    monkeypatch.setattr(_cpu, "_WIDE_CHUNK_MOST", 5)
+    rng = np.random.default_rng(15)
+    x = randn(rng, (2, 7, 9, 20), np.float32)
+    w = randn(rng, (3, 2, 20, WB + 3), np.float32)
+    kw = dict(stride=(1, 2), padding=1)
+    gy = randn(rng, nbconv.conv2d(x, w, **kw).shape, np.float32)
+    saved = numba.get_num_threads()
+    results = []
+    try:
+        for threads in sorted({1, min(2, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(threads)
+            results.append(nbconv.conv2d_backward(gy, x, w, needs=("weight", "bias"), **kw))
+    finally:
+        numba.set_num_threads(saved)
+    assert all(np.array_equal(a.weight, results[0].weight) for a in results)
+    f64 = [a.astype(np.float64) for a in (gy, x, w)]
+    want = R.conv_grads(*f64, stride=(1, 2), pads=((1, 1), (1, 1)), dilation=(1, 1), groups=1)[1]
+    np.testing.assert_allclose(results[0].weight, want, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("split", [False, True])
 def test_forwards_reuse_their_plan_with_new_data(monkeypatch, split):
     """The forward's plan (source boxes and index tables) is cached by shapes and parameters: calls with the same
