@@ -760,11 +760,12 @@ def _depthwise_grad_input(gy, w, dst, offset, stride, dilation):
     return dst
 
 
-def _slot_count(slot_size, w_size, x, gy, src):
-    """Slots of partial sums (each slot_size elements) for a weight gradient of a w_size weight: SLOTS, fewer when
-    they (with src, where it is a padded copy of x) would outgrow twice the largest operand (a large weight on a small
-    map); from shapes only, so the sums do not depend on the number of threads."""
-    budget = 2 * max(x.size, gy.size, w_size) - (src.size if src is not x else 0)
+def _slot_count(slot_size, w_size, x_size, gy_size, copy_size):
+    """Slots of partial sums (each slot_size elements) for a weight gradient of a w_size weight, x_size input and
+    gy_size output: SLOTS, fewer when they (with a copy of x of copy_size, such as a padded one) would outgrow twice
+    the largest operand (a large weight on a small map); from sizes only, so the sums do not depend on the number of
+    threads."""
+    budget = 2 * max(x_size, gy_size, w_size) - copy_size
     return max(1, min(SLOTS, budget // slot_size))
 
 
@@ -775,7 +776,7 @@ def _grouped_grad_weight(gy, x, w_shape, params, with_bias):
     src, offset = _depthwise_source(x, params)
     gy = _c(gy)
     row_src = _source_rows(src.shape, gy.shape[1:-1], kernel, params.stride, params.dilation, offset)
-    n_slots = _slot_count(math.prod(w_shape), math.prod(w_shape), x, gy, src)
+    n_slots = _slot_count(math.prod(w_shape), math.prod(w_shape), x.size, gy.size, src.size if src is not x else 0)
     partial = np.zeros((n_slots, row_src.shape[1], kernel[-1], c, c_out), dtype=gy.dtype)
     bias_jobs, bias_total = _bias_jobs(gy) if with_bias else ([], None)
     call_all([(_depthwise.grad_weight_groups, (_rows(src), _rows(gy), row_src, partial, offset[-1], params.stride[-1],
@@ -799,7 +800,7 @@ def _depthwise_grad_weight(gy, x, w_shape, params, with_bias=False):
     lanes = c_out == params.groups and c_out % LB == 0
     gy_blocks = gy.reshape(-1, LB) if lanes else np.empty((0, LB), dtype=gy.dtype)
     row_src = _source_rows(src.shape, gy.shape[1:-1], kernel, params.stride, params.dilation, offset)
-    n_slots = _slot_count(math.prod(w_shape), math.prod(w_shape), x, gy, src)
+    n_slots = _slot_count(math.prod(w_shape), math.prod(w_shape), x.size, gy.size, src.size if src is not x else 0)
     partial = np.zeros((n_slots, row_src.shape[1], kernel[-1], 1, c_out), dtype=gy.dtype)
     bias_jobs, bias_total = _bias_jobs(gy) if with_bias else ([], None)
     call_all([(_depthwise.grad_weight, (_rows(src), _rows(gy), gy_blocks, row_src, partial, offset[-1],
@@ -1205,27 +1206,15 @@ def _grad_weight(gy, x, w_shape, params, with_bias):
 
 def _dense_grad_weight(gy, x, w_shape, params, with_bias):
     """_grad_weight through _weight_grad (with_bias: grad_bias's sums in the same hand-off to the threads)."""
-    kernel, cg_in, c_out = w_shape[:-2], w_shape[-2], w_shape[-1]
-    groups = params.groups
-    cg_out = c_out // groups
+    c_out, groups = w_shape[-1], params.groups
+    cg_in, cg_out = w_shape[-2], c_out // groups
     xp = _pad(x, params.pads, params.mode)
-    rows = _tap_offsets(kernel, params.dilation, xp.shape, cg_in)
-    pix = _grid([(0, 1, gy.shape[0])] + [(0, s, o) for o, s in zip(gy.shape[1:-1], params.stride)],
-                _strides(xp.shape)[:-1])
-    lanes = _lanes(cg_out)
-    tile_rows = _tile_rows(lanes)
-    n_rows, n_blocks = rows.shape[0], -(-cg_out // lanes)
-    rows_padded = -(-n_rows // tile_rows) * tile_rows
-    block = groups * n_blocks * rows_padded * lanes  # one slot of partial sums
-    chunk = _grad_weight_chunk(pix.shape[0], cg_in, n_blocks * lanes, lanes == WB, gy.itemsize)
-    n_slots = min(_slot_count(block, math.prod(w_shape), x, gy, xp), -(-pix.shape[0] // chunk))
-    # Each item's tiles cover a part of the blocks of output channels, every block where the slots and groups give
-    # each thread an item (x's values are then loaded once per tile for all of them), else as many parts as that
-    # takes. Measured against one block per item, 2 threads: the ResNet-50 1x1 expand's weight gradient 3.3 -> 2.9
-    # ms, 1x1 reduce 3.64 -> 3.40, C3D 16.7 -> 16.4, DeepLab (one slot: two parts of four blocks) 6.02 -> 5.67.
-    per_part = -(-n_blocks // min(n_blocks, -(-threads() // (n_slots * groups))))
-    parts = -(-n_blocks // per_part)
-    partial = np.empty((n_slots, groups, parts, rows_padded, per_part, lanes), dtype=gy.dtype)
+    plan = _cached(("weight grad", gy.shape, x.shape, w_shape, gy.dtype, params, threads()),
+                   lambda: _weight_grad_plan(gy.shape, x.shape, xp.shape, w_shape, params, gy.itemsize),
+                   lambda plan: plan.rows.size + plan.pix.size)
+    rows, pix, chunk, n_slots, parts = plan.rows, plan.pix, plan.chunk, plan.slots, plan.parts
+    n_rows, n_blocks, per_part, lanes = rows.shape[0], plan.blocks, plan.per_part, plan.lanes
+    partial = np.empty((n_slots, groups, parts, plan.rows_padded, per_part, lanes), dtype=gy.dtype)
     partial[:, :, -1, :, n_blocks - (parts - 1) * per_part:] = 0  # the last part's blocks past NB (none computed)
     bias_jobs, bias_total = _bias_jobs(gy) if with_bias else ([], None)
     call_all([(_weight_grad, (xp.reshape(-1), rows, pix, _c(gy).reshape(-1, c_out), partial, cg_in, cg_out, chunk),
@@ -1236,6 +1225,39 @@ def _dense_grad_weight(gy, x, w_shape, params, with_bias):
     total = total[:, :, :n_rows].transpose(0, 2, 1, 3, 4).reshape(groups, n_rows, -1)[:, :, :cg_out]  # (G, R, Cg)
     gw = np.ascontiguousarray(total.transpose(1, 0, 2)).reshape(w_shape)
     return (gw, bias_total()) if with_bias else gw
+
+
+# How _dense_grad_weight runs _weight_grad for given shapes and parameters: the tap (row) and pixel offset tables, the
+# lanes of its tile, blocks of lanes per group, output pixels per chunk, slots of partial sums, parts of the blocks
+# (blocks per part) and rows padded to the tile's
+_WeightGradPlan = collections.namedtuple("_WeightGradPlan", "rows pix lanes blocks chunk slots parts per_part "
+                                                            "rows_padded")
+
+
+def _weight_grad_plan(gy_shape, x_shape, xp_shape, w_shape, params, itemsize):
+    """The _WeightGradPlan of a dense weight gradient (x padded to xp_shape)."""
+    kernel, cg_in, c_out = w_shape[:-2], w_shape[-2], w_shape[-1]
+    groups = params.groups
+    cg_out = c_out // groups
+    rows = _tap_offsets(kernel, params.dilation, xp_shape, cg_in)
+    pix = _grid([(0, 1, gy_shape[0])] + [(0, s, o) for o, s in zip(gy_shape[1:-1], params.stride)],
+                _strides(xp_shape)[:-1])
+    lanes = _lanes(cg_out)
+    tile_rows = _tile_rows(lanes)
+    n_rows, n_blocks = rows.shape[0], -(-cg_out // lanes)
+    rows_padded = -(-n_rows // tile_rows) * tile_rows
+    block = groups * n_blocks * rows_padded * lanes  # one slot of partial sums
+    chunk = _grad_weight_chunk(pix.shape[0], cg_in, n_blocks * lanes, lanes == WB, itemsize)
+    copy = 0 if _unpadded(params.pads) else math.prod(xp_shape)
+    n_slots = min(_slot_count(block, math.prod(w_shape), math.prod(x_shape), math.prod(gy_shape), copy),
+                  -(-pix.shape[0] // chunk))
+    # Each item's tiles cover a part of the blocks of output channels, every block where the slots and groups give
+    # each thread an item (x's values are then loaded once per tile for all of them), else as many parts as that
+    # takes. Measured against one block per item, 2 threads: the ResNet-50 1x1 expand's weight gradient 3.3 -> 2.9
+    # ms, 1x1 reduce 3.64 -> 3.40, C3D 16.7 -> 16.4, DeepLab (one slot: two parts of four blocks) 6.02 -> 5.67.
+    per_part = -(-n_blocks // min(n_blocks, -(-threads() // (n_slots * groups))))
+    return _WeightGradPlan(rows, pix, lanes, n_blocks, chunk, n_slots, -(-n_blocks // per_part), per_part,
+                           rows_padded)
 
 
 def _grad_weight_chunk(n_pix, cg_in, row_len, wide, itemsize):

@@ -1500,6 +1500,21 @@ def test_weight_gradient_bits_do_not_depend_on_threads_with_many_chunks(monkeypa
     np.testing.assert_allclose(results[0].weight, want, rtol=1e-4, atol=1e-4)
 
 
+def test_weight_gradient_bits_do_not_depend_on_the_input_layout():
+    """The dense weight gradient's slots of partial sums follow from shapes only: an F-ordered x (copied before the
+    kernel) gives the bits of a C-ordered one. For this layer (a large weight on a small map) the copy once counted
+    against the slots' memory budget, and 3 slots became 2."""
+    rng = np.random.default_rng(16)
+    x = randn(rng, (1, 7, 7, 16), np.float32)
+    w = randn(rng, (1, 1, 16, 300), np.float32)
+    gy = randn(rng, (1, 7, 7, 300), np.float32)
+    want = nbconv.conv2d_backward(gy, x, w, needs=("weight",)).weight
+    assert np.array_equal(nbconv.conv2d_backward(gy, np.asfortranarray(x), w, needs=("weight",)).weight, want)
+    f64 = [a.astype(np.float64) for a in (gy, x, w)]
+    np.testing.assert_allclose(want, R.conv_grads(*f64, stride=(1, 1), pads=((0, 0), (0, 0)), dilation=(1, 1),
+                                                  groups=1)[1], rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("split", [False, True])
 def test_forwards_reuse_their_plan_with_new_data(monkeypatch, split):
     """The forward's plan (source boxes and index tables) is cached by shapes and parameters: calls with the same
