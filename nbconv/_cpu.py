@@ -54,8 +54,8 @@ import numpy as np
 
 from . import _depthwise
 from ._jit import CHUNKS_PER_THREAD, SLOTS, call, call_all, chunk_items, kernel, threads
-from ._micro import (LB, LP, B, P, VECTOR_BYTES, WB, WP, micro_columns, micro_groups, micro_tile, micro_tile_into,
-                     micro_tile_into_wide, micro_tile_wide, window_supported)
+from ._micro import (LB, LP, B, P, VECTOR_BYTES, WB, WIDE, WP, micro_columns, micro_groups, micro_tile,
+                     micro_tile_into, micro_tile_into_wide, micro_tile_wide, window_supported)
 from ._padding import CODES, source_indices
 from ._shapes import ConvParams
 
@@ -65,12 +65,10 @@ _PARALLEL_PACK_BYTES = 1 << 20  # forward weights of at least this size are pack
 # most output pixels per chunk of the weight gradient, for fewer than 16 input channels per group and for more (a
 # chunk's source rows, a cache line or more per pixel, then stay in L1 across the taps)
 _WEIGHT_GRAD_CHUNKS = (256, 128)
-# The wide tile's chunks: longer, up to _WIDE_CHUNK_MOST pixels while a chunk of grad_out (every block of a group's
-# output channels) stays within _WIDE_CHUNK_BYTES (read from L2 once per tile, prefetched), so that each tile's sums
-# are loaded, added and stored less often. Weight gradients (and bias), min of interleaved calls in one process, 1
-# thread: C3D 40.0 -> 37.2 ms, ResNet-50 3x3 13.5 -> 13.0, WaveNet 16.0 -> 14.8; 2 threads: C3D 19.1-21.1 ->
-# 18.3-19.9, the ResNet-50 stem 3.74 -> 3.43, 3x3 6.62 -> 6.46, WaveNet 6.70 -> 6.53; 128 and 256 channels within
-# noise (budgets of 256 KiB and 1 MiB alike).
+# With AVX-512's wide tile (6 x 64), longer chunks: up to _WIDE_CHUNK_MOST pixels while a chunk of grad_out (every
+# block of a group's output channels, read from L2 once per tile, prefetched) fits in _WIDE_CHUNK_BYTES, so that each
+# tile's sums are loaded, added and stored less often (weight gradients of 64-channel layers 2-8% faster, see
+# _grad_weight_chunk; a budget of 1 MiB measured the same as 256 KiB). Not measured with AVX2's tile: not used there.
 _WIDE_CHUNK_BYTES = 256 << 10
 _WIDE_CHUNK_MOST = 1024
 _DIRECT_ROWS = 16 * P  # most rows of w (taps x input channels) for which the weight gradient reads grad_out in place
@@ -719,6 +717,12 @@ def _depthwise_source(x, params):
     return _pad(x, params.pads, params.mode), (0,) * len(params.pads)
 
 
+def _padded_size(src, params):
+    """The elements of _depthwise_source's padded copy src (0 where the kernels read x: zero padding or none), from the
+    parameters, not from whether x needed a contiguous copy."""
+    return 0 if params.mode == "zeros" or _unpadded(params.pads) else src.size
+
+
 def _source_rows(src_shape, out_spatial, kernel, stride, dilation, offset):
     """The depthwise kernels' row table: the source row each (output row, outer tap) reads, -1 outside."""
     return _cached(("source rows", src_shape[:-1], tuple(out_spatial), tuple(kernel), tuple(stride),
@@ -776,7 +780,7 @@ def _grouped_grad_weight(gy, x, w_shape, params, with_bias):
     src, offset = _depthwise_source(x, params)
     gy = _c(gy)
     row_src = _source_rows(src.shape, gy.shape[1:-1], kernel, params.stride, params.dilation, offset)
-    n_slots = _slot_count(math.prod(w_shape), math.prod(w_shape), x.size, gy.size, src.size if src is not x else 0)
+    n_slots = _slot_count(math.prod(w_shape), math.prod(w_shape), x.size, gy.size, _padded_size(src, params))
     partial = np.zeros((n_slots, row_src.shape[1], kernel[-1], c, c_out), dtype=gy.dtype)
     bias_jobs, bias_total = _bias_jobs(gy) if with_bias else ([], None)
     call_all([(_depthwise.grad_weight_groups, (_rows(src), _rows(gy), row_src, partial, offset[-1], params.stride[-1],
@@ -800,7 +804,7 @@ def _depthwise_grad_weight(gy, x, w_shape, params, with_bias=False):
     lanes = c_out == params.groups and c_out % LB == 0
     gy_blocks = gy.reshape(-1, LB) if lanes else np.empty((0, LB), dtype=gy.dtype)
     row_src = _source_rows(src.shape, gy.shape[1:-1], kernel, params.stride, params.dilation, offset)
-    n_slots = _slot_count(math.prod(w_shape), math.prod(w_shape), x.size, gy.size, src.size if src is not x else 0)
+    n_slots = _slot_count(math.prod(w_shape), math.prod(w_shape), x.size, gy.size, _padded_size(src, params))
     partial = np.zeros((n_slots, row_src.shape[1], kernel[-1], 1, c_out), dtype=gy.dtype)
     bias_jobs, bias_total = _bias_jobs(gy) if with_bias else ([], None)
     call_all([(_depthwise.grad_weight, (_rows(src), _rows(gy), gy_blocks, row_src, partial, offset[-1],
@@ -1212,8 +1216,8 @@ def _dense_grad_weight(gy, x, w_shape, params, with_bias):
     plan = _cached(("weight grad", gy.shape, x.shape, w_shape, gy.dtype, params, threads()),
                    lambda: _weight_grad_plan(gy.shape, x.shape, xp.shape, w_shape, params, gy.itemsize),
                    lambda plan: plan.rows.size + plan.pix.size)
-    rows, pix, chunk, n_slots, parts = plan.rows, plan.pix, plan.chunk, plan.slots, plan.parts
-    n_rows, n_blocks, per_part, lanes = rows.shape[0], plan.blocks, plan.per_part, plan.lanes
+    rows, pix, chunk, n_slots, parts = plan.rows, plan.pix, plan.chunk, plan.n_slots, plan.parts
+    n_rows, n_blocks, per_part, lanes = rows.shape[0], plan.n_blocks, plan.per_part, plan.lanes
     partial = np.empty((n_slots, groups, parts, plan.rows_padded, per_part, lanes), dtype=gy.dtype)
     partial[:, :, -1, :, n_blocks - (parts - 1) * per_part:] = 0  # the last part's blocks past NB (none computed)
     bias_jobs, bias_total = _bias_jobs(gy) if with_bias else ([], None)
@@ -1230,7 +1234,7 @@ def _dense_grad_weight(gy, x, w_shape, params, with_bias):
 # How _dense_grad_weight runs _weight_grad for given shapes and parameters: the tap (row) and pixel offset tables, the
 # lanes of its tile, blocks of lanes per group, output pixels per chunk, slots of partial sums, parts of the blocks
 # (blocks per part) and rows padded to the tile's
-_WeightGradPlan = collections.namedtuple("_WeightGradPlan", "rows pix lanes blocks chunk slots parts per_part "
+_WeightGradPlan = collections.namedtuple("_WeightGradPlan", "rows pix lanes n_blocks chunk n_slots parts per_part "
                                                             "rows_padded")
 
 
@@ -1247,7 +1251,7 @@ def _weight_grad_plan(gy_shape, x_shape, xp_shape, w_shape, params, itemsize):
     n_rows, n_blocks = rows.shape[0], -(-cg_out // lanes)
     rows_padded = -(-n_rows // tile_rows) * tile_rows
     block = groups * n_blocks * rows_padded * lanes  # one slot of partial sums
-    chunk = _grad_weight_chunk(pix.shape[0], cg_in, n_blocks * lanes, lanes == WB, itemsize)
+    chunk = _grad_weight_chunk(pix.shape[0], cg_in, n_blocks * lanes, WIDE and lanes == WB, itemsize)
     copy = 0 if _unpadded(params.pads) else math.prod(xp_shape)
     n_slots = min(_slot_count(block, math.prod(w_shape), math.prod(x_shape), math.prod(gy_shape), copy),
                   -(-pix.shape[0] // chunk))
@@ -1256,16 +1260,20 @@ def _weight_grad_plan(gy_shape, x_shape, xp_shape, w_shape, params, itemsize):
     # takes. Measured against one block per item, 2 threads: the ResNet-50 1x1 expand's weight gradient 3.3 -> 2.9
     # ms, 1x1 reduce 3.64 -> 3.40, C3D 16.7 -> 16.4, DeepLab (one slot: two parts of four blocks) 6.02 -> 5.67.
     per_part = -(-n_blocks // min(n_blocks, -(-threads() // (n_slots * groups))))
-    return _WeightGradPlan(rows, pix, lanes, n_blocks, chunk, n_slots, -(-n_blocks // per_part), per_part,
-                           rows_padded)
+    parts = -(-n_blocks // per_part)
+    return _WeightGradPlan(rows, pix, lanes, n_blocks, chunk, n_slots, parts, per_part, rows_padded)
 
 
 def _grad_weight_chunk(n_pix, cg_in, row_len, wide, itemsize):
     """Output pixels per chunk of _weight_grad for n_pix pixels, cg_in input channels per group and grad_out rows of
-    row_len elements per group (its blocks of output channels, `wide`: the wide tile's): equal chunks, m or m - 1 of
-    them per slot (the slots then share the work evenly; the threads share the (slot, group, part) items), each at
-    most _WEIGHT_GRAD_CHUNKS's pixels, or with the wide tile at most _WIDE_CHUNK_MOST pixels whose grad_out rows fit
-    in _WIDE_CHUNK_BYTES if that is more. From shapes only: the sums' order does not depend on the threads."""
+    row_len elements per group (its blocks of output channels, `wide`: AVX-512's wide tile's): equal chunks, m or
+    m - 1 of them per slot (the slots then share the work evenly; the threads share the (slot, group, part) items),
+    each at most _WEIGHT_GRAD_CHUNKS's pixels, or with the wide tile at most _WIDE_CHUNK_MOST pixels whose grad_out
+    rows fit in _WIDE_CHUNK_BYTES if that is more. From shapes only: the sums' order does not depend on the threads.
+    Measured (weight and bias gradients, min of interleaved calls in one process, AVX-512) against chunks of at most
+    128 pixels: 1 thread C3D 40.0 -> 37.2 ms, ResNet-50 3x3 13.5 -> 13.0, WaveNet 16.0 -> 14.8; 2 threads C3D
+    19.1-21.1 -> 18.3-19.9, ResNet-50 stem 3.74 -> 3.43, 3x3 6.62 -> 6.46, WaveNet 6.70 -> 6.53; layers of 128 and
+    256 output channels (chunks of 512 and 256 pixels) within noise."""
     most = _WEIGHT_GRAD_CHUNKS[cg_in >= 16]
     if wide:
         most = max(most, min(_WIDE_CHUNK_MOST, _WIDE_CHUNK_BYTES // (row_len * itemsize)))

@@ -1455,30 +1455,35 @@ def test_forward_weights_packed_by_the_threads_give_the_same_bits(monkeypatch, n
 
 
 def test_weight_gradient_chunks_split_the_pixels_evenly():
-    """_weight_grad's chunks: at most the narrow tile's 128 (or 256) pixels, or with the wide tile as many as fit its
-    byte budget, up to _WIDE_CHUNK_MOST; the fewest chunks of that size such that every slot sums m or m - 1 of them
-    (m: chunks per slot, so the slots' work differs by a chunk in m at most), or one per slot for few pixels."""
+    """_weight_grad's chunks: never more than _WIDE_CHUNK_MOST pixels; narrow tiles' at most 128 pixels (16 or more
+    input channels per group) or 256; the wide tile's longer only while their grad_out rows fit _WIDE_CHUNK_BYTES;
+    as few chunks as that allows, m or m - 1 of them in every slot (the slots' work differs by a chunk in m at
+    most), or one per slot for few pixels."""
     from nbconv._jit import SLOTS
     for n_pix in (7, 100, 1000, 6272, 12345, 25088, 50176, 10 ** 6):
         for cg_in, row_len, wide in ((64, 64, True), (8, 64, True), (64, 256, True), (64, 32, False), (3, 16, False)):
             chunk = _cpu._grad_weight_chunk(n_pix, cg_in, row_len, wide, 4)
-            most = _cpu._WEIGHT_GRAD_CHUNKS[cg_in >= 16]
-            if wide:
-                most = max(most, min(_cpu._WIDE_CHUNK_MOST, _cpu._WIDE_CHUNK_BYTES // (row_len * 4)))
+            narrow = 128 if cg_in >= 16 else 256
+            assert chunk <= _cpu._WIDE_CHUNK_MOST and (chunk <= narrow or wide and
+                                                       chunk * row_len * 4 <= _cpu._WIDE_CHUNK_BYTES), chunk
             n_chunks = -(-n_pix // chunk)
-            assert chunk <= most, (n_pix, cg_in, row_len, wide, chunk)
-            if n_pix >= SLOTS * most:
-                m = -(-n_pix // (SLOTS * most))
-                assert SLOTS * (m - 1) < n_chunks <= SLOTS * m, (n_pix, cg_in, row_len, wide, chunk)
+            if n_chunks > SLOTS:
+                m = -(-n_chunks // SLOTS)
+                assert SLOTS * (m - 1) < n_chunks <= SLOTS * m
+                bound = max(narrow, min(_cpu._WIDE_CHUNK_MOST, _cpu._WIDE_CHUNK_BYTES // (row_len * 4))) if wide \
+                    else narrow
+                assert -(-n_pix // (SLOTS * bound)) == m, (n_pix, cg_in, row_len, wide, chunk)  # no more chunks
             else:
                 assert chunk == -(-n_pix // SLOTS)
-    assert _cpu._grad_weight_chunk(25088, 64, 64, True, 4) == 784  # C3D's layer: 32 chunks, 4 per slot
+    assert _cpu._grad_weight_chunk(25088, 64, 64, True, 4) == 784  # C3D's layer (AVX-512): 32 chunks, 4 per slot
+    assert _cpu._grad_weight_chunk(25088, 64, 64, False, 4) == 126  # narrow: 200 chunks, 25 per slot
 
 
 def test_weight_gradient_bits_do_not_depend_on_threads_with_many_chunks(monkeypatch):
     """The dense weight gradient (wide tile where the target has it, narrow otherwise) with chunks forced short, so
     that every slot sums many of them: bitwise equal on 1 and 2 threads, and the reference's."""
     import numba
+    monkeypatch.setattr(_cpu, "_GRID_CACHE", {})  # plans made with these chunks stay out of the real cache
     monkeypatch.setattr(_cpu, "_WEIGHT_GRAD_CHUNKS", (3, 3))
     monkeypatch.setattr(_cpu, "_WIDE_CHUNK_MOST", 5)
     rng = np.random.default_rng(15)
@@ -1500,19 +1505,24 @@ def test_weight_gradient_bits_do_not_depend_on_threads_with_many_chunks(monkeypa
     np.testing.assert_allclose(results[0].weight, want, rtol=1e-4, atol=1e-4)
 
 
-def test_weight_gradient_bits_do_not_depend_on_the_input_layout():
-    """The dense weight gradient's slots of partial sums follow from shapes only: an F-ordered x (copied before the
-    kernel) gives the bits of a C-ordered one. For this layer (a large weight on a small map) the copy once counted
-    against the slots' memory budget, and 3 slots became 2."""
+@pytest.mark.parametrize("w_shape, groups, padding", [((1, 1, 16, 300), 1, 0), ((3, 3, 1, 16), 16, 1),
+                                                      ((3, 3, 4, 16), 4, 1), ((3, 3, 2, 16), 8, 1)])
+def test_weight_gradient_bits_do_not_depend_on_the_input_layout(w_shape, groups, padding):
+    """The weight gradient's slots of partial sums follow from shapes and parameters only: an F-ordered x (copied
+    before the kernels) gives the bits of a C-ordered one, dense, depthwise and with 2 or 4 channels per group. For
+    these layers (a large weight on a small map) the copy once counted against the slots' memory budget and changed
+    their number."""
     rng = np.random.default_rng(16)
-    x = randn(rng, (1, 7, 7, 16), np.float32)
-    w = randn(rng, (1, 1, 16, 300), np.float32)
-    gy = randn(rng, (1, 7, 7, 300), np.float32)
-    want = nbconv.conv2d_backward(gy, x, w, needs=("weight",)).weight
-    assert np.array_equal(nbconv.conv2d_backward(gy, np.asfortranarray(x), w, needs=("weight",)).weight, want)
+    size = 7 if padding == 0 else 3
+    x = randn(rng, (1, size, size, w_shape[-2] * groups), np.float32)
+    w = randn(rng, w_shape, np.float32)
+    gy = randn(rng, nbconv.conv2d(x, w, padding=padding, groups=groups).shape, np.float32)
+    want = nbconv.conv2d_backward(gy, x, w, padding=padding, groups=groups, needs=("weight",)).weight
+    got = nbconv.conv2d_backward(gy, np.asfortranarray(x), w, padding=padding, groups=groups, needs=("weight",))
+    assert np.array_equal(got.weight, want)
     f64 = [a.astype(np.float64) for a in (gy, x, w)]
-    np.testing.assert_allclose(want, R.conv_grads(*f64, stride=(1, 1), pads=((0, 0), (0, 0)), dilation=(1, 1),
-                                                  groups=1)[1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(want, R.conv_grads(*f64, stride=(1, 1), pads=((padding, padding),) * 2,
+                                                  dilation=(1, 1), groups=groups)[1], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("split", [False, True])
